@@ -1,0 +1,72 @@
+"""Collation: pairs → model inputs. Loads images, lets the embedder's `InputBuilder` format
+prompts and call the processor, and splits rows into GradCache chunks *per example before
+processing* (Qwen2-VL's `pixel_values` concatenates all images' patches, so it cannot be sliced).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+
+import torch
+
+from .errors import DataError
+from .images import ImageLoader
+from .schema import Item, TrainPair
+
+log = logging.getLogger(__name__)
+
+
+def chunk_bounds(n: int, chunk_size: int | None) -> list[tuple[int, int]]:
+    if not chunk_size or chunk_size >= n:
+        return [(0, n)]
+    return [(s, min(s + chunk_size, n)) for s in range(0, n, chunk_size)]
+
+
+class PairCollator:
+    """Turns a list of TrainPair into {"query": [inputs…], "target": [inputs…], "target_keys", "ids", …}.
+
+    `query`/`target` are lists of processor outputs, one per chunk of `chunk_size` rows (one chunk
+    when GradCache is off). Targets are the B positives followed by the batch's hard negatives.
+    """
+
+    def __init__(self, input_builder: Callable, image_loader: ImageLoader, chunk_size: int | None = None,
+                 max_negatives_per_pair: int | None = None):
+        self.input_builder = input_builder
+        self.image_loader = image_loader
+        self.chunk_size = chunk_size
+        self.max_negatives_per_pair = max_negatives_per_pair
+
+    def _image(self, item: Item, pair: TrainPair, field: str):
+        if item.image is None:
+            return None
+        return self.image_loader.load(item.image, pair.subset, pair.row, field)
+
+    def _encode(self, items: Sequence[tuple[Item, TrainPair, str]], side: str) -> list[dict[str, torch.Tensor]]:
+        texts = [it.text for it, _, _ in items]
+        images = [self._image(it, p, f) for it, p, f in items]
+        out = []
+        for s, e in chunk_bounds(len(items), self.chunk_size):
+            try:
+                out.append(self.input_builder(texts[s:e], images[s:e], side))
+            except DataError:
+                raise
+            except ValueError as err:
+                it, p, f = items[s]
+                raise DataError(f"cannot build model inputs for rows {[q.row for _, q, _ in items[s:e]]}: {err}",
+                                p.subset, None, f) from err
+        return out
+
+    def __call__(self, pairs: Sequence[TrainPair]) -> dict:
+        queries = [(p.query, p, "qry_image_path") for p in pairs]
+        targets = [(p.positive, p, "pos_image_path") for p in pairs]
+        for p in pairs:
+            negs = p.negatives if self.max_negatives_per_pair is None else p.negatives[: self.max_negatives_per_pair]
+            targets.extend((n, p, "neg_image_path") for n in negs)
+        return {
+            "query": self._encode(queries, "query"),
+            "target": self._encode(targets, "target"),
+            "target_keys": torch.tensor([it.key for it, _, _ in targets], dtype=torch.long),
+            "num_pairs": len(pairs),
+            "ids": [p.uid for p in pairs],
+        }

@@ -1,0 +1,202 @@
+"""The MMEB training DataModule: reads subsets (hub id or local snapshot), validates them,
+holds out a validation slice, and serves batches through a pluggable, resumable batch sampler.
+
+It knows nothing of models: the entry point hands it the embedder's `InputBuilder` with
+`set_input_builder` before fitting.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import lightning as L
+import numpy as np
+from torch.utils.data import DataLoader, Dataset
+
+from .collate import PairCollator
+from .errors import DataError
+from .images import ImageLoader
+from .mmeb import describe_source, image_paths_missing, read_train_pairs
+from .samplers import EpochBatchSampler, RandomBatchSampler, SequentialBatchSampler
+from .schema import TrainPair
+
+log = logging.getLogger(__name__)
+
+
+class PairDataset(Dataset):
+    def __init__(self, pairs: Sequence[TrainPair]):
+        self.pairs = list(pairs)
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, i: int) -> TrainPair:
+        return self.pairs[i]
+
+
+class ResumableDataLoader(DataLoader):
+    """A DataLoader whose batch sampler resumes mid-epoch from a checkpoint (Lightning's _Stateful).
+
+    The consumed-batch count comes from the trainer's loop progress (`progress_fn`), not from the
+    iterator, which runs ahead of training by the prefetched batches.
+    """
+
+    progress_fn: Callable[[], tuple[int, int]] | None = None
+
+    def state_dict(self) -> dict[str, int]:
+        epoch, consumed = self.progress_fn() if self.progress_fn else (self.batch_sampler.epoch, 0)
+        return {"epoch": int(epoch), "consumed": int(consumed)}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.batch_sampler.resume(state["epoch"], state["consumed"])
+
+
+def _subset_caps(subsets, max_per_subset) -> dict[str, int | None]:
+    if isinstance(subsets, str):
+        subsets = [subsets]
+    if isinstance(subsets, Mapping):
+        return {str(k): (int(v) if v is not None else max_per_subset) for k, v in subsets.items()}
+    return {str(s): max_per_subset for s in subsets}
+
+
+class MMEBDataModule(L.LightningDataModule):
+    def __init__(
+        self,
+        source: str,
+        subsets: Sequence[str] | Mapping[str, int | None],
+        split: str = "original",
+        image_root: str | None = None,
+        max_per_subset: int | None = None,
+        use_hard_negatives: bool = True,
+        max_negatives_per_pair: int | None = 1,
+        val_per_subset: int = 0,
+        batch_size: int = 32,
+        val_batch_size: int | None = None,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        drop_last: bool = True,
+        sampler: Callable[..., EpochBatchSampler] | None = None,
+        seed: int = 0,
+        bundled: Mapping[str, Any] | None = None,
+        check_images: bool = True,
+        on_missing_image: str = "error",
+    ):
+        super().__init__()
+        if on_missing_image not in ("error", "skip"):
+            raise ValueError(f"data.on_missing_image must be 'error' or 'skip', got {on_missing_image!r}")
+        if int(batch_size) < 1:
+            raise ValueError(f"data.batch_size must be ≥ 1, got {batch_size}")
+        self.source, self.split = str(source), split
+        self.caps = _subset_caps(subsets, max_per_subset)
+        if not self.caps:
+            raise ValueError("data.subsets is empty: name at least one training subset")
+        self.image_loader = ImageLoader(image_root)
+        self.use_hard_negatives, self.max_negatives_per_pair = use_hard_negatives, max_negatives_per_pair
+        self.val_per_subset = int(val_per_subset)
+        self.batch_size, self.val_batch_size = int(batch_size), int(val_batch_size or batch_size)
+        self.num_workers, self.pin_memory, self.drop_last = int(num_workers), pin_memory, drop_last
+        self.sampler_factory = sampler or RandomBatchSampler
+        self.seed = int(seed)
+        self.bundled = dict(bundled) if bundled else None
+        self.check_images, self.on_missing_image = check_images, on_missing_image
+        self.input_builder = None
+        self.chunk_size: int | None = None
+        self.train_pairs: list[TrainPair] = []
+        self.val_pairs: list[TrainPair] = []
+        self.skipped: dict[str, int] = {}
+        self._train_loader: ResumableDataLoader | None = None
+
+    # ------------------------------------------------------------------ wiring
+    def set_input_builder(self, input_builder: Callable, chunk_size: int | None = None) -> None:
+        self.input_builder, self.chunk_size = input_builder, chunk_size
+
+    def prepare_data(self) -> None:
+        if self.bundled is not None:
+            from .bundled import ensure_bundled
+
+            ensure_bundled(**self.bundled)
+
+    # ------------------------------------------------------------------ data
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_pairs:
+            return
+        if self.bundled is not None:
+            self.prepare_data()  # cheap when present; other ranks may reach setup first on some launchers
+        rng = np.random.default_rng(self.seed)
+        train, val = [], []
+        for subset, cap in self.caps.items():
+            pairs = read_train_pairs(self.source, subset, self.split, cap, self.use_hard_negatives)
+            pairs = self._drop_missing_images(subset, pairs)
+            n_val = min(self.val_per_subset, len(pairs) // 2)
+            held = set(rng.choice(len(pairs), size=n_val, replace=False).tolist()) if n_val else set()
+            val.extend(p for i, p in enumerate(pairs) if i in held)
+            train.extend(p for i, p in enumerate(pairs) if i not in held)
+            log.info("subset %s: %d train / %d val pairs (%s, split %s)", subset, len(pairs) - n_val, n_val,
+                     describe_source(self.source), self.split)
+        self.train_pairs, self.val_pairs = train, val
+
+    def _drop_missing_images(self, subset: str, pairs: list[TrainPair]) -> list[TrainPair]:
+        if not self.check_images:
+            return pairs
+        items = [it for p in pairs for it in (p.query, p.positive, *p.negatives)]
+        missing = set(image_paths_missing(items, self.image_loader))
+        if not missing:
+            return pairs
+        bad = [p for p in pairs if any(it.image in missing for it in (p.query, p.positive, *p.negatives))]
+        example = bad[0]
+        fields = [("qry_image_path", example.query), ("pos_image_path", example.positive)]
+        fields += [("neg_image_path", n) for n in example.negatives]
+        field = next(f for f, it in fields if it.image in missing)
+        if self.on_missing_image == "error":
+            raise DataError(
+                f"{len(missing)} image file(s) missing under image root {self.image_loader.root}, used by "
+                f"{len(bad)} row(s), e.g. {sorted(missing)[:3]}. Unzip the images there, fix data.image_root, "
+                "or set data.on_missing_image=skip to drop those rows (counted and logged)",
+                dataset=subset, row=example.row, field=field)
+        self.skipped[subset] = len(bad)
+        log.warning("subset %s: skipped %d of %d rows whose images are missing (data.on_missing_image=skip), "
+                    "e.g. %s", subset, len(bad), len(pairs), sorted(missing)[:3])
+        keep = {id(p) for p in pairs} - {id(p) for p in bad}
+        return [p for p in pairs if id(p) in keep]
+
+    def _collator(self) -> PairCollator:
+        if self.input_builder is None:
+            raise RuntimeError("MMEBDataModule.set_input_builder(embedder.input_builder) must be called before "
+                               "requesting dataloaders (the entry point does this)")
+        return PairCollator(self.input_builder, self.image_loader, self.chunk_size, self.max_negatives_per_pair)
+
+    def _rank_world(self) -> tuple[int, int]:
+        if self.trainer is not None:
+            return self.trainer.global_rank, self.trainer.world_size
+        return 0, 1
+
+    def _progress(self) -> tuple[int, int]:
+        loop = self.trainer.fit_loop
+        return loop.epoch_progress.current.processed, loop.epoch_loop.batch_progress.current.processed
+
+    def build_train_sampler(self) -> EpochBatchSampler:
+        rank, world = self._rank_world()
+        return self.sampler_factory(pairs=self.train_pairs, batch_size=self.batch_size, seed=self.seed,
+                                    drop_last=self.drop_last, rank=rank, world_size=world)
+
+    def train_dataloader(self) -> ResumableDataLoader:
+        if not self.train_pairs:
+            self.setup("fit")
+        loader = ResumableDataLoader(
+            PairDataset(self.train_pairs), batch_sampler=self.build_train_sampler(), collate_fn=self._collator(),
+            num_workers=self.num_workers, pin_memory=self.pin_memory, persistent_workers=self.num_workers > 0,
+        )
+        if self.trainer is not None:
+            loader.progress_fn = self._progress
+        self._train_loader = loader
+        return loader
+
+    def val_dataloader(self):
+        if not self.val_pairs:
+            return []
+        rank, world = self._rank_world()
+        sampler = SequentialBatchSampler(len(self.val_pairs), self.val_batch_size, rank=rank, world_size=world)
+        return DataLoader(PairDataset(self.val_pairs), batch_sampler=sampler, collate_fn=self._collator(),
+                          num_workers=self.num_workers, pin_memory=self.pin_memory)

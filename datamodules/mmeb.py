@@ -1,0 +1,135 @@
+"""Readers for the MMEB hub datasets (or any local snapshot of their repos) and the benchmark's
+subset/dataset lists with meta-task and IND/OOD membership (METHODS §1).
+
+Everything goes through `datasets.load_dataset(source, subset, split=split)`, so a hub id
+(`TIGER-Lab/MMEB-train`) and a local directory holding the same files both work.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from .errors import DataError
+from .schema import (
+    EVAL_COLUMNS,
+    TRAIN_COLUMNS,
+    EvalRow,
+    TrainPair,
+    check_columns,
+    parse_eval_row,
+    parse_train_row,
+)
+
+log = logging.getLogger(__name__)
+
+META_TASKS = ("Classification", "VQA", "Retrieval", "Grounding")
+
+#: The 20 MMEB-train subsets (hub config names), which are also the 20 IND eval datasets.
+MMEB_TRAIN_SUBSETS = (
+    "ImageNet_1K", "N24News", "HatefulMemes", "VOC2007", "SUN397",
+    "OK-VQA", "A-OKVQA", "DocVQA", "InfographicsVQA", "ChartQA", "Visual7W",
+    "VisDial", "CIRR", "VisualNews_t2i", "VisualNews_i2t", "MSCOCO_t2i", "MSCOCO_i2t", "NIGHTS", "WebQA",
+    "MSCOCO",
+)
+#: Train config names that differ from the eval config of the same dataset.
+TRAIN_TO_EVAL_NAME = {"ImageNet_1K": "ImageNet-1K"}
+
+_EVAL_TABLE = {
+    "Classification": (("ImageNet-1K", "N24News", "HatefulMemes", "VOC2007", "SUN397"),
+                       ("Place365", "ImageNet-A", "ImageNet-R", "ObjectNet", "Country211")),
+    "VQA": (("OK-VQA", "A-OKVQA", "DocVQA", "InfographicsVQA", "ChartQA", "Visual7W"),
+            ("ScienceQA", "VizWiz", "GQA", "TextVQA")),
+    "Retrieval": (("VisDial", "CIRR", "VisualNews_t2i", "VisualNews_i2t", "MSCOCO_t2i", "MSCOCO_i2t", "NIGHTS", "WebQA"),
+                  ("OVEN", "FashionIQ", "EDIS", "Wiki-SS-NQ")),
+    "Grounding": (("MSCOCO",), ("Visual7W-Pointing", "RefCOCO", "RefCOCO-Matching")),
+}
+#: The 36 MMEB-eval datasets: name -> (meta-task, "IND" | "OOD").
+MMEB_EVAL_DATASETS: dict[str, tuple[str, str]] = {
+    name: (meta, split)
+    for meta, (ind, ood) in _EVAL_TABLE.items()
+    for split, names in (("IND", ind), ("OOD", ood))
+    for name in names
+}
+#: Classification subsets (SaHa skips its similarity re-sort for these).
+CLASSIFICATION_SUBSETS = frozenset(
+    [n for n, (m, _) in MMEB_EVAL_DATASETS.items() if m == "Classification"] + ["ImageNet_1K"]
+)
+
+
+def _is_local(source: str) -> bool:
+    return os.path.isdir(source)
+
+
+def available_configs(source: str) -> list[str]:
+    import datasets
+
+    return list(datasets.get_dataset_config_names(source))
+
+
+def load_split(source: str, subset: str, split: str, columns, schema: str):
+    """`load_dataset(source, subset, split=split)` with errors that list what is available."""
+    import datasets
+
+    source = str(source)
+    if _is_local(source):
+        names = available_configs(source)
+        if subset not in names:
+            raise DataError(f"unknown subset {subset!r} in {source}; available: {names}", dataset=subset)
+    elif source.startswith(("/", ".", "~")) or source.count("/") != 1:
+        # Not a hub id (owner/name): do not let `datasets` go to the network for a mistyped path.
+        raise DataError(f"data source {source} is not an existing directory nor a hub id (owner/name)",
+                        dataset=subset)
+    try:
+        ds = datasets.load_dataset(source, subset, split=split)
+    except ValueError as e:
+        msg = str(e)
+        if "BuilderConfig" in msg or "not found" in msg:
+            raise DataError(f"unknown subset {subset!r} in {source}: {msg}", dataset=subset) from None
+        if "Unknown split" in msg:
+            raise DataError(f"unknown split {split!r}: {msg}", dataset=subset) from None
+        raise
+    check_columns(ds.column_names, columns, subset, schema)
+    return ds
+
+
+def _rows(ds, limit: int | None):
+    n = len(ds) if limit is None else min(len(ds), int(limit))
+    cols = ds.select(range(n)).to_dict() if n < len(ds) else ds.to_dict()
+    names = list(cols)
+    for i in range(n):
+        yield i, {c: cols[c][i] for c in names}
+
+
+def read_train_pairs(source: str, subset: str, split: str = "original", max_rows: int | None = None,
+                     use_negatives: bool = True) -> list[TrainPair]:
+    """Parse a training subset (first `max_rows` rows when capped, as the published recipes do)."""
+    ds = load_split(source, subset, split, TRAIN_COLUMNS, "MMEB-train")
+    pairs = [parse_train_row(row, subset, i, use_negatives) for i, row in _rows(ds, max_rows)]
+    if not pairs:
+        raise DataError(f"subset has no rows in split {split!r} of {source}", dataset=subset)
+    return pairs
+
+
+def read_eval_rows(source: str, dataset: str, split: str = "test", max_rows: int | None = None) -> list[EvalRow]:
+    ds = load_split(source, dataset, split, EVAL_COLUMNS, "MMEB-eval")
+    rows = [parse_eval_row(row, dataset, i) for i, row in _rows(ds, max_rows)]
+    if not rows:
+        raise DataError(f"dataset has no rows in split {split!r} of {source}", dataset=dataset)
+    return rows
+
+
+def image_paths_missing(items, loader) -> list[str]:
+    """Relative paths among `items` (Items) whose file does not exist under the loader's root."""
+    seen, missing = set(), []
+    for it in items:
+        if it.image is not None and it.image not in seen:
+            seen.add(it.image)
+            if not loader.exists(it.image):
+                missing.append(it.image)
+    return missing
+
+
+def describe_source(source: str) -> str:
+    return str(Path(source).resolve()) if _is_local(str(source)) else str(source)

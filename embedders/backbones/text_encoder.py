@@ -1,0 +1,54 @@
+"""Text encoders (BERT-like, e.g. all-MiniLM-L6-v2): tokenizer + encoder, mean or CLS pooling."""
+
+from __future__ import annotations
+
+from transformers import AutoModel, AutoTokenizer
+
+from .base import BackboneFamily, register_family
+
+
+def tiny_bert_config(tokenizer, overrides: dict | None = None):
+    from transformers import BertConfig
+
+    cfg = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+               max_position_embeddings=512)
+    cfg.update(overrides or {})
+    return BertConfig(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, **cfg)
+
+
+class TextEncoderFamily(BackboneFamily):
+    name = "text_encoder"
+    takes_images = False
+    default_pooling = "mean"
+    padding_side = "right"
+    lora_target_modules = ("query", "key", "value", "dense")
+    decoder_layer_classes = ("BertLayer",)
+
+    def load_model(self, path, config, dtype):
+        if path is not None:
+            return AutoModel.from_pretrained(path, dtype=dtype)
+        from transformers import BertModel
+
+        from ..tiny import tiny_bert_tokenizer
+
+        model = BertModel(tiny_bert_config(tiny_bert_tokenizer(), config), add_pooling_layer=False)
+        return model.to(dtype) if dtype is not None else model
+
+    def load_processor(self, path, config, image):
+        if image:
+            raise ValueError("model.image options were given, but text encoders take no images")
+        if path is None:
+            from ..tiny import tiny_bert_tokenizer
+
+            return tiny_bert_tokenizer()
+        tok = AutoTokenizer.from_pretrained(path)
+        tok.padding_side = self.padding_side
+        return tok
+
+    def prepare(self, processor, texts, images, max_length):
+        if any(im is not None for im in images):
+            raise ValueError("a text encoder was given an image; use a multimodal family or text-only data")
+        return dict(processor(list(texts), padding=True, truncation=True, max_length=max_length, return_tensors="pt"))
+
+
+register_family(TextEncoderFamily())

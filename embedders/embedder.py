@@ -1,0 +1,210 @@
+"""The Embedder: a backbone plus pooling (and optional L2 normalisation) that turns texts and
+images into vectors, with the prompt formatting and processor call that go with it.
+
+`Embedder.build(...)` loads from a hub id, a local directory or a config (random init);
+`encode(texts, images)` is the inference API; `save_pretrained`/`from_pretrained` write and read a
+directory that is an ordinary Hugging Face model directory (weights, config, tokenizer, image
+processor) plus `embedder.json` (family, pooling, normalisation, prompt), loadable without any of
+this repository's training code.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .backbones import BackboneFamily, get_family
+from .finetune import apply_finetuning, is_peft_model
+from .pooling import POOLING_MODES
+from .prompts import PromptFormat, format_text
+
+log = logging.getLogger(__name__)
+
+EMBEDDER_FILE = "embedder.json"
+FORMAT_VERSION = 1
+
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+           "float16": torch.float16, "fp16": torch.float16}
+
+
+def resolve_dtype(dtype) -> torch.dtype | None:
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    if str(dtype) not in _DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; choose one of {sorted(_DTYPES)} or null")
+    return _DTYPES[str(dtype)]
+
+
+@dataclass
+class InputBuilder:
+    """Formats texts with the prompt and calls the processor: picklable, for DataLoader workers."""
+
+    family_name: str
+    processor: Any
+    prompt: PromptFormat
+    max_length: int
+
+    @property
+    def family(self) -> BackboneFamily:
+        return get_family(self.family_name)
+
+    def format(self, texts: Sequence[str], images: Sequence[Any], side: str) -> list[str]:
+        return [format_text(t, im is not None, side, self.prompt, self.family) for t, im in zip(texts, images)]
+
+    def __call__(self, texts: Sequence[str], images: Sequence[Any] | None, side: str) -> dict[str, torch.Tensor]:
+        images = list(images) if images is not None else [None] * len(texts)
+        if len(images) != len(texts):
+            raise ValueError(f"{len(texts)} texts but {len(images)} images")
+        return self.family.prepare(self.processor, self.format(texts, images, side), images, self.max_length)
+
+
+class Embedder(nn.Module):
+    """Backbone + pooling. `forward(inputs)` maps processor outputs to [B, d] embeddings."""
+
+    def __init__(
+        self,
+        family: str,
+        backbone: nn.Module,
+        processor: Any,
+        pooling: str | None = None,
+        normalize: bool = True,
+        prompt: PromptFormat | dict | str | None = None,
+        max_length: int = 512,
+        image: dict | None = None,
+    ):
+        super().__init__()
+        self.family = get_family(family)
+        self.pooling = pooling or self.family.default_pooling
+        if self.pooling not in POOLING_MODES:
+            raise ValueError(f"unknown pooling {self.pooling!r}; choose one of {', '.join(POOLING_MODES)}")
+        self.backbone = backbone
+        self.normalize = bool(normalize)
+        self.image = dict(image or {})
+        self.input_builder = InputBuilder(family, processor, PromptFormat.from_config(prompt), int(max_length))
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def build(
+        cls,
+        family: str,
+        path: str | None = None,
+        config: dict | None = None,
+        pooling: str | None = None,
+        normalize: bool = True,
+        prompt: PromptFormat | dict | str | None = None,
+        max_length: int = 512,
+        dtype: str | torch.dtype | None = None,
+        image: dict | None = None,
+        lora: dict | None = None,
+        freeze_vision: bool = False,
+        gradient_checkpointing: bool = False,
+    ) -> Embedder:
+        """Load (path: hub id or local dir) or randomly initialise (config) a backbone of `family`."""
+        fam = get_family(family)
+        if path is None and config is None:
+            raise ValueError(f"model.path (hub id or local directory) or model.config (random init) is required "
+                             f"for family {family!r}")
+        if path is not None:
+            path = str(path)
+        backbone = fam.load_model(path, dict(config) if config is not None and path is None else None,
+                                  resolve_dtype(dtype))
+        processor = fam.load_processor(path, config, image)
+        backbone = apply_finetuning(backbone, fam, lora=lora, freeze_vision=freeze_vision,
+                                    gradient_checkpointing=gradient_checkpointing)
+        return cls(family, backbone, processor, pooling, normalize, prompt, max_length, image)
+
+    # ------------------------------------------------------------------ inference
+    @property
+    def processor(self):
+        return self.input_builder.processor
+
+    @property
+    def prompt(self) -> PromptFormat:
+        return self.input_builder.prompt
+
+    def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        emb = self.family.encode_inputs(self.backbone, inputs, self.pooling)
+        return nn.functional.normalize(emb, dim=-1) if self.normalize else emb
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @torch.no_grad()
+    def encode(
+        self,
+        texts: Sequence[str],
+        images: Sequence[Any] | None = None,
+        side: str = "query",
+        batch_size: int = 32,
+        progress: bool = False,
+    ) -> torch.Tensor:
+        """Embed texts (with optional PIL images, None where a row has none) → float32 [N, d] on CPU."""
+        images = list(images) if images is not None else [None] * len(texts)
+        if len(images) != len(texts):
+            raise ValueError(f"{len(texts)} texts but {len(images)} images")
+        was_training = self.training
+        self.eval()
+        out = []
+        starts = range(0, len(texts), batch_size)
+        if progress:
+            from tqdm.auto import tqdm
+
+            starts = tqdm(starts, desc=f"encode {side}", unit="batch")
+        try:
+            for s in starts:
+                inputs = self.input_builder(texts[s : s + batch_size], images[s : s + batch_size], side)
+                out.append(self(move_to(inputs, self.device)).float().cpu())
+        finally:
+            self.train(was_training)
+        if not out:
+            return torch.empty(0, 0)
+        return torch.cat(out)
+
+    # ------------------------------------------------------------------ persistence
+    def spec(self) -> dict:
+        return {
+            "format_version": FORMAT_VERSION,
+            "family": self.family.name,
+            "pooling": self.pooling,
+            "normalize": self.normalize,
+            "prompt": self.prompt.to_dict(),
+            "max_length": self.input_builder.max_length,
+            "image": self.image,
+        }
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write a standalone directory: HF weights/config/processor + embedder.json (LoRA merged)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        backbone = self.backbone
+        if is_peft_model(backbone):
+            backbone = copy.deepcopy(backbone).merge_and_unload()
+        backbone.save_pretrained(str(directory))
+        self.family.save_processor(self.processor, directory)
+        (directory / EMBEDDER_FILE).write_text(json.dumps(self.spec(), indent=2) + "\n")
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, dtype: str | torch.dtype | None = None, **overrides) -> Embedder:
+        directory = Path(directory)
+        spec_file = directory / EMBEDDER_FILE
+        if not spec_file.is_file():
+            raise FileNotFoundError(f"{directory} is not an Embedder directory: {EMBEDDER_FILE} is missing "
+                                    "(for a plain backbone use Embedder.build(family=..., path=...))")
+        spec = json.loads(spec_file.read_text())
+        spec.pop("format_version", None)
+        spec.update(overrides)
+        return cls.build(path=str(directory), dtype=dtype, **spec)
+
+
+def move_to(inputs: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}

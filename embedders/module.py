@@ -1,0 +1,275 @@
+"""The LightningModule: embeds queries and targets with an `Embedder`, applies a contrastive loss,
+optionally through GradCache, and validates with in-batch retrieval metrics and similarity
+diagnostics.
+
+Optimisation modes:
+- GradCache off: Lightning's automatic optimisation (gradient accumulation, clipping, precision).
+- GradCache on (`gradcache.chunk_size`): manual optimisation. Every chunk is first embedded
+  without gradients (RNG state recorded), the loss is taken on the detached, concatenated
+  embeddings (cross-device gather included), then each chunk is replayed with its RNG state and
+  back-propagated with the cached embedding gradients. Under DDP all backward passes run without
+  gradient sync and gradients are averaged once per step (`all_reduce_gradients`), so chunk
+  counts may differ across ranks without hangs. Clipping and the LR scheduler are applied here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import lightning as L
+import torch
+from torchmetrics.retrieval import RetrievalRecall
+
+from losses import ContrastiveLoss
+from losses.gather import local_only
+
+from .embedder import Embedder, move_to
+from .gradcache import RngState, all_reduce_gradients
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(FloatingPointError):
+    pass
+
+
+class EmbeddingModule(L.LightningModule):
+    def __init__(
+        self,
+        family: str,
+        path: str | None = None,
+        config: dict | None = None,
+        pooling: str | None = None,
+        normalize: bool = True,
+        max_length: int = 512,
+        dtype: str | None = None,
+        image: dict | None = None,
+        lora: dict | None = None,
+        freeze_vision: bool = False,
+        gradient_checkpointing: bool = False,
+        gradcache: dict | None = None,
+        optimizer: Callable[..., torch.optim.Optimizer] | None = None,
+        scheduler: Callable[..., Any] | None = None,
+        weight_decay_exclude_norm_bias: bool = True,
+        temperature_lr: float | None = None,
+        prompt: dict | str | None = None,
+        loss: ContrastiveLoss | None = None,
+        diagnostics_max_negatives: int = 4096,
+    ):
+        super().__init__()
+        self.save_hyperparameters(ignore=["loss"])
+        self.embedder = Embedder.build(
+            family=family, path=path, config=config, pooling=pooling, normalize=normalize, prompt=prompt,
+            max_length=max_length, dtype=dtype, image=image, lora=lora, freeze_vision=freeze_vision,
+            gradient_checkpointing=gradient_checkpointing,
+        )
+        self.loss = loss
+        chunk = (gradcache or {}).get("chunk_size")
+        if chunk is not None and (not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < 1):
+            raise ValueError(f"model.gradcache.chunk_size must be a positive integer or null, got {chunk!r}")
+        self.chunk_size: int | None = chunk
+        self.automatic_optimization = chunk is None
+        #: Set by the entry point when GradCache takes clipping over from the Trainer.
+        self.manual_gradient_clip: tuple[float, str] | None = None
+        self.val_recall = torch.nn.ModuleDict({f"r{k}": RetrievalRecall(top_k=k) for k in (1, 5)})
+        self._val_pos: list[torch.Tensor] = []
+        self._val_neg: list[torch.Tensor] = []
+        self._val_query_offset = 0
+        #: Filled at each validation end: positive/negative similarity samples and the overlap figure.
+        self.last_similarity: dict[str, Any] | None = None
+
+    # ------------------------------------------------------------------ helpers
+    def embed_chunks(self, chunks: Sequence[dict[str, torch.Tensor]]) -> torch.Tensor:
+        return torch.cat([self.embedder(move_to(c, self.device)) for c in chunks])
+
+    def _require_loss(self) -> ContrastiveLoss:
+        if self.loss is None:
+            raise RuntimeError("EmbeddingModule was built without a loss; pass loss=… to train")
+        return self.loss
+
+    def _check_finite(self, loss: torch.Tensor, batch: dict) -> None:
+        if not torch.isfinite(loss).all():
+            ids = batch.get("ids", [])
+            raise NonFiniteLossError(
+                f"non-finite loss ({loss.item()}) at global step {self.global_step}, batch of {len(ids)} rows with "
+                f"ids {ids[:16]}{' …' if len(ids) > 16 else ''}. Lower the learning rate, check these rows, or "
+                "use bf16-mixed instead of fp16"
+            )
+
+    # ------------------------------------------------------------------ training
+    def training_step(self, batch: dict, batch_idx: int):
+        loss_fn = self._require_loss()
+        if self.chunk_size is None:
+            q = self.embed_chunks(batch["query"])
+            t = self.embed_chunks(batch["target"])
+            loss = loss_fn(q, t, batch["target_keys"].to(self.device))
+            self._check_finite(loss, batch)
+        else:
+            loss = self._gradcache_step(batch)
+        self._log_train(loss, batch)
+        return loss
+
+    def _log_train(self, loss: torch.Tensor, batch: dict) -> None:
+        b = batch["num_pairs"]
+        self.log("train/loss", loss.detach(), prog_bar=True, batch_size=b, sync_dist=False)
+        if self.loss is not None:
+            self.log("train/temperature", self.loss.temperature.value, batch_size=b)
+
+    def _gradcache_step(self, batch: dict) -> torch.Tensor:
+        loss_fn = self._require_loss()
+        opt = self.optimizers()
+        q_chunks, t_chunks = batch["query"], batch["target"]
+        # 1. Embed every chunk without gradients, recording the RNG state before each.
+        states, reps = [], []
+        with torch.no_grad():
+            for chunk in (*q_chunks, *t_chunks):
+                states.append(RngState(self.device))
+                reps.append(self.embedder(move_to(chunk, self.device)))
+        nq = len(q_chunks)
+        q = torch.cat(reps[:nq]).detach().requires_grad_()
+        t = torch.cat(reps[nq:]).detach().requires_grad_()
+        strategy = self.trainer.strategy
+        sync_ctx = getattr(strategy, "block_backward_sync", None)
+        # 2. Full loss on the cached embeddings: d loss / d embedding for every row.
+        loss = loss_fn(q, t, batch["target_keys"].to(self.device))
+        self._check_finite(loss, batch)
+        with sync_ctx() if sync_ctx else contextlib.nullcontext():
+            self.manual_backward(loss)
+            grads = torch.cat([q.grad, t.grad]) if q.grad is not None else None
+            # 3. Replay each chunk with gradients and back-propagate the surrogate (emb · cached grad).
+            sizes = [r.shape[0] for r in reps]
+            offset = 0
+            for chunk, state, n in zip((*q_chunks, *t_chunks), states, sizes):
+                with state.replay():
+                    emb = self.embedder(move_to(chunk, self.device))
+                self.manual_backward((emb * grads[offset : offset + n].to(emb.dtype)).sum())
+                offset += n
+        # 4. One gradient all-reduce for the whole step (DDP), then clip, step, schedule.
+        all_reduce_gradients(self.parameters())
+        if self.manual_gradient_clip is not None:
+            value, algorithm = self.manual_gradient_clip
+            self.clip_gradients(opt, gradient_clip_val=value, gradient_clip_algorithm=algorithm)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        sched = self.lr_schedulers()
+        if sched is not None:
+            sched.step()
+        return loss.detach()
+
+    # ------------------------------------------------------------------ validation
+    def on_validation_epoch_start(self) -> None:
+        self._val_pos, self._val_neg = [], []
+        self._val_query_offset = 0
+
+    def validation_step(self, batch: dict, batch_idx: int):
+        q = self.embed_chunks(batch["query"])
+        t = self.embed_chunks(batch["target"])
+        keys = batch["target_keys"].to(self.device)
+        b = q.shape[0]
+        with local_only():  # validation batches differ across ranks: never gather here
+            if self.loss is not None:
+                val_loss = self.loss(q, t, keys)
+                self.log("val/loss", val_loss, batch_size=b, sync_dist=True)
+        sim = q.float() @ t.float().T
+        # Relevant: the positive and any identical copy of it among the targets.
+        relevant = keys[:b, None] == keys[None, :]
+        idx = (torch.arange(b, device=self.device) + self._val_query_offset + self.global_rank * 10**9)
+        self._val_query_offset += b
+        flat_idx = idx[:, None].expand_as(sim).reshape(-1)
+        for k, metric in self.val_recall.items():
+            metric.update(sim.reshape(-1), relevant.reshape(-1), indexes=flat_idx)
+        pos = sim[torch.arange(b), torch.arange(b)]
+        neg = sim[~relevant]
+        cap = self.hparams.diagnostics_max_negatives
+        if neg.numel() > cap:
+            neg = neg[torch.randperm(neg.numel(), device=neg.device)[:cap]]
+        self._val_pos.append(pos.detach().cpu())
+        self._val_neg.append(neg.detach().cpu())
+
+    def on_validation_epoch_end(self) -> None:
+        for k, metric in self.val_recall.items():
+            self.log(f"val/recall@{k[1:]}", metric.compute() * 100, prog_bar=k == "r1", sync_dist=False)
+            metric.reset()
+        if self._val_pos:
+            from evaluation.diagnostics import similarity_overlap
+
+            pos, neg = torch.cat(self._val_pos), torch.cat(self._val_neg)
+            stats = similarity_overlap(pos, neg)
+            self.last_similarity = {"positive": pos, "negative": neg, **stats}
+            for name, value in stats.items():
+                self.log(f"val/{name}", value, sync_dist=True)
+
+    # ------------------------------------------------------------------ optimisation
+    def configure_optimizers(self):
+        if self.hparams.optimizer is None:
+            raise ValueError("model.optimizer is not set: give a partial optimizer (e.g. torch.optim.AdamW)")
+        groups = self.param_groups()
+        optimizer = self.hparams.optimizer(groups)
+        self._check_all_trainable_optimized(optimizer)
+        if self.hparams.scheduler is None:
+            return optimizer
+        total = self.trainer.estimated_stepping_batches if self._trainer is not None else None
+        if total is None or not math.isfinite(total):
+            raise ValueError("the LR scheduler needs a finite number of steps: set trainer.max_steps or max_epochs")
+        scheduler = self.hparams.scheduler(optimizer, total_steps=int(total))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def param_groups(self) -> list[dict]:
+        """Decay / no-decay (biases, norms) groups for the embedder; the temperature in its own group."""
+        decay, no_decay = [], []
+        for name, p in self.embedder.named_parameters():
+            if not p.requires_grad:
+                continue
+            if self.hparams.weight_decay_exclude_norm_bias and (p.ndim < 2 or "norm" in name.lower()):
+                no_decay.append(p)
+            else:
+                decay.append(p)
+        groups = [{"params": decay, "name": "decay"}, {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"}]
+        temp = [p for p in (self.loss.parameters() if self.loss is not None else []) if p.requires_grad]
+        if temp:
+            group = {"params": temp, "weight_decay": 0.0, "name": "temperature"}
+            if self.hparams.temperature_lr is not None:
+                group["lr"] = float(self.hparams.temperature_lr)
+            groups.append(group)
+        return [g for g in groups if g["params"]]
+
+    def _check_all_trainable_optimized(self, optimizer: torch.optim.Optimizer) -> None:
+        in_opt = {id(p) for g in optimizer.param_groups for p in g["params"]}
+        missing = [n for n, p in self.named_parameters() if p.requires_grad and id(p) not in in_opt]
+        if missing:
+            raise ValueError(
+                f"{len(missing)} trainable parameter(s) are in no optimizer group, e.g. {missing[:3]}"
+                + (" (a learnable temperature needs an optimizer group: use the module's param_groups())"
+                   if any("temperature" in n for n in missing) else "")
+            )
+
+    # ------------------------------------------------------------------ checkpoints
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        import random
+
+        import numpy as np
+
+        checkpoint["rng_states"] = {
+            "torch": torch.get_rng_state(),
+            "numpy": np.random.get_state(),
+            "python": random.getstate(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        import random
+
+        import numpy as np
+
+        states = checkpoint.get("rng_states")
+        if not states:
+            return
+        torch.set_rng_state(states["torch"])
+        np.random.set_state(states["numpy"])
+        random.setstate(states["python"])
+        if states.get("cuda") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(states["cuda"])

@@ -1,0 +1,77 @@
+"""Tiny tokenizers for randomly initialised backbones of the real architectures.
+
+No pretrained weights are reachable offline, so tests and the default run use real model
+classes built from small configs. Their tokenizer is a word-level vocabulary (the words of the
+bundled dataset and of MMEB instructions, `assets/tiny_vocab.txt`) with the family's special
+tokens, so every real code path (image token expansion, padding, chat layout) is exercised.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+from transformers import PreTrainedTokenizerFast
+
+VOCAB_FILE = Path(__file__).parent / "assets" / "tiny_vocab.txt"
+
+QWEN_SPECIAL_TOKENS = (
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+)
+BERT_SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+
+
+@lru_cache(maxsize=1)
+def tiny_words() -> tuple[str, ...]:
+    words = [w.strip() for w in VOCAB_FILE.read_text(encoding="utf-8").splitlines()]
+    return tuple(dict.fromkeys(w for w in words if w))
+
+
+def _word_level(specials: tuple[str, ...], unk: str) -> Tokenizer:
+    vocab = {tok: i for i, tok in enumerate((unk, *[s for s in specials if s != unk]))}
+    for w in tiny_words():
+        vocab.setdefault(w, len(vocab))
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=unk))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    return tok
+
+
+def tiny_qwen_tokenizer() -> PreTrainedTokenizerFast:
+    """Word-level tokenizer with Qwen's special tokens; pads on the left like Qwen2-VL."""
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=_word_level(QWEN_SPECIAL_TOKENS, "<unk>"),
+        unk_token="<unk>",
+        pad_token="<|endoftext|>",
+        eos_token="<|im_end|>",
+        additional_special_tokens=list(QWEN_SPECIAL_TOKENS[1:]),
+        padding_side="left",
+    )
+    return tok
+
+
+def tiny_bert_tokenizer() -> PreTrainedTokenizerFast:
+    """Word-level tokenizer with BERT's special tokens and a [CLS] … [SEP] template."""
+    from tokenizers.processors import TemplateProcessing
+
+    raw = _word_level(BERT_SPECIAL_TOKENS, "[UNK]")
+    cls_id, sep_id = raw.token_to_id("[CLS]"), raw.token_to_id("[SEP]")
+    raw.post_processor = TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]", special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=raw,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+        padding_side="right",
+    )

@@ -1,0 +1,39 @@
+"""Lightning callbacks that report what the evaluation side measures during training."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import lightning as L
+from lightning.pytorch.loggers import WandbLogger
+
+from .diagnostics import plot_similarity_histogram
+
+log = logging.getLogger(__name__)
+
+
+class SimilarityDiagnostics(L.Callback):
+    """After each validation: positive/negative cosine histograms to W&B, and a PNG per step on disk."""
+
+    def __init__(self, output_dir: str | None = None, png: bool = True):
+        self.output_dir = Path(output_dir) if output_dir else None
+        self.png = png
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        sims = getattr(pl_module, "last_similarity", None)
+        if not sims or trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        step = trainer.global_step
+        pos, neg = sims["positive"], sims["negative"]
+        for lg in trainer.loggers:
+            if isinstance(lg, WandbLogger):
+                import wandb
+
+                lg.experiment.log({"val/sim_positive": wandb.Histogram(pos.numpy()),
+                                   "val/sim_negative": wandb.Histogram(neg.numpy()),
+                                   "trainer/global_step": step})
+        if self.png and self.output_dir is not None:
+            path = plot_similarity_histogram(pos, neg, self.output_dir / f"similarity_step{step:06d}.png",
+                                             title=f"step {step}")
+            log.info("similarity histogram: %s (overlap %.3f)", path, sims.get("sim_overlap", float("nan")))

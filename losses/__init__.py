@@ -1,0 +1,16 @@
+"""Contrastive losses: pure functions of embeddings sharing one call signature and one gather."""
+
+from .base import ContrastiveLoss, Temperature
+from .gather import distributed_world, gather_contrastive_batch, gather_rows
+from .hardness_weighted import HardnessWeightedInfoNCE
+from .infonce import InfoNCE
+
+__all__ = [
+    "ContrastiveLoss",
+    "HardnessWeightedInfoNCE",
+    "InfoNCE",
+    "Temperature",
+    "distributed_world",
+    "gather_contrastive_batch",
+    "gather_rows",
+]

@@ -1,0 +1,151 @@
+"""Cross-device gathering for contrastive losses (METHODS §2.3, formulation 1).
+
+One semantics, used by every loss: each rank scores its *local* rows against the rows of
+*all* ranks, gathered with an autograd-aware all-gather, with labels offset by the rank's
+position. The backward of the gather sums every rank's gradient for a row and hands each rank
+the slice of its own rows, so that under DDP's gradient averaging the parameter gradient equals
+the gradient of the global mean loss (see `ContrastiveLoss._reduce` for the weighting that
+keeps this exact when ranks hold different numbers of rows). Ranks may hold unequal numbers of
+rows (the last batch of an epoch): sizes are exchanged first and rows are padded to the largest.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+_LOCAL_ONLY = False
+
+
+class local_only:
+    """Context in which losses score only this rank's rows (validation, diagnostics)."""
+
+    def __enter__(self):
+        global _LOCAL_ONLY
+        self._prev, _LOCAL_ONLY = _LOCAL_ONLY, True
+        return self
+
+    def __exit__(self, *exc):
+        global _LOCAL_ONLY
+        _LOCAL_ONLY = self._prev
+        return False
+
+
+def distributed_world() -> tuple[int, int]:
+    """(rank, world size) of the default process group, (0, 1) when not distributed or in `local_only`."""
+    if not _LOCAL_ONLY and dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _all_gather_sizes(n: int, device: torch.device) -> list[int]:
+    size = torch.tensor([n], dtype=torch.long, device=device)
+    sizes = [torch.zeros_like(size) for _ in range(dist.get_world_size())]
+    dist.all_gather(sizes, size)
+    return [int(s.item()) for s in sizes]
+
+
+def _all_gather_padded(x: torch.Tensor, sizes: list[int]) -> torch.Tensor:
+    """All-gather rows of `x` whose count differs per rank (`sizes`); returns [sum(sizes), ...]."""
+    max_n = max(sizes)
+    if x.shape[0] < max_n:
+        pad = x.new_zeros((max_n - x.shape[0], *x.shape[1:]))
+        x = torch.cat([x, pad], dim=0)
+    buckets = [torch.empty_like(x) for _ in sizes]
+    dist.all_gather(buckets, x.contiguous())
+    return torch.cat([b[:n] for b, n in zip(buckets, sizes)], dim=0)
+
+
+class _GatherWithGrad(torch.autograd.Function):
+    """All-gather whose backward returns, for the local rows, the sum over ranks of their gradient."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, sizes: list[int], rank: int) -> torch.Tensor:
+        ctx.sizes, ctx.rank = sizes, rank
+        return _all_gather_padded(x, sizes)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        grad = grad.contiguous().clone()
+        # Every rank's loss depends on this rank's rows: their total gradient is the sum over ranks.
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        start = sum(ctx.sizes[: ctx.rank])
+        return grad[start : start + ctx.sizes[ctx.rank]], None, None
+
+
+def gather_rows(x: torch.Tensor, sizes: list[int] | None = None, with_grad: bool = True) -> torch.Tensor:
+    """Concatenate `x` from every rank in rank order (identity when not distributed).
+
+    `sizes` (rows per rank) is exchanged when not given. With `with_grad` the result carries
+    gradients back to every rank's local rows; integer tensors are always gathered without.
+    """
+    rank, world = distributed_world()
+    if world == 1:
+        return x
+    if sizes is None:
+        sizes = _all_gather_sizes(x.shape[0], x.device)
+    if with_grad and x.is_floating_point() and torch.is_grad_enabled():
+        return _GatherWithGrad.apply(x, sizes, rank)
+    return _all_gather_padded(x.detach() if x.is_floating_point() else x, sizes)
+
+
+@dataclass
+class GatheredBatch:
+    """A contrastive batch seen from one rank after gathering.
+
+    queries [N, d] and positives [N, d] hold every rank's pairs in rank order (N = Σ B_r);
+    negatives [M, d] every rank's explicit hard negatives; `offset` is the index of this rank's
+    first pair in N, `local` the number of its pairs. Keys (int64) identify identical targets.
+    """
+
+    queries: torch.Tensor
+    positives: torch.Tensor
+    negatives: torch.Tensor
+    positive_keys: torch.Tensor | None
+    negative_keys: torch.Tensor | None
+    offset: int
+    local: int
+    world_size: int
+
+    @property
+    def total(self) -> int:
+        return self.queries.shape[0]
+
+
+def gather_contrastive_batch(
+    query: torch.Tensor, target: torch.Tensor, target_keys: torch.Tensor | None = None
+) -> GatheredBatch:
+    """Split `target` into positives (first B rows) and hard negatives, gather all with gradients."""
+    b = query.shape[0]
+    if target.shape[0] < b:
+        raise ValueError(
+            f"target has {target.shape[0]} rows but query has {b}: the first B target rows must be "
+            "the queries' positives, followed by any hard negatives"
+        )
+    if target_keys is not None and target_keys.shape[0] != target.shape[0]:
+        raise ValueError(f"target_keys has {target_keys.shape[0]} entries, target has {target.shape[0]} rows")
+    positives, negatives = target[:b], target[b:]
+    pos_keys = target_keys[:b] if target_keys is not None else None
+    neg_keys = target_keys[b:] if target_keys is not None else None
+    rank, world = distributed_world()
+    if world == 1:
+        return GatheredBatch(query, positives, negatives, pos_keys, neg_keys, 0, b, 1)
+    # One size exchange for the pairs, one for the negatives (their counts vary independently).
+    pair_sizes = _all_gather_sizes(b, query.device)
+    neg_sizes = _all_gather_sizes(negatives.shape[0], query.device)
+    has_negatives = sum(neg_sizes) > 0
+    return GatheredBatch(
+        queries=gather_rows(query, pair_sizes),
+        positives=gather_rows(positives, pair_sizes),
+        negatives=gather_rows(negatives, neg_sizes) if has_negatives else negatives,
+        positive_keys=gather_rows(pos_keys, pair_sizes) if pos_keys is not None else None,
+        negative_keys=(
+            gather_rows(neg_keys, neg_sizes) if neg_keys is not None and has_negatives else neg_keys
+        ),
+        offset=sum(pair_sizes[:rank]),
+        local=b,
+        world_size=world,
+    )

@@ -1,0 +1,155 @@
+"""Train an embedding model: `python train.py [experiment=…] [group=option …] [key=value …]`.
+
+Composes the config, seeds, builds the LightningModule (backbone + pooling + loss), the
+DataModule and the Trainer, fits, saves the final Embedder, and scores it (and, by default, the
+untrained model) on the configured eval datasets.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+from pathlib import Path
+
+import hydra
+import lightning as L
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger("embedlab.train")
+
+
+def is_launcher_rank_zero() -> bool:
+    """True in the process that launched the run (not in DDP children or non-zero SLURM tasks)."""
+    return all(int(os.environ.get(v, "0")) == 0 for v in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"))
+
+
+def validate_config(cfg: DictConfig) -> None:
+    """Refuse misconfigurations before anything expensive starts."""
+    chunk = OmegaConf.select(cfg, "model.gradcache.chunk_size")
+    accumulate = OmegaConf.select(cfg, "trainer.accumulate_grad_batches", default=1) or 1
+    batch = OmegaConf.select(cfg, "data.batch_size")
+    if chunk is not None:
+        if not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < 1:
+            raise ValueError(f"model.gradcache.chunk_size must be a positive integer or null, got {chunk!r}")
+        if accumulate != 1:
+            raise ValueError(f"GradCache (model.gradcache.chunk_size={chunk}) with trainer.accumulate_grad_batches="
+                             f"{accumulate}: GradCache already gives a large batch at fixed memory; raise "
+                             "data.batch_size instead, or turn GradCache off to accumulate")
+        if batch is not None and chunk > batch:
+            raise ValueError(f"model.gradcache.chunk_size={chunk} is larger than data.batch_size={batch}: a chunk "
+                             "must split the batch; lower the chunk size or raise the batch size")
+    strategy = OmegaConf.select(cfg, "trainer.strategy")
+    target = strategy.get("_target_", "") if isinstance(strategy, DictConfig) else str(strategy or "")
+    if "fsdp" in target.lower():
+        accel = OmegaConf.select(cfg, "trainer.accelerator")
+        import torch
+
+        if accel == "cpu" or not torch.cuda.is_available():
+            raise ValueError("trainer=fsdp needs GPUs (Lightning refuses FSDP on CPU); use trainer=ddp_cpu on CPU")
+        if chunk is not None:
+            raise ValueError("GradCache under FSDP is not supported; use trainer=ddp with GradCache")
+
+
+def wandb_run_id(cfg: DictConfig, output_dir: Path) -> None:
+    """Keep one W&B run per output directory so a resumed (or requeued) run logs into the same run."""
+    if OmegaConf.select(cfg, "logger.wandb") is None or OmegaConf.select(cfg, "logger.wandb.id"):
+        return
+    id_file = output_dir / "wandb_id.txt"
+    if id_file.exists():
+        run_id = id_file.read_text().strip()
+    else:
+        run_id = uuid.uuid4().hex[:12]
+        if is_launcher_rank_zero():
+            output_dir.mkdir(parents=True, exist_ok=True)
+            id_file.write_text(run_id + "\n")
+    with __import__("omegaconf").open_dict(cfg):
+        cfg.logger.wandb.id = run_id
+        cfg.logger.wandb.resume = "allow"
+
+
+def build_callbacks(cfg: DictConfig) -> list[L.Callback]:
+    return [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None and "_target_" in c]
+
+
+def build_loggers(cfg: DictConfig) -> list:
+    return [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None and "_target_" in c]
+
+
+def build_trainer(cfg: DictConfig, module, callbacks, loggers) -> L.Trainer:
+    tcfg = OmegaConf.to_container(cfg.trainer, resolve=True)
+    if module.chunk_size is not None:
+        # GradCache optimises manually: it applies the clipping Lightning would otherwise apply.
+        clip = tcfg.pop("gradient_clip_val", None)
+        algorithm = tcfg.pop("gradient_clip_algorithm", "norm") or "norm"
+        if clip:
+            module.manual_gradient_clip = (float(clip), algorithm)
+    return instantiate(tcfg, callbacks=callbacks, logger=loggers or False, _convert_="partial")
+
+
+def resolve_ckpt_path(cfg: DictConfig, output_dir: Path) -> str | None:
+    ckpt = cfg.get("ckpt_path")
+    if ckpt == "auto":
+        last = output_dir / "checkpoints" / "last.ckpt"
+        return str(last) if last.exists() else None
+    if ckpt and not Path(ckpt).is_file():
+        raise FileNotFoundError(f"ckpt_path={ckpt} does not exist")
+    return ckpt
+
+
+def run(cfg: DictConfig) -> dict:
+    """The whole training job; returns {"before": results|None, "after": results|None, "chance": float}."""
+    from evaluation.runner import build_suite, score
+
+    validate_config(cfg)
+    output_dir = Path(cfg.paths.output_dir)
+    L.seed_everything(cfg.seed, workers=True)
+    wandb_run_id(cfg, output_dir)
+    loss = instantiate(cfg.loss)
+    module = instantiate(cfg.model, loss=loss, prompt=OmegaConf.to_container(cfg.prompt, resolve=True),
+                         _convert_="partial")
+    datamodule = instantiate(cfg.data, sampler=instantiate(cfg.sampler) if cfg.get("sampler") else None,
+                             _convert_="partial")
+    datamodule.set_input_builder(module.embedder.input_builder, module.chunk_size)
+    callbacks, loggers = build_callbacks(cfg), build_loggers(cfg)
+    trainer = build_trainer(cfg, module, callbacks, loggers)
+    for lg in loggers:
+        lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+
+    outcome: dict = {"before": None, "after": None, "chance": None}
+    suite = None
+    if cfg.get("eval_data") and (cfg.evaluate_before or cfg.evaluate_after) and is_launcher_rank_zero():
+        suite = build_suite(cfg.eval_data)
+    if suite is not None and cfg.evaluate_before and resolve_ckpt_path(cfg, output_dir) is None:
+        outcome["before"] = score(module.embedder, suite, cfg.eval, "untrained", output_dir / "eval_untrained",
+                                  loggers, "eval_untrained")
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resolve_ckpt_path(cfg, output_dir))
+    if not trainer.is_global_zero:
+        return outcome
+    if cfg.save_embedder:
+        path = module.embedder.save_pretrained(output_dir / "embedder")
+        log.info("saved the trained Embedder to %s", path)
+    if suite is not None and cfg.evaluate_after:
+        outcome["after"] = score(module.embedder, suite, cfg.eval, "trained", output_dir / "eval", loggers, "eval")
+        outcome["chance"] = outcome["after"]["_chance"]
+        summary = f"Overall on {len(suite)} eval datasets: "
+        if outcome["before"] is not None:
+            summary += f"untrained {outcome['before']['overall']:.1f} | "
+        summary += f"trained {outcome['after']['overall']:.1f} | chance {outcome['chance']:.1f}"
+        print(summary, flush=True)
+        (output_dir / "summary.txt").write_text(summary + "\n")
+    for lg in loggers:
+        lg.finalize("success")
+    return outcome
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    outcome = run(cfg)
+    after = outcome.get("after")
+    return after["overall"] if after else None  # the value Hydra sweepers optimise
+
+
+if __name__ == "__main__":
+    main()
