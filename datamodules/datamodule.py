@@ -53,6 +53,15 @@ class ResumableDataLoader(DataLoader):
         self.batch_sampler.resume(state["epoch"], state["consumed"])
 
 
+def _check_int(name: str, value, minimum: int, optional: bool = False) -> None:
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an integer, got {value!r} ({type(value).__name__})")
+    if value < minimum:
+        raise ValueError(f"{name} must be ≥ {minimum}, got {value}")
+
+
 def _subset_caps(subsets, max_per_subset) -> dict[str, int | None]:
     if isinstance(subsets, str):
         subsets = [subsets]
@@ -86,8 +95,12 @@ class MMEBDataModule(L.LightningDataModule):
         super().__init__()
         if on_missing_image not in ("error", "skip"):
             raise ValueError(f"data.on_missing_image must be 'error' or 'skip', got {on_missing_image!r}")
-        if int(batch_size) < 1:
-            raise ValueError(f"data.batch_size must be ≥ 1, got {batch_size}")
+        _check_int("data.batch_size", batch_size, minimum=1)
+        _check_int("data.val_batch_size", val_batch_size, minimum=1, optional=True)
+        _check_int("data.num_workers", num_workers, minimum=0)
+        _check_int("data.val_per_subset", val_per_subset, minimum=0)
+        _check_int("data.max_per_subset", max_per_subset, minimum=1, optional=True)
+        _check_int("data.max_negatives_per_pair", max_negatives_per_pair, minimum=0, optional=True)
         self.source, self.split = str(source), split
         self.caps = _subset_caps(subsets, max_per_subset)
         if not self.caps:

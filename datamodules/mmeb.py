@@ -62,6 +62,27 @@ def _is_local(source: str) -> bool:
     return os.path.isdir(source)
 
 
+def local_cache_dir(source: str, subset: str) -> str:
+    """A `datasets` cache directory keyed on the snapshot's absolute path and its files' size/mtime.
+
+    `datasets` keys the cache of a local directory on its base name, not its location or content,
+    so two snapshots named alike (or one regenerated in place) would silently share a stale cache.
+    """
+    import hashlib
+
+    import datasets
+
+    root = Path(source).resolve()
+    h = hashlib.sha256(str(root).encode())
+    files = [root / "README.md", *sorted((root / subset).rglob("*"))] if (root / subset).is_dir() else \
+        sorted(p for p in root.rglob("*") if p.is_file() and "images" not in p.parts[len(root.parts):][:1])
+    for f in files:
+        if f.is_file():
+            st = f.stat()
+            h.update(f"{f.relative_to(root)}:{st.st_size}:{st.st_mtime_ns}".encode())
+    return str(Path(datasets.config.HF_DATASETS_CACHE) / "embedlab_local" / h.hexdigest()[:24])
+
+
 def available_configs(source: str) -> list[str]:
     import datasets
 
@@ -81,8 +102,9 @@ def load_split(source: str, subset: str, split: str, columns, schema: str):
         # Not a hub id (owner/name): do not let `datasets` go to the network for a mistyped path.
         raise DataError(f"data source {source} is not an existing directory nor a hub id (owner/name)",
                         dataset=subset)
+    kwargs = {"cache_dir": local_cache_dir(source, subset)} if _is_local(source) else {}
     try:
-        ds = datasets.load_dataset(source, subset, split=split)
+        ds = datasets.load_dataset(source, subset, split=split, **kwargs)
     except ValueError as e:
         msg = str(e)
         if "BuilderConfig" in msg or "not found" in msg:

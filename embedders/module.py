@@ -61,6 +61,13 @@ class EmbeddingModule(L.LightningModule):
         diagnostics_max_negatives: int = 4096,
     ):
         super().__init__()
+        # Hyperparameters are stored as plain containers (optimizer/scheduler as their _target_ configs),
+        # so checkpoints load with torch.load(weights_only=True) and need no pickled callables.
+        config, image, lora, gradcache, prompt = map(_plain, (config, image, lora, gradcache, prompt))
+        optimizer, scheduler = _plain(optimizer), _plain(scheduler)
+        for name, value in (("model.optimizer", optimizer), ("model.scheduler", scheduler)):
+            if value is not None and not (isinstance(value, dict) and "_target_" in value):
+                raise TypeError(f"{name} must be a config with _target_ (and _partial_: true), got {value!r:.80}")
         self.save_hyperparameters(ignore=["loss"])
         self.embedder = Embedder.build(
             family=family, path=path, config=config, pooling=pooling, normalize=normalize, prompt=prompt,
@@ -207,15 +214,17 @@ class EmbeddingModule(L.LightningModule):
     def configure_optimizers(self):
         if self.hparams.optimizer is None:
             raise ValueError("model.optimizer is not set: give a partial optimizer (e.g. torch.optim.AdamW)")
+        from hydra.utils import instantiate
+
         groups = self.param_groups()
-        optimizer = self.hparams.optimizer(groups)
+        optimizer = instantiate(self.hparams.optimizer)(groups)
         self._check_all_trainable_optimized(optimizer)
         if self.hparams.scheduler is None:
             return optimizer
         total = self.trainer.estimated_stepping_batches if self._trainer is not None else None
         if total is None or not math.isfinite(total):
             raise ValueError("the LR scheduler needs a finite number of steps: set trainer.max_steps or max_epochs")
-        scheduler = self.hparams.scheduler(optimizer, total_steps=int(total))
+        scheduler = instantiate(self.hparams.scheduler)(optimizer, total_steps=int(total))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def param_groups(self) -> list[dict]:
@@ -253,9 +262,10 @@ class EmbeddingModule(L.LightningModule):
 
         import numpy as np
 
-        checkpoint["rng_states"] = {
+        kind, keys, pos, has_gauss, gauss = np.random.get_state()
+        checkpoint["rng_states"] = {  # tensors and Python scalars only: loadable with weights_only=True
             "torch": torch.get_rng_state(),
-            "numpy": np.random.get_state(),
+            "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)],
             "python": random.getstate(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
         }
@@ -269,7 +279,17 @@ class EmbeddingModule(L.LightningModule):
         if not states:
             return
         torch.set_rng_state(states["torch"])
-        np.random.set_state(states["numpy"])
+        kind, keys, pos, has_gauss, gauss = states["numpy"]
+        np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
         random.setstate(states["python"])
         if states.get("cuda") is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def _plain(value):
+    """OmegaConf containers → plain dicts/lists (resolved); anything else unchanged."""
+    from omegaconf import DictConfig, ListConfig, OmegaConf
+
+    if isinstance(value, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(value, resolve=True)
+    return value

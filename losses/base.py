@@ -25,25 +25,30 @@ class Temperature(nn.Module):
 
     def __init__(self, value: float = 0.02, learnable: bool = False, min_value: float = 0.005, max_value: float = 1.0):
         super().__init__()
+        for name, v in (("temperature", value), ("temperature_min", min_value), ("temperature_max", max_value)):
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise TypeError(f"loss.{name} must be a number, got {v!r} ({type(v).__name__})")
         if not (value > 0 and math.isfinite(value)):
             raise ValueError(f"temperature must be a positive finite number, got {value!r}")
         if not (0 < min_value <= value <= max_value):
             raise ValueError(f"temperature {value} must lie in [min {min_value}, max {max_value}]")
         self.learnable = bool(learnable)
         self.min_value, self.max_value = float(min_value), float(max_value)
-        log_scale = torch.tensor(math.log(1.0 / value))
+        self.fixed_value = float(value)
         if self.learnable:
-            self.log_scale = nn.Parameter(log_scale)
-        else:
-            self.register_buffer("log_scale", log_scale, persistent=False)
+            self.log_scale = nn.Parameter(torch.tensor(math.log(1.0 / value)))
 
-    def scale(self) -> torch.Tensor:
-        """The logit scale 1/τ (a tensor, differentiable when learnable)."""
+    def scale(self) -> torch.Tensor | float:
+        """The logit scale 1/τ: a tensor (differentiable, clamped) when learnable, else an exact float."""
+        if not self.learnable:
+            return 1.0 / self.fixed_value
         lo, hi = math.log(1.0 / self.max_value), math.log(1.0 / self.min_value)
         return self.log_scale.clamp(lo, hi).exp()
 
     @property
     def value(self) -> float:
+        if not self.learnable:
+            return self.fixed_value
         return float(1.0 / self.scale().detach())
 
 
@@ -104,7 +109,8 @@ class ContrastiveLoss(nn.Module):
         if query.ndim != 2 or target.ndim != 2 or query.shape[1] != target.shape[1]:
             raise ValueError(f"expected query [B, d] and target [B+M, d], got {tuple(query.shape)} and {tuple(target.shape)}")
         # Similarities in fp32 whatever the embedding dtype (bf16 logits lose the ranking at τ=0.02).
-        query, target = query.float(), target.float()
+        dtype = torch.promote_types(torch.promote_types(query.dtype, target.dtype), torch.float32)
+        query, target = query.to(dtype), target.to(dtype)
         g = gather_contrastive_batch(query, target, target_keys)
         # The local rows enter as themselves (not as their gathered copy) so autograd reaches them
         # directly; the gathered copy contributes the other ranks' gradients through the gather.

@@ -1,0 +1,41 @@
+"""Every config composes; misconfigurations are refused with messages that name the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+
+import train
+
+CONF = Path(__file__).resolve().parents[2] / "conf"
+EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_composes(compose_cfg, experiment):
+    cfg = compose_cfg("train", [f"experiment={experiment}"])
+    assert cfg.model._target_ and cfg.loss._target_ and cfg.data._target_
+    train.validate_config(cfg)
+
+
+@pytest.mark.parametrize("group", ["model", "loss", "data", "sampler", "trainer", "logger", "eval_data", "prompt"])
+def test_every_group_option_composes(compose_cfg, group):
+    for option in sorted(p.stem for p in (CONF / group).glob("*.yaml")):
+        compose_cfg("train", [f"{group}={option}"])
+
+
+def test_evaluate_config_composes(compose_cfg):
+    cfg = compose_cfg("evaluate", ["prompt=hierarchical", "eval_data=mmeb_eval"])
+    assert len(cfg.eval_data.datasets) == 36
+
+
+def test_wrong_type_is_named(compose_cfg):
+    cfg = compose_cfg("train", ["data.batch_size=abc"])
+    with pytest.raises(InstantiationException, match="data.batch_size must be an integer, got 'abc'"):
+        instantiate(cfg.data)
+    cfg = compose_cfg("train", ["loss.temperature=hot"])
+    with pytest.raises(InstantiationException, match="loss.temperature must be a number"):
+        instantiate(cfg.loss)
