@@ -187,7 +187,7 @@ class EmbeddingModule(L.LightningModule):
         idx = (torch.arange(b, device=self.device) + self._val_query_offset + self.global_rank * 10**9)
         self._val_query_offset += b
         flat_idx = idx[:, None].expand_as(sim).reshape(-1)
-        for k, metric in self.val_recall.items():
+        for metric in self.val_recall.values():
             metric.update(sim.reshape(-1), relevant.reshape(-1), indexes=flat_idx)
         pos = sim[torch.arange(b), torch.arange(b)]
         neg = sim[~relevant]

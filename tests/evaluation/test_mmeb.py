@@ -6,7 +6,14 @@ import pytest
 import torch
 
 from datamodules.schema import EvalRow, Item
-from evaluation.mmeb import EvalDataset, aggregate, chance_level, evaluate_embedder, precision_at_1, render_table
+from evaluation.mmeb import (
+    EvalDataset,
+    aggregate,
+    chance_level,
+    evaluate_embedder,
+    precision_at_1,
+    render_table,
+)
 
 
 def test_precision_at_1_ties():

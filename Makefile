@@ -1,0 +1,54 @@
+# embedlab — every target sets itself up (a virtual environment in .venv) on a fresh machine.
+# On machines without an NVIDIA GPU the CPU build of torch is installed first, so the package's
+# torch requirement is already met and pip never pulls the multi-GB CUDA wheels.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.embedlab-installed
+CPU_TORCH ?= torch==2.13.0+cpu
+CPU_TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+ARGS ?=
+export TOKENIZERS_PARALLELISM ?= false
+export HF_HUB_DISABLE_PROGRESS_BARS ?= 1
+
+.PHONY: help setup train evaluate test test-all bench lint sweep ablation clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@echo "  pass Hydra overrides with ARGS='…', e.g. make train ARGS='loss=hardness_weighted loss.alpha=9'"
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip install -q --upgrade pip >/dev/null 2>&1 || true
+	@if command -v nvidia-smi >/dev/null 2>&1; then \
+		echo "NVIDIA GPU found: torch comes from the package index with CUDA"; \
+	else \
+		echo "no NVIDIA GPU: installing the CPU build of torch ($(CPU_TORCH))"; \
+		$(PY) -m pip install -q --no-index "$(CPU_TORCH)" 2>/dev/null \
+		|| $(PY) -m pip install -q "$(CPU_TORCH)" --index-url $(CPU_TORCH_INDEX); \
+	fi
+	$(PY) -m pip install -q -e ".[dev]"
+	@touch $@
+
+setup: $(STAMP) ## create .venv and install embedlab with its dev tools
+
+train: $(STAMP) ## train the default model (tiny Qwen2-VL, bundled data, CPU) and score it
+	$(PY) train.py $(ARGS)
+
+evaluate: $(STAMP) ## score a model: make evaluate ARGS='embedder_dir=logs/train/runs/…/embedder'
+	$(PY) evaluate.py $(ARGS)
+
+test: $(STAMP) ## fast test suite (what CI runs)
+	$(PY) -m pytest -q $(ARGS)
+
+test-all: $(STAMP) ## every test, slow ones included
+	$(PY) -m pytest -q -m "" $(ARGS)
+
+bench: $(STAMP) ## benchmarks: print measured ratios side by side
+	$(PY) benchmarks/run_all.py $(ARGS)
+
+lint: $(STAMP) ## ruff
+	$(PY) -m ruff check .
+
+clean: ## remove run outputs (keeps .venv and data)
+	rm -rf logs outputs multirun .pytest_cache
