@@ -20,7 +20,7 @@ from .errors import DataError
 from .images import ImageLoader
 from .mmeb import describe_source, image_paths_missing, read_train_pairs
 from .samplers import EpochBatchSampler, RandomBatchSampler, SequentialBatchSampler
-from .schema import TrainPair
+from .schema import TrainPair, rows_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +118,8 @@ class MMEBDataModule(L.LightningDataModule):
         self.chunk_size: int | None = None
         self.train_pairs: list[TrainPair] = []
         self.val_pairs: list[TrainPair] = []
+        #: Per subset, as read (before any row is dropped or held out): {"num_rows", "fingerprint"}.
+        self.subset_info: dict[str, dict] = {}
         self.skipped: dict[str, int] = {}
         self._train_loader: ResumableDataLoader | None = None
 
@@ -141,6 +143,8 @@ class MMEBDataModule(L.LightningDataModule):
         train, val = [], []
         for subset, cap in self.caps.items():
             pairs = read_train_pairs(self.source, subset, self.split, cap, self.use_hard_negatives)
+            self.subset_info[subset] = {"num_rows": len(pairs), "fingerprint": rows_fingerprint(pairs),
+                                        "split": self.split, "source": describe_source(self.source)}
             pairs = self._drop_missing_images(subset, pairs)
             n_val = min(self.val_per_subset, len(pairs) // 2)
             held = set(rng.choice(len(pairs), size=n_val, replace=False).tolist()) if n_val else set()
@@ -192,7 +196,8 @@ class MMEBDataModule(L.LightningDataModule):
     def build_train_sampler(self) -> EpochBatchSampler:
         rank, world = self._rank_world()
         return self.sampler_factory(pairs=self.train_pairs, batch_size=self.batch_size, seed=self.seed,
-                                    drop_last=self.drop_last, rank=rank, world_size=world)
+                                    drop_last=self.drop_last, rank=rank, world_size=world,
+                                    subset_info=self.subset_info)
 
     def train_dataloader(self) -> ResumableDataLoader:
         if not self.train_pairs:

@@ -22,14 +22,17 @@ class EpochBatchSampler:
     """Base class: subclasses implement `epoch_batches(epoch) -> list[list[int]]` (global order)."""
 
     def __init__(self, pairs: Sequence, batch_size: int, seed: int = 0, drop_last: bool = True,
-                 rank: int = 0, world_size: int = 1):
-        """`pairs`: the training rows (TrainPair objects; subclasses may read their subset/row)."""
+                 rank: int = 0, world_size: int = 1, subset_info: dict | None = None):
+        """`pairs`: the training rows (TrainPair objects; subclasses may read their subset/row).
+        `subset_info`: per subset {"num_rows", "fingerprint", "split", "source"} of the data as read,
+        for samplers that must check files mined from the same data."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
         num_items = len(pairs)
         if num_items < 1:
             raise ValueError("the sampler got an empty dataset")
         self.pairs = pairs
+        self.subset_info = dict(subset_info or {})
         self.num_items, self.batch_size, self.seed, self.drop_last = int(num_items), int(batch_size), int(seed), drop_last
         self.rank, self.world_size = int(rank), int(world_size)
         self.epoch = 0

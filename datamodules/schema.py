@@ -125,3 +125,11 @@ def parse_eval_row(row: dict, dataset: str, index: int) -> EvalRow:
         raise DataError("no candidates", dataset, index, "tgt_text")
     cands = tuple(make_item(t, im, dataset, index, "tgt_text", "tgt_img_path") for t, im in zip(texts, images))
     return EvalRow(dataset, index, query, cands)
+
+
+def rows_fingerprint(pairs) -> str:
+    """Digest of a subset's rows in order (query and positive text/image): detects changed data."""
+    h = hashlib.sha256()
+    for p in pairs:
+        h.update(f"{p.query.text}\x00{p.query.image or ''}\x00{p.positive.text}\x00{p.positive.image or ''}\x01".encode())
+    return h.hexdigest()[:32]
