@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 import threading
 from functools import cache
 from pathlib import Path
@@ -15,13 +14,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-# The project is used from its checkout (not installed), so make `datamodules` importable.
-REPO_ROOT = Path(__file__).resolve().parents[2]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
-
-from datamodules import bundled  # noqa: E402
-from datamodules.bundled import (  # noqa: E402
+from datamodules import bundled
+from datamodules.bundled import (
     EVAL_DATASETS,
     IMAGE_TOKEN,
     TRAIN_SUBSETS,
