@@ -75,3 +75,56 @@ def tiny_bert_tokenizer() -> PreTrainedTokenizerFast:
         mask_token="[MASK]",
         padding_side="right",
     )
+
+
+#: LLaVA-OneVision's Qwen2 tokenizer carries the Qwen tokens plus the `<image>`/`<video>` placeholders.
+LLAVA_QWEN_SPECIAL_TOKENS = (*QWEN_SPECIAL_TOKENS, "<image>", "<video>")
+
+
+def tiny_llava_qwen_tokenizer() -> PreTrainedTokenizerFast:
+    """Word-level tokenizer with LLaVA-OneVision's tokens (Qwen's plus `<image>`); pads on the left."""
+    return PreTrainedTokenizerFast(
+        tokenizer_object=_word_level(LLAVA_QWEN_SPECIAL_TOKENS, "<unk>"),
+        unk_token="<unk>",
+        pad_token="<|endoftext|>",
+        eos_token="<|im_end|>",
+        additional_special_tokens=list(LLAVA_QWEN_SPECIAL_TOKENS[1:]),
+        padding_side="left",
+    )
+
+
+def _with_template(raw: Tokenizer, single: str, specials: tuple[str, ...]) -> Tokenizer:
+    from tokenizers.processors import TemplateProcessing
+
+    raw.post_processor = TemplateProcessing(single=single, special_tokens=[(s, raw.token_to_id(s)) for s in specials])
+    return raw
+
+
+def tiny_clip_tokenizer(model_max_length: int = 77) -> PreTrainedTokenizerFast:
+    """Word-level tokenizer laid out like CLIP's: `<|startoftext|> … <|endoftext|>`, padded (right) with
+    `<|endoftext|>`. The end-of-text id is deliberately not 2: CLIP configs with eos_token_id 2 take the legacy
+    "argmax of input_ids" pooling, which only works with CLIP's own vocabulary order."""
+    raw = _with_template(_word_level(("<|endoftext|>", "<|startoftext|>"), "<unk>"),
+                         "<|startoftext|> $A <|endoftext|>", ("<|startoftext|>", "<|endoftext|>"))
+    return PreTrainedTokenizerFast(
+        tokenizer_object=raw,
+        unk_token="<unk>",
+        bos_token="<|startoftext|>",
+        eos_token="<|endoftext|>",
+        pad_token="<|endoftext|>",
+        padding_side="right",
+        model_max_length=model_max_length,
+    )
+
+
+def tiny_siglip_tokenizer(model_max_length: int = 64) -> PreTrainedTokenizerFast:
+    """Word-level tokenizer laid out like SigLIP's: `… </s>`, padded (right) with `</s>`, no BOS."""
+    raw = _with_template(_word_level(("</s>",), "<unk>"), "$A </s>", ("</s>",))
+    return PreTrainedTokenizerFast(
+        tokenizer_object=raw,
+        unk_token="<unk>",
+        eos_token="</s>",
+        pad_token="</s>",
+        padding_side="right",
+        model_max_length=model_max_length,
+    )

@@ -100,7 +100,7 @@ def encode_unique(embedder, items: list[tuple[Item, str, int, str, ImageLoader]]
     if progress:
         from tqdm.auto import tqdm
 
-        it = tqdm(loader, desc=f"encode {side}s", unit="batch", leave=False)
+        it = tqdm(loader, desc=f"encode {side}s", unit="batch", leave=False, disable=None)
     try:
         with torch.no_grad():
             for inputs in it:

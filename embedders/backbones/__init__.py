@@ -1,6 +1,13 @@
 """Backbone families, one module each; importing this package registers them all."""
 
-from . import qwen2_vl, text_encoder  # noqa: F401  (registration side effects)
-from .base import FAMILIES, BackboneFamily, UnknownFamilyError, get_family, register_family, torchvision_usable
+from . import dual_encoder, llava_onevision, qwen2_vl, text_encoder  # noqa: F401  (registration side effects)
+from .base import (
+    FAMILIES,
+    BackboneFamily,
+    UnknownFamilyError,
+    get_family,
+    register_family,
+    torchvision_usable,
+)
 
 __all__ = ["FAMILIES", "BackboneFamily", "UnknownFamilyError", "get_family", "register_family", "torchvision_usable"]
