@@ -83,8 +83,9 @@ class Embedder(nn.Module):
         super().__init__()
         self.family = get_family(family)
         self.pooling = pooling or self.family.default_pooling
-        if self.pooling not in POOLING_MODES:
+        if self.pooling not in (*POOLING_MODES, "model"):
             raise ValueError(f"unknown pooling {self.pooling!r}; choose one of {', '.join(POOLING_MODES)}")
+        self.family.check_pooling(self.pooling)
         self.backbone = backbone
         self.normalize = bool(normalize)
         self.image = dict(image or {})

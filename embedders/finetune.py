@@ -4,7 +4,6 @@ non-reentrant gradient checkpointing."""
 from __future__ import annotations
 
 import logging
-import re
 
 from torch import nn
 
@@ -37,18 +36,32 @@ def apply_finetuning(model: nn.Module, family, lora: dict | None = None, freeze_
         tower.requires_grad_(False)
     if gradient_checkpointing:
         # Non-reentrant: reentrant checkpointing breaks under DDP ("marked ready twice") and with LoRA.
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers ≥ 5 name
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if lora:
         model = apply_lora(model, family, dict(lora))
     return model
 
 
-def lora_target_regex(family, targets) -> str:
-    """Regex for peft matching `targets` (suffixes) outside the vision tower."""
-    alt = "|".join(re.escape(t) for t in targets)
-    if family.vision_module:
-        return rf"^(?!.*{re.escape(family.vision_module)}\.).*\.({alt})$"
-    return rf"^.*\.({alt})$"
+def lora_target_names(model: nn.Module, family, targets, include_vision: bool = False) -> list[str]:
+    """Full names of the linear layers LoRA adapts: name ends with a target suffix, outside the vision
+    tower unless `include_vision`, and not inside nn.MultiheadAttention (it reads its out_proj weight
+    directly, so an adapter there would be silently skipped)."""
+    vision = family.vision_module
+    mha_children = {f"{n}.{c}" if n else c for n, m in model.named_modules() if isinstance(m, nn.MultiheadAttention)
+                    for c, _ in m.named_children()}
+    names = []
+    for name, module in model.named_modules():
+        if not isinstance(module, nn.Linear) or name in mha_children:
+            continue
+        if not any(name == t or name.endswith("." + t) for t in targets):
+            continue
+        if vision and not include_vision and (name.startswith(vision + ".") or f".{vision}." in f".{name}"):
+            continue
+        names.append(name)
+    return names
 
 
 def apply_lora(model: nn.Module, family, cfg: dict) -> nn.Module:
@@ -61,18 +74,14 @@ def apply_lora(model: nn.Module, family, cfg: dict) -> nn.Module:
     targets = tuple(cfg.get("target_modules") or family.lora_target_modules)
     if not targets:
         raise ValueError(f"family {family.name!r} has no default LoRA target modules; set model.lora.target_modules")
-    if cfg.get("include_vision"):
-        pattern = rf"^.*\.({'|'.join(re.escape(t) for t in targets)})$"
-    else:
-        pattern = lora_target_regex(family, targets)
-    matched = [n for n, m in model.named_modules() if re.match(pattern, n) and isinstance(m, nn.Linear)]
+    matched = lora_target_names(model, family, targets, bool(cfg.get("include_vision")))
     if not matched:
         raise ValueError(f"LoRA target modules {list(targets)} match no linear layer of the {family.name} backbone; "
                          f"examples of its module names: {[n for n, _ in list(model.named_modules())[1:8]]}")
     config = LoraConfig(r=int(cfg.get("r", 8)), lora_alpha=int(cfg.get("alpha", 16)),
-                        lora_dropout=float(cfg.get("dropout", 0.0)), target_modules=pattern,
+                        lora_dropout=float(cfg.get("dropout", 0.0)), target_modules=matched,
                         use_dora=bool(cfg.get("use_dora", False)), bias="none")
-    if getattr(model, "is_gradient_checkpointing", False):
+    if getattr(model, "is_activation_checkpointing", None) or getattr(model, "is_gradient_checkpointing", False):
         # LoRA + checkpointing: the frozen embeddings' output must require grad for the backward to reach adapters.
         model.enable_input_require_grads()
     peft_model = get_peft_model(model, config)

@@ -93,6 +93,9 @@ def format_text(text: str, has_image: bool, side: str, prompt: PromptFormat, fam
         raise ValueError(f"side must be one of {SIDES}, got {side!r}")
     if not prompt.chat:
         return replace_placeholder(text, has_image, family.image_token)
+    if not family.has_chat:
+        raise ValueError(f"prompt {prompt.name!r} uses a chat layout, but family {family.name!r} has none; "
+                         "use prompt=plain")
     body = replace_placeholder(text, has_image, family.chat_image_token)
     if side == "query":
         body += prompt.query_suffix_image if has_image else prompt.query_suffix_text

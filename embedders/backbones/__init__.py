@@ -7,7 +7,9 @@ from .base import (
     UnknownFamilyError,
     get_family,
     register_family,
+    require_model_type,
     torchvision_usable,
 )
 
-__all__ = ["FAMILIES", "BackboneFamily", "UnknownFamilyError", "get_family", "register_family", "torchvision_usable"]
+__all__ = ["FAMILIES", "BackboneFamily", "UnknownFamilyError", "get_family", "register_family",
+           "require_model_type", "torchvision_usable"]

@@ -26,12 +26,16 @@ class BackboneFamily:
     """Base class; the attributes below are what the rest of the framework asks of a family."""
 
     name: str = ""
+    #: `config.json` model types this family loads; a checkpoint of another type is refused by name.
+    model_types: tuple[str, ...] = ()
     takes_images: bool = False
     #: What the MMEB placeholder becomes in plain prompts (reference-code convention).
     image_token: str | None = None
     #: What it becomes inside the chat layout (the model's own chat template convention).
     chat_image_token: str | None = None
     default_pooling: str = "last"
+    #: Pooling modes the family supports ("model" = the model's own pooling head, e.g. dual encoders).
+    pooling_modes: tuple[str, ...] = ("last", "mean", "cls")
     padding_side: str = "right"
     #: Module-name suffixes that LoRA adapts by default.
     lora_target_modules: tuple[str, ...] = ()
@@ -58,8 +62,43 @@ class BackboneFamily:
     def chat(self, system: str | None, user: str) -> str:
         raise ValueError(f"family {self.name!r} has no chat layout; use prompt=plain")
 
+    @property
+    def has_chat(self) -> bool:
+        return type(self).chat is not BackboneFamily.chat
+
+    def check_pooling(self, pooling: str) -> None:
+        if pooling not in self.pooling_modes:
+            own = " ('model' = the model's own heads)" if "model" in self.pooling_modes else ""
+            raise ValueError(f"family {self.name!r} supports pooling {list(self.pooling_modes)}{own}, got {pooling!r}; "
+                             "leave model.pooling null for the family's default")
+
     def save_processor(self, processor, directory: Path) -> None:
         processor.save_pretrained(str(directory))
+
+
+def require_model_type(path: str, family: BackboneFamily, accepted: tuple[str, ...] | None = None,
+                       hint: str = "") -> dict:
+    """Read `path`'s config.json (no weights) and refuse a checkpoint of another architecture, naming the
+    family that does load it when one is registered. Returns the config dict.
+
+    `accepted` defaults to the family's `model_types`; an empty tuple accepts any type that no other
+    registered family claims (text encoders: bert, roberta, mpnet, …)."""
+    from transformers import PretrainedConfig
+
+    accepted = family.model_types if accepted is None else accepted
+    try:
+        config_dict, _ = PretrainedConfig.get_config_dict(path)
+    except OSError as err:
+        raise OSError(f"cannot read the model config of {path!r} for family {family.name!r}: {err}. model.path must "
+                      "be a hub id or a local directory with a config.json") from err
+    model_type = config_dict.get("model_type")
+    owners = [f.name for f in FAMILIES.values() if f is not family and model_type in f.model_types]
+    if model_type in accepted or (not accepted and not owners):
+        return config_dict
+    where = (f"it belongs to family {owners[0]!r}: set model.family={owners[0]} (or use that family's model config)"
+             if owners else "no registered family loads it")
+    raise ValueError(f"{path} holds a {model_type!r} checkpoint (architectures {config_dict.get('architectures')}), "
+                     f"but family {family.name!r} loads only {list(accepted) or 'unclaimed types'}; {where}.{hint}")
 
 
 def torchvision_usable() -> bool:

@@ -22,8 +22,7 @@ import torch
 from torch import nn
 from transformers import AutoModel, AutoProcessor
 
-from .base import BackboneFamily, register_family
-from .llava_onevision import require_model_type
+from .base import BackboneFamily, register_family, require_model_type
 
 TINY_TEXT = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4)
 TINY_VISION = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2, image_size=28,
@@ -49,8 +48,9 @@ class DualEncoderFamily(BackboneFamily):
     takes_images = True
     image_token = ""  # stripped: the image goes to the vision tower
     chat_image_token = ""  # so that a chat prompt reaches chat(), which explains the refusal
-    # Placeholder: both towers pool with the model's own heads; `pooling` must stay at this value.
-    default_pooling = "cls"
+    # Both towers pool with the model's own heads, then project.
+    default_pooling = "model"
+    pooling_modes = ("model",)
     padding_side = "right"
     lora_target_modules = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
     vision_module = "vision_model"
@@ -114,10 +114,6 @@ class DualEncoderFamily(BackboneFamily):
         return inputs
 
     def encode_inputs(self, model, inputs, pooling):
-        if pooling != self.default_pooling:
-            raise ValueError(f"{self.name} pools with the model's own heads (the text tower's end token / the image "
-                             f"tower's pooling head, then the projection); model.pooling={pooling!r} cannot apply. "
-                             "Leave model.pooling null.")
         has_text, has_image = inputs["has_text"], inputs["has_image"]
         input_ids = inputs["input_ids"]
         positions = model.config.text_config.max_position_embeddings

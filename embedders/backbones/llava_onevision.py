@@ -15,10 +15,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from torch import nn
-from transformers import AutoModel, AutoProcessor, LlavaOnevisionProcessor, PretrainedConfig
+from transformers import AutoModel, AutoProcessor, LlavaOnevisionProcessor
 
 from ..pooling import pool
-from .base import FAMILIES, BackboneFamily, register_family, torchvision_usable
+from .base import BackboneFamily, register_family, require_model_type, torchvision_usable
 from .qwen2_vl import Qwen2VLFamily
 
 MODEL_TYPES = ("llava_onevision",)
@@ -31,24 +31,6 @@ TINY_VISION = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, n
                    patch_size=14)
 TINY_GRID_TILES = ((1, 1), (1, 2), (2, 1), (2, 2))
 TINY_CONFIG_KEYS = {"text", "vision", "image_grid_pinpoints", "vision_aspect_ratio"}
-
-
-def require_model_type(path: str, family: BackboneFamily, accepted: tuple[str, ...], hint: str = "") -> dict:
-    """Read `path`'s config.json (no weights) and refuse a checkpoint of another architecture, naming the family
-    that does load it when one is registered. Returns the config dict."""
-    try:
-        config_dict, _ = PretrainedConfig.get_config_dict(path)
-    except OSError as err:
-        raise OSError(f"cannot read the model config of {path!r} for family {family.name!r}: {err}. model.path must be "
-                      "a hub id or a local directory with a config.json") from err
-    model_type = config_dict.get("model_type")
-    if model_type in accepted:
-        return config_dict
-    owners = [f.name for f in FAMILIES.values() if model_type in getattr(f, "model_types", ())]
-    where = (f"it belongs to family {owners[0]!r}: set model.family={owners[0]} (or use that family's model config)"
-             if owners else "no registered family loads it")
-    raise ValueError(f"{path} holds a {model_type!r} checkpoint (architectures {config_dict.get('architectures')}), "
-                     f"but family {family.name!r} loads only {list(accepted)}; {where}.{hint}")
 
 
 class ImageOnlyLlavaOnevisionProcessor(LlavaOnevisionProcessor):

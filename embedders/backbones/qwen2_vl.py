@@ -14,7 +14,7 @@ from torch import nn
 from transformers import AutoImageProcessor, AutoModel, AutoProcessor, AutoTokenizer, Qwen2VLProcessor
 
 from ..pooling import pool
-from .base import BackboneFamily, register_family, torchvision_usable
+from .base import BackboneFamily, register_family, require_model_type, torchvision_usable
 
 MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl")
 
@@ -73,23 +73,21 @@ def tiny_qwen2vl_config(tokenizer, text: dict | None = None, vision: dict | None
 
 class Qwen2VLFamily(BackboneFamily):
     name = "qwen2_vl"
+    model_types = MODEL_TYPES
     takes_images = True
     image_token = "<|image_pad|>"
     chat_image_token = "<|vision_start|><|image_pad|><|vision_end|>"
     default_pooling = "last"
     padding_side = "left"
     lora_target_modules = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-    decoder_layer_classes = ("Qwen2VLDecoderLayer", "Qwen2_5_VLDecoderLayer")
+    decoder_layer_classes = ("Qwen2VLDecoderLayer", "Qwen2_5_VLDecoderLayer", "Qwen2VLVisionBlock",
+                             "Qwen2_5_VLVisionBlock")
     vision_module = "visual"
 
     def load_model(self, path, config, dtype) -> nn.Module:
         if path is not None:
-            model = AutoModel.from_pretrained(path, dtype=dtype)
-            model_type = getattr(model.config, "model_type", None)
-            if model_type not in MODEL_TYPES:
-                raise ValueError(f"{path} holds a {model_type!r} model, not Qwen2-VL/Qwen2.5-VL ({MODEL_TYPES}); "
-                                 "choose the model config of its family")
-            return model
+            require_model_type(path, self)  # before any weight is read
+            return AutoModel.from_pretrained(path, dtype=dtype)
         from transformers import Qwen2VLModel
 
         from ..tiny import tiny_qwen_tokenizer

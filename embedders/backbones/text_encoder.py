@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from transformers import AutoModel, AutoTokenizer
 
-from .base import BackboneFamily, register_family
+from .base import BackboneFamily, register_family, require_model_type
 
 
 def tiny_bert_config(tokenizer, overrides: dict | None = None):
@@ -26,6 +26,7 @@ class TextEncoderFamily(BackboneFamily):
 
     def load_model(self, path, config, dtype):
         if path is not None:
+            require_model_type(path, self)  # any encoder type not claimed by a multimodal family
             return AutoModel.from_pretrained(path, dtype=dtype)
         from transformers import BertModel
 

@@ -56,5 +56,5 @@ def test_prompt_from_config():
 
 
 def test_text_encoder_has_no_chat_layout():
-    with pytest.raises(ValueError, match="no chat layout"):
+    with pytest.raises(ValueError, match="has none; use prompt=plain"):
         format_text("x", False, "query", PromptFormat.hierarchical(), get_family("text_encoder"))
