@@ -13,6 +13,8 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from runtime import instantiate_group
+
 log = logging.getLogger("embedlab.evaluate")
 
 
@@ -44,7 +46,7 @@ def run(cfg: DictConfig) -> dict:
 
     embedder = load_embedder(cfg).to(pick_device(cfg.device))
     suite = build_suite(cfg.eval_data)
-    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None and "_target_" in c]
+    loggers = instantiate_group(cfg.get("logger"))
     label = cfg.get("embedder_dir") or cfg.get("ckpt_path") or OmegaConf.select(cfg, "model.path") or cfg.run_name
     results = score(embedder, suite, cfg.eval, str(label), Path(cfg.paths.output_dir), loggers, "eval")
     for lg in loggers:

@@ -8,8 +8,6 @@ untrained model) on the configured eval datasets.
 from __future__ import annotations
 
 import logging
-import os
-import uuid
 from pathlib import Path
 
 import hydra
@@ -17,12 +15,9 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from runtime import instantiate_group, is_launcher_rank_zero, wandb_run_id
+
 log = logging.getLogger("embedlab.train")
-
-
-def is_launcher_rank_zero() -> bool:
-    """True in the process that launched the run (not in DDP children or non-zero SLURM tasks)."""
-    return all(int(os.environ.get(v, "0")) == 0 for v in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"))
 
 
 def validate_config(cfg: DictConfig) -> None:
@@ -52,31 +47,6 @@ def validate_config(cfg: DictConfig) -> None:
             raise ValueError("GradCache under FSDP is not supported; use trainer=ddp with GradCache")
 
 
-def wandb_run_id(cfg: DictConfig, output_dir: Path) -> None:
-    """Keep one W&B run per output directory so a resumed (or requeued) run logs into the same run."""
-    if OmegaConf.select(cfg, "logger.wandb") is None or OmegaConf.select(cfg, "logger.wandb.id"):
-        return
-    id_file = output_dir / "wandb_id.txt"
-    if id_file.exists():
-        run_id = id_file.read_text().strip()
-    else:
-        run_id = uuid.uuid4().hex[:12]
-        if is_launcher_rank_zero():
-            output_dir.mkdir(parents=True, exist_ok=True)
-            id_file.write_text(run_id + "\n")
-    with __import__("omegaconf").open_dict(cfg):
-        cfg.logger.wandb.id = run_id
-        cfg.logger.wandb.resume = "allow"
-
-
-def build_callbacks(cfg: DictConfig) -> list[L.Callback]:
-    return [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None and "_target_" in c]
-
-
-def build_loggers(cfg: DictConfig) -> list:
-    return [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None and "_target_" in c]
-
-
 def build_trainer(cfg: DictConfig, module, callbacks, loggers) -> L.Trainer:
     tcfg = OmegaConf.to_container(cfg.trainer, resolve=True)
     if module.chunk_size is not None:
@@ -85,6 +55,10 @@ def build_trainer(cfg: DictConfig, module, callbacks, loggers) -> L.Trainer:
         algorithm = tcfg.pop("gradient_clip_algorithm", "norm") or "norm"
         if clip:
             module.manual_gradient_clip = (float(clip), algorithm)
+    strategy = tcfg.get("strategy")
+    if isinstance(strategy, dict) and strategy.get("_partial_"):
+        # Strategies that need the model (FSDP's wrap policy) are partials completed here.
+        tcfg["strategy"] = instantiate(strategy)(module)
     return instantiate(tcfg, callbacks=callbacks, logger=loggers or False, _convert_="partial")
 
 
@@ -112,7 +86,7 @@ def run(cfg: DictConfig) -> dict:
     datamodule = instantiate(cfg.data, sampler=instantiate(cfg.sampler) if cfg.get("sampler") else None,
                              _convert_="partial")
     datamodule.set_input_builder(module.embedder.input_builder, module.chunk_size)
-    callbacks, loggers = build_callbacks(cfg), build_loggers(cfg)
+    callbacks, loggers = instantiate_group(cfg.get("callbacks")), instantiate_group(cfg.get("logger"))
     trainer = build_trainer(cfg, module, callbacks, loggers)
     for lg in loggers:
         lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))

@@ -13,6 +13,7 @@ from typing import Any
 
 import lightning as L
 import numpy as np
+import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .collate import PairCollator
@@ -199,12 +200,19 @@ class MMEBDataModule(L.LightningDataModule):
                                     drop_last=self.drop_last, rank=rank, world_size=world,
                                     subset_info=self.subset_info)
 
+    def _generator(self) -> torch.Generator:
+        # A DataLoader draws its workers' base seed from this generator each time it creates an
+        # iterator; with the default (the global RNG) that draw would shift the model's dropout masks,
+        # so validation would change training and a resumed run would diverge from the uninterrupted one.
+        return torch.Generator().manual_seed(self.seed)
+
     def train_dataloader(self) -> ResumableDataLoader:
         if not self.train_pairs:
             self.setup("fit")
         loader = ResumableDataLoader(
             PairDataset(self.train_pairs), batch_sampler=self.build_train_sampler(), collate_fn=self._collator(),
             num_workers=self.num_workers, pin_memory=self.pin_memory, persistent_workers=self.num_workers > 0,
+            generator=self._generator(),
         )
         if self.trainer is not None:
             loader.progress_fn = self._progress
@@ -217,4 +225,4 @@ class MMEBDataModule(L.LightningDataModule):
         rank, world = self._rank_world()
         sampler = SequentialBatchSampler(len(self.val_pairs), self.val_batch_size, rank=rank, world_size=world)
         return DataLoader(PairDataset(self.val_pairs), batch_sampler=sampler, collate_fn=self._collator(),
-                          num_workers=self.num_workers, pin_memory=self.pin_memory)
+                          num_workers=self.num_workers, pin_memory=self.pin_memory, generator=self._generator())

@@ -5,15 +5,37 @@ rank r takes batches r, r+W, r+2W, … so ranks never share a row and always run
 of steps (a trailing batch that cannot be given to every rank is dropped and logged: unequal
 step counts hang DDP). A sampler resumes mid-epoch by skipping the batches already consumed
 (`resume`), which makes a restarted run see exactly the batches the uninterrupted run would.
-Samplers are chosen with `sampler=…` and built by the DataModule with `build(...)`.
+Samplers are chosen with `sampler=…` and built by the DataModule as
+`factory(pairs=, batch_size=, seed=, drop_last=, rank=, world_size=, subset_info=)`:
+
+- `RandomBatchSampler` (`sampler=random`): uniformly shuffled rows.
+- `HomogeneousBatchSampler` (`sampler=homogeneous`, METHODS §7, VLM2Vec v2): every sub-batch from one
+  subset, subsets drawn with per-subset weights.
+- `ModalityBatchSampler` (`sampler=modality`, LLaVE): queries with images and text-only queries in
+  separate device batches.
+- `SaHaBatchSampler` (`sampler=saha`, METHODS §6): whole SaHa clusters packed into device batches, read
+  from the cluster files that `python mine.py` writes. This module also owns that file format
+  (`write_cluster_file`, `read_cluster_file`) and the default place mined data lives (`mined_data_dir`).
 """
 
 from __future__ import annotations
 
+import bisect
+import datetime
+import hashlib
+import json
 import logging
-from collections.abc import Iterator, Sequence
+import math
+import os
+import re
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
 
 import numpy as np
+
+from .errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +95,9 @@ class EpochBatchSampler:
     def resume(self, epoch: int, consumed: int) -> None:
         """Skip the first `consumed` local batches of `epoch` (they were trained before a restart)."""
         self._resume_epoch, self._resume_skip = int(epoch), int(consumed)
+        # Lightning creates the resumed epoch's iterator before it calls set_epoch, and DataLoader
+        # workers start pulling batches at once: the sampler must already be on the resumed epoch.
+        self.epoch = int(epoch)
 
     def __iter__(self) -> Iterator[list[int]]:
         batches = self.local_batches(self.epoch)
@@ -110,3 +135,485 @@ class SequentialBatchSampler(EpochBatchSampler):
     def _global(self, epoch: int) -> list[list[int]]:
         # Validation must see every row: give the trailing batches to the first ranks instead of dropping.
         return self._chunk(range(self.num_items))
+
+
+# ------------------------------------------------------------------------------------------------
+# Grouped batching: task-homogeneous (VLM2Vec v2) and modality (LLaVE) batches
+# ------------------------------------------------------------------------------------------------
+
+
+def apportion(total: int, weights: Sequence[float]) -> list[int]:
+    """Split `total` into integer counts proportional to `weights` (largest remainders, ties to the first)."""
+    weights = np.asarray(weights, dtype=np.float64)
+    quotas = total * weights / weights.sum()
+    counts = np.floor(quotas).astype(np.int64)
+    remainders = quotas - counts
+    order = sorted(range(len(weights)), key=lambda i: (-remainders[i], i))
+    for i in order[: total - int(counts.sum())]:
+        counts[i] += 1
+    return counts.tolist()
+
+
+class GroupedBatchSampler(EpochBatchSampler):
+    """Device batches made of sub-batches of `sub_batch_size` rows, each sub-batch from one group.
+
+    Subclasses say which group a row belongs to (`group_of`). Each group's rows are consumed as a stream
+    of sub-batches: cycle c of group g is a permutation of its rows seeded by (seed, group, c), cut into
+    ⌊n_g / h⌋ whole sub-batches (a sub-batch never straddles two cycles, so it never holds a row twice).
+
+    Epoch length. With `weights=None` (proportional to group size) group g contributes exactly its
+    ⌊n_g / h⌋ sub-batches of cycle `epoch`: every row is used exactly once per epoch, except the
+    n_g mod h rows of each group that do not fill a sub-batch (kept as a short sub-batch when
+    `drop_last=False`). With explicit `weights` an epoch has the same number of sub-batches as the
+    proportional epoch, T = Σ_g ⌊n_g / h⌋ (or `sub_batches_per_epoch`), so epochs stay comparable
+    between weightings; group g gets round(T · w_g / Σw) of them (largest remainders, the same count
+    every epoch) and continues its stream where the previous epoch stopped: an up-weighted group cycles
+    through its rows more than once per epoch, a down-weighted one sees every row once every few epochs.
+
+    The epoch's sub-batches are shuffled across groups (seeded by (seed, epoch)) and consecutive ones
+    form device batches of `batch_size / sub_batch_size` sub-batches; a trailing device batch with
+    fewer sub-batches is dropped when `drop_last`.
+    """
+
+    #: What a group is called in messages ("subset", "modality").
+    group_kind = "group"
+
+    def __init__(self, pairs: Sequence, batch_size: int, seed: int = 0, drop_last: bool = True, rank: int = 0,
+                 world_size: int = 1, subset_info: dict | None = None, *, sub_batch_size: int | None = None,
+                 weights: Mapping[str, float] | None = None, sub_batches_per_epoch: int | None = None):
+        super().__init__(pairs, batch_size, seed, drop_last, rank, world_size, subset_info)
+        self.sub_batch_size = int(sub_batch_size or batch_size)
+        if self.sub_batch_size < 1 or self.batch_size % self.sub_batch_size:
+            raise ValueError(f"sampler.sub_batch_size={sub_batch_size} must divide data.batch_size={batch_size} "
+                             "(a device batch is a whole number of sub-batches)")
+        self.sub_batches_per_batch = self.batch_size // self.sub_batch_size
+        members: dict[str, list[int]] = {}
+        for i, pair in enumerate(pairs):
+            members.setdefault(self.group_of(pair), []).append(i)
+        self.group_names = sorted(members)  # sorted, so seeds do not depend on row order
+        self.group_rows = [np.asarray(members[g], dtype=np.int64) for g in self.group_names]
+        h = self.sub_batch_size
+        self.full_sub_batches = [len(rows) // h for rows in self.group_rows]
+        self.proportional = weights is None
+        if self.proportional:
+            self.counts = list(self.full_sub_batches)
+        else:
+            self.weights = self._check_weights(weights)
+            for name, full, rows in zip(self.group_names, self.full_sub_batches, self.group_rows):
+                if self.weights[name] > 0 and not full:
+                    raise ValueError(f"{self.group_kind} {name!r} has {len(rows)} rows, fewer than one sub-batch of "
+                                     f"{h}; give it weight 0 or lower sampler.sub_batch_size")
+            total = sum(self.full_sub_batches) if sub_batches_per_epoch is None else int(sub_batches_per_epoch)
+            if total < 1:
+                raise ValueError(f"sampler.sub_batches_per_epoch must be ≥ 1, got {sub_batches_per_epoch}")
+            self.counts = apportion(total, [self.weights[g] for g in self.group_names])
+        log.info("%s: %s sub-batches of %d rows per epoch (%s), %d per device batch", type(self).__name__,
+                 dict(zip(self.group_names, self.counts)), h,
+                 "proportional to size" if self.proportional else "weighted", self.sub_batches_per_batch)
+
+    def group_of(self, pair) -> str:
+        raise NotImplementedError
+
+    def _check_weights(self, weights: Mapping[str, float]) -> dict[str, float]:
+        weights = {str(k): v for k, v in dict(weights).items()}
+        unknown = sorted(set(weights) - set(self.group_names))
+        missing = [g for g in self.group_names if g not in weights]
+        if unknown or missing:
+            raise ValueError(f"sampler.weights must give one weight per {self.group_kind} of the data "
+                             f"{self.group_names}; unknown: {unknown}, missing: {missing} (use 0 to leave one out)")
+        for name, value in weights.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise ValueError(f"sampler.weights.{name} must be a finite number ≥ 0, got {value!r}")
+        if sum(weights.values()) <= 0:
+            raise ValueError("sampler.weights are all 0: give at least one group a positive weight")
+        return {k: float(v) for k, v in weights.items()}
+
+    def _cycle(self, group: int, cycle: int) -> np.ndarray:
+        rows = self.group_rows[group]
+        return rows[np.random.default_rng([self.seed, group, cycle]).permutation(len(rows))]
+
+    def _sub_batches(self, group: int, epoch: int) -> list[np.ndarray]:
+        """This epoch's sub-batches of `group`: entries epoch·count … epoch·count + count-1 of its stream."""
+        h, full, count = self.sub_batch_size, self.full_sub_batches[group], self.counts[group]
+        out, cycles = [], {}
+        for j in range(epoch * count, (epoch + 1) * count):
+            cycle, pos = divmod(j, full)
+            if cycle not in cycles:
+                cycles[cycle] = self._cycle(group, cycle)
+            out.append(cycles[cycle][pos * h : (pos + 1) * h])
+        if self.proportional and not self.drop_last and len(self.group_rows[group]) % h:
+            out.append(self._cycle(group, epoch)[full * h :])  # the rows that do not fill a sub-batch
+        return out
+
+    def epoch_batches(self, epoch: int) -> list[list[int]]:
+        streams = [self._sub_batches(g, epoch) for g in range(len(self.group_names))]
+        labels = np.repeat(np.arange(len(streams)), [len(s) for s in streams])
+        labels = self.rng(epoch).permutation(labels)
+        taken = [0] * len(streams)
+        order = []
+        for g in labels.tolist():
+            order.append(streams[g][taken[g]])
+            taken[g] += 1
+        per = self.sub_batches_per_batch
+        batches = [np.concatenate(order[i : i + per]).tolist() for i in range(0, len(order), per)]
+        if self.drop_last and batches and len(order) % per:
+            batches.pop()
+        return batches
+
+
+class HomogeneousBatchSampler(GroupedBatchSampler):
+    """Task-homogeneous batches (METHODS §7, VLM2Vec v2): every sub-batch comes from a single subset.
+
+    `sub_batch_size` defaults to the device batch size (one subset per device batch). Negatives from
+    another task are trivially easy (a caption never answers a VQA query), so keeping a batch on one
+    task makes every in-batch negative informative. `weights` maps subset → weight (see
+    `GroupedBatchSampler` for how an epoch is defined with and without them).
+    """
+
+    group_kind = "subset"
+
+    def group_of(self, pair) -> str:
+        return pair.subset
+
+
+class ModalityBatchSampler(GroupedBatchSampler):
+    """Modality grouping (LLaVE): device batches of image queries and of text-only queries, never mixed.
+
+    Groups are "image" and "text" (by the query side); `weights` may weight them like subsets.
+    """
+
+    group_kind = "modality"
+
+    def __init__(self, pairs: Sequence, batch_size: int, seed: int = 0, drop_last: bool = True, rank: int = 0,
+                 world_size: int = 1, subset_info: dict | None = None, *,
+                 weights: Mapping[str, float] | None = None, sub_batches_per_epoch: int | None = None):
+        # One sub-batch per device batch: a device batch must hold a single modality.
+        super().__init__(pairs, batch_size, seed, drop_last, rank, world_size, subset_info, sub_batch_size=None,
+                         weights=weights, sub_batches_per_epoch=sub_batches_per_epoch)
+
+    def group_of(self, pair) -> str:
+        return "image" if pair.query.image else "text"
+
+
+# ------------------------------------------------------------------------------------------------
+# SaHa cluster files
+# ------------------------------------------------------------------------------------------------
+
+CLUSTER_FILE_FORMAT = "embedlab.saha_clusters.v1"
+CLUSTER_FILE_SUFFIX = ".saha.json"
+#: Header fields that must equal the data (and mining settings) for a file to be reused as it is.
+CLUSTER_MATCH_FIELDS = ("format", "subset", "split", "num_rows", "fingerprint", "k", "pool_mult",
+                        "classification", "index", "embedder", "prompt")
+
+
+def source_name(source: str) -> str:
+    """A directory name for a data source: `owner__name` for a hub id; for a local snapshot its last two
+    path parts plus a hash of the full path (two snapshots both called `…/train` must not share files)."""
+    source = str(source)
+    if os.path.isabs(source):
+        readable = "-".join(Path(source).parts[-2:])
+        name = f"{readable}-{hashlib.sha256(source.encode()).hexdigest()[:8]}"
+    else:
+        name = source.replace("/", "__")
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name)
+
+
+def mined_data_dir(mined_root: str | os.PathLike, source: str, split: str) -> Path:
+    """Where `python mine.py` writes what it mines from `source`/`split` by default, and where
+    `sampler=saha` looks for cluster files: `<mined_root>/<source_name(source)>/<split>`.
+    `source` is the data source as `datamodules.mmeb.describe_source` spells it."""
+    return Path(mined_root) / source_name(source) / str(split)
+
+
+def cluster_file_path(directory: str | os.PathLike, subset: str) -> Path:
+    return Path(directory) / f"{subset}{CLUSTER_FILE_SUFFIX}"
+
+
+def cluster_file_header(subset: str, info: Mapping[str, Any], *, k: int, pool_mult: int, classification: bool,
+                        index: str, embedder: Mapping[str, Any], prompt: Mapping[str, Any] | None) -> dict:
+    """The identifying header of a cluster file mined from the subset described by `info` (subset_info)."""
+    return {"format": CLUSTER_FILE_FORMAT, "subset": subset, "split": info["split"], "source": info["source"],
+            "num_rows": int(info["num_rows"]), "fingerprint": info["fingerprint"], "k": int(k),
+            "pool_mult": int(pool_mult), "classification": bool(classification), "index": index,
+            "embedder": dict(embedder), "prompt": dict(prompt) if prompt is not None else None}
+
+
+def write_cluster_file(path: str | os.PathLike, header: Mapping[str, Any], clusters: Sequence[Sequence[int]],
+                       phase1_clusters: int, stats: Mapping[str, Any]) -> Path:
+    """Write a cluster file atomically (temporary file + rename: a reader never sees half a file).
+
+    `clusters` hold row ids of the subset as read (phase-1 clusters first, `phase1_clusters` of them).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {**header, "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+               "stats": dict(stats), "phase1_clusters": int(phase1_clusters),
+               "clusters": [[int(r) for r in c] for c in clusters]}
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            # One cluster per line keeps 100K-row files diffable and quick to eyeball.
+            body = {k: v for k, v in payload.items() if k != "clusters"}
+            text = json.dumps(body, indent=1)[:-2]
+            text += ',\n "clusters": [\n' + ",\n".join(json.dumps(c) for c in payload["clusters"]) + "\n ]\n}\n"
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def mine_command(directory: str | os.PathLike) -> str:
+    return (f"python mine.py mining.method=saha data=<the data config you train with> <the same data.* overrides> "
+            f"mining.out_dir={directory}")
+
+
+def read_cluster_file(path: str | os.PathLike, subset: str, info: Mapping[str, Any] | None) -> dict:
+    """Load a cluster file and check that it was mined from this data; returns the parsed file.
+
+    Refused (DataError naming the file and field): another subset or split, a different row count or
+    fingerprint than `info` (the subset as read now), malformed clusters or row ids out of range. A
+    different `k` is fine (clusters are whatever the file holds).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"no SaHa cluster file {path}. Mine it with `{mine_command(path.parent)}` (the default "
+                        "out_dir needs no mining.out_dir), or point sampler.clusters_dir at the directory "
+                        "that holds it", dataset=subset)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise DataError(f"cluster file {path} cannot be read ({type(e).__name__}: {e}); re-mine it with "
+                        f"`{mine_command(path.parent)} mining.force=true`", dataset=subset) from None
+
+    def refuse(field: str, message: str):
+        raise DataError(f"cluster file {path}: {message}. Re-mine it from this data with "
+                        f"`{mine_command(path.parent)} mining.force=true`", dataset=subset, field=field)
+
+    if not isinstance(data, dict) or data.get("format") != CLUSTER_FILE_FORMAT:
+        refuse("format", f"format is {data.get('format') if isinstance(data, dict) else None!r}, "
+                         f"expected {CLUSTER_FILE_FORMAT!r}")
+    if data.get("subset") != subset:
+        refuse("subset", f"it was mined for subset {data.get('subset')!r}, not {subset!r}")
+    if info is not None:
+        if data.get("split") != info.get("split"):
+            refuse("split", f"it was mined from split {data.get('split')!r} but the data uses split {info.get('split')!r}")
+        if data.get("num_rows") != info.get("num_rows"):
+            refuse("num_rows", f"it was mined from {data.get('num_rows')} rows but the subset has {info.get('num_rows')} "
+                               "rows as read now (check data.max_per_subset / data.subsets caps)")
+        if data.get("fingerprint") != info.get("fingerprint"):
+            refuse("fingerprint", f"its row fingerprint {data.get('fingerprint')} differs from the data's "
+                                  f"{info.get('fingerprint')}: the rows changed since mining")
+        if data.get("source") != info.get("source"):
+            log.info("cluster file %s was mined from %s; the data now comes from %s (same rows: fingerprints match)",
+                     path, data.get("source"), info.get("source"))
+    clusters = data.get("clusters")
+    num_rows = data.get("num_rows")
+    if not isinstance(num_rows, int) or not isinstance(clusters, list):
+        refuse("clusters", "it has no integer num_rows or no list of clusters")
+    for c, cluster in enumerate(clusters):
+        if not isinstance(cluster, list) or not cluster or not all(
+                isinstance(r, int) and not isinstance(r, bool) for r in cluster):
+            refuse("clusters", f"cluster {c} is not a non-empty list of row ids: {cluster!r:.80}")
+        bad = [r for r in cluster if not 0 <= r < num_rows]
+        if bad:
+            refuse("clusters", f"cluster {c} holds row id {bad[0]}, outside [0, {num_rows})")
+        if len(set(cluster)) != len(cluster):
+            refuse("clusters", f"cluster {c} lists a row twice: {cluster}")
+    phase1 = data.get("phase1_clusters", len(clusters))
+    if not isinstance(phase1, int) or not 0 <= phase1 <= len(clusters):
+        refuse("phase1_clusters", f"phase1_clusters={phase1!r} is not in [0, {len(clusters)}]")
+    return data
+
+
+def cluster_file_matches(path: str | os.PathLike, header: Mapping[str, Any]) -> tuple[bool, str]:
+    """Whether the file at `path` exists and was mined with exactly `header`'s data and settings (and why not)."""
+    path = Path(path)
+    if not path.is_file():
+        return False, "no file yet"
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        return False, f"unreadable ({type(e).__name__})"
+    for field in CLUSTER_MATCH_FIELDS:
+        if data.get(field) != header.get(field):
+            return False, f"{field} differs"
+    return True, "up to date"
+
+
+# ------------------------------------------------------------------------------------------------
+# SaHa batches
+# ------------------------------------------------------------------------------------------------
+
+
+def _best_fit_decreasing(sizes: Sequence[int], capacity: int) -> list[list[int]]:
+    """Bins (lists of item sizes, largest first) of a best-fit-decreasing packing of `sizes`.
+
+    The result depends only on the multiset of sizes, not on their order, which is what lets every
+    epoch reuse one packing layout (and so have the same number of batches) with different clusters.
+    """
+    bins: list[list[int]] = []
+    free: list[int] = []
+    # Open bins by free room: sorted distinct room values, and the bins that have each.
+    rooms: list[int] = []
+    by_room: dict[int, list[int]] = {}
+    for size in sorted(sizes, reverse=True):
+        at = bisect.bisect_left(rooms, size)
+        if at < len(rooms):
+            room = rooms[at]
+            b = by_room[room].pop()
+            if not by_room[room]:
+                del by_room[room]
+                rooms.pop(at)
+        else:
+            b = len(bins)
+            bins.append([])
+            free.append(capacity)
+        bins[b].append(size)
+        free[b] -= size
+        if free[b] > 0:
+            if free[b] not in by_room:
+                bisect.insort(rooms, free[b])
+                by_room[free[b]] = []
+            by_room[free[b]].append(b)
+    return bins
+
+
+class _PackingLayout:
+    """Units (lists of row positions) packed whole into bins of at most `capacity` rows.
+
+    The layout (which bin holds how many units of which size) is fixed at construction; each epoch the
+    units of every size are shuffled into that size's slots, so the batch count never changes.
+    """
+
+    def __init__(self, units: list[list[int]], capacity: int, drop_last: bool):
+        self.units_by_size: dict[int, list[list[int]]] = {}
+        for unit in units:
+            self.units_by_size.setdefault(len(unit), []).append(unit)
+        bins = _best_fit_decreasing([len(u) for u in units], capacity)
+        if drop_last and bins and all(s == 1 for s in bins[-1]) and sum(bins[-1]) < capacity:
+            # Best fit opens a bin for a one-row unit only when every other bin is full, so this is the
+            # one partial batch of leftover rows: the batch drop_last drops. Which rows miss the epoch
+            # changes every epoch (`fill` draws as many one-row units as there are slots). Batches of
+            # whole clusters a few rows short are kept: clusters are never split.
+            bins.pop()
+        self.num_bins = len(bins)
+        #: slot_bins[size] = the bin of each slot for units of that size, in slot order.
+        self.slot_bins: dict[int, list[int]] = {}
+        for b, sizes in enumerate(bins):
+            for size in sizes:
+                self.slot_bins.setdefault(size, []).append(b)
+        self.rows_per_bin = [sum(sizes) for sizes in bins]
+
+    def fill(self, rng: np.random.Generator) -> list[list[int]]:
+        out: list[list[int]] = [[] for _ in range(self.num_bins)]
+        for size in sorted(self.slot_bins, reverse=True):
+            units, slots = self.units_by_size[size], self.slot_bins[size]
+            for slot, u in enumerate(rng.permutation(len(units))[: len(slots)].tolist()):
+                out[slots[slot]].extend(units[u])
+        return out
+
+
+class SaHaBatchSampler(EpochBatchSampler):
+    """SaHa batches (METHODS §6): whole clusters of mutually hard rows, placed contiguously in one batch.
+
+    Cluster files (`<clusters_dir>/<subset>.saha.json`, written by `python mine.py`) are read for every
+    subset in the data and checked against it (`read_cluster_file`). Their row ids are mapped to positions
+    in `pairs`: rows that are not there (held-out validation rows, rows dropped for missing images) are
+    dropped from their cluster and counted; rows in no cluster (SaHa's leftovers) become clusters of one.
+
+    Packing: whole clusters, never split, into device batches of at most `batch_size` rows, largest
+    first into the fullest batch they fit (best-fit decreasing), rows of no cluster filling the gaps.
+    The layout is computed once; every epoch shuffles the clusters of each size into it (seeded by
+    (seed, epoch)) and shuffles the batch order, so the number of batches is the same every epoch.
+    Batches can be a few rows short of `batch_size` when whole clusters do not fill them.
+    `drop_last` drops only the one partial batch made of leftover rows.
+
+    `dedupe=False` (the paper's behaviour): phase-2 clusters reuse phase-1 members, so those rows are
+    trained twice per epoch. `dedupe=True`: each row at most once per epoch (a row keeps its first
+    cluster in file order; later clusters lose it). `mix_subsets=False` packs every subset on its own,
+    so no batch mixes subsets.
+
+    `clusters_dir=None` reads from `mined_data_dir(mined_root, source, split)`, where mine.py writes by
+    default.
+    """
+
+    def __init__(self, pairs: Sequence, batch_size: int, seed: int = 0, drop_last: bool = True, rank: int = 0,
+                 world_size: int = 1, subset_info: dict | None = None, *, clusters_dir: str | None = None,
+                 mined_root: str | None = None, dedupe: bool = False, mix_subsets: bool = True):
+        super().__init__(pairs, batch_size, seed, drop_last, rank, world_size, subset_info)
+        self.dedupe, self.mix_subsets = bool(dedupe), bool(mix_subsets)
+        self.clusters_dir = self._resolve_dir(clusters_dir, mined_root)
+        position: dict[tuple[str, int], int] = {}
+        by_subset: dict[str, list[int]] = {}
+        for i, pair in enumerate(pairs):
+            position[(pair.subset, pair.row)] = i
+            by_subset.setdefault(pair.subset, []).append(i)
+        #: Per subset: the units (clusters of positions, then leftover singletons) and counts for the log.
+        self.units: dict[str, list[list[int]]] = {}
+        self.report: dict[str, dict[str, int]] = {}
+        for subset, positions in by_subset.items():
+            self.units[subset], self.report[subset] = self._load_subset(subset, positions, position)
+        pools = [sum(self.units.values(), [])] if self.mix_subsets else list(self.units.values())
+        self.layouts = [_PackingLayout(units, self.batch_size, self.drop_last) for units in pools]
+        rows = sum(sum(layout.rows_per_bin) for layout in self.layouts)
+        bins = sum(layout.num_bins for layout in self.layouts)
+        # held_out_rows_dropped: clustered rows that are not training rows (validation, missing images).
+        log.info("SaHa sampler (%s, dedupe=%s, mix_subsets=%s): %d batches of ≤%d rows per epoch, %.1f rows on "
+                 "average; per subset %s", self.clusters_dir, self.dedupe, self.mix_subsets, bins, self.batch_size,
+                 rows / max(bins, 1), self.report)
+
+    def _resolve_dir(self, clusters_dir: str | None, mined_root: str | None) -> Path:
+        if clusters_dir:
+            return Path(clusters_dir)
+        sources = {(i.get("source"), i.get("split")) for i in self.subset_info.values()}
+        if mined_root is None or len(sources) != 1 or None in next(iter(sources)):
+            raise ValueError("sampler=saha needs sampler.clusters_dir, or sampler.mined_root plus the data's "
+                             f"source and split in subset_info (got {sorted(map(str, sources))})")
+        source, split = next(iter(sources))
+        return mined_data_dir(mined_root, source, split)
+
+    def _load_subset(self, subset: str, positions: list[int],
+                     position: Mapping[tuple[str, int], int]) -> tuple[list[list[int]], dict[str, int]]:
+        path = cluster_file_path(self.clusters_dir, subset)
+        data = read_cluster_file(path, subset, self.subset_info.get(subset))
+        file_clusters = data["clusters"]
+        largest = max((len(c) for c in file_clusters), default=0)
+        if largest > self.batch_size:
+            raise ValueError(f"{path} holds clusters of up to {largest} rows (k={data.get('k')}) but data.batch_size="
+                             f"{self.batch_size}: a cluster must fit in one device batch. Raise data.batch_size "
+                             f"to ≥ {largest} or re-mine with mining.k ≤ {self.batch_size - 1}")
+        phase1 = data.get("phase1_clusters", len(file_clusters))
+        seen: set[int] = set()
+        units: list[list[int]] = []
+        dropped_rows = deduped_rows = reused_rows = 0
+        for c, cluster in enumerate(file_clusters):
+            kept = []
+            for row in cluster:
+                pos = position.get((subset, row))
+                if pos is None:
+                    dropped_rows += 1
+                    continue
+                if pos in seen:
+                    if self.dedupe:
+                        deduped_rows += 1
+                        continue
+                    if c < phase1:
+                        raise DataError(f"cluster file {path}: row {row} is in two phase-1 clusters, which "
+                                        "SaHa never produces; re-mine the file", dataset=subset, field="clusters")
+                    reused_rows += 1
+                seen.add(pos)
+                kept.append(pos)
+            if kept:
+                units.append(kept)
+        leftovers = [p for p in positions if p not in seen]
+        report = {"clusters": len(units), "rows_in_clusters": sum(len(u) for u in units),
+                  "singletons": len(leftovers), "held_out_rows_dropped": dropped_rows,
+                  "phase2_reuses": reused_rows, "deduped": deduped_rows}
+        return units + [[p] for p in leftovers], report
+
+    def epoch_batches(self, epoch: int) -> list[list[int]]:
+        rng = self.rng(epoch)
+        batches = [b for layout in self.layouts for b in layout.fill(rng)]
+        return [batches[i] for i in rng.permutation(len(batches)).tolist()]

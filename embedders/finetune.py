@@ -81,7 +81,9 @@ def apply_lora(model: nn.Module, family, cfg: dict) -> nn.Module:
     config = LoraConfig(r=int(cfg.get("r", 8)), lora_alpha=int(cfg.get("alpha", 16)),
                         lora_dropout=float(cfg.get("dropout", 0.0)), target_modules=matched,
                         use_dora=bool(cfg.get("use_dora", False)), bias="none")
-    if getattr(model, "is_activation_checkpointing", None) or getattr(model, "is_gradient_checkpointing", False):
+    checkpointing = (model.is_activation_checkpointing if hasattr(model, "is_activation_checkpointing")
+                     else getattr(model, "is_gradient_checkpointing", False))
+    if checkpointing:
         # LoRA + checkpointing: the frozen embeddings' output must require grad for the backward to reach adapters.
         model.enable_input_require_grads()
     peft_model = get_peft_model(model, config)

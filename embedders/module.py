@@ -171,6 +171,9 @@ class EmbeddingModule(L.LightningModule):
     def on_validation_epoch_start(self) -> None:
         self._val_pos, self._val_neg = [], []
         self._val_query_offset = 0
+        # A private generator: validation must not advance the global RNG (dropout masks after a
+        # resume would otherwise differ from the uninterrupted run's).
+        self._val_generator = torch.Generator().manual_seed(self.global_step)
 
     def validation_step(self, batch: dict, batch_idx: int):
         q = self.embed_chunks(batch["query"])
@@ -193,7 +196,7 @@ class EmbeddingModule(L.LightningModule):
         neg = sim[~relevant]
         cap = self.hparams.diagnostics_max_negatives
         if neg.numel() > cap:
-            neg = neg[torch.randperm(neg.numel(), device=neg.device)[:cap]]
+            neg = neg[torch.randperm(neg.numel(), generator=self._val_generator).to(neg.device)[:cap]]
         self._val_pos.append(pos.detach().cpu())
         self._val_neg.append(neg.detach().cpu())
 

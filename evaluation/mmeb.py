@@ -91,8 +91,9 @@ def encode_unique(embedder, items: list[tuple[Item, str, int, str, ImageLoader]]
     """Embed (item, dataset, row, field, loader) tuples in order → float32 [N, d] on CPU."""
     if not items:
         return torch.empty(0)
+    # Own generator: creating the iterator must not draw from the global RNG (see MMEBDataModule).
     loader = DataLoader(_ItemDataset(items), batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                        collate_fn=_ItemCollator(embedder.input_builder, side))
+                        collate_fn=_ItemCollator(embedder.input_builder, side), generator=torch.Generator())
     was_training = embedder.training
     embedder.eval()
     out = []

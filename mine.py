@@ -1,0 +1,98 @@
+"""Mine hard negatives with an embedding model (zero-shot by default, hierarchical prompt):
+
+    python mine.py                                     # SaHa cluster files for `python train.py sampler=saha`
+    python mine.py mining.method=negatives             # a dataset with mined negatives for
+                                                       #   `python train.py data.source=<out_dir>`
+    python mine.py embedder_dir=DIR | ckpt_path=CKPT | model=… model.path=…   # which embedder mines
+
+Rows are read exactly as training reads them (the same `data` config through the DataModule). Output goes
+to `mining.out_dir`, by default `<paths.data_dir>/mined/<source name>/<split>` (SaHa; where `sampler=saha`
+looks) or `…/<split>/negatives` (negatives). Up-to-date outputs are skipped unless `mining.force=true`.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import hydra
+import lightning as L
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger("embedlab.mine")
+
+METHODS = ("saha", "negatives")
+
+
+def describe_embedder(cfg: DictConfig) -> dict:
+    """What mined the data, recorded in the outputs (and compared to decide whether they are up to date)."""
+    if cfg.get("embedder_dir"):
+        return {"kind": "embedder_dir", "path": str(Path(cfg.embedder_dir).resolve())}
+    if cfg.get("ckpt_path"):
+        return {"kind": "checkpoint", "path": str(Path(cfg.ckpt_path).resolve())}
+    model = OmegaConf.to_container(cfg.model, resolve=True)
+    described = {"kind": "model", "family": model.get("family"), "path": model.get("path")}
+    if model.get("path") is None:  # random init: the weights are the config plus the seed
+        described.update(config=model.get("config"), seed=int(cfg.seed))
+    return described
+
+
+def training_rows(datamodule) -> dict[str, list]:
+    """Every row of every subset as the DataModule reads it (validation rows included), by subset and row."""
+    datamodule.setup("fit")
+    by_subset: dict[str, list] = {s: [] for s in datamodule.caps}
+    for pair in datamodule.train_pairs + datamodule.val_pairs:
+        by_subset[pair.subset].append(pair)
+    return {s: sorted(pairs, key=lambda p: p.row) for s, pairs in by_subset.items()}
+
+
+def run(cfg: DictConfig) -> dict:
+    """Mine with `cfg.mining.method`; returns {"method", "out_dir", "summary": [one row per subset]}."""
+    from datamodules.mmeb import describe_source
+    from datamodules.samplers import mined_data_dir
+    from evaluate import load_embedder, pick_device
+    from mining import format_table, mine_negatives, mine_saha
+
+    m = cfg.mining
+    if m.method not in METHODS:
+        raise ValueError(f"mining.method must be one of {METHODS}, got {m.method!r}")
+    L.seed_everything(cfg.seed, workers=True)  # the same random init as `train.py` with this seed
+    datamodule = instantiate(cfg.data, sampler=None, _convert_="partial")
+    subsets = training_rows(datamodule)
+    default_dir = mined_data_dir(m.mined_root, describe_source(datamodule.source), datamodule.split)
+    out_dir = Path(m.out_dir) if m.out_dir else default_dir if m.method == "saha" else default_dir / "negatives"
+    embedder = load_embedder(cfg).to(pick_device(cfg.device))
+    common = dict(embedder_description=describe_embedder(cfg), force=bool(m.force), batch_size=int(m.batch_size),
+                  num_workers=int(m.num_workers), progress=bool(m.progress))
+    log.info("mining %s for %d subset(s) of %s (split %s) into %s", m.method, len(subsets), datamodule.source,
+             datamodule.split, out_dir)
+    if m.method == "saha":
+        summary = mine_saha(embedder, subsets, datamodule.subset_info, datamodule.image_loader, out_dir, k=m.k,
+                            pool_mult=m.pool_mult, index=m.index, nprobe=m.nprobe,
+                            classification_subsets=m.classification_subsets, **common)
+        hint = "python train.py sampler=saha" + ("" if out_dir == default_dir else f" sampler.clusters_dir={out_dir}")
+    else:
+        summary = mine_negatives(embedder, subsets, datamodule.subset_info, datamodule.image_loader,
+                                 datamodule.source, datamodule.split, out_dir, pool=m.pool,
+                                 num_negatives=m.num_negatives, relative=m.relative, margin=m.margin,
+                                 min_score=m.min_score, max_score=m.max_score, select=m.select,
+                                 simans_a=m.simans_a, simans_b=m.simans_b, seed=m.seed, **common)
+        hint = f"python train.py data.source={out_dir} data.image_root={datamodule.image_loader.root}"
+        if m.num_negatives > 1:
+            hint += f" data.max_negatives_per_pair={m.num_negatives}"
+    table = format_table(summary)
+    print(f"{m.method} mining → {out_dir}\n{table}\nnext: {hint}", flush=True)
+    output_dir = Path(cfg.paths.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "summary.md").write_text(f"{m.method} mining → {out_dir}\n\n{table}\n\nnext: `{hint}`\n")
+    return {"method": m.method, "out_dir": out_dir, "summary": summary}
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="mine")
+def main(cfg: DictConfig) -> None:
+    run(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,54 @@
+"""Embedding one training subset for mining: one query embedding per row, one embedding per unique positive."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from datamodules.images import ImageLoader
+from datamodules.schema import Item, TrainPair
+from evaluation.mmeb import encode_unique
+
+
+@dataclass
+class SubsetEmbeddings:
+    """Queries are the rows themselves (not deduplicated: SaHa clusters rows, and two rows with the same
+    query are still two training pairs); candidates are the unique positives (deduplicated by Item, so
+    every classification label is one candidate that all of its rows own)."""
+
+    query: np.ndarray  # [N, d] float32, L2-normalised, row i = pairs[i].query
+    candidates: np.ndarray  # [C, d] float32, L2-normalised
+    candidate_items: list[Item]  # [C]
+    positive_of_query: np.ndarray  # [N] int64 index into candidates
+
+
+def unique_positives(pairs: Sequence[TrainPair]) -> tuple[list[Item], list[TrainPair], np.ndarray]:
+    """The distinct positives in first-seen order, the first pair holding each, and each pair's index."""
+    index: dict[Item, int] = {}
+    holders: list[TrainPair] = []
+    positive_of = np.empty(len(pairs), dtype=np.int64)
+    for i, pair in enumerate(pairs):
+        if pair.positive not in index:
+            index[pair.positive] = len(index)
+            holders.append(pair)
+        positive_of[i] = index[pair.positive]
+    return list(index), holders, positive_of
+
+
+def _normalise(x: np.ndarray) -> np.ndarray:
+    # Mining ranks by cosine similarity whatever the embedder's `normalize` setting.
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return np.ascontiguousarray(x / np.maximum(norms, 1e-12), dtype=np.float32)
+
+
+def embed_subset(embedder, pairs: Sequence[TrainPair], image_loader: ImageLoader, batch_size: int = 64,
+                 num_workers: int = 0, progress: bool = False) -> SubsetEmbeddings:
+    """Encode `pairs`' queries (query side of the prompt) and unique positives (target side)."""
+    items, holders, positive_of = unique_positives(pairs)
+    queries = [(p.query, p.subset, p.row, "qry_image_path", image_loader) for p in pairs]
+    targets = [(p.positive, p.subset, p.row, "pos_image_path", image_loader) for p in holders]
+    q = encode_unique(embedder, queries, "query", batch_size, num_workers, progress).numpy()
+    c = encode_unique(embedder, targets, "target", batch_size, num_workers, progress).numpy()
+    return SubsetEmbeddings(_normalise(q), _normalise(c), items, positive_of)

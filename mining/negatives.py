@@ -1,0 +1,211 @@
+"""Mined hard negatives for the explicit-negative path (METHODS §2.4), written as a new MMEB-train dataset.
+
+For each training subset: embed every query (one per row) and every unique positive, retrieve for each
+query the top `pool` positives of *other* rows (exact inner-product search with faiss; the query's own
+positive, and therefore anything identical to it, is never a candidate), filter them relative to the
+query's own positive score and pick `num_negatives` with the chosen selector (`datamodules.negatives`).
+
+The result is a local dataset in the exact MMEB-train layout (`<out>/<subset>/<split>-00000-of-00001.parquet`,
+README.md with a `configs:` header) holding the original rows with `neg_text`/`neg_image_path` replaced by
+the mined negatives (strings for one negative, lists for several; "" or [] where no candidate survived the
+filters). Image paths stay relative to the original image root, so
+`python train.py data.source=<out> data.image_root=<original image root>` trains on them unchanged.
+`<out>/mined.json` records the settings, the embedder and per-subset statistics.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from datamodules.images import ImageLoader
+from datamodules.mmeb import TRAIN_COLUMNS, load_split
+from datamodules.negatives import positive_aware_mask, select_negatives
+from datamodules.schema import TRAIN_NEGATIVE_COLUMNS, Item, TrainPair
+
+from .embed import embed_subset
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "mined.json"
+MANIFEST_FORMAT = "embedlab.mined_negatives.v1"
+# Queries searched per faiss call: bounds the [chunk, pool] score block.
+_SEARCH_CHUNK = 4096
+
+
+def retrieve(query: np.ndarray, candidates: np.ndarray, positive_of_query: np.ndarray,
+             pool: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Top-`pool` candidates per query other than its own positive: (ids [N, pool] with -1 padding,
+    scores [N, pool], valid [N, pool])."""
+    num_fetch = min(pool + 1, candidates.shape[0])  # one extra: the own positive is usually among them
+    ids = np.empty((query.shape[0], num_fetch), dtype=np.int64)
+    scores = np.empty((query.shape[0], num_fetch), dtype=np.float32)
+    for lo in range(0, query.shape[0], _SEARCH_CHUNK):
+        hi = min(lo + _SEARCH_CHUNK, query.shape[0])
+        scores[lo:hi], ids[lo:hi] = faiss.knn(query[lo:hi], candidates, num_fetch, faiss.METRIC_INNER_PRODUCT)
+    valid = (ids >= 0) & (ids != positive_of_query[:, None])
+    valid &= np.cumsum(valid, axis=1) <= pool
+    return ids, scores.astype(np.float64), valid
+
+
+def choose_negatives(embedder, pairs: Sequence[TrainPair], image_loader: ImageLoader, *, pool: int = 100,
+                     num_negatives: int = 1, relative: float | None = 0.95, margin: float | None = None,
+                     min_score: float | None = None, max_score: float | None = None, select: str = "top",
+                     simans_a: float = 0.5, simans_b: float = 0.0, rng: np.random.Generator,
+                     batch_size: int = 64, num_workers: int = 0,
+                     progress: bool = False) -> tuple[list[list[Item]], dict[str, Any]]:
+    """Mined negatives of each pair (one subset), in pairs order, and statistics of the run."""
+    if isinstance(pool, bool) or not isinstance(pool, int) or pool < 1:
+        raise ValueError(f"mining.pool must be a positive integer, got {pool!r}")
+    emb = embed_subset(embedder, pairs, image_loader, batch_size, num_workers, progress)
+    ids, scores, valid = retrieve(emb.query, emb.candidates, emb.positive_of_query, pool)
+    positive_scores = np.einsum("nd,nd->n", emb.query, emb.candidates[emb.positive_of_query], dtype=np.float64)
+    keep = positive_aware_mask(scores, positive_scores, valid=valid, relative=relative, margin=margin,
+                               min_score=min_score, max_score=max_score)
+    chosen = select_negatives(scores, positive_scores, keep, num_negatives, select, rng, simans_a, simans_b)
+    negatives: list[list[Item]] = []
+    chosen_scores = []
+    for q, columns in enumerate(chosen):
+        picked = [int(ids[q, c]) for c in columns if c >= 0]
+        negatives.append([emb.candidate_items[i] for i in picked])
+        chosen_scores += [float(scores[q, c]) for c in columns if c >= 0]
+    stats = {"candidates": len(emb.candidate_items), "mean_kept": float(keep.sum(axis=1).mean()),
+             "no_negative": int(sum(not n for n in negatives)),
+             "mean_positive_score": float(positive_scores.mean()),
+             "mean_negative_score": float(np.mean(chosen_scores)) if chosen_scores else float("nan")}
+    return negatives, stats
+
+
+def _negative_columns(negatives: Sequence[Sequence[Item]], num_negatives: int) -> tuple[pa.Array, pa.Array]:
+    texts = [[n.text for n in negs] for negs in negatives]
+    images = [[n.image or "" for n in negs] for negs in negatives]
+    if num_negatives == 1:
+        # One negative per row: plain strings, like the hub data.
+        return pa.array([t[0] if t else "" for t in texts], pa.string()), \
+            pa.array([i[0] if i else "" for i in images], pa.string())
+    return pa.array(texts, pa.list_(pa.string())), pa.array(images, pa.list_(pa.string()))
+
+
+def _with_negatives(table: pa.Table, neg_text: pa.Array, neg_image: pa.Array) -> pa.Table:
+    """`table` with neg_text/neg_image_path replaced (or added), other columns untouched and in order."""
+    new = dict(zip(TRAIN_NEGATIVE_COLUMNS, (neg_text, neg_image)))
+    names = list(table.column_names) + [c for c in TRAIN_NEGATIVE_COLUMNS if c not in table.column_names]
+    columns = [new[n] if n in new else table.column(n) for n in names]
+    # The HF schema metadata would still describe the old negative column types.
+    return pa.table(columns, names=names)
+
+
+def dataset_readme(subsets: Sequence[str], split: str, description: str) -> str:
+    """README.md whose YAML `configs:` header lets `datasets.load_dataset(dir, subset)` find the files."""
+    lines = ["---", "configs:"]
+    for name in subsets:
+        lines += [f"- config_name: {name}", "  data_files:", f"  - split: {split}",
+                  f"    path: {name}/{split}-*.parquet"]
+    lines += ["---", "# embedlab mined hard negatives (MMEB-train layout)", "", description, ""]
+    return "\n".join(lines)
+
+
+def _settings(pool, num_negatives, relative, margin, min_score, max_score, select, simans_a, simans_b, seed) -> dict:
+    return {"pool": pool, "num_negatives": num_negatives, "relative": relative, "margin": margin,
+            "min_score": min_score, "max_score": max_score, "select": select, "simans_a": simans_a,
+            "simans_b": simans_b, "seed": seed}
+
+
+def _up_to_date(out_dir: Path, manifest: Mapping[str, Any]) -> bool:
+    try:
+        old = json.loads((out_dir / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return False
+    same = ("format", "source", "split", "settings", "embedder", "prompt")
+    return all(old.get(k) == manifest[k] for k in same) and {
+        s: (v.get("num_rows"), v.get("fingerprint")) for s, v in old.get("subsets", {}).items()
+    } == {s: (v["num_rows"], v["fingerprint"]) for s, v in manifest["subsets"].items()}
+
+
+def _replace_dir(built: Path, out_dir: Path) -> None:
+    """Move the finished `built` tree to `out_dir`, replacing an earlier mined dataset there."""
+    if out_dir.exists():
+        if not (out_dir / MANIFEST).is_file() and any(out_dir.iterdir()):
+            raise FileExistsError(f"{out_dir} is not empty and holds no {MANIFEST}, so it is not a mined dataset; "
+                                  "refusing to replace it. Set mining.out_dir to a new or empty directory")
+        old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
+        os.replace(out_dir, old / "tree")
+        os.replace(built, out_dir)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(built, out_dir)
+
+
+def mine_negatives(embedder, subsets: Mapping[str, Sequence[TrainPair]], subset_info: Mapping[str, Mapping[str, Any]],
+                   image_loader: ImageLoader, source: str, split: str, out_dir: str | Path, *, pool: int = 100,
+                   num_negatives: int = 1, relative: float | None = 0.95, margin: float | None = None,
+                   min_score: float | None = None, max_score: float | None = None, select: str = "top",
+                   simans_a: float = 0.5, simans_b: float = 0.0, seed: int = 0,
+                   embedder_description: Mapping[str, Any], force: bool = False, batch_size: int = 64,
+                   num_workers: int = 0, progress: bool = True) -> list[dict]:
+    """Write the mined-negatives dataset for `subsets` (rows as read from `source`/`split`) to `out_dir`.
+
+    Returns one summary row per subset. Skips everything when `out_dir` already holds a dataset mined
+    from the same rows with the same settings and embedder, unless `force`.
+    """
+    out_dir = Path(out_dir)
+    settings = _settings(pool, num_negatives, relative, margin, min_score, max_score, select, simans_a, simans_b,
+                         seed)
+    manifest = {"format": MANIFEST_FORMAT, "source": subset_info[next(iter(subsets))]["source"], "split": split,
+                "settings": settings, "embedder": dict(embedder_description), "prompt": embedder.prompt.to_dict(),
+                "subsets": {s: {"num_rows": int(subset_info[s]["num_rows"]),
+                                "fingerprint": subset_info[s]["fingerprint"]} for s in subsets}}
+    if not force and _up_to_date(out_dir, manifest):
+        log.info("mined negatives in %s are up to date, skipped (mining.force=true re-mines them)", out_dir)
+        return [{"subset": s, "rows": manifest["subsets"][s]["num_rows"], "status": "skipped (up to date)"}
+                for s in subsets]
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    built = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.building-", dir=out_dir.parent))
+    summary = []
+    try:
+        for s_index, (subset, pairs) in enumerate(subsets.items()):
+            start = time.perf_counter()
+            num_rows = int(subset_info[subset]["num_rows"])
+            # One stream per subset: adding a subset does not change another's negatives.
+            rng = np.random.default_rng([seed, s_index])
+            negatives, stats = choose_negatives(
+                embedder, pairs, image_loader, pool=pool, num_negatives=num_negatives, relative=relative,
+                margin=margin, min_score=min_score, max_score=max_score, select=select, simans_a=simans_a,
+                simans_b=simans_b, rng=rng, batch_size=batch_size, num_workers=num_workers, progress=progress)
+            per_row: list[list[Item]] = [[] for _ in range(num_rows)]
+            for pair, negs in zip(pairs, negatives):
+                per_row[pair.row] = negs
+            table = load_split(source, subset, split, TRAIN_COLUMNS, "MMEB-train").with_format("arrow")[:num_rows]
+            table = _with_negatives(table, *_negative_columns(per_row, num_negatives))
+            path = built / subset / f"{split}-00000-of-00001.parquet"
+            path.parent.mkdir(parents=True)
+            pq.write_table(table, path)
+            not_mined = num_rows - len(pairs)
+            stats = {**stats, "no_negative": stats["no_negative"] + not_mined, "rows_not_mined": not_mined}
+            manifest["subsets"][subset]["stats"] = stats
+            summary.append({"subset": subset, "rows": num_rows, "status": "mined", **stats,
+                            "seconds": round(time.perf_counter() - start, 1)})
+        (built / "README.md").write_text(dataset_readme(
+            list(subsets), split, f"Rows of {manifest['source']} (split {split}) with hard negatives mined by "
+            f"`python mine.py mining.method=negatives` ({select} of the top {pool}, relative={relative}, "
+            f"margin={margin}). Image paths are relative to the original data's image root."))
+        manifest["created"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        (built / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+        _replace_dir(built, out_dir)
+    finally:
+        if built.exists():
+            shutil.rmtree(built, ignore_errors=True)
+    return summary

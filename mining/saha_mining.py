@@ -1,0 +1,92 @@
+"""SaHa mining with a model (METHODS §6): embed each training subset, cluster it with
+`datamodules.saha`, and write one cluster file per subset for `sampler=saha`.
+
+The clustering itself (pure numpy/faiss) lives in `datamodules/saha.py`, the cluster file format in
+`datamodules/samplers.py`; this module joins them to an embedder.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Collection, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from datamodules.bundled import EVAL_DATASETS as BUNDLED_DATASETS
+from datamodules.images import ImageLoader
+from datamodules.mmeb import CLASSIFICATION_SUBSETS
+from datamodules.saha import _mine_saha_clusters, saha_cluster_stats
+from datamodules.samplers import (
+    cluster_file_header,
+    cluster_file_matches,
+    cluster_file_path,
+    write_cluster_file,
+)
+from datamodules.schema import TrainPair
+
+from .embed import embed_subset
+
+log = logging.getLogger(__name__)
+
+#: MMEB's classification datasets (train and eval names) and the bundled dataset's: SaHa keeps their
+#: owners in candidate-rank order instead of re-sorting them (`mining.classification_subsets` overrides).
+DEFAULT_CLASSIFICATION_SUBSETS = frozenset(CLASSIFICATION_SUBSETS) | frozenset(
+    name for name, (meta_task, _) in BUNDLED_DATASETS.items() if meta_task == "Classification")
+
+
+def classification_set(subsets: Collection[str] | None) -> frozenset[str]:
+    return DEFAULT_CLASSIFICATION_SUBSETS if subsets is None else frozenset(str(s) for s in subsets)
+
+
+def cluster_rows(embedder, pairs: Sequence[TrainPair], image_loader: ImageLoader, *, k: int, pool_mult: int,
+                 classification: bool, index: str = "flat", nprobe: int = 32, batch_size: int = 64,
+                 num_workers: int = 0, progress: bool = False) -> tuple[list[list[int]], int]:
+    """SaHa clusters of `pairs` (one subset) as lists of their row ids, and how many are phase-1 clusters."""
+    emb = embed_subset(embedder, pairs, image_loader, batch_size, num_workers, progress)
+    # The private entry point also reports the phase-1 count, which the sampler needs to tell
+    # SaHa's deliberate phase-2 reuse of a row from a corrupt file.
+    clusters, report = _mine_saha_clusters(emb.query, emb.candidates, emb.positive_of_query, k, pool_mult,
+                                           classification, index=index, nprobe=nprobe, progress=progress)
+    return [[pairs[i].row for i in cluster] for cluster in clusters], report.phase1_clusters
+
+
+def mine_saha(embedder, subsets: Mapping[str, Sequence[TrainPair]], subset_info: Mapping[str, Mapping[str, Any]],
+              image_loader: ImageLoader, out_dir: str | Path, *, k: int = 15, pool_mult: int = 3,
+              index: str = "flat", nprobe: int = 32, classification_subsets: Collection[str] | None = None,
+              embedder_description: Mapping[str, Any], force: bool = False, batch_size: int = 64,
+              num_workers: int = 0, progress: bool = True) -> list[dict]:
+    """Mine and write `<out_dir>/<subset>.saha.json` for every subset; returns one summary row per subset.
+
+    `subsets[name]` are the rows to cluster (all rows as read, or fewer: rows absent from it end up in no
+    cluster); `subset_info[name]` describes the subset as read (num_rows, fingerprint, split, source).
+    A file whose header already matches (same data, k, pool_mult, classification rule, index, embedder
+    and prompt) is kept as it is unless `force`.
+    """
+    classification = classification_set(classification_subsets)
+    prompt = embedder.prompt.to_dict()
+    summary = []
+    for subset, pairs in subsets.items():
+        header = cluster_file_header(subset, subset_info[subset], k=k, pool_mult=pool_mult,
+                                     classification=subset in classification, index=index,
+                                     embedder=embedder_description, prompt=prompt)
+        path = cluster_file_path(out_dir, subset)
+        up_to_date, reason = cluster_file_matches(path, header)
+        row = {"subset": subset, "rows": int(subset_info[subset]["num_rows"]), "mined_rows": len(pairs),
+               "classification": subset in classification}
+        if up_to_date and not force:
+            log.info("SaHa %s: %s is up to date, skipped (mining.force=true re-mines it)", subset, path)
+            summary.append({**row, "status": "skipped (up to date)"})
+            continue
+        log.info("SaHa %s: mining %d rows (%s)", subset, len(pairs), "forced" if up_to_date else reason)
+        start = time.perf_counter()
+        clusters, phase1 = cluster_rows(embedder, pairs, image_loader, k=k, pool_mult=pool_mult,
+                                        classification=subset in classification, index=index, nprobe=nprobe,
+                                        batch_size=batch_size, num_workers=num_workers, progress=progress)
+        stats = saha_cluster_stats(clusters, int(subset_info[subset]["num_rows"]))
+        write_cluster_file(path, header, clusters, phase1, stats)
+        summary.append({**row, "status": "mined", "clusters": stats["num_clusters"], "phase1": phase1,
+                        "mean_size": stats["mean_cluster_size"], "covered": stats["queries_covered"],
+                        "leftovers": stats["leftover_queries"], "reused": stats["queries_in_multiple_clusters"],
+                        "seconds": round(time.perf_counter() - start, 1)})
+    return summary

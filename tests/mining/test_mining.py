@@ -1,0 +1,148 @@
+"""Mining with a model: `mine.py` end to end on the bundled data (SaHa cluster files, then training with
+`sampler=saha` and the in-training refresh; mined-negative datasets), and the miner's candidate rules on
+synthetic embeddings against a naive computation."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import mine
+import mining.negatives as mined_negatives
+import train
+
+ROOT = Path(__file__).resolve().parents[2]
+from datamodules import MMEBDataModule  # noqa: E402
+from datamodules.mmeb import read_train_pairs  # noqa: E402
+from datamodules.samplers import cluster_file_path, read_cluster_file  # noqa: E402
+from datamodules.schema import Item, TrainPair, rows_fingerprint  # noqa: E402
+from mining.embed import SubsetEmbeddings, unique_positives  # noqa: E402
+
+SUBSETS = "[ShapeCls,ShapeT2I]"
+ROWS = 16  # rows per subset: 12 training rows + 4 held out (data.val_per_subset=4 in the tiny overrides)
+
+
+def mine_overrides(tiny_cfg, mined_root, extra=()):
+    bundled = [o for o in tiny_cfg() if o.startswith("bundled.")]
+    return [*bundled, f"data.subsets={SUBSETS}", f"data.max_per_subset={ROWS}", "data.val_per_subset=4",
+            f"mining.mined_root={mined_root}", "mining.k=3", "mining.progress=false", "device=cpu", *extra]
+
+
+def test_mine_saha_then_train_with_saha_and_refresh(compose_cfg, tiny_cfg, bundled_root, tmp_path, caplog):
+    mined_root = tmp_path / "mined"
+    result = mine.run(compose_cfg("mine", mine_overrides(tiny_cfg, mined_root)))
+    assert [row["status"] for row in result["summary"]] == ["mined", "mined"]
+    out_dir = result["out_dir"]
+    assert out_dir.parent.parent == mined_root and out_dir.name == "original"
+    data = MMEBDataModule(source=str(bundled_root / "train"), subsets=["ShapeCls", "ShapeT2I"], max_per_subset=ROWS,
+                          image_root=str(bundled_root / "train"))
+    data.setup()
+    for subset in ("ShapeCls", "ShapeT2I"):
+        path = cluster_file_path(out_dir, subset)
+        clusters = read_cluster_file(path, subset, data.subset_info[subset])  # matches the data as training reads it
+        assert clusters["k"] == 3 and clusters["prompt"]["name"] == "hierarchical"
+        assert clusters["classification"] == (subset == "ShapeCls")
+        assert clusters["embedder"]["kind"] == "model" and clusters["stats"]["num_queries"] == ROWS
+        assert all(2 <= len(c) <= 4 for c in clusters["clusters"])
+    mtime = cluster_file_path(out_dir, "ShapeCls").stat().st_mtime_ns
+
+    # Mined already: skipped, file untouched. Forced: mined again.
+    again = mine.run(compose_cfg("mine", mine_overrides(tiny_cfg, mined_root)))
+    assert [row["status"] for row in again["summary"]] == ["skipped (up to date)"] * 2
+    assert cluster_file_path(out_dir, "ShapeCls").stat().st_mtime_ns == mtime
+    mtime = cluster_file_path(out_dir, "ShapeT2I").stat().st_mtime_ns
+    forced = mine.run(compose_cfg("mine", mine_overrides(tiny_cfg, mined_root, ["mining.force=true",
+                                                                                "data.subsets=[ShapeT2I]"])))
+    assert [row["status"] for row in forced["summary"]] == ["mined"]
+    assert cluster_file_path(out_dir, "ShapeT2I").stat().st_mtime_ns != mtime
+
+    # Train two one-batch epochs with the SaHa sampler; the refresh re-mines with the model between them.
+    overrides = tiny_cfg(["sampler=saha", f"sampler.mined_root={mined_root}", f"data.subsets={SUBSETS}",
+                          f"data.max_per_subset={ROWS}", "callbacks=saha_refresh", "callbacks.saha_refresh.k=3",
+                          "trainer.max_epochs=2", "trainer.max_steps=-1", "+trainer.limit_train_batches=1",
+                          "trainer.limit_val_batches=0",
+                          "~callbacks.similarity", "evaluate_before=false", "evaluate_after=false",
+                          "save_embedder=false"])
+    cfg = compose_cfg("train", overrides)
+    with caplog.at_level(logging.INFO, logger="datamodules.samplers"):
+        train.run(cfg)
+    run_dir = Path(cfg.paths.output_dir)
+    refreshed = run_dir / "saha_refresh" / "epoch0001"
+    header = json.loads(cluster_file_path(refreshed, "ShapeT2I").read_text())
+    assert header["embedder"]["kind"] == "training" and header["stats"]["num_queries"] == ROWS
+    # Held-out rows are not mined in training: only the 12 training rows of a subset can be in clusters.
+    assert header["stats"]["queries_covered"] <= ROWS - 4
+    built_from = [r.getMessage() for r in caplog.records if r.getMessage().startswith("SaHa sampler (")]
+    assert str(out_dir) in built_from[0] and str(refreshed) in built_from[-1]
+    metrics = (run_dir / "csv" / "metrics.csv").read_text()
+    assert metrics.count("train/loss") == 1 and len(metrics.splitlines()) >= 3  # header + one row per step
+
+
+def test_mine_negatives_writes_a_dataset_training_reads(compose_cfg, tiny_cfg, bundled_root, tmp_path):
+    mined_root = tmp_path / "mined"
+    overrides = mine_overrides(tiny_cfg, mined_root, ["data.subsets=[ShapeT2I]", "mining.method=negatives",
+                                                      "mining.num_negatives=2", "mining.select=simans",
+                                                      # A random-init model scores everything alike: no
+                                                      # relative cut, or nothing would survive it.
+                                                      "mining.pool=10", "mining.relative=null"])
+    result = mine.run(compose_cfg("mine", overrides))
+    out_dir = result["out_dir"]
+    assert out_dir.name == "negatives" and (out_dir / "mined.json").is_file()
+    original = read_train_pairs(str(bundled_root / "train"), "ShapeT2I", "original", ROWS)
+    mined = read_train_pairs(str(out_dir), "ShapeT2I", "original")
+    assert rows_fingerprint(mined) == rows_fingerprint(original) and len(mined) == ROWS
+    positives = {p.positive for p in original}
+    without = 0
+    for pair in mined:
+        assert len(pair.negatives) <= 2 and len(set(pair.negatives)) == len(pair.negatives)
+        assert pair.positive not in pair.negatives and set(pair.negatives) <= positives
+        without += not pair.negatives
+    assert result["summary"][0]["no_negative"] == without
+    # Training reads it with the original image root, negatives included.
+    data = MMEBDataModule(source=str(out_dir), subsets=["ShapeT2I"], image_root=str(bundled_root / "train"),
+                          max_negatives_per_pair=2)
+    data.setup()
+    assert sum(len(p.negatives) for p in data.train_pairs) > 0
+    again = mine.run(compose_cfg("mine", overrides))
+    assert again["summary"][0]["status"] == "skipped (up to date)"
+
+
+def synthetic_subset(num_rows=40, num_labels=12, dim=8, seed=0):
+    """Rows sharing positives (like a classification subset) and embeddings where a query sits near its positive."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, num_labels, size=num_rows)
+    pairs = [TrainPair("S", r, Item(f"query {r}"), Item(f"label {labels[r]}")) for r in range(num_rows)]
+    items, _, positive_of = unique_positives(pairs)
+    cand = rng.normal(size=(len(items), dim))
+    cand /= np.linalg.norm(cand, axis=1, keepdims=True)
+    query = cand[positive_of] + 0.8 * rng.normal(size=(num_rows, dim))
+    query /= np.linalg.norm(query, axis=1, keepdims=True)
+    emb = SubsetEmbeddings(query.astype(np.float32), cand.astype(np.float32), items, positive_of)
+    return pairs, emb
+
+
+@pytest.mark.parametrize("select", ["top", "random", "simans"])
+def test_mined_negatives_exclude_the_positive_and_obey_the_filter(monkeypatch, select):
+    pairs, emb = synthetic_subset()
+    monkeypatch.setattr(mined_negatives, "embed_subset", lambda *args, **kwargs: emb)
+    pool, relative, num = 6, 0.95, 2
+    negatives, stats = mined_negatives.choose_negatives(None, pairs, None, pool=pool, num_negatives=num,
+                                                        relative=relative, select=select, rng=np.random.default_rng(0))
+    scores = emb.query.astype(np.float64) @ emb.candidates.astype(np.float64).T
+    index = {item: i for i, item in enumerate(emb.candidate_items)}
+    for q, (pair, negs) in enumerate(zip(pairs, negatives)):
+        s_pos = scores[q, emb.positive_of_query[q]]
+        # Naive: rank every candidate but the own positive, keep the top `pool`, then the filter.
+        ranked = sorted((c for c in range(len(emb.candidate_items)) if c != emb.positive_of_query[q]),
+                        key=lambda c: -scores[q, c])[:pool]
+        allowed = [c for c in ranked if scores[q, c] < relative * s_pos]
+        got = [index[n] for n in negs]
+        assert pair.positive not in negs and len(got) == min(num, len(allowed))
+        assert set(got) <= set(allowed)
+        if select == "top":
+            assert got == allowed[:num]
+    assert stats["no_negative"] == sum(not n for n in negatives)
