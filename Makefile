@@ -47,6 +47,12 @@ test-all: $(STAMP) ## every test, slow ones included
 bench: $(STAMP) ## benchmarks: print measured ratios side by side
 	$(PY) benchmarks/run_all.py $(ARGS)
 
+sweep: $(STAMP) ## SLURM sweep of the two losses: make sweep ARGS='hydra.launcher.partition=gpu …'
+	$(PY) train.py -m hydra/launcher=slurm trainer=slurm loss=infonce,hardness_weighted $(ARGS)
+
+ablation: $(STAMP) ## loss × sampler × 3 seeds on the bundled data; table + plot (CPU, ~45 min)
+	$(PY) benchmarks/ablation.py $(ARGS)
+
 lint: $(STAMP) ## ruff
 	$(PY) -m ruff check .
 

@@ -13,7 +13,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from runtime import instantiate_group
+from runtime import adapt_cfg_with_multirun, finish_loggers, instantiate_group
 
 log = logging.getLogger("embedlab.evaluate")
 
@@ -29,7 +29,7 @@ def load_embedder(cfg: DictConfig):
     if cfg.get("ckpt_path"):
         if not Path(cfg.ckpt_path).is_file():
             raise FileNotFoundError(f"ckpt_path={cfg.ckpt_path} does not exist")
-        module = EmbeddingModule.load_from_checkpoint(cfg.ckpt_path, map_location="cpu", loss=None, strict=False)
+        module = EmbeddingModule.load_from_checkpoint(cfg.ckpt_path, map_location="cpu", loss=None)
         return module.embedder
     module = instantiate(cfg.model, loss=None, prompt=prompt, _convert_="partial")
     return module.embedder
@@ -49,8 +49,7 @@ def run(cfg: DictConfig) -> dict:
     loggers = instantiate_group(cfg.get("logger"))
     label = cfg.get("embedder_dir") or cfg.get("ckpt_path") or OmegaConf.select(cfg, "model.path") or cfg.run_name
     results = score(embedder, suite, cfg.eval, str(label), Path(cfg.paths.output_dir), loggers, "eval")
-    for lg in loggers:
-        lg.finalize("success")
+    finish_loggers(loggers)
     log.info("results written to %s", cfg.paths.output_dir)
     return results
 
@@ -61,4 +60,7 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
+    import sys
+
+    sys.argv = adapt_cfg_with_multirun(sys.argv)
     main()

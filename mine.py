@@ -20,6 +20,8 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from runtime import adapt_cfg_with_multirun  # also registers the Hydra resolvers the configs use
+
 log = logging.getLogger("embedlab.mine")
 
 METHODS = ("saha", "negatives")
@@ -95,4 +97,7 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    import sys
+
+    sys.argv = adapt_cfg_with_multirun(sys.argv)
     main()

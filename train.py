@@ -15,7 +15,13 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from runtime import instantiate_group, is_launcher_rank_zero, wandb_run_id
+from runtime import (
+    adapt_cfg_with_multirun,
+    finish_loggers,
+    instantiate_group,
+    is_launcher_rank_zero,
+    wandb_run_id,
+)
 
 log = logging.getLogger("embedlab.train")
 
@@ -66,10 +72,25 @@ def resolve_ckpt_path(cfg: DictConfig, output_dir: Path) -> str | None:
     ckpt = cfg.get("ckpt_path")
     if ckpt == "auto":
         last = output_dir / "checkpoints" / "last.ckpt"
-        return str(last) if last.exists() else None
-    if ckpt and not Path(ckpt).is_file():
+        ckpt = str(last) if last.exists() else None
+    elif ckpt and not Path(ckpt).is_file():
         raise FileNotFoundError(f"ckpt_path={ckpt} does not exist")
+    if ckpt:
+        check_checkpoint_matches(ckpt, cfg)
     return ckpt
+
+
+def check_checkpoint_matches(ckpt: str, cfg: DictConfig) -> None:
+    """Refuse, before training starts, a checkpoint of another backbone than the configured one."""
+    import torch
+
+    hp = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True).get("hyper_parameters", {})
+    model = OmegaConf.to_container(cfg.model, resolve=True)
+    for key in ("family", "path", "config", "lora"):
+        if hp.get(key) != model.get(key):
+            raise ValueError(f"checkpoint {ckpt} was trained with model.{key}={hp.get(key)!r}, but this run has "
+                             f"model.{key}={model.get(key)!r}: resume with the same model config, or start a new run "
+                             "directory (ckpt_path=null)")
 
 
 def run(cfg: DictConfig) -> dict:
@@ -113,8 +134,7 @@ def run(cfg: DictConfig) -> dict:
         summary += f"trained {outcome['after']['overall']:.1f} | chance {outcome['chance']:.1f}"
         print(summary, flush=True)
         (output_dir / "summary.txt").write_text(summary + "\n")
-    for lg in loggers:
-        lg.finalize("success")
+    finish_loggers(loggers)
     return outcome
 
 
@@ -126,4 +146,7 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    import sys
+
+    sys.argv = adapt_cfg_with_multirun(sys.argv)
     main()

@@ -75,6 +75,8 @@ class EmbeddingModule(L.LightningModule):
             gradient_checkpointing=gradient_checkpointing,
         )
         self.loss = loss
+        # LoRA checkpoints hold only trainable weights (the frozen base reloads from model.path).
+        self.strict_loading = not lora
         chunk = (gradcache or {}).get("chunk_size")
         if chunk is not None and (not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < 1):
             raise ValueError(f"model.gradcache.chunk_size must be a positive integer or null, got {chunk!r}")
@@ -260,10 +262,19 @@ class EmbeddingModule(L.LightningModule):
             )
 
     # ------------------------------------------------------------------ checkpoints
+    def frozen_keys(self) -> set[str]:
+        """State-dict keys of parameters that never change in training (LoRA's frozen base)."""
+        return {name for name, p in self.named_parameters() if not p.requires_grad}
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         import random
 
         import numpy as np
+
+        if self.hparams.lora:
+            frozen = self.frozen_keys()
+            checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k not in frozen}
+            checkpoint["embedlab_frozen_keys"] = sorted(frozen)
 
         kind, keys, pos, has_gauss, gauss = np.random.get_state()
         checkpoint["rng_states"] = {  # tensors and Python scalars only: loadable with weights_only=True
@@ -277,6 +288,12 @@ class EmbeddingModule(L.LightningModule):
         import random
 
         import numpy as np
+
+        if self.hparams.lora:
+            # Non-strict loading is limited to the frozen base: any other missing key is an error.
+            missing = set(self.state_dict()) - set(checkpoint["state_dict"]) - self.frozen_keys()
+            if missing:
+                raise KeyError(f"checkpoint lacks {len(missing)} trainable weight(s), e.g. {sorted(missing)[:3]}")
 
         states = checkpoint.get("rng_states")
         if not states:

@@ -37,3 +37,23 @@ class SimilarityDiagnostics(L.Callback):
             path = plot_similarity_histogram(pos, neg, self.output_dir / f"similarity_step{step:06d}.png",
                                              title=f"step {step}")
             log.info("similarity histogram: %s (overlap %.3f)", path, sims.get("sim_overlap", float("nan")))
+
+
+class Throughput(L.Callback):
+    """Logs step time, pairs/s and tokens/s (all ranks together) every training step."""
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        import time
+
+        self._t0 = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        import time
+
+        dt = time.perf_counter() - self._t0
+        world = trainer.world_size
+        tokens = sum(int(c["attention_mask"].sum()) for side in ("query", "target") for c in batch[side]
+                     if "attention_mask" in c)
+        pl_module.log_dict({"perf/step_s": dt, "perf/pairs_per_s": batch["num_pairs"] * world / dt,
+                            "perf/tokens_per_s": tokens * world / dt}, on_step=True, on_epoch=False,
+                           batch_size=batch["num_pairs"])

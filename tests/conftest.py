@@ -16,6 +16,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import runtime  # noqa: E402,F401  (registers the Hydra resolvers the configs use)
+
 SMALL_BUNDLED = {"train_per_subset": 60, "eval_per_dataset": 12, "seed": 0}
 
 

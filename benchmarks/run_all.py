@@ -1,0 +1,33 @@
+"""Run every benchmark in a fresh process and print their tables: `make bench` (or `make bench ARGS=--quick`).
+
+Each benchmark measures its ratios side by side in one run and prints PASS/FAIL against its target;
+the exit status is non-zero when any target is missed."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+BENCHMARKS = ["bench_losses.py", "bench_gradcache.py", "bench_saha.py", "bench_negatives.py"]
+
+
+def main(argv: list[str]) -> int:
+    quick = "--quick" in argv
+    failed = []
+    for name in BENCHMARKS:
+        cmd = [sys.executable, str(HERE / name), *(["--quick"] if quick else [])]
+        print(f"\n### {name}{' --quick' if quick else ''}", flush=True)
+        start = time.perf_counter()
+        rc = subprocess.call(cmd)
+        print(f"({name}: {time.perf_counter() - start:.0f} s, exit {rc})", flush=True)
+        if rc:
+            failed.append(name)
+    print(f"\nbenchmarks missing a target or failing: {failed or 'none'}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

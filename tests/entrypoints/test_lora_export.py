@@ -1,0 +1,48 @@
+"""LoRA runs: checkpoints hold only trainable weights, `export.py` writes a merged standalone
+Embedder that reloads without peft, and a checkpoint of another backbone is refused up front."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import export
+import train
+from embedders import Embedder, EmbeddingModule
+from embedders.finetune import is_peft_model
+
+
+def test_lora_checkpoint_export_and_reload(compose_cfg, tiny_cfg, tmp_path):
+    cfg = compose_cfg("train", tiny_cfg(["model.lora={r:4,alpha:8}", "trainer.max_steps=2",
+                                         "evaluate_before=false", "evaluate_after=false"]))
+    train.run(cfg)
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    saved = torch.load(ckpt, map_location="cpu", weights_only=True)
+    keys = list(saved["state_dict"])
+    assert keys and all("lora_" in k for k in keys), keys[:5]  # only the adapters were written
+    assert saved["embedlab_frozen_keys"]
+
+    module = EmbeddingModule.load_from_checkpoint(str(ckpt), map_location="cpu", loss=None)
+    assert is_peft_model(module.embedder.backbone)
+    out = export.export(ckpt, tmp_path / "exported")
+    plain = Embedder.from_pretrained(out)
+    assert not is_peft_model(plain.backbone)
+    assert not any("lora" in k for k in plain.state_dict())
+    texts = ["a red circle on the left", "What color is the square?"]
+    assert torch.allclose(plain.encode(texts), module.embedder.encode(texts), atol=1e-5)
+
+
+def test_checkpoint_of_another_backbone_is_refused(compose_cfg, tiny_cfg, tmp_path):
+    cfg = compose_cfg("train", tiny_cfg(["trainer.max_steps=1", "evaluate_before=false", "evaluate_after=false",
+                                         "save_embedder=false"]))
+    train.run(cfg)
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    other = compose_cfg("train", tiny_cfg(["model=tiny_llava_ov", f"ckpt_path={ckpt}"]))
+    with pytest.raises(ValueError, match=r"trained with model.family='qwen2_vl', but this run has "
+                                         r"model.family='llava_onevision'"):
+        train.resolve_ckpt_path(other, tmp_path / "run")
+
+
+def test_lora_targets_matching_nothing_are_refused():
+    with pytest.raises(ValueError, match=r"LoRA target modules \['nothing_here'\] match no linear layer"):
+        Embedder.build("qwen2_vl", config={}, lora={"r": 4, "target_modules": ["nothing_here"]})
