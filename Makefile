@@ -1,6 +1,7 @@
 # embedlab — every target sets itself up (a virtual environment in .venv) on a fresh machine.
-# On machines without an NVIDIA GPU the CPU build of torch is installed first, so the package's
-# torch requirement is already met and pip never pulls the multi-GB CUDA wheels.
+# On machines without an NVIDIA GPU the CPU build of torch (a "+cpu" local version: a wheelhouse/find-links
+# copy, else PyTorch's CPU index) is installed first, so the package's torch requirement is already met and
+# pip never pulls the multi-GB CUDA wheels.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -24,8 +25,8 @@ $(STAMP): pyproject.toml
 		echo "NVIDIA GPU found: torch comes from the package index with CUDA"; \
 	else \
 		echo "no NVIDIA GPU: installing the CPU build of torch ($(CPU_TORCH))"; \
-		$(PY) -m pip install -q --no-index "$(CPU_TORCH)" 2>/dev/null \
-		|| $(PY) -m pip install -q "$(CPU_TORCH)" --index-url $(CPU_TORCH_INDEX); \
+		$(PY) -m pip install -q "$(CPU_TORCH)" 2>/dev/null \
+		|| $(PY) -m pip install -q "$(CPU_TORCH)" --extra-index-url $(CPU_TORCH_INDEX); \
 	fi
 	$(PY) -m pip install -q -e ".[dev]"
 	@touch $@

@@ -1074,13 +1074,10 @@ def ensure_bundled(
             tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.building-", dir=root.parent))
             try:
                 _generate(tmp, seed, train_per_subset, eval_per_dataset, n_workers)
-                if root.exists():
-                    old = Path(tempfile.mkdtemp(prefix=f".{root.name}.old-", dir=root.parent))
-                    os.replace(root, old / "tree")
-                    os.replace(tmp, root)
-                    shutil.rmtree(old, ignore_errors=True)
-                else:
-                    os.replace(tmp, root)
+                # Imported here: the build workers run this file as a plain script, outside the package.
+                from datamodules.atomic import swap_in_directory
+
+                swap_in_directory(tmp, root)
             finally:
                 if tmp.exists():
                     shutil.rmtree(tmp, ignore_errors=True)

@@ -18,7 +18,6 @@ from __future__ import annotations
 import datetime
 import json
 import logging
-import os
 import shutil
 import tempfile
 import time
@@ -31,6 +30,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from datamodules.atomic import swap_in_directory
 from datamodules.images import ImageLoader
 from datamodules.mmeb import TRAIN_COLUMNS, load_split
 from datamodules.negatives import positive_aware_mask, select_negatives
@@ -141,12 +141,7 @@ def _replace_dir(built: Path, out_dir: Path) -> None:
         if not (out_dir / MANIFEST).is_file() and any(out_dir.iterdir()):
             raise FileExistsError(f"{out_dir} is not empty and holds no {MANIFEST}, so it is not a mined dataset; "
                                   "refusing to replace it. Set mining.out_dir to a new or empty directory")
-        old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
-        os.replace(out_dir, old / "tree")
-        os.replace(built, out_dir)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(built, out_dir)
+    swap_in_directory(built, out_dir)
 
 
 def mine_negatives(embedder, subsets: Mapping[str, Sequence[TrainPair]], subset_info: Mapping[str, Mapping[str, Any]],
