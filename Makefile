@@ -20,12 +20,11 @@ help: ## list the targets
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	@$(PY) -m pip install -q --upgrade pip >/dev/null 2>&1 || true
 	@if command -v nvidia-smi >/dev/null 2>&1; then \
 		echo "NVIDIA GPU found: torch comes from the package index with CUDA"; \
 	else \
 		echo "no NVIDIA GPU: installing the CPU build of torch ($(CPU_TORCH))"; \
-		$(PY) -m pip install -q "$(CPU_TORCH)" 2>/dev/null \
+		$(PY) -m pip install -q "$(CPU_TORCH)" \
 		|| $(PY) -m pip install -q "$(CPU_TORCH)" --extra-index-url $(CPU_TORCH_INDEX); \
 	fi
 	$(PY) -m pip install -q -e ".[dev]"
