@@ -134,13 +134,14 @@ class EmbeddingModule(L.LightningModule):
         q_chunks, t_chunks = batch["query"], batch["target"]
         # 1. Embed every chunk without gradients, recording the RNG state before each.
         states, reps = [], []
-        with torch.no_grad():
+        with torch.inference_mode():
             for chunk in (*q_chunks, *t_chunks):
                 states.append(RngState(self.device))
                 reps.append(self.embedder(move_to(chunk, self.device)))
         nq = len(q_chunks)
-        q = torch.cat(reps[:nq]).detach().requires_grad_()
-        t = torch.cat(reps[nq:]).detach().requires_grad_()
+        # clone(): inference-mode tensors cannot enter autograd themselves
+        q = torch.cat(reps[:nq]).clone().requires_grad_()
+        t = torch.cat(reps[nq:]).clone().requires_grad_()
         strategy = self.trainer.strategy
         sync_ctx = getattr(strategy, "block_backward_sync", None)
         # 2. Full loss on the cached embeddings: d loss / d embedding for every row.
@@ -155,7 +156,9 @@ class EmbeddingModule(L.LightningModule):
             for chunk, state, n in zip((*q_chunks, *t_chunks), states, sizes):
                 with state.replay():
                     emb = self.embedder(move_to(chunk, self.device))
-                self.manual_backward((emb * grads[offset : offset + n].to(emb.dtype)).sum())
+                # Plain autograd: the cached gradients already carry any loss scaling (fp16) applied by
+                # manual_backward above, and Lightning's per-call hooks would cost more than a small chunk.
+                emb.backward(grads[offset : offset + n].to(emb.dtype))
                 offset += n
         # 4. One gradient all-reduce for the whole step (DDP), then clip, step, schedule.
         all_reduce_gradients(self.parameters())
