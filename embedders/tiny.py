@@ -44,17 +44,17 @@ def _word_level(specials: tuple[str, ...], unk: str) -> Tokenizer:
     return tok
 
 
-def tiny_qwen_tokenizer() -> PreTrainedTokenizerFast:
-    """Word-level tokenizer with Qwen's special tokens; pads on the left like Qwen2-VL."""
-    tok = PreTrainedTokenizerFast(
-        tokenizer_object=_word_level(QWEN_SPECIAL_TOKENS, "<unk>"),
+def tiny_qwen_tokenizer(extra_special_tokens: tuple[str, ...] = ()) -> PreTrainedTokenizerFast:
+    """Word-level tokenizer with Qwen's special tokens (plus `extra_special_tokens`); pads on the left."""
+    specials = (*QWEN_SPECIAL_TOKENS, *extra_special_tokens)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=_word_level(specials, "<unk>"),
         unk_token="<unk>",
         pad_token="<|endoftext|>",
         eos_token="<|im_end|>",
-        additional_special_tokens=list(QWEN_SPECIAL_TOKENS[1:]),
+        additional_special_tokens=list(specials[1:]),
         padding_side="left",
     )
-    return tok
 
 
 def tiny_bert_tokenizer() -> PreTrainedTokenizerFast:
@@ -77,20 +77,9 @@ def tiny_bert_tokenizer() -> PreTrainedTokenizerFast:
     )
 
 
-#: LLaVA-OneVision's Qwen2 tokenizer carries the Qwen tokens plus the `<image>`/`<video>` placeholders.
-LLAVA_QWEN_SPECIAL_TOKENS = (*QWEN_SPECIAL_TOKENS, "<image>", "<video>")
-
-
 def tiny_llava_qwen_tokenizer() -> PreTrainedTokenizerFast:
-    """Word-level tokenizer with LLaVA-OneVision's tokens (Qwen's plus `<image>`); pads on the left."""
-    return PreTrainedTokenizerFast(
-        tokenizer_object=_word_level(LLAVA_QWEN_SPECIAL_TOKENS, "<unk>"),
-        unk_token="<unk>",
-        pad_token="<|endoftext|>",
-        eos_token="<|im_end|>",
-        additional_special_tokens=list(LLAVA_QWEN_SPECIAL_TOKENS[1:]),
-        padding_side="left",
-    )
+    """LLaVA-OneVision's Qwen2 tokenizer: the Qwen tokens plus the `<image>`/`<video>` placeholders."""
+    return tiny_qwen_tokenizer(("<image>", "<video>"))
 
 
 def _with_template(raw: Tokenizer, single: str, specials: tuple[str, ...]) -> Tokenizer:

@@ -76,6 +76,13 @@ class BackboneFamily:
         processor.save_pretrained(str(directory))
 
 
+def processor_inputs(processor, texts, images) -> dict:
+    """Call a multimodal processor on formatted texts and the images present (None where a row has none),
+    left as long as the longest row: no truncation, which could cut through a row's image tokens."""
+    present = [im for im in images if im is not None]
+    return dict(processor(text=list(texts), images=present or None, padding=True, return_tensors="pt"))
+
+
 def require_model_type(path: str, family: BackboneFamily, accepted: tuple[str, ...] | None = None,
                        hint: str = "") -> dict:
     """Read `path`'s config.json (no weights) and refuse a checkpoint of another architecture, naming the

@@ -18,7 +18,7 @@ from torch import nn
 from transformers import AutoModel, AutoProcessor, LlavaOnevisionProcessor
 
 from ..pooling import pool
-from .base import BackboneFamily, register_family, require_model_type, torchvision_usable
+from .base import BackboneFamily, processor_inputs, register_family, require_model_type, torchvision_usable
 from .qwen2_vl import Qwen2VLFamily
 
 MODEL_TYPES = ("llava_onevision",)
@@ -157,9 +157,7 @@ class LlavaOnevisionFamily(BackboneFamily):
         return processor
 
     def prepare(self, processor, texts, images, max_length):
-        # No truncation: cutting a row would cut through its image tokens (anyres images take up to ~7,300).
-        present = [im for im in images if im is not None]
-        return dict(processor(text=list(texts), images=present or None, padding=True, return_tensors="pt"))
+        return processor_inputs(processor, texts, images)
 
     def encode_inputs(self, model, inputs, pooling):
         # The Qwen2 decoder numbers positions 0..T-1 whatever the padding; positions counted from the mask make a

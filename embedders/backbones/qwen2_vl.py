@@ -14,7 +14,7 @@ from torch import nn
 from transformers import AutoImageProcessor, AutoModel, AutoProcessor, AutoTokenizer, Qwen2VLProcessor
 
 from ..pooling import pool
-from .base import BackboneFamily, register_family, require_model_type, torchvision_usable
+from .base import BackboneFamily, processor_inputs, register_family, require_model_type, torchvision_usable
 
 MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl")
 
@@ -116,8 +116,7 @@ class Qwen2VLFamily(BackboneFamily):
         return processor
 
     def prepare(self, processor, texts, images, max_length):
-        present = [im for im in images if im is not None]
-        return dict(processor(text=list(texts), images=present or None, padding=True, return_tensors="pt"))
+        return processor_inputs(processor, texts, images)
 
     def encode_inputs(self, model, inputs, pooling):
         out = model(**inputs, use_cache=False)
