@@ -1,14 +1,17 @@
 """Score an embedding model with the MMEB protocol:
 `python evaluate.py embedder_dir=DIR`, `python evaluate.py ckpt_path=CKPT`, or zero-shot
 `python evaluate.py model=<config> [model.path=<hub id or dir>] [prompt=hierarchical]`.
+`devices=N` shards the encoding over N processes (GPUs, or CPU processes with device=cpu).
 Writes results.json and results.md to the run directory and prints the table."""
 
 from __future__ import annotations
 
 import logging
+from contextlib import nullcontext
 from pathlib import Path
 
 import hydra
+import lightning as L
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -41,16 +44,42 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def launch(cfg: DictConfig):
+    """(fabric or None, device): with `devices > 1`, Lightning Fabric starts one DDP process per device
+    (NCCL on GPUs, gloo on CPU; under Hydra the workers share this run directory) and each encodes a shard."""
+    devices = cfg.get("devices", 1)
+    if not isinstance(devices, int) or isinstance(devices, bool) or devices < 1:
+        raise ValueError(f"devices must be a positive integer (processes to shard the encoding over), got {devices!r}")
+    device = pick_device(cfg.device)
+    if devices == 1:
+        return None, device
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"devices={devices} shards over CPU processes or CUDA GPUs; device={cfg.device} is neither")
+    if device.type == "cuda" and devices > torch.cuda.device_count():
+        raise ValueError(f"devices={devices}, but only {torch.cuda.device_count()} CUDA device(s) are visible")
+    from lightning.fabric import Fabric
+
+    fabric = Fabric(accelerator=device.type, devices=devices, strategy="ddp")
+    fabric.launch()
+    return fabric, fabric.device
+
+
 def run(cfg: DictConfig) -> dict:
     from evaluation.runner import build_suite, score
 
-    embedder = load_embedder(cfg).to(pick_device(cfg.device))
-    suite = build_suite(cfg.eval_data)
-    loggers = instantiate_group(cfg.get("logger"))
+    fabric, device = launch(cfg)
+    L.seed_everything(cfg.seed, workers=True)  # a randomly initialised (config) backbone: same weights everywhere
+    embedder = load_embedder(cfg).to(device)
+    with fabric.rank_zero_first() if fabric else nullcontext():
+        suite = build_suite(cfg.eval_data)
+    main_rank = fabric is None or fabric.global_rank == 0
+    loggers = instantiate_group(cfg.get("logger")) if main_rank else []
     label = cfg.get("embedder_dir") or cfg.get("ckpt_path") or OmegaConf.select(cfg, "model.path") or cfg.run_name
-    results = score(embedder, suite, cfg.eval, str(label), Path(cfg.paths.output_dir), loggers, "eval")
+    results = score(embedder, suite, cfg.eval, str(label), Path(cfg.paths.output_dir), loggers, "eval",
+                    distributed=fabric is not None)
     finish_loggers(loggers)
-    log.info("results written to %s", cfg.paths.output_dir)
+    if main_rank:
+        log.info("results written to %s", cfg.paths.output_dir)
     return results
 
 

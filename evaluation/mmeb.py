@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 from torch.utils.data import DataLoader
 
 from datamodules.errors import DataError
@@ -87,29 +88,63 @@ class _ItemCollator:
 
 
 def encode_unique(embedder, items: list[tuple[Item, str, int, str, ImageLoader]], side: str, batch_size: int,
-                  num_workers: int = 0, progress: bool = False) -> torch.Tensor:
-    """Embed (item, dataset, row, field, loader) tuples in order → float32 [N, d] on CPU."""
+                  num_workers: int = 0, progress: bool = False, distributed: bool = False) -> torch.Tensor:
+    """Embed (item, dataset, row, field, loader) tuples in order → float32 [N, d] on CPU.
+
+    `distributed=True` (every rank of an initialised process group calls it with the same `items`):
+    rank r encodes items r, r + world, …, and every rank gets the whole matrix back (`gather_strided`)."""
     if not items:
         return torch.empty(0)
-    # Own generator: creating the iterator must not draw from the global RNG (see MMEBDataModule).
-    loader = DataLoader(_ItemDataset(items), batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                        collate_fn=_ItemCollator(embedder.input_builder, side), generator=torch.Generator())
-    was_training = embedder.training
-    embedder.eval()
+    rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
+    shard = items[rank::world]
     out = []
-    it = loader
-    if progress:
-        from tqdm.auto import tqdm
+    if shard:
+        # Own generator: creating the iterator must not draw from the global RNG (see MMEBDataModule).
+        loader = DataLoader(_ItemDataset(shard), batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                            collate_fn=_ItemCollator(embedder.input_builder, side), generator=torch.Generator())
+        was_training = embedder.training
+        embedder.eval()
+        it = loader
+        if progress:
+            from tqdm.auto import tqdm
 
-        it = tqdm(loader, desc=f"encode {side}s", unit="batch", leave=False, disable=None)
-    try:
-        with torch.no_grad():
-            for inputs in it:
-                inputs = {k: v.to(embedder.device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
-                out.append(embedder(inputs).float().cpu())
-    finally:
-        embedder.train(was_training)
-    return torch.cat(out)
+            it = tqdm(loader, desc=f"encode {side}s", unit="batch", leave=False, disable=None if rank == 0 else True)
+        try:
+            with torch.no_grad():
+                for inputs in it:
+                    inputs = {k: v.to(embedder.device) if isinstance(v, torch.Tensor) else v
+                              for k, v in inputs.items()}
+                    out.append(embedder(inputs).float().cpu())
+        finally:
+            embedder.train(was_training)
+    local = torch.cat(out) if out else torch.empty(0)
+    return gather_strided(local, len(items), embedder.device) if world > 1 else local
+
+
+def gather_strided(local: torch.Tensor, total: int, device: torch.device) -> torch.Tensor:
+    """Undo `items[rank::world]`: every rank passes the [n_r, d] rows it encoded (an empty tensor when it
+    held none) and gets all `total` rows back, on CPU, in the original order. Collective: every rank of
+    the default process group must call it. Communication runs on `device` (the GPU under NCCL)."""
+    world = dist.get_world_size()
+    rank = dist.get_rank()
+    expected = len(range(rank, total, world))
+    if local.shape[0] != expected:
+        raise ValueError(f"rank {rank} holds {local.shape[0]} rows, but rows {rank}::{world} of {total} are "
+                         f"{expected}")
+    # The width is unknown on ranks that encoded nothing: agree on it first.
+    width = torch.tensor([local.shape[1] if local.ndim == 2 else 0], device=device)
+    dist.all_reduce(width, op=dist.ReduceOp.MAX)
+    d = int(width.item())
+    per_rank = -(-total // world)
+    buf = torch.zeros(per_rank, d, device=device)
+    if expected:
+        buf[:expected] = local.to(device=device, dtype=torch.float32)
+    parts = [torch.empty_like(buf) for _ in range(world)]
+    dist.all_gather(parts, buf)
+    out = torch.empty(total, d)
+    for r, part in enumerate(parts):
+        out[r::world] = part[: len(range(r, total, world))].cpu()
+    return out
 
 
 def precision_at_1(scores: Sequence[torch.Tensor], tie_rule: str = "first") -> torch.Tensor:
@@ -126,8 +161,11 @@ def precision_at_1(scores: Sequence[torch.Tensor], tie_rule: str = "first") -> t
 
 
 def evaluate_embedder(embedder, suite: Sequence[EvalDataset], batch_size: int = 32, num_workers: int = 0,
-                      tie_rule: str = "first", progress: bool = True) -> dict:
-    """Run the protocol on every dataset of `suite`; returns the results dict (see `aggregate`)."""
+                      tie_rule: str = "first", progress: bool = True, distributed: bool = False) -> dict:
+    """Run the protocol on every dataset of `suite`; returns the results dict (see `aggregate`).
+
+    `distributed=True`: every rank of the initialised process group calls this with the same suite; the
+    unique items are encoded in shards (one per rank) and every rank returns the same results."""
     loaders = {ds.name: ImageLoader(ds.image_root) for ds in suite}
     unique: dict[str, dict[tuple, int]] = {"query": {}, "target": {}}
     todo: dict[str, list] = {"query": [], "target": []}
@@ -148,8 +186,8 @@ def evaluate_embedder(embedder, suite: Sequence[EvalDataset], batch_size: int = 
         plan.append((ds, q_idx, c_idx))
     log.info("encoding %d unique queries and %d unique candidates for %d datasets",
              len(todo["query"]), len(todo["target"]), len(suite))
-    q_emb = encode_unique(embedder, todo["query"], "query", batch_size, num_workers, progress)
-    c_emb = encode_unique(embedder, todo["target"], "target", batch_size, num_workers, progress)
+    q_emb = encode_unique(embedder, todo["query"], "query", batch_size, num_workers, progress, distributed)
+    c_emb = encode_unique(embedder, todo["target"], "target", batch_size, num_workers, progress, distributed)
     per_dataset = {}
     for ds, q_idx, c_idx in plan:
         scores = [c_emb[c] @ q_emb[q] for q, c in zip(q_idx, c_idx)]

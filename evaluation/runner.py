@@ -7,6 +7,7 @@ import logging
 from collections.abc import Mapping
 from pathlib import Path
 
+import torch.distributed
 from omegaconf import DictConfig, OmegaConf
 
 from .mmeb import EvalDataset, chance_level, evaluate_embedder, load_eval_suite, render_table, write_results
@@ -41,12 +42,18 @@ def compatible(suite: list[EvalDataset], embedder, skip: bool) -> tuple[list[Eva
 
 
 def score(embedder, suite: list[EvalDataset], eval_cfg: Mapping, label: str, output_dir: str | Path | None = None,
-          loggers=(), log_prefix: str = "eval") -> dict:
+          loggers=(), log_prefix: str = "eval", distributed: bool = False) -> dict:
+    """Evaluate, then print, write (results.json/.md under `output_dir`) and log the table.
+
+    `distributed=True`: every rank of the initialised process group calls this; the encoding is sharded
+    across ranks, every rank gets the results, and only rank 0 prints, writes and logs."""
     suite, skipped = compatible(suite, embedder, bool(eval_cfg.get("skip_incompatible", True)))
     results = evaluate_embedder(embedder, suite, batch_size=int(eval_cfg.get("batch_size", 64)),
                                 num_workers=int(eval_cfg.get("num_workers", 0)),
-                                tie_rule=eval_cfg.get("tie_rule", "first"))
+                                tie_rule=eval_cfg.get("tie_rule", "first"), distributed=distributed)
     chance = chance_level(suite)
+    if distributed and torch.distributed.get_rank() != 0:
+        return {**results, "_chance": chance, "_skipped": skipped}
     notes = f"Chance level (mean of 1/#candidates): {chance:.1f}\n"
     if skipped:
         notes += f"Skipped (need images, model takes none): {', '.join(skipped)}\n"

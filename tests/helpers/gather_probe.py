@@ -1,0 +1,49 @@
+"""Probe for `evaluation.mmeb.gather_strided` on real gloo process groups.
+
+    python tests/helpers/gather_probe.py OUT_DIR --world 2 --total 7 --dim 3
+
+Spawns `--world` processes; rank r holds rows r, r + world, … of a [total, dim] matrix whose row i is
+filled with the value i (an empty [0, dim] tensor when it holds none), gathers them back with
+`gather_strided`, and writes what it got to OUT_DIR/rank{r}.pt. The test compares with the matrix
+built directly in one process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+
+def worker(rank: int, world: int, total: int, dim: int, out: str, init_file: str) -> None:
+    from evaluation.mmeb import gather_strided
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        rows = list(range(rank, total, world))
+        local = torch.tensor(rows, dtype=torch.float32).unsqueeze(1).repeat(1, dim) if rows else torch.empty(0)
+        gathered = gather_strided(local, total, torch.device("cpu"))
+        torch.save(gathered, Path(out) / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("out")
+    ap.add_argument("--world", type=int, default=2)
+    ap.add_argument("--total", type=int, required=True)
+    ap.add_argument("--dim", type=int, default=3)
+    args = ap.parse_args()
+    init_file = str(Path(args.out).absolute() / "pg_init")
+    mp.spawn(worker, args=(args.world, args.total, args.dim, args.out, init_file), nprocs=args.world, join=True)
+
+
+if __name__ == "__main__":
+    main()
