@@ -79,7 +79,8 @@ def run(cfg: DictConfig) -> dict:
                                  datamodule.source, datamodule.split, out_dir, pool=m.pool,
                                  num_negatives=m.num_negatives, relative=m.relative, margin=m.margin,
                                  min_score=m.min_score, max_score=m.max_score, select=m.select,
-                                 simans_a=m.simans_a, simans_b=m.simans_b, seed=m.seed, **common)
+                                 simans_a=m.simans_a, simans_b=m.simans_b, seed=m.seed, index=m.index,
+                                 nprobe=m.nprobe, **common)
         hint = f"python train.py data.source={out_dir} data.image_root={datamodule.image_loader.root}"
         if m.num_negatives > 1:
             hint += f" data.max_negatives_per_pair={m.num_negatives}"

@@ -293,7 +293,7 @@ class _TopCandidateRetriever:
         self._ivf: faiss.IndexIVFFlat | None = None
         self.kind = "flat"
         if index_kind == "ivf":
-            self._ivf = _build_ivf_index(cand_emb, nprobe)
+            self._ivf = build_ivf_index(cand_emb, nprobe)
             if self._ivf is not None:
                 self.kind = "ivf"
         self.queries_searched = 0
@@ -356,13 +356,14 @@ class _TopCandidateRetriever:
         return np.take_along_axis(ids, order, axis=1), np.take_along_axis(scores, order, axis=1)
 
 
-def _build_ivf_index(cand_emb: np.ndarray, nprobe: int) -> faiss.IndexIVFFlat | None:
-    """IVF-Flat inner-product index with about 4·sqrt(C) lists, or None when C is too small for one."""
+def build_ivf_index(cand_emb: np.ndarray, nprobe: int) -> faiss.IndexIVFFlat | None:
+    """IVF-Flat inner-product index over `cand_emb` with about 4·sqrt(C) lists (trained on a fixed-seed sample),
+    or None when C is too small for one. Shared by SaHa clustering and negative mining."""
     num_cands, dim = cand_emb.shape
     nlist = min(int(round(4 * math.sqrt(num_cands))), num_cands // _IVF_MIN_POINTS_PER_LIST)
     if nlist < 2:
         # A single list is an exhaustive scan, which the exact flat search does without training.
-        logger.info("SaHa: %d candidates are too few for an IVF index; using exact search.", num_cands)
+        logger.info("%d candidates are too few for an IVF index; using exact search.", num_cands)
         return None
     train_size = min(num_cands, _IVF_TRAIN_POINTS_PER_LIST * nlist)
     rng = np.random.default_rng(_IVF_SAMPLE_SEED)
@@ -373,7 +374,7 @@ def _build_ivf_index(cand_emb: np.ndarray, nprobe: int) -> faiss.IndexIVFFlat | 
     ivf.add(cand_emb)
     ivf.nprobe = min(nprobe, nlist)
     logger.info(
-        "SaHa: IVF index with %d lists trained on %d candidates, nprobe %d", nlist, train_size, ivf.nprobe
+        "IVF index with %d lists trained on %d candidates, nprobe %d", nlist, train_size, ivf.nprobe
     )
     return ivf
 

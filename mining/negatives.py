@@ -1,7 +1,8 @@
 """Mined hard negatives for the explicit-negative path (METHODS §2.4), written as a new MMEB-train dataset.
 
 For each training subset: embed every query (one per row) and every unique positive, retrieve for each
-query the top `pool` positives of *other* rows (exact inner-product search with faiss; the query's own
+query the top `pool` positives of *other* rows (inner-product search with faiss, exact by default, an
+approximate IVF index with `index="ivf"` for millions of positives; the query's own
 positive, and therefore anything identical to it, is never a candidate), filter them relative to the
 query's own positive score and pick `num_negatives` with the chosen selector (`datamodules.negatives`).
 
@@ -34,6 +35,7 @@ from datamodules.atomic import swap_in_directory
 from datamodules.images import ImageLoader
 from datamodules.mmeb import TRAIN_COLUMNS, load_split
 from datamodules.negatives import positive_aware_mask, select_negatives
+from datamodules.saha import build_ivf_index
 from datamodules.schema import TRAIN_NEGATIVE_COLUMNS, Item, TrainPair
 
 from .embed import embed_subset
@@ -46,16 +48,23 @@ MANIFEST_FORMAT = "embedlab.mined_negatives.v1"
 _SEARCH_CHUNK = 4096
 
 
-def retrieve(query: np.ndarray, candidates: np.ndarray, positive_of_query: np.ndarray,
-             pool: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def retrieve(query: np.ndarray, candidates: np.ndarray, positive_of_query: np.ndarray, pool: int,
+             index: str = "flat", nprobe: int = 32) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Top-`pool` candidates per query other than its own positive: (ids [N, pool] with -1 padding,
-    scores [N, pool], valid [N, pool])."""
+    scores [N, pool], valid [N, pool]). `index="flat"` searches exactly; `"ivf"` through an approximate
+    IVF-Flat index (`nprobe` lists per query), for corpora of millions of positives."""
+    if index not in ("flat", "ivf"):
+        raise ValueError(f"mining.index must be 'flat' or 'ivf', got {index!r}")
     num_fetch = min(pool + 1, candidates.shape[0])  # one extra: the own positive is usually among them
+    ivf = build_ivf_index(candidates, nprobe) if index == "ivf" else None
     ids = np.empty((query.shape[0], num_fetch), dtype=np.int64)
     scores = np.empty((query.shape[0], num_fetch), dtype=np.float32)
     for lo in range(0, query.shape[0], _SEARCH_CHUNK):
         hi = min(lo + _SEARCH_CHUNK, query.shape[0])
-        scores[lo:hi], ids[lo:hi] = faiss.knn(query[lo:hi], candidates, num_fetch, faiss.METRIC_INNER_PRODUCT)
+        if ivf is None:
+            scores[lo:hi], ids[lo:hi] = faiss.knn(query[lo:hi], candidates, num_fetch, faiss.METRIC_INNER_PRODUCT)
+        else:  # the lists visited may hold fewer than num_fetch candidates: -1 ids, never valid
+            scores[lo:hi], ids[lo:hi] = ivf.search(np.ascontiguousarray(query[lo:hi]), num_fetch)
     valid = (ids >= 0) & (ids != positive_of_query[:, None])
     valid &= np.cumsum(valid, axis=1) <= pool
     return ids, scores.astype(np.float64), valid
@@ -65,13 +74,13 @@ def choose_negatives(embedder, pairs: Sequence[TrainPair], image_loader: ImageLo
                      num_negatives: int = 1, relative: float | None = 0.95, margin: float | None = None,
                      min_score: float | None = None, max_score: float | None = None, select: str = "top",
                      simans_a: float = 0.5, simans_b: float = 0.0, rng: np.random.Generator,
-                     batch_size: int = 64, num_workers: int = 0,
+                     index: str = "flat", nprobe: int = 32, batch_size: int = 64, num_workers: int = 0,
                      progress: bool = False) -> tuple[list[list[Item]], dict[str, Any]]:
     """Mined negatives of each pair (one subset), in pairs order, and statistics of the run."""
     if isinstance(pool, bool) or not isinstance(pool, int) or pool < 1:
         raise ValueError(f"mining.pool must be a positive integer, got {pool!r}")
     emb = embed_subset(embedder, pairs, image_loader, batch_size, num_workers, progress)
-    ids, scores, valid = retrieve(emb.query, emb.candidates, emb.positive_of_query, pool)
+    ids, scores, valid = retrieve(emb.query, emb.candidates, emb.positive_of_query, pool, index, nprobe)
     positive_scores = np.einsum("nd,nd->n", emb.query, emb.candidates[emb.positive_of_query], dtype=np.float64)
     keep = positive_aware_mask(scores, positive_scores, valid=valid, relative=relative, margin=margin,
                                min_score=min_score, max_score=max_score)
@@ -118,10 +127,11 @@ def dataset_readme(subsets: Sequence[str], split: str, description: str) -> str:
     return "\n".join(lines)
 
 
-def _settings(pool, num_negatives, relative, margin, min_score, max_score, select, simans_a, simans_b, seed) -> dict:
+def _settings(pool, num_negatives, relative, margin, min_score, max_score, select, simans_a, simans_b, seed,
+              index, nprobe) -> dict:
     return {"pool": pool, "num_negatives": num_negatives, "relative": relative, "margin": margin,
             "min_score": min_score, "max_score": max_score, "select": select, "simans_a": simans_a,
-            "simans_b": simans_b, "seed": seed}
+            "simans_b": simans_b, "seed": seed, "index": index, "nprobe": nprobe if index == "ivf" else None}
 
 
 def _up_to_date(out_dir: Path, manifest: Mapping[str, Any]) -> bool:
@@ -148,8 +158,8 @@ def mine_negatives(embedder, subsets: Mapping[str, Sequence[TrainPair]], subset_
                    image_loader: ImageLoader, source: str, split: str, out_dir: str | Path, *, pool: int = 100,
                    num_negatives: int = 1, relative: float | None = 0.95, margin: float | None = None,
                    min_score: float | None = None, max_score: float | None = None, select: str = "top",
-                   simans_a: float = 0.5, simans_b: float = 0.0, seed: int = 0,
-                   embedder_description: Mapping[str, Any], force: bool = False, batch_size: int = 64,
+                   simans_a: float = 0.5, simans_b: float = 0.0, seed: int = 0, index: str = "flat",
+                   nprobe: int = 32, embedder_description: Mapping[str, Any], force: bool = False, batch_size: int = 64,
                    num_workers: int = 0, progress: bool = True) -> list[dict]:
     """Write the mined-negatives dataset for `subsets` (rows as read from `source`/`split`) to `out_dir`.
 
@@ -158,7 +168,7 @@ def mine_negatives(embedder, subsets: Mapping[str, Sequence[TrainPair]], subset_
     """
     out_dir = Path(out_dir)
     settings = _settings(pool, num_negatives, relative, margin, min_score, max_score, select, simans_a, simans_b,
-                         seed)
+                         seed, index, nprobe)
     manifest = {"format": MANIFEST_FORMAT, "source": subset_info[next(iter(subsets))]["source"], "split": split,
                 "settings": settings, "embedder": dict(embedder_description), "prompt": embedder.prompt.to_dict(),
                 "subsets": {s: {"num_rows": int(subset_info[s]["num_rows"]),
@@ -179,7 +189,7 @@ def mine_negatives(embedder, subsets: Mapping[str, Sequence[TrainPair]], subset_
             negatives, stats = choose_negatives(
                 embedder, pairs, image_loader, pool=pool, num_negatives=num_negatives, relative=relative,
                 margin=margin, min_score=min_score, max_score=max_score, select=select, simans_a=simans_a,
-                simans_b=simans_b, rng=rng, batch_size=batch_size, num_workers=num_workers, progress=progress)
+                simans_b=simans_b, rng=rng, index=index, nprobe=nprobe, batch_size=batch_size, num_workers=num_workers, progress=progress)
             per_row: list[list[Item]] = [[] for _ in range(num_rows)]
             for pair, negs in zip(pairs, negatives):
                 per_row[pair.row] = negs

@@ -146,3 +146,26 @@ def test_mined_negatives_exclude_the_positive_and_obey_the_filter(monkeypatch, s
         if select == "top":
             assert got == allowed[:num]
     assert stats["no_negative"] == sum(not n for n in negatives)
+
+
+def test_ivf_retrieval_matches_exact_when_every_list_is_probed():
+    rng = np.random.default_rng(3)
+    cand = rng.normal(size=(800, 16)).astype(np.float32)
+    cand /= np.linalg.norm(cand, axis=1, keepdims=True)
+    positive_of = rng.integers(0, len(cand), size=300)
+    query = cand[positive_of] + 0.5 * rng.normal(size=(300, 16)).astype(np.float32)
+    query /= np.linalg.norm(query, axis=1, keepdims=True)
+    exact = mined_negatives.retrieve(query, cand, positive_of, pool=10)
+    # 800 candidates -> nlist = min(4·sqrt(800), 800 // 39) = 20 lists; probing all of them is exhaustive.
+    full = mined_negatives.retrieve(query, cand, positive_of, pool=10, index="ivf", nprobe=20)
+    for a, b in zip(exact[1:], full[1:]):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)
+    assert np.array_equal(exact[0][exact[2]], full[0][full[2]])
+    # One list per query: approximate, but still never the own positive, and valid ids are real candidates.
+    ids, scores, valid = mined_negatives.retrieve(query, cand, positive_of, pool=10, index="ivf", nprobe=1)
+    assert not (ids == positive_of[:, None])[valid].any() and (ids[valid] >= 0).all()
+    assert (valid.sum(axis=1) <= 10).all() and 0 < valid.sum() < exact[2].sum() + 1
+    recall = np.mean([len(set(ids[q][valid[q]]) & set(exact[0][q][exact[2][q]])) / 10 for q in range(300)])
+    assert 0.2 < recall <= 1.0
+    with pytest.raises(ValueError, match="mining.index must be"):
+        mined_negatives.retrieve(query, cand, positive_of, pool=10, index="hnsw")
