@@ -26,6 +26,14 @@ from runtime import (
 log = logging.getLogger("embedlab.train")
 
 
+def release_device_memory(device) -> None:
+    """Hand the evaluation's cached activations back before training allocates on the same GPU."""
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
 def validate_config(cfg: DictConfig) -> None:
     """Refuse misconfigurations before anything expensive starts."""
     chunk = OmegaConf.select(cfg, "model.gradcache.chunk_size")
@@ -95,6 +103,7 @@ def check_checkpoint_matches(ckpt: str, cfg: DictConfig) -> None:
 
 def run(cfg: DictConfig) -> dict:
     """The whole training job; returns {"before": results|None, "after": results|None, "chance": float}."""
+    from embedders.strategies import standalone_module
     from evaluation.runner import build_suite, score
 
     validate_config(cfg)
@@ -116,17 +125,22 @@ def run(cfg: DictConfig) -> dict:
     suite = None
     if cfg.get("eval_data") and (cfg.evaluate_before or cfg.evaluate_after) and is_launcher_rank_zero():
         suite = build_suite(cfg.eval_data)
+    # Scoring runs on rank 0's training device (Lightning moves the model back to CPU after fit).
+    eval_device = trainer.strategy.root_device
     if suite is not None and cfg.evaluate_before and resolve_ckpt_path(cfg, output_dir) is None:
-        outcome["before"] = score(module.embedder, suite, cfg.eval, "untrained", output_dir / "eval_untrained",
-                                  loggers, "eval_untrained")
+        outcome["before"] = score(module.embedder.to(eval_device), suite, cfg.eval, "untrained",
+                                  output_dir / "eval_untrained", loggers, "eval_untrained")
+        release_device_memory(eval_device)
     trainer.fit(module, datamodule=datamodule, ckpt_path=resolve_ckpt_path(cfg, output_dir))
+    final = standalone_module(trainer, module)  # under FSDP: a collective gather; an unwrapped copy on rank 0
     if not trainer.is_global_zero:
         return outcome
     if cfg.save_embedder:
-        path = module.embedder.save_pretrained(output_dir / "embedder")
+        path = final.embedder.save_pretrained(output_dir / "embedder")
         log.info("saved the trained Embedder to %s", path)
     if suite is not None and cfg.evaluate_after:
-        outcome["after"] = score(module.embedder, suite, cfg.eval, "trained", output_dir / "eval", loggers, "eval")
+        outcome["after"] = score(final.embedder.to(eval_device), suite, cfg.eval, "trained", output_dir / "eval",
+                                 loggers, "eval")
         outcome["chance"] = outcome["after"]["_chance"]
         summary = f"Overall on {len(suite)} eval datasets: "
         if outcome["before"] is not None:

@@ -31,3 +31,42 @@ def fsdp_strategy(module: nn.Module, sharding_strategy: str = "FULL_SHARD", stat
         use_orig_params=True,  # LoRA: frozen and trainable parameters share flat parameters
         **kwargs,
     )
+
+
+def full_state_dict(root: nn.Module) -> dict:
+    """The full, unsharded state dict of an FSDP-wrapped model. Collective: every rank of the root's
+    process group must call it; rank 0 receives the tensors (moved to CPU when they live on GPUs), the
+    other ranks an empty dict."""
+    from torch.distributed.fsdp import FullStateDictConfig, StateDictType
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+    on_gpu = any(p.is_cuda for p in root.parameters())
+    config = FullStateDictConfig(offload_to_cpu=on_gpu, rank0_only=True)
+    with FSDP.state_dict_type(root, StateDictType.FULL_STATE_DICT, config):
+        return root.state_dict()
+
+
+def unsharded_copy(module: nn.Module, state: dict) -> nn.Module:
+    """A freshly built, unwrapped module of `module`'s class and hyperparameters holding `state` (every
+    weight must match; the loss's own parameters, e.g. a learnable temperature, are left out: the copy
+    is for saving and evaluating the embedder)."""
+    fresh = type(module)(**module.hparams)
+    weights = {k: v for k, v in state.items() if not k.startswith("loss.")}
+    nn.Module.load_state_dict(fresh, weights, strict=True)
+    return fresh
+
+
+def standalone_module(trainer, module: nn.Module) -> nn.Module | None:
+    """After `trainer.fit`: a module that rank 0 can save and evaluate on its own.
+
+    Under FSDP the parameters are sharded across ranks, so neither a forward pass nor `save_pretrained`
+    on rank 0 alone sees the model; every rank must call this (it gathers the full state dict, a
+    collective) and rank 0 gets an unwrapped copy holding the trained weights, the other ranks None.
+    Other strategies keep whole parameters on every rank: `module` itself."""
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    strategy = trainer.strategy
+    if not isinstance(strategy, FSDPStrategy):
+        return module
+    state = full_state_dict(strategy.model)
+    return unsharded_copy(module, state) if trainer.is_global_zero else None

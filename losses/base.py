@@ -36,14 +36,15 @@ class Temperature(nn.Module):
         self.min_value, self.max_value = float(min_value), float(max_value)
         self.fixed_value = float(value)
         if self.learnable:
-            self.log_scale = nn.Parameter(torch.tensor(math.log(1.0 / value)))
+            # One element, not a scalar: FSDP refuses 0-d parameters.
+            self.log_scale = nn.Parameter(torch.tensor([math.log(1.0 / value)]))
 
     def scale(self) -> torch.Tensor | float:
         """The logit scale 1/τ: a tensor (differentiable, clamped) when learnable, else an exact float."""
         if not self.learnable:
             return 1.0 / self.fixed_value
         lo, hi = math.log(1.0 / self.max_value), math.log(1.0 / self.min_value)
-        return self.log_scale.clamp(lo, hi).exp()
+        return self.log_scale.clamp(lo, hi).exp().squeeze(0)
 
     @property
     def value(self) -> float:
