@@ -23,17 +23,15 @@ log = logging.getLogger("embedlab.evaluate")
 
 def load_embedder(cfg: DictConfig):
     """The Embedder named by the config (embedder_dir, then ckpt_path, then model)."""
-    from embedders import Embedder, EmbeddingModule
+    from embedders import Embedder
+    from embedders.checkpoint_io import load_trained_module
 
     prompt = OmegaConf.to_container(cfg.prompt, resolve=True) if cfg.get("prompt") else None
     if cfg.get("embedder_dir"):
         # The saved prompt is used as it is: training and evaluation must format identically.
         return Embedder.from_pretrained(cfg.embedder_dir, dtype=cfg.get("dtype"))
     if cfg.get("ckpt_path"):
-        if not Path(cfg.ckpt_path).is_file():
-            raise FileNotFoundError(f"ckpt_path={cfg.ckpt_path} does not exist")
-        module = EmbeddingModule.load_from_checkpoint(cfg.ckpt_path, map_location="cpu", loss=None)
-        return module.embedder
+        return load_trained_module(cfg.ckpt_path).embedder
     module = instantiate(cfg.model, loss=None, prompt=prompt, _convert_="partial")
     return module.embedder
 

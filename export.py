@@ -14,12 +14,10 @@ from pathlib import Path
 
 
 def export(checkpoint: str | Path, out_dir: str | Path, dtype: str | None = None) -> Path:
-    from embedders import EmbeddingModule
+    from embedders.checkpoint_io import load_trained_module
     from embedders.embedder import resolve_dtype
 
-    if not Path(checkpoint).is_file():
-        raise FileNotFoundError(f"checkpoint {checkpoint} does not exist")
-    module = EmbeddingModule.load_from_checkpoint(str(checkpoint), map_location="cpu", loss=None)
+    module = load_trained_module(checkpoint)
     embedder = module.embedder
     if dtype is not None:
         embedder = embedder.to(resolve_dtype(dtype))

@@ -81,8 +81,6 @@ def resolve_ckpt_path(cfg: DictConfig, output_dir: Path) -> str | None:
     if ckpt == "auto":
         last = output_dir / "checkpoints" / "last.ckpt"
         ckpt = str(last) if last.exists() else None
-    elif ckpt and not Path(ckpt).is_file():
-        raise FileNotFoundError(f"ckpt_path={ckpt} does not exist")
     if ckpt:
         check_checkpoint_matches(ckpt, cfg)
     return ckpt
@@ -90,9 +88,10 @@ def resolve_ckpt_path(cfg: DictConfig, output_dir: Path) -> str | None:
 
 def check_checkpoint_matches(ckpt: str, cfg: DictConfig) -> None:
     """Refuse, before training starts, a checkpoint of another backbone than the configured one."""
-    import torch
+    from embedders.checkpoint_io import checkpoint_metadata
 
-    hp = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True).get("hyper_parameters", {})
+    # A checkpoint file, or the directory of a sharded FSDP checkpoint (its meta.pt).
+    hp = checkpoint_metadata(ckpt).get("hyper_parameters", {})
     model = OmegaConf.to_container(cfg.model, resolve=True)
     for key in ("family", "path", "config", "lora"):
         if hp.get(key) != model.get(key):

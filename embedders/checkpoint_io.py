@@ -50,3 +50,39 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         fs = get_filesystem(path)
         fs.makedirs(os.path.dirname(path), exist_ok=True)
         atomic_torch_save(checkpoint, str(path).removeprefix("file://"))
+
+
+#: The file that marks a Lightning FSDP sharded checkpoint directory (it holds everything but the tensors).
+SHARDED_METADATA = "meta.pt"
+
+
+def is_sharded_checkpoint(path: str | os.PathLike) -> bool:
+    path = Path(path)
+    return path.is_dir() and (path / SHARDED_METADATA).is_file()
+
+
+def checkpoint_metadata(path: str | os.PathLike) -> dict:
+    """Hyperparameters, loop state etc. of a checkpoint file or of a sharded FSDP checkpoint directory,
+    without materialising the weights."""
+    path = Path(path)
+    if is_sharded_checkpoint(path):
+        return torch.load(path / SHARDED_METADATA, map_location="cpu", weights_only=True)
+    if path.is_dir():
+        raise FileNotFoundError(f"checkpoint {path} is a directory without {SHARDED_METADATA}: neither a checkpoint "
+                                "file nor a sharded FSDP checkpoint")
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+
+
+def load_trained_module(path: str | os.PathLike):
+    """The EmbeddingModule of a training checkpoint file (without its loss), on CPU, for export or scoring."""
+    from .module import EmbeddingModule
+
+    path = Path(path)
+    if is_sharded_checkpoint(path):
+        raise ValueError(f"{path} is a sharded FSDP checkpoint directory; consolidate it into one file first: "
+                         f"python -m lightning.pytorch.utilities.consolidate_checkpoint {path}  "
+                         f"(writes {path}.consolidated), then pass that file")
+    checkpoint_metadata(path)  # the clear error for a missing path or a plain directory
+    return EmbeddingModule.load_from_checkpoint(str(path), map_location="cpu", loss=None)

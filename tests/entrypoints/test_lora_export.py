@@ -46,3 +46,26 @@ def test_checkpoint_of_another_backbone_is_refused(compose_cfg, tiny_cfg, tmp_pa
 def test_lora_targets_matching_nothing_are_refused():
     with pytest.raises(ValueError, match=r"LoRA target modules \['nothing_here'\] match no linear layer"):
         Embedder.build("qwen2_vl", config={}, lora={"r": 4, "target_modules": ["nothing_here"]})
+
+
+def test_sharded_fsdp_checkpoint_directories(compose_cfg, tiny_cfg, tmp_path):
+    """A sharded FSDP checkpoint is a directory holding meta.pt (Lightning's layout): resuming reads its
+    hyperparameters (and refuses another backbone's); export/evaluate ask for the consolidated file; a
+    directory without meta.pt is named as neither."""
+    sharded = tmp_path / "last.ckpt"
+    sharded.mkdir()
+    torch.save({"hyper_parameters": {"family": "llava_onevision", "path": None, "config": {}, "lora": None}},
+               sharded / "meta.pt")
+    cfg = compose_cfg("train", tiny_cfg([f"ckpt_path={sharded}"]))
+    with pytest.raises(ValueError, match=r"trained with model.family='llava_onevision'"):
+        train.resolve_ckpt_path(cfg, tmp_path / "run")
+    with pytest.raises(ValueError, match=r"consolidate it into one file first: python -m "
+                                         r"lightning.pytorch.utilities.consolidate_checkpoint"):
+        export.export(sharded, tmp_path / "exported")
+    plain_dir = tmp_path / "not_a_checkpoint"
+    plain_dir.mkdir()
+    with pytest.raises(FileNotFoundError, match="is a directory without meta.pt"):
+        export.export(plain_dir, tmp_path / "exported")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        train.resolve_ckpt_path(compose_cfg("train", tiny_cfg([f"ckpt_path={tmp_path / 'missing.ckpt'}"])),
+                                tmp_path / "run")
