@@ -52,6 +52,10 @@ def validate_config(cfg: DictConfig) -> None:
     strategy = OmegaConf.select(cfg, "trainer.strategy")
     target = strategy.get("_target_", "") if isinstance(strategy, DictConfig) else str(strategy or "")
     if "fsdp" in target.lower():
+        if OmegaConf.select(cfg, "callbacks.saha_refresh") is not None:
+            raise ValueError("callbacks=saha_refresh is not supported under trainer=fsdp (re-mining encodes with "
+                             "the embedder outside the FSDP forward, whose parameters are sharded); use trainer=ddp, "
+                             "or mine between runs with mine.py")
         accel = OmegaConf.select(cfg, "trainer.accelerator")
         import torch
 

@@ -44,11 +44,12 @@ def _normalise(x: np.ndarray) -> np.ndarray:
 
 
 def embed_subset(embedder, pairs: Sequence[TrainPair], image_loader: ImageLoader, batch_size: int = 64,
-                 num_workers: int = 0, progress: bool = False) -> SubsetEmbeddings:
-    """Encode `pairs`' queries (query side of the prompt) and unique positives (target side)."""
+                 num_workers: int = 0, progress: bool = False, distributed: bool = False) -> SubsetEmbeddings:
+    """Encode `pairs`' queries (query side of the prompt) and unique positives (target side).
+    `distributed=True`: every rank calls this with the same pairs, encodes a shard, and gets everything."""
     items, holders, positive_of = unique_positives(pairs)
     queries = [(p.query, p.subset, p.row, "qry_image_path", image_loader) for p in pairs]
     targets = [(p.positive, p.subset, p.row, "pos_image_path", image_loader) for p in holders]
-    q = encode_unique(embedder, queries, "query", batch_size, num_workers, progress).numpy()
-    c = encode_unique(embedder, targets, "target", batch_size, num_workers, progress).numpy()
+    q = encode_unique(embedder, queries, "query", batch_size, num_workers, progress, distributed).numpy()
+    c = encode_unique(embedder, targets, "target", batch_size, num_workers, progress, distributed).numpy()
     return SubsetEmbeddings(_normalise(q), _normalise(c), items, positive_of)

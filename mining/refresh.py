@@ -5,9 +5,10 @@ moves. `SaHaRefresh` re-clusters the training rows with the current embedder at 
 epoch and the next epoch's `SaHaBatchSampler` reads the new clusters.
 
 Mechanics (DDP-safe and resumable):
-- rank 0 mines every subset of the running sampler's rows and writes the cluster files into
-  `<out_dir>/epoch<E>/` (E = the first epoch that uses them) through a temporary directory renamed into
-  place, so a crash never leaves a half-written set; the other ranks wait on a barrier;
+- every rank encodes a shard of the running sampler's rows (the sampler holds all ranks' rows); rank 0
+  gathers the embeddings, clusters every subset and writes the cluster files into `<out_dir>/epoch<E>/`
+  (E = the first epoch that uses them) through a temporary directory renamed into place, so a crash never
+  leaves a half-written set; the other ranks wait on a barrier;
 - the callback sets `trainer.reload_dataloaders_every_n_epochs = every_n_epochs`, so Lightning rebuilds
   the train dataloader at epoch E (and so counts the new epoch's batches) and the DataModule builds a
   new sampler; the callback wraps the DataModule's sampler factory so that a sampler built at epoch e
@@ -15,8 +16,9 @@ Mechanics (DDP-safe and resumable):
   A run resumed from a checkpoint therefore finds the same clusters the uninterrupted run used.
 
 Rows held out for validation are not mined (they are not in the sampler), so the refreshed files leave
-them out from the start instead of dropping them when loading. Mining happens on rank 0 only: other
-ranks idle for its duration (keep it well under the process group's timeout, 30 min by default).
+them out from the start instead of dropping them when loading. The clustering runs on rank 0 only: the
+other ranks idle for its duration (seconds for 100K rows; see `make bench`). Under FSDP the refresh is
+refused (the embedder's parameters are sharded; encoding outside the FSDP root's forward is not supported).
 """
 
 from __future__ import annotations
@@ -103,21 +105,24 @@ class SaHaRefresh(L.Callback):
         if self.sampler is None:
             raise RuntimeError("callbacks.saha_refresh: no SaHa sampler was built (is sampler=saha set?)")
         target = self.out_dir / f"epoch{next_epoch:04d}"
-        if trainer.is_global_zero:
-            self._mine(pl_module, trainer.datamodule.image_loader, target, next_epoch, trainer.global_step)
+        self._mine(trainer, pl_module, target, next_epoch)
         trainer.strategy.barrier("saha_refresh")
 
-    def _mine(self, pl_module, image_loader, target: Path, epoch: int, step: int) -> None:
+    def _mine(self, trainer: L.Trainer, pl_module, target: Path, epoch: int) -> None:
         sampler = self.sampler
         subsets: dict[str, list] = {}
         for pair in sampler.pairs:
             subsets.setdefault(pair.subset, []).append(pair)
+        kwargs = dict(embedder_description={"kind": "training", "epoch": epoch, "global_step": trainer.global_step},
+                      force=True, distributed=trainer.world_size > 1, **self.mining)
+        image_loader = trainer.datamodule.image_loader
+        if not trainer.is_global_zero:  # encode this rank's shard; rank 0 clusters and writes
+            mine_saha(pl_module.embedder, subsets, sampler.subset_info, image_loader, target, **kwargs)
+            return
         self.out_dir.mkdir(parents=True, exist_ok=True)
         building = Path(tempfile.mkdtemp(prefix=f".{target.name}.building-", dir=self.out_dir))
         try:
-            summary = mine_saha(pl_module.embedder, subsets, sampler.subset_info, image_loader, building,
-                                embedder_description={"kind": "training", "epoch": epoch, "global_step": step},
-                                force=True, **self.mining)
+            summary = mine_saha(pl_module.embedder, subsets, sampler.subset_info, image_loader, building, **kwargs)
             if target.exists():  # a rerun of this refresh after a crash: replace it whole
                 shutil.rmtree(target)
             os.replace(building, target)

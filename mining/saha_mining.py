@@ -13,6 +13,8 @@ from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch.distributed as dist
+
 from datamodules.bundled import EVAL_DATASETS as BUNDLED_DATASETS
 from datamodules.images import ImageLoader
 from datamodules.mmeb import CLASSIFICATION_SUBSETS
@@ -41,9 +43,13 @@ def classification_set(subsets: Collection[str] | None) -> frozenset[str]:
 
 def cluster_rows(embedder, pairs: Sequence[TrainPair], image_loader: ImageLoader, *, k: int, pool_mult: int,
                  classification: bool, index: str = "flat", nprobe: int = 32, batch_size: int = 64,
-                 num_workers: int = 0, progress: bool = False) -> tuple[list[list[int]], int]:
-    """SaHa clusters of `pairs` (one subset) as lists of their row ids, and how many are phase-1 clusters."""
-    emb = embed_subset(embedder, pairs, image_loader, batch_size, num_workers, progress)
+                 num_workers: int = 0, progress: bool = False,
+                 distributed: bool = False) -> tuple[list[list[int]], int] | None:
+    """SaHa clusters of `pairs` (one subset) as lists of their row ids, and how many are phase-1 clusters.
+    `distributed=True`: every rank encodes a shard; rank 0 clusters and returns, the others return None."""
+    emb = embed_subset(embedder, pairs, image_loader, batch_size, num_workers, progress, distributed)
+    if distributed and dist.get_rank() != 0:
+        return None
     # The private entry point also reports the phase-1 count, which the sampler needs to tell
     # SaHa's deliberate phase-2 reuse of a row from a corrupt file.
     clusters, report = _mine_saha_clusters(emb.query, emb.candidates, emb.positive_of_query, k, pool_mult,
@@ -55,14 +61,20 @@ def mine_saha(embedder, subsets: Mapping[str, Sequence[TrainPair]], subset_info:
               image_loader: ImageLoader, out_dir: str | Path, *, k: int = 15, pool_mult: int = 3,
               index: str = "flat", nprobe: int = 32, classification_subsets: Collection[str] | None = None,
               embedder_description: Mapping[str, Any], force: bool = False, batch_size: int = 64,
-              num_workers: int = 0, progress: bool = True) -> list[dict]:
+              num_workers: int = 0, progress: bool = True, distributed: bool = False) -> list[dict]:
     """Mine and write `<out_dir>/<subset>.saha.json` for every subset; returns one summary row per subset.
 
     `subsets[name]` are the rows to cluster (all rows as read, or fewer: rows absent from it end up in no
     cluster); `subset_info[name]` describes the subset as read (num_rows, fingerprint, split, source).
     A file whose header already matches (same data, k, pool_mult, classification rule, index, embedder
     and prompt) is kept as it is unless `force`.
+
+    `distributed=True` (every rank of the process group calls it, with `force=True` so that all ranks
+    encode the same subsets): the encoding is sharded across ranks; rank 0 clusters, writes and returns the
+    summary, the other ranks return an empty list.
     """
+    if distributed and not force:
+        raise ValueError("distributed SaHa mining re-mines every subset: pass force=True")
     classification = classification_set(classification_subsets)
     prompt = embedder.prompt.to_dict()
     summary = []
@@ -80,9 +92,13 @@ def mine_saha(embedder, subsets: Mapping[str, Sequence[TrainPair]], subset_info:
             continue
         log.info("SaHa %s: mining %d rows (%s)", subset, len(pairs), "forced" if up_to_date else reason)
         start = time.perf_counter()
-        clusters, phase1 = cluster_rows(embedder, pairs, image_loader, k=k, pool_mult=pool_mult,
-                                        classification=subset in classification, index=index, nprobe=nprobe,
-                                        batch_size=batch_size, num_workers=num_workers, progress=progress)
+        result = cluster_rows(embedder, pairs, image_loader, k=k, pool_mult=pool_mult,
+                              classification=subset in classification, index=index, nprobe=nprobe,
+                              batch_size=batch_size, num_workers=num_workers, progress=progress,
+                              distributed=distributed)
+        if result is None:  # a rank other than 0 of a distributed run: it only encoded its shard
+            continue
+        clusters, phase1 = result
         stats = saha_cluster_stats(clusters, int(subset_info[subset]["num_rows"]))
         write_cluster_file(path, header, clusters, phase1, stats)
         summary.append({**row, "status": "mined", "clusters": stats["num_clusters"], "phase1": phase1,

@@ -169,3 +169,31 @@ def test_ivf_retrieval_matches_exact_when_every_list_is_probed():
     assert 0.2 < recall <= 1.0
     with pytest.raises(ValueError, match="mining.index must be"):
         mined_negatives.retrieve(query, cand, positive_of, pool=10, index="hnsw")
+
+
+def test_saha_refresh_under_ddp_shards_the_encoding(compose_cfg, tiny_cfg, tmp_path):
+    """Two gloo processes: every rank encodes a shard at the epoch boundary, rank 0 clusters and writes,
+    and the second epoch's sampler on both ranks reads the refreshed clusters."""
+    import subprocess
+    import sys
+
+    mined_root = tmp_path / "mined"
+    mine.run(compose_cfg("mine", mine_overrides(tiny_cfg, mined_root)))
+    run_dir = tmp_path / "ddp_run"
+    overrides = tiny_cfg(["trainer=ddp_cpu", "trainer.devices=2", "sampler=saha", f"sampler.mined_root={mined_root}",
+                          f"data.subsets={SUBSETS}", f"data.max_per_subset={ROWS}", "callbacks=saha_refresh",
+                          "callbacks.saha_refresh.k=3", "trainer.max_epochs=2", "trainer.max_steps=-1",
+                          "+trainer.limit_train_batches=1", "trainer.limit_val_batches=0", "~callbacks.similarity",
+                          "evaluate_before=false", "evaluate_after=false", "save_embedder=false",
+                          f"hydra.run.dir={run_dir}"])
+    proc = subprocess.run([sys.executable, "train.py", *overrides], cwd=ROOT, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "MEMBER: 2/2" in proc.stdout + proc.stderr
+    refreshed = run_dir / "saha_refresh" / "epoch0001"
+    for subset in ("ShapeCls", "ShapeT2I"):
+        header = json.loads(cluster_file_path(refreshed, subset).read_text())
+        assert header["embedder"]["kind"] == "training" and header["stats"]["num_queries"] == ROWS
+        assert 0 < header["stats"]["queries_covered"] <= ROWS - 4
+    for log_file in ("train.log", "train_ddp_process_1.log"):  # rank 0's and rank 1's second-epoch samplers
+        assert f"SaHa sampler ({refreshed}," in (run_dir / log_file).read_text(), log_file
