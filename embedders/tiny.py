@@ -59,13 +59,8 @@ def tiny_qwen_tokenizer(extra_special_tokens: tuple[str, ...] = ()) -> PreTraine
 
 def tiny_bert_tokenizer() -> PreTrainedTokenizerFast:
     """Word-level tokenizer with BERT's special tokens and a [CLS] … [SEP] template."""
-    from tokenizers.processors import TemplateProcessing
-
-    raw = _word_level(BERT_SPECIAL_TOKENS, "[UNK]")
-    cls_id, sep_id = raw.token_to_id("[CLS]"), raw.token_to_id("[SEP]")
-    raw.post_processor = TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]", special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)]
-    )
+    raw = _with_template(_word_level(BERT_SPECIAL_TOKENS, "[UNK]"), "[CLS] $A [SEP]", ("[CLS]", "[SEP]"),
+                         pair="[CLS] $A [SEP] $B [SEP]")
     return PreTrainedTokenizerFast(
         tokenizer_object=raw,
         unk_token="[UNK]",
@@ -82,10 +77,11 @@ def tiny_llava_qwen_tokenizer() -> PreTrainedTokenizerFast:
     return tiny_qwen_tokenizer(("<image>", "<video>"))
 
 
-def _with_template(raw: Tokenizer, single: str, specials: tuple[str, ...]) -> Tokenizer:
+def _with_template(raw: Tokenizer, single: str, specials: tuple[str, ...], pair: str | None = None) -> Tokenizer:
     from tokenizers.processors import TemplateProcessing
 
-    raw.post_processor = TemplateProcessing(single=single, special_tokens=[(s, raw.token_to_id(s)) for s in specials])
+    raw.post_processor = TemplateProcessing(single=single, pair=pair,
+                                            special_tokens=[(s, raw.token_to_id(s)) for s in specials])
     return raw
 
 
