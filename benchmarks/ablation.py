@@ -4,9 +4,11 @@ candidates are compositional hard negatives) and a plot of the positive/negative
 
     python benchmarks/ablation.py [--seeds 1,2,3] [--steps 600] [--out logs/ablation] [extra Hydra overrides…]
     python benchmarks/ablation.py --report logs/ablation/<sweep>     # only re-aggregate finished runs
+    python benchmarks/ablation.py --losses infonce --samplers saha --mine-with <run>/embedder
 
 SaHa clusters are mined first with the zero-shot (untrained) tiny model and the hierarchical prompt,
-as the method prescribes (`python mine.py data=bundled`)."""
+as the method prescribes (`python mine.py data=bundled`); `--mine-with DIR` mines them with a saved
+Embedder instead (into <sweep>/clusters), e.g. one trained by an earlier run."""
 
 from __future__ import annotations
 
@@ -109,14 +111,27 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=600)
     ap.add_argument("--out", default=str(ROOT / "logs" / "ablation"))
     ap.add_argument("--report", default=None, help="only aggregate this finished sweep directory")
+    ap.add_argument("--losses", default="infonce,hardness_weighted")
+    ap.add_argument("--samplers", default="random,saha")
+    ap.add_argument("--mine-with", default=None, help="mine the SaHa clusters with this saved Embedder directory")
     args, extra = ap.parse_known_args(argv)
     if args.report:
         print(report(Path(args.report)))
         return 0
+    if args.mine_with and args.samplers != "saha":
+        raise SystemExit("--mine-with only changes the SaHa clusters: use it with --samplers saha")
     sweep = Path(args.out) / time.strftime("%Y-%m-%d_%H-%M-%S")
     py = sys.executable
-    run([py, "mine.py", "data=bundled", *[e for e in extra if e.startswith(("bundled.", "paths."))]])
-    run([py, "train.py", "-m", "loss=infonce,hardness_weighted", "sampler=random,saha", f"seed={args.seeds}",
+    mine_cmd = [py, "mine.py", "data=bundled", *[e for e in extra if e.startswith(("bundled.", "paths."))]]
+    if args.mine_with:
+        clusters = sweep / "clusters"
+        # Quoted: run directories named after their overrides hold '=' and ','.
+        mine_cmd += [f"embedder_dir='{Path(args.mine_with).resolve()}'", f"mining.out_dir={clusters}",
+                     f"hydra.run.dir={sweep / 'mining'}"]
+        extra = [*extra, f"sampler.clusters_dir={clusters}"]
+    if "saha" in args.samplers.split(","):
+        run(mine_cmd)
+    run([py, "train.py", "-m", f"loss={args.losses}", f"sampler={args.samplers}", f"seed={args.seeds}",
          f"trainer.max_steps={args.steps}", "evaluate_before=false", "trainer.enable_progress_bar=false",
          f"hydra.sweep.dir={sweep}", *extra])
     table = report(sweep)
