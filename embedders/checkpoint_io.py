@@ -61,17 +61,22 @@ def is_sharded_checkpoint(path: str | os.PathLike) -> bool:
     return path.is_dir() and (path / SHARDED_METADATA).is_file()
 
 
+def _require_checkpoint_file(path: Path) -> None:
+    """The clear error for a path that is neither a checkpoint file nor a sharded checkpoint directory."""
+    if path.is_dir() and not is_sharded_checkpoint(path):
+        raise FileNotFoundError(f"checkpoint {path} is a directory without {SHARDED_METADATA}: neither a checkpoint "
+                                "file nor a sharded FSDP checkpoint")
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+
+
 def checkpoint_metadata(path: str | os.PathLike) -> dict:
     """Hyperparameters, loop state etc. of a checkpoint file or of a sharded FSDP checkpoint directory,
     without materialising the weights."""
     path = Path(path)
+    _require_checkpoint_file(path)
     if is_sharded_checkpoint(path):
         return torch.load(path / SHARDED_METADATA, map_location="cpu", weights_only=True)
-    if path.is_dir():
-        raise FileNotFoundError(f"checkpoint {path} is a directory without {SHARDED_METADATA}: neither a checkpoint "
-                                "file nor a sharded FSDP checkpoint")
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
     return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
 
 
@@ -84,5 +89,5 @@ def load_trained_module(path: str | os.PathLike):
         raise ValueError(f"{path} is a sharded FSDP checkpoint directory; consolidate it into one file first: "
                          f"python -m lightning.pytorch.utilities.consolidate_checkpoint {path}  "
                          f"(writes {path}.consolidated), then pass that file")
-    checkpoint_metadata(path)  # the clear error for a missing path or a plain directory
+    _require_checkpoint_file(path)
     return EmbeddingModule.load_from_checkpoint(str(path), map_location="cpu", loss=None)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 import lightning as L
@@ -43,13 +44,9 @@ class Throughput(L.Callback):
     """Logs step time, pairs/s and tokens/s (all ranks together) every training step."""
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        import time
-
         self._t0 = time.perf_counter()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        import time
-
         dt = time.perf_counter() - self._t0
         world = trainer.world_size
         tokens = sum(int(c["attention_mask"].sum()) for side in ("query", "target") for c in batch[side]

@@ -159,8 +159,8 @@ def mine_negatives(embedder, subsets: Mapping[str, Sequence[TrainPair]], subset_
                    num_negatives: int = 1, relative: float | None = 0.95, margin: float | None = None,
                    min_score: float | None = None, max_score: float | None = None, select: str = "top",
                    simans_a: float = 0.5, simans_b: float = 0.0, seed: int = 0, index: str = "flat",
-                   nprobe: int = 32, embedder_description: Mapping[str, Any], force: bool = False, batch_size: int = 64,
-                   num_workers: int = 0, progress: bool = True) -> list[dict]:
+                   nprobe: int = 32, embedder_description: Mapping[str, Any], force: bool = False,
+                   batch_size: int = 64, num_workers: int = 0, progress: bool = True) -> list[dict]:
     """Write the mined-negatives dataset for `subsets` (rows as read from `source`/`split`) to `out_dir`.
 
     Returns one summary row per subset. Skips everything when `out_dir` already holds a dataset mined
@@ -189,7 +189,8 @@ def mine_negatives(embedder, subsets: Mapping[str, Sequence[TrainPair]], subset_
             negatives, stats = choose_negatives(
                 embedder, pairs, image_loader, pool=pool, num_negatives=num_negatives, relative=relative,
                 margin=margin, min_score=min_score, max_score=max_score, select=select, simans_a=simans_a,
-                simans_b=simans_b, rng=rng, index=index, nprobe=nprobe, batch_size=batch_size, num_workers=num_workers, progress=progress)
+                simans_b=simans_b, rng=rng, index=index, nprobe=nprobe, batch_size=batch_size,
+                num_workers=num_workers, progress=progress)
             per_row: list[list[Item]] = [[] for _ in range(num_rows)]
             for pair, negs in zip(pairs, negatives):
                 per_row[pair.row] = negs
