@@ -20,7 +20,7 @@ from .collate import PairCollator
 from .errors import DataError
 from .images import ImageLoader
 from .mmeb import describe_source, image_paths_missing, read_train_pairs
-from .samplers import EpochBatchSampler, RandomBatchSampler, SequentialBatchSampler
+from .samplers import EpochBatchSampler, RandomBatchSampler, ValidationBatchSampler
 from .schema import TrainPair, rows_fingerprint
 
 log = logging.getLogger(__name__)
@@ -35,6 +35,34 @@ class PairDataset(Dataset):
 
     def __getitem__(self, i: int) -> TrainPair:
         return self.pairs[i]
+
+
+class ValidationDataset(Dataset):
+    """Items of `ValidationBatchSampler` — (global batch index, row, is_padding) — to (pair, batch index, padding)."""
+
+    def __init__(self, pairs: Sequence[TrainPair]):
+        self.pairs = list(pairs)
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, item: tuple[int, int, bool]) -> tuple[TrainPair, int, bool]:
+        batch_index, row, padding = item
+        return self.pairs[row], batch_index, padding
+
+
+class ValidationCollator:
+    """A `PairCollator` batch plus `val_batch_index` (its index among the single-process validation batches)
+    and `val_padding` (a filler batch that only keeps the ranks' step counts equal; the module skips it)."""
+
+    def __init__(self, collator: PairCollator):
+        self.collator = collator
+
+    def __call__(self, items: Sequence[tuple[TrainPair, int, bool]]) -> dict:
+        batch = self.collator([pair for pair, _, _ in items])
+        batch["val_batch_index"] = items[0][1]
+        batch["val_padding"] = bool(items[0][2])
+        return batch
 
 
 class ResumableDataLoader(DataLoader):
@@ -223,6 +251,8 @@ class MMEBDataModule(L.LightningDataModule):
         if not self.val_pairs:
             return []
         rank, world = self._rank_world()
-        sampler = SequentialBatchSampler(len(self.val_pairs), self.val_batch_size, rank=rank, world_size=world)
-        return DataLoader(PairDataset(self.val_pairs), batch_sampler=sampler, collate_fn=self._collator(),
-                          num_workers=self.num_workers, pin_memory=self.pin_memory, generator=self._generator())
+        # Any number of rows on any number of ranks: every rank runs the same number of steps (padding batches).
+        sampler = ValidationBatchSampler(len(self.val_pairs), self.val_batch_size, rank=rank, world_size=world)
+        return DataLoader(ValidationDataset(self.val_pairs), batch_sampler=sampler,
+                          collate_fn=ValidationCollator(self._collator()), num_workers=self.num_workers,
+                          pin_memory=self.pin_memory, generator=self._generator())

@@ -137,6 +137,44 @@ class SequentialBatchSampler(EpochBatchSampler):
         return self._chunk(range(self.num_items))
 
 
+class ValidationBatchSampler:
+    """Validation batches: the single-process batches (consecutive rows, partial last batch kept), spread
+    over ranks so that every rank runs the same number of steps.
+
+    Rank r takes global batches r, r+W, r+2W, …; ranks left with fewer batches than the others — or with none,
+    when there are fewer batches than ranks — get *padding* batches (one row, flagged) so that every rank runs
+    ⌈n_batches / W⌉ steps. The DDP forward wrapper communicates at every step (it broadcasts buffers), so
+    unequal step counts would mismatch collectives (an error on gloo, a hang on NCCL), and Lightning refuses a
+    rank with an empty validation loader. Each yielded batch is a list of (global batch index, row, is_padding);
+    the module skips padding batches, so metrics cover every row exactly once, as in one process.
+    """
+
+    def __init__(self, num_items: int, batch_size: int, rank: int = 0, world_size: int = 1):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
+        if num_items < 1:
+            raise ValueError("the validation sampler got an empty dataset")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} outside world size {world_size}")
+        self.num_items, self.batch_size, self.rank, self.world_size = int(num_items), int(batch_size), rank, world_size
+
+    @property
+    def num_global_batches(self) -> int:
+        return math.ceil(self.num_items / self.batch_size)
+
+    def __len__(self) -> int:
+        return math.ceil(self.num_global_batches / self.world_size)
+
+    def __iter__(self) -> Iterator[list[tuple[int, int, bool]]]:
+        for step in range(len(self)):
+            b = self.rank + step * self.world_size
+            if b < self.num_global_batches:
+                rows = range(b * self.batch_size, min((b + 1) * self.batch_size, self.num_items))
+                yield [(b, r, False) for r in rows]
+            else:
+                yield [(-1, 0, True)]
+
+
 # ------------------------------------------------------------------------------------------------
 # Grouped batching: task-homogeneous (VLM2Vec v2) and modality (LLaVE) batches
 # ------------------------------------------------------------------------------------------------

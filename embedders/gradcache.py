@@ -2,9 +2,10 @@
 
 The LightningModule drives the algorithm; this module holds what makes it exact:
 `RngState` records the CPU and CUDA generator states before a chunk's no-grad forward so the
-gradient-carrying replay draws the same dropout masks; `all_reduce_gradients` averages every
-trainable parameter's gradient across ranks in a few coalesced collectives once per step
-(parameters a rank did not use contribute zeros, so every rank sends the same layout).
+gradient-carrying replay draws the same dropout masks; `all_reduce_gradients` averages the
+gradients across ranks in a few coalesced collectives once per step, with DDP's semantics for unused
+parameters: one used on some ranks gets the average (the others contribute zeros), one that no rank used
+keeps `grad=None`, so AdamW's weight decay and momentum leave it alone exactly as on one process.
 """
 
 from __future__ import annotations
@@ -41,10 +42,18 @@ def all_reduce_gradients(params: Iterable[torch.nn.Parameter], bucket_bytes: int
         return 0
     world = dist.get_world_size()
     params = [p for p in params if p.requires_grad]
+    if not params:
+        return 0
+    # Which parameters have a gradient on some rank: one flag each, max over ranks. Reading the flags is a host
+    # sync, needed to agree on which gradients exist before reducing them.
+    flags = torch.tensor([p.grad is not None for p in params], dtype=torch.int32, device=params[0].device)
+    dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+    used = flags.bool().tolist()
+    params = [p for p, u in zip(params, used) if u]
     for p in params:
         if p.grad is None:
             p.grad = torch.zeros_like(p)
-    calls = 0
+    calls = 1
     by_key: dict[tuple, list[torch.nn.Parameter]] = {}
     for p in params:
         by_key.setdefault((p.grad.dtype, p.grad.device), []).append(p)

@@ -9,7 +9,17 @@ Optimisation modes:
   embeddings (cross-device gather included), then each chunk is replayed with its RNG state and
   back-propagated with the cached embedding gradients. Under DDP all backward passes run without
   gradient sync and gradients are averaged once per step (`all_reduce_gradients`), so chunk
-  counts may differ across ranks without hangs. Clipping and the LR scheduler are applied here.
+  counts may differ across ranks without hangs. Parameters that no rank used keep `grad=None`, as under
+  plain DDP. Clipping happens in `on_before_optimizer_step`, which Lightning calls after the precision
+  plugin has unscaled fp16 gradients; the LR scheduler steps here.
+
+Precision: the contrastive loss and the validation similarities are computed in fp32 whatever the autocast
+context (`losses.full_precision`); trainable parameters are kept in `trainable_dtype` (fp32 master weights
+by default) while `dtype` sets the frozen and inference weights (see `embedders.finetune.keep_trainable_in`).
+
+Validation works for any number of rows on any number of ranks: the DataModule gives every rank the same
+number of steps (filler batches flagged `val_padding`, skipped here), each rank accumulates sums over its
+own batches, and one all-reduce at the end gives the metrics of a single-process validation of the same rows.
 """
 
 from __future__ import annotations
@@ -22,12 +32,14 @@ from typing import Any
 
 import lightning as L
 import torch
+import torch.distributed as dist
 from torchmetrics.retrieval import RetrievalRecall
 
-from losses import ContrastiveLoss
-from losses.gather import local_only
+from losses import ContrastiveLoss, similarity_fp32
+from losses.gather import gather_rows, local_only
 
 from .embedder import Embedder, move_to
+from .finetune import keep_trainable_in
 from .gradcache import RngState, all_reduce_gradients
 
 log = logging.getLogger(__name__)
@@ -47,6 +59,7 @@ class EmbeddingModule(L.LightningModule):
         normalize: bool = True,
         max_length: int = 512,
         dtype: str | None = None,
+        trainable_dtype: str | None = "float32",
         image: dict | None = None,
         lora: dict | None = None,
         freeze_vision: bool = False,
@@ -74,6 +87,10 @@ class EmbeddingModule(L.LightningModule):
             max_length=max_length, dtype=dtype, image=image, lora=lora, freeze_vision=freeze_vision,
             gradient_checkpointing=gradient_checkpointing,
         )
+        if loss is not None:
+            # Built to train: trainable weights in trainable_dtype (fp32 master weights by default); `dtype` then
+            # applies to frozen weights only. Without a loss (evaluation, export) every weight stays in `dtype`.
+            keep_trainable_in(self.embedder, trainable_dtype)
         self.loss = loss
         # LoRA checkpoints hold only trainable weights (the frozen base reloads from model.path).
         self.strict_loading = not lora
@@ -84,10 +101,15 @@ class EmbeddingModule(L.LightningModule):
         self.automatic_optimization = chunk is None
         #: Set by the entry point when GradCache takes clipping over from the Trainer.
         self.manual_gradient_clip: tuple[float, str] | None = None
-        self.val_recall = torch.nn.ModuleDict({f"r{k}": RetrievalRecall(top_k=k) for k in (1, 5)})
-        self._val_pos: list[torch.Tensor] = []
-        self._val_neg: list[torch.Tensor] = []
+        # Per rank, never synced by torchmetrics: the ranks' sums are all-reduced once at the epoch end.
+        self.val_recall = torch.nn.ModuleDict({f"r{k}": RetrievalRecall(top_k=k, sync_on_compute=False)
+                                               for k in (1, 5)})
+        self._val_pos: list[tuple[int, torch.Tensor]] = []
+        self._val_neg: list[tuple[int, torch.Tensor]] = []
         self._val_query_offset = 0
+        self._val_loss_sum: torch.Tensor | None = None
+        #: (finite flag, loss, step, ids) of the last training loss, checked lazily on accelerators.
+        self._pending_finite: tuple | None = None
         #: Filled at each validation end: positive/negative similarity samples and the overlap figure.
         self.last_similarity: dict[str, Any] | None = None
 
@@ -101,13 +123,28 @@ class EmbeddingModule(L.LightningModule):
         return self.loss
 
     def _check_finite(self, loss: torch.Tensor, batch: dict) -> None:
-        if not torch.isfinite(loss).all():
-            ids = batch.get("ids", [])
-            raise NonFiniteLossError(
-                f"non-finite loss ({loss.item()}) at global step {self.global_step}, batch of {len(ids)} rows with "
-                f"ids {ids[:16]}{' …' if len(ids) > 16 else ''}. Lower the learning rate, check these rows, or "
-                "use bf16-mixed instead of fp16"
-            )
+        """Stop on a non-finite loss, naming the step and the batch's rows. On an accelerator the flag is read
+        at the next step (or before a checkpoint is written, or at the end of training): reading it at once
+        would make the host wait for the device every step."""
+        self._raise_if_nonfinite()
+        loss = loss.detach()
+        self._pending_finite = (torch.isfinite(loss).all(), loss, self.global_step, list(batch.get("ids", [])))
+        if loss.device.type == "cpu":
+            self._raise_if_nonfinite()
+
+    def _raise_if_nonfinite(self) -> None:
+        pending, self._pending_finite = self._pending_finite, None
+        if pending is None or bool(pending[0]):
+            return
+        _, loss, step, ids = pending
+        raise NonFiniteLossError(
+            f"non-finite loss ({loss.item()}) at global step {step}, batch of {len(ids)} rows with "
+            f"ids {ids[:16]}{' …' if len(ids) > 16 else ''}. Lower the learning rate, check these rows, or "
+            "use bf16-mixed instead of fp16"
+        )
+
+    def on_train_end(self) -> None:
+        self._raise_if_nonfinite()
 
     # ------------------------------------------------------------------ training
     def training_step(self, batch: dict, batch_idx: int):
@@ -126,7 +163,10 @@ class EmbeddingModule(L.LightningModule):
         b = batch["num_pairs"]
         self.log("train/loss", loss.detach(), prog_bar=True, batch_size=b, sync_dist=False)
         if self.loss is not None:
-            self.log("train/temperature", self.loss.temperature.value, batch_size=b)
+            temp = self.loss.temperature
+            # A tensor for a learnable τ: Lightning reads it only when it writes the logs (no per-step host sync).
+            value = (1.0 / temp.scale()).detach() if temp.learnable else temp.value
+            self.log("train/temperature", value, batch_size=b)
 
     def _gradcache_step(self, batch: dict) -> torch.Tensor:
         loss_fn = self._require_loss()
@@ -138,6 +178,11 @@ class EmbeddingModule(L.LightningModule):
             for chunk in (*q_chunks, *t_chunks):
                 states.append(RngState(self.device))
                 reps.append(self.embedder(move_to(chunk, self.device)))
+        # Under autocast, weight casts made in the inference-mode pass may sit in autocast's cache as inference
+        # tensors; torch versions before the fix of that cache (pytorch#158232, PR #165068) reuse them in the
+        # replay below, which then fails ("Inference tensors cannot be saved for backward"). Clearing the cache
+        # makes every version cast afresh (the cost: one more cast of each weight per step).
+        torch.clear_autocast_cache()
         nq = len(q_chunks)
         # clone(): inference-mode tensors cannot enter autograd themselves
         q = torch.cat(reps[:nq]).clone().requires_grad_()
@@ -160,11 +205,8 @@ class EmbeddingModule(L.LightningModule):
                 # manual_backward above, and Lightning's per-call hooks would cost more than a small chunk.
                 emb.backward(grads[offset : offset + n].to(emb.dtype))
                 offset += n
-        # 4. One gradient all-reduce for the whole step (DDP), then clip, step, schedule.
+        # 4. One gradient all-reduce for the whole step (DDP), then step (clipping: on_before_optimizer_step), schedule.
         all_reduce_gradients(self.parameters())
-        if self.manual_gradient_clip is not None:
-            value, algorithm = self.manual_gradient_clip
-            self.clip_gradients(opt, gradient_clip_val=value, gradient_clip_algorithm=algorithm)
         opt.step()
         opt.zero_grad(set_to_none=True)
         sched = self.lr_schedulers()
@@ -172,27 +214,38 @@ class EmbeddingModule(L.LightningModule):
             sched.step()
         return loss.detach()
 
+    def on_before_optimizer_step(self, optimizer) -> None:
+        # GradCache clips here: Lightning calls this hook after the precision plugin has unscaled fp16 gradients
+        # (MixedPrecision.optimizer_step: unscale_, hook, scaler.step). Clipping before opt.step() would clip
+        # gradients still multiplied by the loss scale, shrinking every update by about 1/scale.
+        if not self.automatic_optimization and self.manual_gradient_clip is not None:
+            value, algorithm = self.manual_gradient_clip
+            self.clip_gradients(optimizer, gradient_clip_val=value, gradient_clip_algorithm=algorithm)
+
     # ------------------------------------------------------------------ validation
     def on_validation_epoch_start(self) -> None:
         self._val_pos, self._val_neg = [], []
         self._val_query_offset = 0
-        # A private generator: validation must not advance the global RNG (dropout masks after a
-        # resume would otherwise differ from the uninterrupted run's).
-        self._val_generator = torch.Generator().manual_seed(self.global_step)
+        # Σ loss·rows, rows, Σ recall@1, Σ recall@5 over this rank's queries (float64: exact sums of counts).
+        self._val_sums = torch.zeros(4, dtype=torch.float64, device=self.device)
+        for metric in self.val_recall.values():
+            metric.reset()
 
     def validation_step(self, batch: dict, batch_idx: int):
+        if batch.get("val_padding"):
+            return  # a filler batch: it exists only so that every rank runs the same number of steps
         q = self.embed_chunks(batch["query"])
         t = self.embed_chunks(batch["target"])
         keys = batch["target_keys"].to(self.device)
         b = q.shape[0]
         with local_only():  # validation batches differ across ranks: never gather here
             if self.loss is not None:
-                val_loss = self.loss(q, t, keys)
-                self.log("val/loss", val_loss, batch_size=b, sync_dist=True)
-        sim = q.float() @ t.float().T
+                self._val_sums[0] += self.loss(q, t, keys).detach().double() * b
+        self._val_sums[1] += b
+        sim = similarity_fp32(q, t)  # fp32 whatever the autocast context
         # Relevant: the positive and any identical copy of it among the targets.
         relevant = keys[:b, None] == keys[None, :]
-        idx = (torch.arange(b, device=self.device) + self._val_query_offset + self.global_rank * 10**9)
+        idx = torch.arange(b, device=self.device) + self._val_query_offset
         self._val_query_offset += b
         flat_idx = idx[:, None].expand_as(sim).reshape(-1)
         for metric in self.val_recall.values():
@@ -200,23 +253,49 @@ class EmbeddingModule(L.LightningModule):
         pos = sim[torch.arange(b), torch.arange(b)]
         neg = sim[~relevant]
         cap = self.hparams.diagnostics_max_negatives
+        # The batch's global index (its place among the single-process batches) seeds the subsample and orders
+        # the samples after gathering, so every world size yields the same diagnostics.
+        batch_index = int(batch.get("val_batch_index", batch_idx))
         if neg.numel() > cap:
-            neg = neg[torch.randperm(neg.numel(), generator=self._val_generator).to(neg.device)[:cap]]
-        self._val_pos.append(pos.detach().cpu())
-        self._val_neg.append(neg.detach().cpu())
+            gen = torch.Generator().manual_seed(self.global_step * 1_000_003 + batch_index)
+            neg = neg[torch.randperm(neg.numel(), generator=gen).to(neg.device)[:cap]]
+        self._val_pos.append((batch_index, pos.detach()))
+        self._val_neg.append((batch_index, neg.detach()))
+
+    def _gather_in_batch_order(self, parts: list[tuple[int, torch.Tensor]]) -> torch.Tensor:
+        """Every rank's validation samples, concatenated in single-process batch order (collective)."""
+        values = torch.cat([v for _, v in parts]) if parts else torch.zeros(0, device=self.device)
+        order = torch.cat([torch.full((v.numel(),), i, dtype=torch.long, device=values.device) for i, v in parts]) \
+            if parts else torch.zeros(0, dtype=torch.long, device=self.device)
+        values, order = gather_rows(values, with_grad=False), gather_rows(order, with_grad=False)
+        return values[torch.sort(order, stable=True).indices].cpu()
 
     def on_validation_epoch_end(self) -> None:
-        for k, metric in self.val_recall.items():
-            self.log(f"val/recall@{k[1:]}", metric.compute() * 100, prog_bar=k == "r1", sync_dist=False)
+        sums = self._val_sums
+        n_local = int(sums[1])  # host-side count; validation is not on the per-step training path
+        for j, metric in enumerate(self.val_recall.values(), start=2):
+            if n_local:
+                sums[j] = metric.compute().double() * n_local
             metric.reset()
-        if self._val_pos:
-            from evaluation.diagnostics import similarity_overlap
+        if self._trainer is not None:
+            sums = self.trainer.strategy.reduce(sums, reduce_op="sum")  # one all-reduce for every metric
+        total = float(sums[1])
+        if total == 0:
+            return
+        if self.loss is not None:
+            self.log("val/loss", float(sums[0] / total), sync_dist=False)
+        for j, k in enumerate(self.val_recall, start=2):
+            self.log(f"val/recall@{k[1:]}", float(sums[j] / total) * 100, prog_bar=k == "r1", sync_dist=False)
+        from evaluation.diagnostics import similarity_overlap
 
-            pos, neg = torch.cat(self._val_pos), torch.cat(self._val_neg)
-            stats = similarity_overlap(pos, neg)
-            self.last_similarity = {"positive": pos, "negative": neg, **stats}
-            for name, value in stats.items():
-                self.log(f"val/{name}", value, sync_dist=True)
+        pos, neg = self._gather_in_batch_order(self._val_pos), self._gather_in_batch_order(self._val_neg)
+        self._val_pos, self._val_neg = [], []
+        if pos.numel() == 0:
+            return
+        stats = similarity_overlap(pos, neg)
+        self.last_similarity = {"positive": pos, "negative": neg, **stats}
+        for name, value in stats.items():
+            self.log(f"val/{name}", value, sync_dist=False)  # the same value on every rank
 
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self):
@@ -279,13 +358,21 @@ class EmbeddingModule(L.LightningModule):
             checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k not in frozen}
             checkpoint["embedlab_frozen_keys"] = sorted(frozen)
 
+        self._raise_if_nonfinite()  # never write a checkpoint after a non-finite loss
         kind, keys, pos, has_gauss, gauss = np.random.get_state()
-        checkpoint["rng_states"] = {  # tensors and Python scalars only: loadable with weights_only=True
+        state = {  # tensors and Python scalars only: loadable with weights_only=True
             "torch": torch.get_rng_state(),
             "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)],
             "python": random.getstate(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
         }
+        # Every rank's own states (dropout masks differ per rank). Lightning calls this hook on every rank while
+        # it assembles a checkpoint (rank 0 then writes it), so the gather is collective like the save itself.
+        states = [state]
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            states = [None] * dist.get_world_size()
+            dist.all_gather_object(states, state)
+        checkpoint["rng_states_per_rank"] = states
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         import random
@@ -298,7 +385,16 @@ class EmbeddingModule(L.LightningModule):
             if missing:
                 raise KeyError(f"checkpoint lacks {len(missing)} trainable weight(s), e.g. {sorted(missing)[:3]}")
 
-        states = checkpoint.get("rng_states")
+        per_rank = checkpoint.get("rng_states_per_rank")
+        if per_rank:
+            rank, world = _world()
+            if len(per_rank) != world:
+                log.warning("checkpoint written by %d rank(s), resumed on %d: rank %d restores the RNG states of "
+                            "rank %d; the run goes on, but not bit-identically to an uninterrupted one",
+                            len(per_rank), world, rank, rank % len(per_rank))
+            states = per_rank[rank % len(per_rank)]
+        else:  # checkpoints written before per-rank states: rank 0's states only
+            states = checkpoint.get("rng_states")
         if not states:
             return
         torch.set_rng_state(states["torch"])
@@ -307,6 +403,12 @@ class EmbeddingModule(L.LightningModule):
         random.setstate(states["python"])
         if states.get("cuda") is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def _world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
 
 
 def _plain(value):

@@ -1,6 +1,6 @@
 """Contrastive losses: pure functions of embeddings sharing one call signature and one gather."""
 
-from .base import ContrastiveLoss, Temperature
+from .base import ContrastiveLoss, Temperature, full_precision, similarity_fp32
 from .gather import distributed_world, gather_contrastive_batch, gather_rows
 from .hardness_weighted import HardnessWeightedInfoNCE
 from .infonce import InfoNCE
@@ -11,6 +11,8 @@ __all__ = [
     "InfoNCE",
     "Temperature",
     "distributed_world",
+    "full_precision",
+    "similarity_fp32",
     "gather_contrastive_batch",
     "gather_rows",
 ]

@@ -10,6 +10,7 @@ Subclasses change only the logits through `adjust_negative_logits`.
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -51,6 +52,26 @@ class Temperature(nn.Module):
         if not self.learnable:
             return self.fixed_value
         return float(1.0 / self.scale().detach())
+
+
+def full_precision(*tensors: torch.Tensor):
+    """A context in which the ops on `tensors` run in (at least) fp32: autocast is switched off for their
+    device. `a.float() @ b.float().T` alone is not enough: under autocast (Lightning's `bf16-mixed` wraps every
+    step in it) the matmul would cast its fp32 inputs back to bf16."""
+    devices = {t.device.type for t in tensors}
+    stack = contextlib.ExitStack()
+    for device in devices:
+        if device in ("cpu", "cuda", "xpu", "mps", "hpu", "xla"):
+            stack.enter_context(torch.autocast(device_type=device, enabled=False))
+    return stack
+
+
+def similarity_fp32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """`a @ b.T` computed in fp32 (fp64 inputs stay fp64) whatever the autocast context; the gradient flows
+    back to `a` and `b` in their own dtype."""
+    dtype = torch.promote_types(torch.promote_types(a.dtype, b.dtype), torch.float32)
+    with full_precision(a, b):
+        return a.to(dtype) @ b.to(dtype).T
 
 
 def _duplicate_mask(row_keys: torch.Tensor, col_keys: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -109,7 +130,13 @@ class ContrastiveLoss(nn.Module):
     ) -> torch.Tensor:
         if query.ndim != 2 or target.ndim != 2 or query.shape[1] != target.shape[1]:
             raise ValueError(f"expected query [B, d] and target [B+M, d], got {tuple(query.shape)} and {tuple(target.shape)}")
-        # Similarities in fp32 whatever the embedding dtype (bf16 logits lose the ranking at τ=0.02).
+        # Similarities and logits in fp32 whatever the embedding dtype and the autocast context (bf16 logits
+        # lose the ranking at τ=0.02: between 32 and 64 they are rounded to steps of 0.25). The casts below are
+        # differentiable, so bf16 embeddings receive their gradient in bf16.
+        with full_precision(query, target):
+            return self._forward_fp32(query, target, target_keys)
+
+    def _forward_fp32(self, query: torch.Tensor, target: torch.Tensor, target_keys: torch.Tensor | None) -> torch.Tensor:
         dtype = torch.promote_types(torch.promote_types(query.dtype, target.dtype), torch.float32)
         query, target = query.to(dtype), target.to(dtype)
         g = gather_contrastive_batch(query, target, target_keys)
