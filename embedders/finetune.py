@@ -47,6 +47,27 @@ def apply_finetuning(model: nn.Module, family, lora: dict | None = None, freeze_
     return model
 
 
+def _hf_model(model: nn.Module) -> nn.Module:
+    """The transformers model inside a peft wrapper (or the model itself)."""
+    return model.get_base_model() if is_peft_model(model) else model
+
+
+def hf_checkpointing_enabled(model: nn.Module) -> bool:
+    """Whether transformers' own (activation/gradient) checkpointing is switched on in `model`."""
+    hf = _hf_model(model)
+    if hasattr(type(hf), "is_activation_checkpointing"):  # transformers ≥ 5 name
+        return bool(hf.is_activation_checkpointing)
+    return bool(getattr(hf, "is_gradient_checkpointing", False))
+
+
+def disable_hf_checkpointing(model: nn.Module) -> None:
+    hf = _hf_model(model)
+    if hasattr(hf, "activation_checkpointing_disable"):
+        hf.activation_checkpointing_disable()
+    else:
+        hf.gradient_checkpointing_disable()
+
+
 def lora_target_names(model: nn.Module, family, targets, include_vision: bool = False) -> list[str]:
     """Full names of the linear layers LoRA adapts: name ends with a target suffix, outside the vision
     tower unless `include_vision`, and not inside nn.MultiheadAttention (it reads its out_proj weight

@@ -3,7 +3,14 @@ repeated blocks, whose classes each backbone family names (`decoder_layer_classe
 
 from __future__ import annotations
 
+import logging
+
+import torch
 from torch import nn
+
+from .finetune import disable_hf_checkpointing, hf_checkpointing_enabled
+
+log = logging.getLogger(__name__)
 
 
 def layer_classes(module: nn.Module, names) -> set[type[nn.Module]]:
@@ -16,12 +23,39 @@ def layer_classes(module: nn.Module, names) -> set[type[nn.Module]]:
 
 
 def fsdp_strategy(module: nn.Module, sharding_strategy: str = "FULL_SHARD", state_dict_type: str = "sharded",
-                  activation_checkpointing: bool = True, cpu_offload: bool = False, **kwargs):
-    """Lightning FSDPStrategy wrapping the family's decoder (and vision) blocks; LoRA-compatible."""
+                  activation_checkpointing: bool | None = None, cpu_offload: bool = False, **kwargs):
+    """Lightning FSDPStrategy wrapping the family's decoder (and vision) blocks; LoRA-compatible.
+
+    Activation checkpointing, one mechanism per run (two would recompute every block twice):
+    `activation_checkpointing=None` follows `model.gradient_checkpointing` — when the model asks for it, FSDP's
+    checkpoint wrapper does it on the same blocks and transformers' flag is switched off; `True` makes FSDP
+    checkpoint and refuses a model that also has transformers' flag on; `False` leaves it to the model.
+
+    Parameters: FSDP flattens each wrapped block into one tensor of one dtype, so a model whose frozen weights
+    are bf16 (`model.dtype`) and trainable ones fp32 (`model.trainable_dtype`) is made uniformly fp32 here;
+    with `trainer.precision=bf16-mixed` FSDP computes in bf16 and keeps these fp32 weights as master copy."""
     from lightning.pytorch.strategies import FSDPStrategy
 
     embedder = getattr(module, "embedder", module)
     classes = layer_classes(embedder, embedder.family.decoder_layer_classes)
+    hf_flag = hf_checkpointing_enabled(embedder.backbone)
+    if activation_checkpointing is None:
+        activation_checkpointing = hf_flag
+    elif activation_checkpointing and hf_flag:
+        raise ValueError("two activation-checkpointing mechanisms requested: trainer.strategy.activation_checkpointing"
+                         "=true and model.gradient_checkpointing=true; set trainer.strategy.activation_checkpointing="
+                         "null (FSDP checkpoints the blocks when the model asks for it) or turn one of them off")
+    if activation_checkpointing and hf_flag:
+        disable_hf_checkpointing(embedder.backbone)
+        log.info("activation checkpointing by FSDP's wrapper on %s (transformers' own flag switched off: one "
+                 "mechanism, each block recomputed once)", sorted(c.__name__ for c in classes))
+    dtypes = {p.dtype for p in module.parameters() if p.is_floating_point()}
+    if len(dtypes) > 1:
+        log.info("FSDP needs one parameter dtype per wrapped block: frozen weights %s cast to float32",
+                 sorted(str(d) for d in dtypes - {torch.float32}))
+        for p in module.parameters():
+            if p.is_floating_point() and p.dtype != torch.float32:
+                p.data = p.data.float()
     return FSDPStrategy(
         auto_wrap_policy=classes,
         activation_checkpointing_policy=classes if activation_checkpointing else None,
