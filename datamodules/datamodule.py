@@ -73,13 +73,25 @@ class ResumableDataLoader(DataLoader):
     """
 
     progress_fn: Callable[[], tuple[int, int]] | None = None
+    #: The generator's state just before the running iterator drew its base seed (which seeds the workers).
+    _generator_state: torch.Tensor | None = None
 
-    def state_dict(self) -> dict[str, int]:
+    def __iter__(self):
+        if self.generator is not None and (getattr(self, "_iterator", None) is None or not self.persistent_workers):
+            self._generator_state = self.generator.get_state()
+        return super().__iter__()
+
+    def state_dict(self) -> dict:
         epoch, consumed = self.progress_fn() if self.progress_fn else (self.batch_sampler.epoch, 0)
-        return {"epoch": int(epoch), "consumed": int(consumed)}
+        # The generator is seeded alike on every rank (workers get rank-specific seeds from Lightning's worker
+        # init), so this rank-0 copy, which Lightning saves with the loop state, is every rank's state.
+        return {"epoch": int(epoch), "consumed": int(consumed), "generator": self._generator_state}
 
-    def load_state_dict(self, state: dict[str, int]) -> None:
+    def load_state_dict(self, state: dict) -> None:
         self.batch_sampler.resume(state["epoch"], state["consumed"])
+        if state.get("generator") is not None and self.generator is not None:
+            # The resumed iterator then draws the base seed the interrupted one drew: same worker seeds.
+            self.generator.set_state(state["generator"])
 
 
 def _check_int(name: str, value, minimum: int, optional: bool = False) -> None:

@@ -16,7 +16,8 @@ class LossRecorder(L.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
-        with open(self.path, "a") as f:
+        path = self.path if trainer.world_size == 1 else f"{self.path}.rank{trainer.global_rank}"
+        with open(path, "a") as f:
             f.write(f"{trainer.global_step} {float(loss):.10g}\n")
             f.flush()
             os.fsync(f.fileno())
@@ -25,8 +26,14 @@ class LossRecorder(L.Callback):
 class KillAt(L.Callback):
     """SIGKILL the process when `step` optimizer steps are done (no cleanup, like a preemption)."""
 
-    def __init__(self, step: int):
+    def __init__(self, step: int, pid_dir: str | None = None):
         self.step = step
+        self.pid_dir = pid_dir
+
+    def on_train_start(self, trainer, pl_module):
+        if self.pid_dir:  # so that a test can wait for every rank to be gone
+            with open(os.path.join(self.pid_dir, f"pid.rank{trainer.global_rank}"), "w") as f:
+                f.write(str(os.getpid()))
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         if trainer.global_step == self.step:
