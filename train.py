@@ -19,7 +19,6 @@ from runtime import (
     adapt_cfg_with_multirun,
     finish_loggers,
     instantiate_group,
-    is_launcher_rank_zero,
     wandb_run_id,
 )
 
@@ -32,6 +31,25 @@ def release_device_memory(device) -> None:
 
     if device.type == "cuda":
         torch.cuda.empty_cache()
+
+
+def score_on_all_ranks(trainer, embedder, cfg: DictConfig, label: str, output_dir: Path, loggers, log_prefix: str,
+                       shared: bool) -> dict:
+    """Score `embedder` on cfg.eval_data. `shared` (more than one rank, each holding the whole model): every rank
+    calls this and encodes its shard of the unique items, the sharding of `evaluate.py devices=N`, so the results
+    equal one process's; rank 0 prints, writes and logs. Otherwise the calling rank scores alone."""
+    from evaluation.runner import build_suite, score
+
+    strategy = trainer.strategy
+    if shared and not trainer.is_global_zero:
+        strategy.barrier("eval_suite")  # rank 0 reads (on first use: generates) the eval data first
+    suite = build_suite(cfg.eval_data)
+    if shared and trainer.is_global_zero:
+        strategy.barrier("eval_suite")
+    results = score(embedder.to(strategy.root_device), suite, cfg.eval, label, output_dir,
+                    loggers if trainer.is_global_zero else [], log_prefix, distributed=shared)
+    release_device_memory(strategy.root_device)
+    return results
 
 
 def validate_config(cfg: DictConfig) -> None:
@@ -106,8 +124,9 @@ def check_checkpoint_matches(ckpt: str, cfg: DictConfig) -> None:
 
 def run(cfg: DictConfig) -> dict:
     """The whole training job; returns {"before": results|None, "after": results|None, "chance": float}."""
+    from lightning.pytorch.callbacks import LambdaCallback
+
     from embedders.strategies import standalone_module
-    from evaluation.runner import build_suite, score
 
     validate_config(cfg)
     output_dir = Path(cfg.paths.output_dir)
@@ -120,32 +139,36 @@ def run(cfg: DictConfig) -> dict:
                              _convert_="partial")
     datamodule.set_input_builder(module.embedder.input_builder, module.chunk_size)
     callbacks, loggers = instantiate_group(cfg.get("callbacks")), instantiate_group(cfg.get("logger"))
+    outcome: dict = {"before": None, "after": None, "chance": None}
+    evaluate = bool(cfg.get("eval_data"))
+    if evaluate and cfg.evaluate_before and resolve_ckpt_path(cfg, output_dir) is None:
+        def score_untrained(trainer, pl_module, stage):
+            outcome["before"] = score_on_all_ranks(trainer, pl_module.embedder, cfg, "untrained",
+                                                   output_dir / "eval_untrained", loggers, "eval_untrained",
+                                                   shared=trainer.world_size > 1)
+
+        # In the trainer's setup hook: every rank is in the process group and still holds the whole untrained model.
+        callbacks.append(LambdaCallback(setup=score_untrained))
     trainer = build_trainer(cfg, module, callbacks, loggers)
     for lg in loggers:
         lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 
-    outcome: dict = {"before": None, "after": None, "chance": None}
-    suite = None
-    if cfg.get("eval_data") and (cfg.evaluate_before or cfg.evaluate_after) and is_launcher_rank_zero():
-        suite = build_suite(cfg.eval_data)
-    # Scoring runs on rank 0's training device (Lightning moves the model back to CPU after fit).
-    eval_device = trainer.strategy.root_device
-    if suite is not None and cfg.evaluate_before and resolve_ckpt_path(cfg, output_dir) is None:
-        outcome["before"] = score(module.embedder.to(eval_device), suite, cfg.eval, "untrained",
-                                  output_dir / "eval_untrained", loggers, "eval_untrained")
-        release_device_memory(eval_device)
     trainer.fit(module, datamodule=datamodule, ckpt_path=resolve_ckpt_path(cfg, output_dir))
     final = standalone_module(trainer, module)  # under FSDP: a collective gather; an unwrapped copy on rank 0
-    if not trainer.is_global_zero:
-        return outcome
-    if cfg.save_embedder:
+    if trainer.is_global_zero and cfg.save_embedder:
         path = final.embedder.save_pretrained(output_dir / "embedder")
         log.info("saved the trained Embedder to %s", path)
-    if suite is not None and cfg.evaluate_after:
-        outcome["after"] = score(final.embedder.to(eval_device), suite, cfg.eval, "trained", output_dir / "eval",
-                                 loggers, "eval")
+    # Every rank holds the trained model except under FSDP (rank 0's unwrapped copy): then rank 0 scores alone.
+    shared = final is module and trainer.world_size > 1
+    if evaluate and cfg.evaluate_after and (shared or trainer.is_global_zero):
+        # Scoring runs on the training device (Lightning moves the model back to CPU after fit).
+        outcome["after"] = score_on_all_ranks(trainer, final.embedder, cfg, "trained", output_dir / "eval", loggers,
+                                              "eval", shared)
         outcome["chance"] = outcome["after"]["_chance"]
-        summary = f"Overall on {len(suite)} eval datasets: "
+    if not trainer.is_global_zero:
+        return outcome
+    if outcome["after"] is not None:
+        summary = f"Overall on {len(outcome['after']['datasets'])} eval datasets: "
         if outcome["before"] is not None:
             summary += f"untrained {outcome['before']['overall']:.1f} | "
         summary += f"trained {outcome['after']['overall']:.1f} | chance {outcome['chance']:.1f}"

@@ -182,11 +182,15 @@ class MMEBDataModule(L.LightningDataModule):
             self.prepare_data()  # cheap when present; other ranks may reach setup first on some launchers
         rng = np.random.default_rng(self.seed)
         train, val = [], []
+        read = {}
         for subset, cap in self.caps.items():
             pairs = read_train_pairs(self.source, subset, self.split, cap, self.use_hard_negatives)
             self.subset_info[subset] = {"num_rows": len(pairs), "fingerprint": rows_fingerprint(pairs),
                                         "split": self.split, "source": describe_source(self.source)}
-            pairs = self._drop_missing_images(subset, pairs)
+            read[subset] = pairs
+        missing = self._missing_images(read) if self.check_images else set()
+        for subset, pairs in read.items():
+            pairs = self._drop_missing_images(subset, pairs, missing)
             n_val = min(self.val_per_subset, len(pairs) // 2)
             held = set(rng.choice(len(pairs), size=n_val, replace=False).tolist()) if n_val else set()
             val.extend(p for i, p in enumerate(pairs) if i in held)
@@ -195,14 +199,24 @@ class MMEBDataModule(L.LightningDataModule):
                      describe_source(self.source), self.split)
         self.train_pairs, self.val_pairs = train, val
 
-    def _drop_missing_images(self, subset: str, pairs: list[TrainPair]) -> list[TrainPair]:
-        if not self.check_images:
-            return pairs
-        items = [it for p in pairs for it in (p.query, p.positive, *p.negatives)]
-        missing = set(image_paths_missing(items, self.image_loader))
-        if not missing:
+    def _missing_images(self, subsets: Mapping[str, list[TrainPair]]) -> set[str]:
+        """Image paths of every subset missing under the image root, checked once per node: local rank 0 stats
+        them (parallel threads, progress bar) and the other ranks of its node receive its answer."""
+        items = [it for pairs in subsets.values() for p in pairs for it in (p.query, p.positive, *p.negatives)]
+        trainer = self.trainer
+        distributed = trainer is not None and trainer.world_size > 1 and torch.distributed.is_initialized()
+        if not distributed:
+            return set(image_paths_missing(items, self.image_loader))
+        found = set(image_paths_missing(items, self.image_loader)) if trainer.local_rank == 0 else None
+        gathered = [None] * trainer.world_size
+        torch.distributed.all_gather_object(gathered, found)
+        return gathered[trainer.global_rank - trainer.local_rank]  # this node's local rank 0
+
+    def _drop_missing_images(self, subset: str, pairs: list[TrainPair], missing: set[str]) -> list[TrainPair]:
+        if not missing or not any(it.image in missing for p in pairs for it in (p.query, p.positive, *p.negatives)):
             return pairs
         bad = [p for p in pairs if any(it.image in missing for it in (p.query, p.positive, *p.negatives))]
+        missing = {it.image for p in bad for it in (p.query, p.positive, *p.negatives) if it.image in missing}
         example = bad[0]
         fields = [("qry_image_path", example.query), ("pos_image_path", example.positive)]
         fields += [("neg_image_path", n) for n in example.negatives]

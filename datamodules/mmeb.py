@@ -142,15 +142,33 @@ def read_eval_rows(source: str, dataset: str, split: str = "test", max_rows: int
     return rows
 
 
-def image_paths_missing(items, loader) -> list[str]:
-    """Relative paths among `items` (Items) whose file does not exist under the loader's root."""
-    seen, missing = set(), []
-    for it in items:
-        if it.image is not None and it.image not in seen:
-            seen.add(it.image)
-            if not loader.exists(it.image):
-                missing.append(it.image)
-    return missing
+def image_paths_missing(items, loader, threads: int = 32, progress: bool | None = None) -> list[str]:
+    """Relative paths among `items` (Items) whose file does not exist under the loader's root, in first-seen order.
+
+    Each unique path is checked once, in `threads` parallel threads: a stat is I/O that releases the GIL, so
+    threads overlap its latency (on network filesystems a stat takes 0.1–1 ms, and MMEB-train has about a
+    million images). A progress bar shows for more than 20,000 paths (`progress=None`) or when asked."""
+    import concurrent.futures
+
+    from tqdm.auto import tqdm
+
+    unique = list(dict.fromkeys(it.image for it in items if it.image is not None))
+    root = None if loader.root is None else os.fspath(loader.root)
+    isfile, join, isabs = os.path.isfile, os.path.join, os.path.isabs
+
+    def check(block: list[str]) -> list[bool]:
+        return [isfile(p if root is None or isabs(p) else join(root, p)) for p in block]
+
+    step = 2048
+    blocks = [unique[i : i + step] for i in range(0, len(unique), step)]
+    exists: list[bool] = []
+    show = len(unique) > 20_000 if progress is None else progress
+    with tqdm(total=len(unique), desc="checking images", unit="img", disable=not show, mininterval=1.0) as bar, \
+            concurrent.futures.ThreadPoolExecutor(max_workers=max(1, min(threads, len(blocks)))) as pool:
+        for result in pool.map(check, blocks):  # in order
+            exists.extend(result)
+            bar.update(len(result))
+    return [p for p, ok in zip(unique, exists) if not ok]
 
 
 def describe_source(source: str) -> str:

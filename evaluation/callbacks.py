@@ -49,7 +49,9 @@ class Throughput(L.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         dt = time.perf_counter() - self._t0
         world = trainer.world_size
-        tokens = sum(int(c["attention_mask"].sum()) for side in ("query", "target") for c in batch[side]
+        # A tensor, never read here: int() would make the host wait for the device every step; Lightning reads
+        # logged tensors only when it writes the logs.
+        tokens = sum(c["attention_mask"].sum() for side in ("query", "target") for c in batch[side]
                      if "attention_mask" in c)
         pl_module.log_dict({"perf/step_s": dt, "perf/pairs_per_s": batch["num_pairs"] * world / dt,
                             "perf/tokens_per_s": tokens * world / dt}, on_step=True, on_epoch=False,

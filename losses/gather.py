@@ -6,7 +6,8 @@ position. The backward of the gather sums every rank's gradient for a row and ha
 the slice of its own rows, so that under DDP's gradient averaging the parameter gradient equals
 the gradient of the global mean loss (see `ContrastiveLoss._reduce` for the weighting that
 keeps this exact when ranks hold different numbers of rows). Ranks may hold unequal numbers of
-rows (the last batch of an epoch): sizes are exchanged first and rows are padded to the largest.
+rows (the last batch of an epoch): sizes are exchanged first, on the host (a gloo group), and rows are
+padded to the largest.
 """
 
 from __future__ import annotations
@@ -40,11 +41,32 @@ def distributed_world() -> tuple[int, int]:
     return 0, 1
 
 
-def _all_gather_sizes(n: int, device: torch.device) -> list[int]:
-    size = torch.tensor([n], dtype=torch.long, device=device)
-    sizes = [torch.zeros_like(size) for _ in range(dist.get_world_size())]
-    dist.all_gather(sizes, size)
-    return [int(s.item()) for s in sizes]
+_HOST_GROUP: tuple[object, object] | None = None  # (default group it belongs to, gloo group)
+
+
+def _host_group():
+    """The process group for exchanging row counts on the host: the default group when it is gloo, else a gloo
+    group over the same ranks, made once. Counts gathered with NCCL live on the GPU, and reading them back
+    (`.item()`) would make the host wait for every kernel queued before them (the whole forward) every step."""
+    global _HOST_GROUP
+    if dist.get_backend() == "gloo":
+        return None
+    world = dist.group.WORLD
+    if _HOST_GROUP is None or _HOST_GROUP[0] is not world:
+        _HOST_GROUP = (world, dist.new_group(backend="gloo"))  # collective: every rank reaches its first loss
+    return _HOST_GROUP[1]
+
+
+def _all_gather_counts(counts: list[int]) -> list[list[int]]:
+    """Every rank's `counts` (host integers), exchanged on the host: no device synchronisation."""
+    local = torch.tensor(counts, dtype=torch.long)
+    gathered = [torch.zeros_like(local) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, local, group=_host_group())
+    return [g.tolist() for g in gathered]
+
+
+def _all_gather_sizes(n: int, device: torch.device | None = None) -> list[int]:
+    return [c[0] for c in _all_gather_counts([n])]
 
 
 def _all_gather_padded(x: torch.Tensor, sizes: list[int]) -> torch.Tensor:
@@ -132,9 +154,9 @@ def gather_contrastive_batch(
     rank, world = distributed_world()
     if world == 1:
         return GatheredBatch(query, positives, negatives, pos_keys, neg_keys, 0, b, 1)
-    # One size exchange for the pairs, one for the negatives (their counts vary independently).
-    pair_sizes = _all_gather_sizes(b, query.device)
-    neg_sizes = _all_gather_sizes(negatives.shape[0], query.device)
+    # One host-side exchange of every rank's (pairs, negatives) counts: they vary independently.
+    counts = _all_gather_counts([b, negatives.shape[0]])
+    pair_sizes, neg_sizes = [c[0] for c in counts], [c[1] for c in counts]
     has_negatives = sum(neg_sizes) > 0
     return GatheredBatch(
         queries=gather_rows(query, pair_sizes),
