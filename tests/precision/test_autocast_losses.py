@@ -94,3 +94,21 @@ def test_similarity_fp32_under_autocast():
     assert torch.equal(s, q @ t.T)
     assert torch.equal(s_bf16_inputs, q.bfloat16().float() @ t.bfloat16().float().T)
     assert similarity_fp32(q.double(), t.double()).dtype == torch.float64
+
+
+def test_validation_similarities_are_fp32_under_autocast():
+    """The module's validation step under bf16 autocast records the fp32 similarities of its embeddings."""
+    from embedders import EmbeddingModule
+
+    module = EmbeddingModule(family="qwen2_vl", config={}, loss=InfoNCE(temperature=0.02))
+    q, t, keys = _embeddings()
+    t = t[:B]  # validation targets: the positives
+    module.embed_chunks = lambda chunks: chunks[0]
+    module.on_validation_epoch_start()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        module.validation_step({"query": [q], "target": [t], "target_keys": torch.arange(B), "num_pairs": B}, 0)
+    (_, pos), (_, neg) = module._val_pos[0], module._val_neg[0]
+    sim = q @ t.T
+    assert pos.dtype == torch.float32 and torch.equal(pos, sim.diagonal())
+    assert neg.dtype == torch.float32 and torch.equal(neg, sim[~torch.eye(B, dtype=torch.bool)])
+    assert float(module._val_sums[0] / B) == pytest.approx(float(InfoNCE(temperature=0.02)(q, t)), rel=1e-6)
