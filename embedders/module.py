@@ -107,7 +107,6 @@ class EmbeddingModule(L.LightningModule):
         self._val_pos: list[tuple[int, torch.Tensor]] = []
         self._val_neg: list[tuple[int, torch.Tensor]] = []
         self._val_query_offset = 0
-        self._val_loss_sum: torch.Tensor | None = None
         #: (finite flag, loss, step, ids) of the last training loss, checked lazily on accelerators.
         self._pending_finite: tuple | None = None
         #: Filled at each validation end: positive/negative similarity samples and the overlap figure.
@@ -282,10 +281,13 @@ class EmbeddingModule(L.LightningModule):
         total = float(sums[1])
         if total == 0:
             return
+        # Every value logged below is already global and identical on every rank: "max" over ranks keeps it
+        # exactly (a mean of equal floats need not) and tells Lightning that the epoch-level value is synced.
         if self.loss is not None:
-            self.log("val/loss", float(sums[0] / total), sync_dist=False)
+            self.log("val/loss", float(sums[0] / total), sync_dist=True, reduce_fx="max")
         for j, k in enumerate(self.val_recall, start=2):
-            self.log(f"val/recall@{k[1:]}", float(sums[j] / total) * 100, prog_bar=k == "r1", sync_dist=False)
+            self.log(f"val/recall@{k[1:]}", float(sums[j] / total) * 100, prog_bar=k == "r1", sync_dist=True,
+                     reduce_fx="max")
         from evaluation.diagnostics import similarity_overlap
 
         pos, neg = self._gather_in_batch_order(self._val_pos), self._gather_in_batch_order(self._val_neg)
@@ -295,7 +297,7 @@ class EmbeddingModule(L.LightningModule):
         stats = similarity_overlap(pos, neg)
         self.last_similarity = {"positive": pos, "negative": neg, **stats}
         for name, value in stats.items():
-            self.log(f"val/{name}", value, sync_dist=False)  # the same value on every rank
+            self.log(f"val/{name}", value, sync_dist=True, reduce_fx="max")
 
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self):
