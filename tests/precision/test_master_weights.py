@@ -71,6 +71,10 @@ def test_frozen_weights_stay_in_the_loaded_dtype(compose_cfg):
     dtypes = {p.dtype for p in module.parameters() if p.requires_grad}
     frozen = {p.dtype for p in module.parameters() if not p.requires_grad}
     assert dtypes == {torch.float32} and frozen == {torch.bfloat16}
+    # mixed dtypes run without autocast too (trainer.precision=32-true): the bf16 tower feeds the fp32 decoder
+    q, _ = ddp_step.rank_rows([2], [0], 0)
+    emb = module.embedder(module.embedder.input_builder([r[0] for r in q], [r[1] for r in q], "query"))
+    assert emb.dtype == torch.float32 and torch.isfinite(emb).all()
     lora, _ = build(compose_cfg, "model.lora={r: 4, alpha: 8}")
     assert {p.dtype for p in lora.parameters() if p.requires_grad} == {torch.float32}
     assert {p.dtype for p in lora.parameters() if not p.requires_grad} == {torch.bfloat16}
