@@ -4,15 +4,19 @@ both ranks, `b` by rank 0 only and `c` by no rank. Writes OUT/rank{r}.pt."""
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from embedders.gradcache import all_reduce_gradients  # noqa: E402
+# The module file alone (it needs only torch): importing the embedders package would load transformers.
+_spec = importlib.util.spec_from_file_location("gradcache", Path(__file__).resolve().parents[2] / "embedders" /
+                                               "gradcache.py")
+_gradcache = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_gradcache)
+all_reduce_gradients = _gradcache.all_reduce_gradients
 
 
 class Toy(torch.nn.Module):
