@@ -47,7 +47,10 @@ def _check(ranks, ref, steps_per_rank):
         assert set(r["metrics"]) == set(ref["metrics"])
         for k, v in ref["metrics"].items():
             assert r["metrics"][k] == pytest.approx(v, rel=1e-6, abs=1e-9), k
-        assert torch.equal(r["positive"], ref["positive"]) and torch.equal(r["negative"], ref["negative"])
+        # Same rows in the same order; values to float rounding (the reference may run with another thread count).
+        for side in ("positive", "negative"):
+            assert r[side].shape == ref[side].shape
+            torch.testing.assert_close(r[side], ref[side], rtol=1e-5, atol=1e-6)
     assert ref["positive"].numel() == ROWS
 
 
