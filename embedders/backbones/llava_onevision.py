@@ -118,6 +118,7 @@ class LlavaOnevisionFamily(BackboneFamily):
     takes_images = True
     image_token = "<image>"
     chat_image_token = "<image>"
+    placeholder_without_image = "literal"  # LLaVE llava/eval/model_embed.py:97 (text-only rows are left as they are)
     default_pooling = "last"
     padding_side = "left"
     lora_target_modules = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -157,7 +158,7 @@ class LlavaOnevisionFamily(BackboneFamily):
         return processor
 
     def prepare(self, processor, texts, images, max_length):
-        return processor_inputs(processor, texts, images)
+        return processor_inputs(processor, texts, images, max_length)
 
     def encode_inputs(self, model, inputs, pooling):
         # The Qwen2 decoder numbers positions 0..T-1 whatever the padding; positions counted from the mask make a
