@@ -104,9 +104,11 @@ class PromptFormat:
             raise ValueError(f"prompt config has unknown field(s) {sorted(unknown)}; known: {sorted(base)}")
         base.update(cfg)
         base["name"] = name
-        if base.get("target_as_query") is None:
+        targets = base.get("target_as_query")
+        if targets is None:
             base["target_as_query"] = ()
-        base["target_as_query"] = tuple(base["target_as_query"])
+        elif not isinstance(targets, str):
+            base["target_as_query"] = tuple(targets)  # a string is refused by __post_init__
         return cls(**base)
 
     def to_dict(self) -> dict:
