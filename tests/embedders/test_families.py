@@ -301,3 +301,61 @@ def test_hub_config_composes(compose_cfg, name):
     cfg = compose_cfg("train", [f"model={name}"])
     assert cfg.model.family == family and cfg.model.path == path and cfg.model.config is None
     assert cfg.model._target_ == "embedders.EmbeddingModule" and cfg.model.optimizer._partial_
+
+
+# ----------------------------------------------------------------------------- model.max_length (every family)
+def test_truncate_text_tokens_hand_worked():
+    from embedders.backbones.base import truncate_text_tokens
+
+    img = 9
+    ids = [1, 2, img, img, img, 3, 4, 5]
+    assert truncate_text_tokens(ids, 6, {img}, "right") == [1, 2, img, img, img, 3]
+    assert truncate_text_tokens(ids, 4, {img}, "right") == [1, img, img, img]       # text before the image goes too
+    assert truncate_text_tokens(ids, 6, {img}, "left") == [img, img, img, 3, 4, 5]
+    assert truncate_text_tokens(ids, 8, {img}, "right") == ids
+    with pytest.raises(ValueError, match="batch row 3: its image takes 3 tokens, more than model.max_length=2"):
+        truncate_text_tokens(ids, 2, {img}, "right", row=3)
+
+
+LONG = ("a red circle on the left " * 4000)[:100_000]   # a 100,000-character row
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "llava_onevision", "clip", "text_encoder"])  # siglip: see its own test
+def test_max_length_honoured_with_a_100000_character_row(family):
+    """Before, Qwen2-VL and LLaVA-OneVision ignored max_length: one such row allocated 15 GB. Now text tokens are cut
+    on the tokenizer's truncation side (right, as the references), image tokens never."""
+    torch.manual_seed(0)
+    emb = Embedder.build(family, config={}, max_length=48)
+    takes_images = emb.family.takes_images
+    images = [_img("red"), None, None] if takes_images else [None, None, None]
+    texts = ["<|image_1|> " + LONG if takes_images else LONG, LONG, "a red circle"]
+    inputs = emb.input_builder(texts, images, "query")
+    mask = inputs["attention_mask"]
+    assert inputs["input_ids"].shape == (3, 48) and mask.sum(1).tolist()[:2] == [48, 48]
+    if family in ("qwen2_vl", "llava_onevision"):
+        token = "<|image_pad|>" if family == "qwen2_vl" else "<image>"
+        image_id = emb.processor.tokenizer.convert_tokens_to_ids(token)
+        alone = emb.input_builder(["<|image_1|> a red circle"], [_img("red")], "query")
+        n_image = int((alone["input_ids"] == image_id).sum())
+        assert int((inputs["input_ids"][0] == image_id).sum()) == n_image > 0   # every image token kept
+        # right truncation: row 1 holds the first 48 tokens of the full tokenization
+        full = emb.processor.tokenizer(LONG)["input_ids"]
+        assert inputs["input_ids"][1][mask[1].bool()].tolist() == full[:48]
+    out = emb(inputs)
+    assert out.shape[0] == 3 and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "llava_onevision"])
+def test_image_longer_than_max_length_is_refused_naming_the_row(family, tmp_path):
+    from datamodules.collate import PairCollator
+    from datamodules.errors import DataError
+    from datamodules.images import ImageLoader
+    from datamodules.schema import Item, TrainPair
+
+    emb = Embedder.build(family, config={}, max_length=3)
+    with pytest.raises(ValueError, match=r"batch row 1: its image takes \d+ tokens, more than model.max_length=3"):
+        emb.input_builder(["a", "<|image_1|> b"], [None, _img("red")], "query")
+    _img("red").save(tmp_path / "x.png")
+    pairs = [TrainPair("S", 7, Item("<|image_1|> q", "x.png"), Item("t"))]
+    with pytest.raises(DataError, match=r"dataset 'S'.*rows \[7\].*batch row 0: its image takes"):
+        PairCollator(emb.input_builder, ImageLoader(tmp_path))(pairs)
