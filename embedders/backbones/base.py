@@ -9,6 +9,7 @@ subclassing `BackboneFamily`, filling in its class attributes and `load_model`/`
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 from typing import Any
 
@@ -235,6 +236,130 @@ def require_model_type(path: str, family: BackboneFamily, accepted: tuple[str, .
              if owners else "no registered family loads it")
     raise ValueError(f"{path} holds a {model_type!r} checkpoint (architectures {config_dict.get('architectures')}), "
                      f"but family {family.name!r} loads only {list(accepted) or 'unclaimed types'}; {where}.{hint}")
+
+
+def adapter_config(path: str) -> dict | None:
+    """The `adapter_config.json` of a PEFT adapter checkpoint (local directory or hub id), else None."""
+    local = Path(path)
+    if local.is_dir():
+        f = local / "adapter_config.json"
+        return json.loads(f.read_text()) if f.is_file() else None
+    if local.exists() or str(path).count("/") != 1:
+        return None
+    try:
+        from huggingface_hub import hf_hub_download
+
+        return json.loads(Path(hf_hub_download(str(path), "adapter_config.json")).read_text())
+    except Exception:  # offline, or no such file: not an adapter as far as we can tell; loaded as a checkpoint
+        return None
+
+
+def _adapter_tensors(path: str) -> dict:
+    import torch
+
+    names = ("adapter_model.safetensors", "adapter_model.bin")
+    local = Path(path)
+    if local.is_dir():
+        files = [local / n for n in names if (local / n).is_file()]
+    else:
+        from huggingface_hub import hf_hub_download
+
+        files = []
+        for n in names:
+            try:
+                files.append(Path(hf_hub_download(str(path), n)))
+                break
+            except Exception:
+                continue
+    if not files:
+        raise FileNotFoundError(f"{path} has an adapter_config.json but no {' or '.join(names)}")
+    if files[0].suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(files[0]))
+    return torch.load(files[0], map_location="cpu", weights_only=True)
+
+
+def load_pretrained(family: BackboneFamily, path: str, dtype, accepted: tuple[str, ...] | None = None,
+                    hint: str = "") -> nn.Module:
+    """`AutoModel.from_pretrained(path)` after `require_model_type`; a PEFT adapter checkpoint (VLM2Vec-Qwen2VL,
+    SaHa: `adapter_config.json` naming its base model) is applied to its base model, checked to have loaded every
+    tensor (module names of older transformers versions are mapped by transformers; a tensor that did not land is
+    an error, never a silently untrained adapter) and merged, so the backbone is a plain model."""
+    from transformers import AutoModel
+
+    config = adapter_config(path)
+    if config is None:
+        require_model_type(path, family, accepted, hint)
+        return AutoModel.from_pretrained(path, dtype=dtype)
+    base = config.get("base_model_name_or_path")
+    if not base:
+        raise ValueError(f"{path} is a PEFT adapter whose adapter_config.json names no base_model_name_or_path; "
+                         "set it to the base model's hub id or directory")
+    require_model_type(base, family, accepted, hint)
+    model = AutoModel.from_pretrained(base, dtype=dtype)
+    model.load_adapter(str(path))
+    check_adapter_loaded(model, _adapter_tensors(path), str(path))
+    return merge_adapter(model)
+
+
+def processor_source(path: str) -> str:
+    """Where the processor of `path` is read: the adapter directory when it ships one (VLM2Vec-Qwen2VL does), else
+    the adapter's base model (as the references' evaluation scripts load it, e.g. VLM2Vec v1 eval.py:45)."""
+    config = adapter_config(path)
+    if config is None:
+        return path
+    local = Path(path)
+    if local.is_dir():
+        has = (local / "tokenizer_config.json").is_file()
+    else:
+        try:
+            from huggingface_hub import hf_hub_download
+
+            hf_hub_download(str(path), "tokenizer_config.json")
+            has = True
+        except Exception:
+            has = False
+    return path if has else config["base_model_name_or_path"]
+
+
+def check_adapter_loaded(model: nn.Module, tensors: dict, path: str) -> None:
+    """Every LoRA/DoRA tensor of the adapter file must be a parameter of the model now: the (shape, sum) of each
+    agree (names differ between transformers versions; values do not)."""
+    import torch
+
+    def signature(items):
+        return sorted((tuple(t.shape), float(t.detach().double().sum())) for _, t in items)
+
+    want = signature((k, t) for k, t in tensors.items() if "lora_" in k)
+    have = signature((n, p) for n, p in model.named_parameters() if "lora_" in n)
+    shapes_ok = [s for s, _ in want] == [s for s, _ in have]
+    sums_ok = shapes_ok and all(torch.isclose(torch.tensor(a), torch.tensor(b), rtol=1e-2, atol=1e-3)
+                                for (_, a), (_, b) in zip(want, have))
+    if not sums_ok:
+        raise ValueError(f"the adapter {path} did not load completely: its file holds {len(want)} LoRA tensors, the "
+                         f"model now has {len(have)} LoRA parameters{'' if shapes_ok else ' of other shapes'} or other "
+                         "values: its module names do not match this model. Merge it with the transformers/peft "
+                         "versions it was trained with and set model.path to the merged checkpoint")
+
+
+def merge_adapter(model: nn.Module) -> nn.Module:
+    """Fold loaded LoRA/DoRA layers into their base weights and remove them (peft's `merge_and_unload`, for an adapter
+    loaded through transformers' `load_adapter`)."""
+    from peft.tuners.lora import LoraLayer
+
+    for name, module in list(model.named_modules()):
+        if isinstance(module, LoraLayer):
+            module.merge()
+            parent_name, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent_name) if parent_name else model, child, module.get_base_layer())
+    for attr in ("peft_config", "_hf_peft_config_loaded"):
+        if hasattr(model, attr):
+            delattr(model, attr) if attr == "peft_config" else setattr(model, attr, False)
+    leftover = [n for n, _ in model.named_parameters() if "lora_" in n]
+    if leftover:
+        raise RuntimeError(f"adapter layers left after merging: {leftover[:3]}")
+    return model
 
 
 def torchvision_usable() -> bool:

@@ -23,15 +23,16 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from transformers import AutoImageProcessor, AutoModel, AutoProcessor, AutoTokenizer, Qwen2VLProcessor
+from transformers import AutoImageProcessor, AutoProcessor, AutoTokenizer, Qwen2VLProcessor
 
 from ..pooling import pool
 from .base import (
     BackboneFamily,
     check_resize,
+    load_pretrained,
     processor_inputs,
+    processor_source,
     register_family,
-    require_model_type,
     resize_image,
     torchvision_usable,
 )
@@ -127,8 +128,7 @@ class Qwen2VLFamily(BackboneFamily):
 
     def load_model(self, path, config, dtype) -> nn.Module:
         if path is not None:
-            require_model_type(path, self)  # before any weight is read
-            return AutoModel.from_pretrained(path, dtype=dtype)
+            return load_pretrained(self, path, dtype)  # the model type is checked before any weight is read
         from transformers import Qwen2VLModel
 
         from ..tiny import tiny_qwen_tokenizer
@@ -149,6 +149,7 @@ class Qwen2VLFamily(BackboneFamily):
                                                   tokenizer=tiny_qwen_tokenizer())
             processor.embedlab_resize = resize
             return processor
+        path = processor_source(path)
         if torchvision_usable():
             processor = AutoProcessor.from_pretrained(path, **kwargs)
         else:

@@ -359,3 +359,68 @@ def test_image_longer_than_max_length_is_refused_naming_the_row(family, tmp_path
     pairs = [TrainPair("S", 7, Item("<|image_1|> q", "x.png"), Item("t"))]
     with pytest.raises(DataError, match=r"dataset 'S'.*rows \[7\].*batch row 0: its image takes"):
         PairCollator(emb.input_builder, ImageLoader(tmp_path))(pairs)
+
+
+# ----------------------------------------------------------------------------- published LoRA/DoRA adapters
+@pytest.fixture(scope="module")
+def adapter_dirs(tmp_path_factory):
+    """A tiny Qwen2-VL base checkpoint, a DoRA adapter trained on it (saved by peft as VLM2Vec's training does,
+    `src/model.py:103-113`), the same adapter with transformers-4.46 module names (`model.layers.*`, the layout of
+    the published VLM2Vec/SaHa adapters) and a config.json beside it (as TIGER-Lab/VLM2Vec-Qwen2VL-2B ships), and
+    one whose names match nothing."""
+    import json
+
+    from peft import LoraConfig, get_peft_model
+    from safetensors.torch import load_file, save_file
+    from transformers import Qwen2VLForConditionalGeneration
+
+    from embedders.backbones.qwen2_vl import tiny_qwen2vl_config
+    from embedders.tiny import tiny_qwen_tokenizer
+
+    root = tmp_path_factory.mktemp("adapters")
+    torch.manual_seed(0)
+    base = Qwen2VLForConditionalGeneration(tiny_qwen2vl_config(tiny_qwen_tokenizer()))
+    base.save_pretrained(root / "base")
+    proc = Embedder.build("qwen2_vl", config={}).processor
+    proc.image_processor.save_pretrained(root / "base")
+    proc.tokenizer.save_pretrained(root / "base")
+    peft_model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"],
+                                                 use_dora=True, init_lora_weights="gaussian"))
+    for name, p in peft_model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.5)
+    peft_model.save_pretrained(root / "new")
+    tensors = load_file(root / "new" / "adapter_model.safetensors")
+    config = json.loads((root / "new" / "adapter_config.json").read_text())
+    config["base_model_name_or_path"] = str(root / "base")
+    variants = {"new": tensors, "old": {k.replace("model.language_model.", "model."): v for k, v in tensors.items()},
+                "broken": {k.replace("self_attn", "attention"): v for k, v in tensors.items()}}
+    for name, sd in variants.items():
+        (root / name).mkdir(exist_ok=True)
+        save_file(sd, root / name / "adapter_model.safetensors")
+        (root / name / "adapter_config.json").write_text(json.dumps(config))
+    (root / "old" / "config.json").write_text((root / "base" / "config.json").read_text())
+    # the reference: the peft model itself, unmerged (its language model's last hidden state)
+    return root, peft_model.eval()
+
+
+@pytest.mark.parametrize("variant", ["new", "old"])
+def test_published_adapter_is_loaded_completely_and_merged(adapter_dirs, variant):
+    root, reference = adapter_dirs
+    emb = Embedder.build("qwen2_vl", path=str(root / variant), pooling="last")
+    assert not [n for n, _ in emb.backbone.named_parameters() if "lora_" in n]   # merged into plain weights
+    inputs = emb.input_builder(["a red circle on the left", "<|image_1|> a blue square"], [None, _img("blue")],
+                               "query")
+    ours = emb(inputs)
+    with torch.no_grad():
+        extra = {k: v for k, v in inputs.items() if k != "image_rows"}
+        positions = emb.family.rope_positions(emb.backbone, inputs)
+        hidden = reference.base_model.model.model(**extra, position_ids=positions).last_hidden_state
+    expected = torch.nn.functional.normalize(hidden[:, -1], dim=-1)   # left padding: the last column
+    torch.testing.assert_close(ours, expected, atol=1e-4, rtol=0)
+
+
+def test_adapter_that_does_not_fit_is_refused(adapter_dirs):
+    root, _ = adapter_dirs
+    with pytest.raises(ValueError, match=r"the adapter .*broken did not load completely"):
+        Embedder.build("qwen2_vl", path=str(root / "broken"))
