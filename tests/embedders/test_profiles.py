@@ -340,3 +340,28 @@ def test_profile_trains_one_step_with_its_tiny_family(compose_cfg, tiny_cfg, tmp
     assert cfg.prompt.name == PROFILES[name][1]
     train.run(cfg)
     assert (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_reference_mm_token_type_ids_hand_worked():
+    """Image slots by the reference rule: image tokens of a row with an image, in a run right after <|vision_start|>."""
+    from embedders.backbones.qwen2_vl import reference_mm_token_type_ids
+
+    vs, img, ve, t = 7, 9, 8, 1
+    ids = torch.tensor([[vs, img, img, ve, t, img, img],     # wrapped run, then a bare run: only the first counts
+                        [img, img, t, vs, img, ve, t],       # bare run first, then a wrapped one
+                        [vs, img, ve, t, t, t, t]])          # a row without an image (a stray wrapped token)
+    rows = torch.tensor([True, True, False])
+    assert reference_mm_token_type_ids(ids, rows, img, vs).tolist() == [[0, 1, 1, 0, 0, 0, 0],
+                                                                       [0, 0, 0, 0, 1, 0, 0],
+                                                                       [0, 0, 0, 0, 0, 0, 0]]
+
+
+def test_saved_profile_embedder_formats_and_resizes_the_same(compose_cfg, tmp_path):
+    """embedder.json carries the prompt and the image policy: a reloaded Embedder builds identical inputs."""
+    model, prompt = _profile(compose_cfg, "saha_qwen2vl_2b")
+    emb = _embedder(model, prompt, image={**model["image"], "max_pixels": 12544})
+    reloaded = Embedder.from_pretrained(emb.save_pretrained(tmp_path / "emb"))
+    assert reloaded.prompt == emb.prompt and reloaded.image == emb.image
+    texts, images = [ROWS["grd"][0], ROWS["webqa"][0]], [_img(300, 90), None]
+    a, b = emb.input_builder(texts, images, "query"), reloaded.input_builder(texts, images, "query")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
