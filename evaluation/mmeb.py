@@ -180,7 +180,8 @@ def evaluate_embedder(embedder, suite: Sequence[EvalDataset], batch_size: int = 
         return table[key]
 
     plan = []
-    as_query = set(getattr(embedder.prompt, "target_as_query", ()))  # e.g. Gen2Embed's RefCOCO-Matching
+    # datasets whose candidates are formatted as queries (the prompt's target_as_query: Gen2Embed's RefCOCO-Matching)
+    as_query = set(getattr(getattr(embedder, "prompt", None), "target_as_query", ()))
     for ds in suite:
         c_side = "query" if ds.name in as_query else "target"
         q_idx = [index_of("query", r.query, ds, r.row, "qry_img_path") for r in ds.rows]
