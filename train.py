@@ -172,6 +172,8 @@ def run(cfg: DictConfig) -> dict:
         if outcome["before"] is not None:
             summary += f"untrained {outcome['before']['overall']:.1f} | "
         summary += f"trained {outcome['after']['overall']:.1f} | chance {outcome['chance']:.1f}"
+        if datamodule.skip_summary():  # rows the reference skips (or missing images with on_missing_image=skip)
+            summary += "\nTraining rows skipped:\n" + datamodule.skip_summary()
         print(summary, flush=True)
         (output_dir / "summary.txt").write_text(summary + "\n")
     finish_loggers(loggers)

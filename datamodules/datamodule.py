@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 from .collate import PairCollator
 from .errors import DataError
 from .images import ImageLoader
-from .mmeb import describe_source, image_paths_missing, read_train_pairs
+from .mmeb import describe_source, image_paths_missing, read_train_subset
 from .samplers import EpochBatchSampler, RandomBatchSampler, ValidationBatchSampler
 from .schema import TrainPair, rows_fingerprint
 
@@ -161,7 +161,11 @@ class MMEBDataModule(L.LightningDataModule):
         self.val_pairs: list[TrainPair] = []
         #: Per subset, as read (before any row is dropped or held out): {"num_rows", "fingerprint"}.
         self.subset_info: dict[str, dict] = {}
-        self.skipped: dict[str, int] = {}
+        #: Rows left out, per subset and reason: the reference's skips (`empty_query`, `empty_positive`) and
+        #: `missing_image` (data.on_missing_image=skip).
+        self.skipped: dict[str, dict[str, int]] = {}
+        #: Rows kept with a note, per subset and reason (e.g. `placeholder_without_image`).
+        self.notes: dict[str, dict[str, int]] = {}
         self._train_loader: ResumableDataLoader | None = None
 
     # ------------------------------------------------------------------ wiring
@@ -184,7 +188,8 @@ class MMEBDataModule(L.LightningDataModule):
         train, val = [], []
         read = {}
         for subset, cap in self.caps.items():
-            pairs = read_train_pairs(self.source, subset, self.split, cap, self.use_hard_negatives)
+            pairs, skipped, notes = read_train_subset(self.source, subset, self.split, cap, self.use_hard_negatives)
+            self.skipped[subset], self.notes[subset] = dict(skipped), dict(notes)
             self.subset_info[subset] = {"num_rows": len(pairs), "fingerprint": rows_fingerprint(pairs),
                                         "split": self.split, "source": describe_source(self.source)}
             read[subset] = pairs
@@ -227,11 +232,17 @@ class MMEBDataModule(L.LightningDataModule):
                 f"{len(bad)} row(s), e.g. {sorted(missing)[:3]}. Unzip the images there, fix data.image_root, "
                 "or set data.on_missing_image=skip to drop those rows (counted and logged)",
                 dataset=subset, row=example.row, field=field)
-        self.skipped[subset] = len(bad)
+        self.skipped.setdefault(subset, {})["missing_image"] = len(bad)
         log.warning("subset %s: skipped %d of %d rows whose images are missing (data.on_missing_image=skip), "
                     "e.g. %s", subset, len(bad), len(pairs), sorted(missing)[:3])
         keep = {id(p) for p in pairs} - {id(p) for p in bad}
         return [p for p in pairs if id(p) in keep]
+
+    def skip_summary(self) -> str:
+        """One line per subset with skipped rows ("" when none): what train.py writes to summary.txt."""
+        lines = [f"{subset}: {sum(r.values())} rows skipped ({', '.join(f'{k} {v}' for k, v in sorted(r.items()))})"
+                 for subset, r in self.skipped.items() if r]
+        return "\n".join(lines)
 
     def _collator(self) -> PairCollator:
         if self.input_builder is None:

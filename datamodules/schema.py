@@ -3,12 +3,26 @@
 Training rows: `qry`, `qry_image_path`, `pos_text`, `pos_image_path` and optionally `neg_text`,
 `neg_image_path` (a string, or a list for several negatives). Evaluation rows: `qry_text`,
 `qry_img_path`, `tgt_text` (list), `tgt_img_path` (list, parallel); the ground truth is index 0.
-Empty image paths mean "no image". An item with neither text nor image is an error.
+Empty image paths mean "no image".
+
+Rows are read the way the reference (VLM2Vec v1, `src/dataset.py`) reads them:
+- a text that holds the placeholder `<|image_1|>` while its image path is empty (MMEB-train WebQA
+  queries) is kept as it is; how the placeholder is then rendered is the prompt's choice
+  (`embedders/prompts.py`, `placeholder_without_image`), the same in training and evaluation;
+- a training row whose query or positive has neither text nor image is skipped, as the reference
+  skips it (`src/dataset.py:89`, "empty inputs"), and counted under a reason (`SkipRow`); an eval
+  row with an empty query or candidate is skipped and counted the same way (the reference would
+  encode an empty string);
+- NaN (a missing value as pandas writes it) means "no image" in an image-path column and "no
+  negative" in `neg_text`; in a required text column it is an error naming the row and field;
+- a literal model token (`<|image_pad|>`, `<image>`, …) in a text is an error naming the row and
+  field: the processor would count it as an image slot and fail far from the data.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -18,6 +32,23 @@ PLACEHOLDER = "<|image_1|>"
 TRAIN_COLUMNS = ("qry", "qry_image_path", "pos_text", "pos_image_path")
 TRAIN_NEGATIVE_COLUMNS = ("neg_text", "neg_image_path")
 EVAL_COLUMNS = ("qry_text", "qry_img_path", "tgt_text", "tgt_img_path")
+#: Special tokens of the supported model families that a data text must not contain literally: the
+#: processors treat them as image/video slots or chat structure, not as text.
+RESERVED_TOKENS = ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>",
+                   "<image>", "<video>")
+
+#: Skip reasons (keys of the per-subset / per-dataset skip counts).
+EMPTY_QUERY = "empty_query"
+EMPTY_POSITIVE = "empty_positive"
+EMPTY_CANDIDATE = "empty_candidate"
+
+
+class SkipRow(Exception):
+    """A row the reference skips; `reason` is the key it is counted under."""
+
+    def __init__(self, reason: str, dataset: str, row: int, field: str):
+        super().__init__(f"dataset {dataset!r}, row {row}, field {field!r}: {reason}")
+        self.reason, self.dataset, self.row, self.field = reason, dataset, row, field
 
 
 @dataclass(frozen=True)
@@ -32,6 +63,10 @@ class Item:
         """Stable 63-bit identity of (text, image): equal keys mean identical targets."""
         h = hashlib.blake2b(f"{self.text}\x00{self.image or ''}".encode(), digest_size=8).digest()
         return int.from_bytes(h, "little") & 0x7FFF_FFFF_FFFF_FFFF
+
+    @property
+    def placeholder_without_image(self) -> bool:
+        return self.image is None and PLACEHOLDER in self.text
 
 
 @dataclass(frozen=True)
@@ -65,22 +100,42 @@ def check_columns(columns: Sequence[str], required: Sequence[str], dataset: str,
         )
 
 
-def _as_str(value, dataset: str, row: int, field: str) -> str:
+def is_nan(value) -> bool:
+    return isinstance(value, float) and math.isnan(value)
+
+
+def _as_str(value, dataset: str, row: int, field: str, nan_is_missing: bool = False) -> str:
     if value is None:
         return ""
+    if is_nan(value):
+        if nan_is_missing:
+            return ""
+        raise DataError("NaN (a missing value, as pandas writes it) where a text is required; write '' for "
+                        "'no text' or drop the row", dataset, row, field)
     if not isinstance(value, str):
         raise DataError(f"expected a string, got {type(value).__name__} {value!r:.60}", dataset, row, field)
     return value
 
 
-def make_item(text, image, dataset: str, row: int, text_field: str, image_field: str) -> Item:
-    text = _as_str(text, dataset, row, text_field)
-    image = _as_str(image, dataset, row, image_field).strip() or None
+def check_reserved(text: str, dataset: str, row: int, field: str) -> None:
+    found = [t for t in RESERVED_TOKENS if t in text]
+    if found:
+        raise DataError(f"text contains the model token(s) {found} literally: processors read them as image/video "
+                        f"slots. MMEB marks an image with {PLACEHOLDER}; replace or remove them: {text[:80]!r}",
+                        dataset, row, field)
+
+
+def make_item(text, image, dataset: str, row: int, text_field: str, image_field: str,
+              skip_reason: str | None = None, nan_text_is_missing: bool = False) -> Item | None:
+    """The item of one (text, image path) cell pair. An item with neither text nor image raises `SkipRow`
+    (counted under `skip_reason`) when given, else returns None."""
+    text = _as_str(text, dataset, row, text_field, nan_is_missing=nan_text_is_missing)
+    image = _as_str(image, dataset, row, image_field, nan_is_missing=True).strip() or None
     if not text.strip() and image is None:
-        raise DataError("empty item: no text and no image", dataset, row, f"{text_field}/{image_field}")
-    if image is None and PLACEHOLDER in text:
-        raise DataError(f"text contains the image placeholder {PLACEHOLDER} but {image_field!r} is empty",
-                        dataset, row, text_field)
+        if skip_reason is None:
+            return None
+        raise SkipRow(skip_reason, dataset, row, f"{text_field}/{image_field}")
+    check_reserved(text, dataset, row, text_field)
     if text.count(PLACEHOLDER) > 1:
         raise DataError(f"text holds {text.count(PLACEHOLDER)} image placeholders; one is supported",
                         dataset, row, text_field)
@@ -99,21 +154,27 @@ def _negative_items(row: dict, dataset: str, index: int) -> tuple[Item, ...]:
         texts, images = [texts], [images]
     items = []
     for t, im in zip(texts, images):
-        if not (t or "").strip() and not (im or "").strip():
-            continue  # no negative in this row: the usual case in MMEB-train
-        items.append(make_item(t, im, dataset, index, "neg_text", "neg_image_path"))
+        # No negative in this cell (the usual case in MMEB-train): "", None or NaN.
+        item = make_item(t, im, dataset, index, "neg_text", "neg_image_path", nan_text_is_missing=True)
+        if item is not None:
+            items.append(item)
     return tuple(items)
 
 
 def parse_train_row(row: dict, dataset: str, index: int, use_negatives: bool = True) -> TrainPair:
-    query = make_item(row.get("qry"), row.get("qry_image_path"), dataset, index, "qry", "qry_image_path")
-    positive = make_item(row.get("pos_text"), row.get("pos_image_path"), dataset, index, "pos_text", "pos_image_path")
+    """A TrainPair; raises `SkipRow` for a row the reference skips (empty query or positive)."""
+    query = make_item(row.get("qry"), row.get("qry_image_path"), dataset, index, "qry", "qry_image_path",
+                      skip_reason=EMPTY_QUERY)
+    positive = make_item(row.get("pos_text"), row.get("pos_image_path"), dataset, index, "pos_text",
+                         "pos_image_path", skip_reason=EMPTY_POSITIVE)
     negatives = _negative_items(row, dataset, index) if use_negatives else ()
     return TrainPair(dataset, index, query, positive, negatives)
 
 
 def parse_eval_row(row: dict, dataset: str, index: int) -> EvalRow:
-    query = make_item(row.get("qry_text"), row.get("qry_img_path"), dataset, index, "qry_text", "qry_img_path")
+    """An EvalRow; raises `SkipRow` for a row with an empty query or an empty candidate."""
+    query = make_item(row.get("qry_text"), row.get("qry_img_path"), dataset, index, "qry_text", "qry_img_path",
+                      skip_reason=EMPTY_QUERY)
     texts, images = row.get("tgt_text"), row.get("tgt_img_path")
     for name, value in (("tgt_text", texts), ("tgt_img_path", images)):
         if not isinstance(value, (list, tuple)):
@@ -123,7 +184,8 @@ def parse_eval_row(row: dict, dataset: str, index: int) -> EvalRow:
                         "the two lists must be parallel", dataset, index, "tgt_text/tgt_img_path")
     if not texts:
         raise DataError("no candidates", dataset, index, "tgt_text")
-    cands = tuple(make_item(t, im, dataset, index, "tgt_text", "tgt_img_path") for t, im in zip(texts, images))
+    cands = tuple(make_item(t, im, dataset, index, "tgt_text", "tgt_img_path", skip_reason=EMPTY_CANDIDATE)
+                  for t, im in zip(texts, images))
     return EvalRow(dataset, index, query, cands)
 
 

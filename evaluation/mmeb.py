@@ -180,17 +180,21 @@ def evaluate_embedder(embedder, suite: Sequence[EvalDataset], batch_size: int = 
         return table[key]
 
     plan = []
+    # datasets whose candidates are formatted as queries (the prompt's target_as_query: Gen2Embed's RefCOCO-Matching)
+    as_query = set(getattr(getattr(embedder, "prompt", None), "target_as_query", ()))
     for ds in suite:
+        c_side = "query" if ds.name in as_query else "target"
         q_idx = [index_of("query", r.query, ds, r.row, "qry_img_path") for r in ds.rows]
-        c_idx = [[index_of("target", c, ds, r.row, "tgt_img_path") for c in r.candidates] for r in ds.rows]
-        plan.append((ds, q_idx, c_idx))
+        c_idx = [[index_of(c_side, c, ds, r.row, "tgt_img_path") for c in r.candidates] for r in ds.rows]
+        plan.append((ds, q_idx, c_idx, c_side))
     log.info("encoding %d unique queries and %d unique candidates for %d datasets",
              len(todo["query"]), len(todo["target"]), len(suite))
     q_emb = encode_unique(embedder, todo["query"], "query", batch_size, num_workers, progress, distributed)
     c_emb = encode_unique(embedder, todo["target"], "target", batch_size, num_workers, progress, distributed)
     per_dataset = {}
-    for ds, q_idx, c_idx in plan:
-        scores = [c_emb[c] @ q_emb[q] for q, c in zip(q_idx, c_idx)]
+    for ds, q_idx, c_idx, c_side in plan:
+        cands = q_emb if c_side == "query" else c_emb
+        scores = [cands[c] @ q_emb[q] for q, c in zip(q_idx, c_idx)]
         hits = precision_at_1(scores, tie_rule)
         per_dataset[ds.name] = {"precision@1": float(hits.mean() * 100), "num_queries": len(ds.rows),
                                 "meta_task": ds.meta_task, "split": ds.split}

@@ -9,6 +9,7 @@ subclassing `BackboneFamily`, filling in its class attributes and `load_model`/`
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +32,16 @@ class BackboneFamily:
     takes_images: bool = False
     #: What the MMEB placeholder becomes in plain prompts (reference-code convention).
     image_token: str | None = None
-    #: What it becomes inside the chat layout (the model's own chat template convention).
+    #: The wrapped form (the model's own chat-template convention, e.g. `<|vision_start|><|image_pad|><|vision_end|>`):
+    #: used when the prompt's `image_layout` is `wrapped` (the default of chat prompts).
     chat_image_token: str | None = None
+    #: How a text holding `<|image_1|>` without an image is rendered when the prompt does not say
+    #: (`embedders/prompts.py`): `literal` keeps the placeholder as plain text (LLaVE), `image_token` puts the
+    #: family's image token there, embedded as an ordinary token (VLM2Vec v1, Gen2Embed), `strip` removes it.
+    placeholder_without_image: str = "literal"
+    #: Whether a text-only row may carry the image token as an ordinary token (`placeholder_without_image:
+    #: image_token`): the family must then keep such tokens out of the image-feature scatter.
+    embeds_stray_image_tokens: bool = False
     default_pooling: str = "last"
     #: Pooling modes the family supports ("model" = the model's own pooling head, e.g. dual encoders).
     pooling_modes: tuple[str, ...] = ("last", "mean", "cls")
@@ -59,7 +68,9 @@ class BackboneFamily:
         out = model(**inputs)
         return pool(out.last_hidden_state, inputs["attention_mask"], pooling)
 
-    def chat(self, system: str | None, user: str) -> str:
+    def chat(self, system: str | None, user: str, assistant: str | None = None) -> str:
+        """The chat layout: system turn (when given), user turn, then the assistant turn — the generation prompt
+        when `assistant` is None, else a closed turn with that content (LLaVE closes it with "\n")."""
         raise ValueError(f"family {self.name!r} has no chat layout; use prompt=plain")
 
     @property
@@ -76,11 +87,130 @@ class BackboneFamily:
         processor.save_pretrained(str(directory))
 
 
-def processor_inputs(processor, texts, images) -> dict:
-    """Call a multimodal processor on formatted texts and the images present (None where a row has none),
-    left as long as the longest row: no truncation, which could cut through a row's image tokens."""
-    present = [im for im in images if im is not None]
-    return dict(processor(text=list(texts), images=present or None, padding=True, return_tensors="pt"))
+def processor_inputs(processor, texts, images, max_length: int | None = None) -> dict:
+    """Model inputs for formatted texts and their images (None where a row has none).
+
+    Rows with an image go through the multimodal processor (image-token expansion), text-only rows through its
+    tokenizer alone — so a text-only row may hold an image token as an ordinary token without taking another
+    row's image. Then every row longer than `max_length` loses *text* tokens only, on the tokenizer's
+    `truncation_side` (the reference processors truncate on that side too, but through the image tokens, which
+    then no longer match the image); a row whose image tokens alone exceed `max_length` is refused, naming its
+    batch row. The rows are padded together on the tokenizer's padding side. Image outputs (`pixel_values`,
+    `image_grid_thw`, `image_sizes`, …) are the processor's, in batch order; `mm_token_type_ids` is rebuilt
+    for the padded rows when the processor makes it."""
+    import torch
+
+    tokenizer = processor.tokenizer
+    image_idx = [i for i, im in enumerate(images) if im is not None]
+    text_idx = [i for i, im in enumerate(images) if im is None]
+    rows: list[list[int] | None] = [None] * len(texts)
+    extra: dict = {}
+    if image_idx:
+        out = dict(processor(text=[texts[i] for i in image_idx], images=[images[i] for i in image_idx],
+                             padding=True, return_tensors="pt"))
+        for j, i in enumerate(image_idx):
+            rows[i] = out["input_ids"][j][out["attention_mask"][j].bool()].tolist()
+        extra = {k: v for k, v in out.items()
+                 if k not in ("input_ids", "attention_mask", "mm_token_type_ids", "token_type_ids")}
+    if text_idx:
+        enc = tokenizer([texts[i] for i in text_idx], padding=False, truncation=False)
+        for j, i in enumerate(text_idx):
+            rows[i] = list(enc["input_ids"][j])
+    if max_length is not None:
+        keep = set(_token_ids(processor, "image_token_ids")) | set(_token_ids(processor, "video_token_ids"))
+        side = getattr(tokenizer, "truncation_side", "right")
+        rows = [truncate_text_tokens(r, int(max_length), keep, side, row=i) for i, r in enumerate(rows)]
+    batch = dict(tokenizer.pad({"input_ids": rows}, padding=True, return_tensors="pt"))
+    batch = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    if getattr(processor, "return_mm_token_type_ids", False) and hasattr(processor, "create_mm_token_type_ids"):
+        batch["mm_token_type_ids"] = torch.tensor(processor.create_mm_token_type_ids(batch["input_ids"].tolist()))
+    return {**batch, **extra}
+
+
+def _token_ids(processor, attribute: str) -> list[int]:
+    try:
+        ids = getattr(processor, attribute)
+    except (AttributeError, ValueError):
+        return []
+    return [int(i) for i in (ids or []) if i is not None]
+
+
+def truncate_text_tokens(ids: list[int], max_length: int, keep: set[int], side: str = "right",
+                         row: int | None = None) -> list[int]:
+    """`ids` cut to `max_length` by dropping text tokens (ids not in `keep`) from the `side` end; tokens in `keep`
+    (image/video slots) always stay. Raises ValueError when the kept tokens alone exceed `max_length`."""
+    if len(ids) <= max_length:
+        return ids
+    fixed = sum(1 for t in ids if t in keep)
+    if fixed > max_length:
+        raise ValueError(f"batch row {row}: its image takes {fixed} tokens, more than model.max_length={max_length}: "
+                         "raise model.max_length or lower the image resolution (model.image.max_pixels)")
+    drop = len(ids) - max_length
+    order = range(len(ids) - 1, -1, -1) if side == "right" else range(len(ids))
+    removed = set()
+    for pos in order:
+        if len(removed) == drop:
+            break
+        if ids[pos] not in keep:
+            removed.add(pos)
+    return [t for pos, t in enumerate(ids) if pos not in removed]
+
+
+#: Resampling filters by name (PIL constants), for `model.image.resize`.
+RESAMPLE = {"nearest": 0, "lanczos": 1, "bilinear": 2, "bicubic": 3}
+
+
+def check_resize(policy) -> dict | None:
+    """Validate a `model.image.resize` setting: null, `{mode: fixed, size: [w, h], resample: bicubic}` (VLM2Vec
+    v1's "high" = 1344 x 1344) or `{mode: clamp, max_aspect: 2, min_side: 336, max_side: 992, resample: lanczos}`
+    (Gen2Embed's "random" policy). Returns it as a plain dict."""
+    if policy is None:
+        return None
+    policy = dict(policy)
+    mode = policy.get("mode")
+    known = {"fixed": {"mode", "size", "resample"}, "clamp": {"mode", "max_aspect", "min_side", "max_side", "resample"}}
+    if mode not in known:
+        raise ValueError(f"model.image.resize.mode must be one of {sorted(known)}, got {mode!r}")
+    unknown = set(policy) - known[mode]
+    if unknown:
+        raise ValueError(f"model.image.resize has unknown key(s) {sorted(unknown)} for mode {mode}; known: "
+                         f"{sorted(known[mode])}")
+    if policy.setdefault("resample", "bicubic") not in RESAMPLE:
+        raise ValueError(f"model.image.resize.resample must be one of {sorted(RESAMPLE)}, got {policy['resample']!r}")
+    if mode == "fixed":
+        size = policy.get("size")
+        if not (isinstance(size, (list, tuple)) and len(size) == 2 and all(isinstance(v, int) and v > 0 for v in size)):
+            raise ValueError(f"model.image.resize.size must be [width, height] in pixels, got {size!r}")
+        policy["size"] = [int(v) for v in size]
+    else:
+        for key in ("max_aspect", "min_side", "max_side"):
+            if not isinstance(policy.get(key), (int, float)) or policy[key] <= 0:
+                raise ValueError(f"model.image.resize.{key} must be a positive number, got {policy.get(key)!r}")
+    return policy
+
+
+def resize_image(image, policy: dict | None):
+    """Apply a `check_resize` policy to a PIL image (before the processor's own resizing)."""
+    if policy is None or image is None:
+        return image
+    resample = RESAMPLE[policy["resample"]]
+    if policy["mode"] == "fixed":
+        return image.resize(tuple(policy["size"]), resample)
+    # Gen2Embed src/dataset.py:59-79: stretch beyond the aspect cap, then scale the long side down to max_side,
+    # and (taking precedence) the short side up to min_side; sizes truncated to integers.
+    w, h = image.size
+    cap = policy["max_aspect"]
+    if max(w, h) > cap * min(w, h):
+        if w > h:
+            h = w / cap
+        else:
+            w = h / cap
+    scale = 1.0
+    if max(w, h) > policy["max_side"]:
+        scale = policy["max_side"] / max(w, h)
+    if min(w, h) < policy["min_side"]:
+        scale = policy["min_side"] / min(w, h)
+    return image.resize((int(w * scale), int(h * scale)), resample)
 
 
 def require_model_type(path: str, family: BackboneFamily, accepted: tuple[str, ...] | None = None,
@@ -106,6 +236,130 @@ def require_model_type(path: str, family: BackboneFamily, accepted: tuple[str, .
              if owners else "no registered family loads it")
     raise ValueError(f"{path} holds a {model_type!r} checkpoint (architectures {config_dict.get('architectures')}), "
                      f"but family {family.name!r} loads only {list(accepted) or 'unclaimed types'}; {where}.{hint}")
+
+
+def adapter_config(path: str) -> dict | None:
+    """The `adapter_config.json` of a PEFT adapter checkpoint (local directory or hub id), else None."""
+    local = Path(path)
+    if local.is_dir():
+        f = local / "adapter_config.json"
+        return json.loads(f.read_text()) if f.is_file() else None
+    if local.exists() or str(path).count("/") != 1:
+        return None
+    try:
+        from huggingface_hub import hf_hub_download
+
+        return json.loads(Path(hf_hub_download(str(path), "adapter_config.json")).read_text())
+    except Exception:  # offline, or no such file: not an adapter as far as we can tell; loaded as a checkpoint
+        return None
+
+
+def _adapter_tensors(path: str) -> dict:
+    import torch
+
+    names = ("adapter_model.safetensors", "adapter_model.bin")
+    local = Path(path)
+    if local.is_dir():
+        files = [local / n for n in names if (local / n).is_file()]
+    else:
+        from huggingface_hub import hf_hub_download
+
+        files = []
+        for n in names:
+            try:
+                files.append(Path(hf_hub_download(str(path), n)))
+                break
+            except Exception:
+                continue
+    if not files:
+        raise FileNotFoundError(f"{path} has an adapter_config.json but no {' or '.join(names)}")
+    if files[0].suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(files[0]))
+    return torch.load(files[0], map_location="cpu", weights_only=True)
+
+
+def load_pretrained(family: BackboneFamily, path: str, dtype, accepted: tuple[str, ...] | None = None,
+                    hint: str = "") -> nn.Module:
+    """`AutoModel.from_pretrained(path)` after `require_model_type`; a PEFT adapter checkpoint (VLM2Vec-Qwen2VL,
+    SaHa: `adapter_config.json` naming its base model) is applied to its base model, checked to have loaded every
+    tensor (module names of older transformers versions are mapped by transformers; a tensor that did not land is
+    an error, never a silently untrained adapter) and merged, so the backbone is a plain model."""
+    from transformers import AutoModel
+
+    config = adapter_config(path)
+    if config is None:
+        require_model_type(path, family, accepted, hint)
+        return AutoModel.from_pretrained(path, dtype=dtype)
+    base = config.get("base_model_name_or_path")
+    if not base:
+        raise ValueError(f"{path} is a PEFT adapter whose adapter_config.json names no base_model_name_or_path; "
+                         "set it to the base model's hub id or directory")
+    require_model_type(base, family, accepted, hint)
+    model = AutoModel.from_pretrained(base, dtype=dtype)
+    model.load_adapter(str(path))
+    check_adapter_loaded(model, _adapter_tensors(path), str(path))
+    return merge_adapter(model)
+
+
+def processor_source(path: str) -> str:
+    """Where the processor of `path` is read: the adapter directory when it ships one (VLM2Vec-Qwen2VL does), else
+    the adapter's base model (as the references' evaluation scripts load it, e.g. VLM2Vec v1 eval.py:45)."""
+    config = adapter_config(path)
+    if config is None:
+        return path
+    local = Path(path)
+    if local.is_dir():
+        has = (local / "tokenizer_config.json").is_file()
+    else:
+        try:
+            from huggingface_hub import hf_hub_download
+
+            hf_hub_download(str(path), "tokenizer_config.json")
+            has = True
+        except Exception:
+            has = False
+    return path if has else config["base_model_name_or_path"]
+
+
+def check_adapter_loaded(model: nn.Module, tensors: dict, path: str) -> None:
+    """Every LoRA/DoRA tensor of the adapter file must be a parameter of the model now: the (shape, sum) of each
+    agree (names differ between transformers versions; values do not)."""
+    import torch
+
+    def signature(items):
+        return sorted((tuple(t.shape), float(t.detach().double().sum())) for _, t in items)
+
+    want = signature((k, t) for k, t in tensors.items() if "lora_" in k)
+    have = signature((n, p) for n, p in model.named_parameters() if "lora_" in n)
+    shapes_ok = [s for s, _ in want] == [s for s, _ in have]
+    sums_ok = shapes_ok and all(torch.isclose(torch.tensor(a), torch.tensor(b), rtol=1e-2, atol=1e-3)
+                                for (_, a), (_, b) in zip(want, have))
+    if not sums_ok:
+        raise ValueError(f"the adapter {path} did not load completely: its file holds {len(want)} LoRA tensors, the "
+                         f"model now has {len(have)} LoRA parameters{'' if shapes_ok else ' of other shapes'} or other "
+                         "values: its module names do not match this model. Merge it with the transformers/peft "
+                         "versions it was trained with and set model.path to the merged checkpoint")
+
+
+def merge_adapter(model: nn.Module) -> nn.Module:
+    """Fold loaded LoRA/DoRA layers into their base weights and remove them (peft's `merge_and_unload`, for an adapter
+    loaded through transformers' `load_adapter`)."""
+    from peft.tuners.lora import LoraLayer
+
+    for name, module in list(model.named_modules()):
+        if isinstance(module, LoraLayer):
+            module.merge()
+            parent_name, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent_name) if parent_name else model, child, module.get_base_layer())
+    for attr in ("peft_config", "_hf_peft_config_loaded"):
+        if hasattr(model, attr):
+            delattr(model, attr) if attr == "peft_config" else setattr(model, attr, False)
+    leftover = [n for n, _ in model.named_parameters() if "lora_" in n]
+    if leftover:
+        raise RuntimeError(f"adapter layers left after merging: {leftover[:3]}")
+    return model
 
 
 def torchvision_usable() -> bool:

@@ -48,6 +48,7 @@ class DualEncoderFamily(BackboneFamily):
     takes_images = True
     image_token = ""  # stripped: the image goes to the vision tower
     chat_image_token = ""  # so that a chat prompt reaches chat(), which explains the refusal
+    placeholder_without_image = "strip"
     # Both towers pool with the model's own heads, then project.
     default_pooling = "model"
     pooling_modes = ("model",)
@@ -137,7 +138,7 @@ class DualEncoderFamily(BackboneFamily):
             out = out.index_add(0, mask.nonzero().squeeze(1).to(out.device), emb)
         return out
 
-    def chat(self, system, user):
+    def chat(self, system, user, assistant=None):
         raise ValueError(f"{self.name} is a dual encoder without a chat layout: the hierarchical prompt is for "
                          "generative multimodal LMs; use prompt=plain")
 

@@ -5,9 +5,6 @@ feature including the unpadding and newline features), left padding, last-token 
 Processor paths: the stock `AutoProcessor` where torchvision works (GPU machines); otherwise
 `ImageOnlyLlavaOnevisionProcessor`, which needs no video processor (the video processor requires
 torchvision) and takes the checkpoint's image processor (PIL backend), tokenizer and processor settings.
-
-Also home of `require_model_type`, the "is this checkpoint of this family?" check that every family's
-`load_model` runs before loading weights.
 """
 
 from __future__ import annotations
@@ -15,10 +12,17 @@ from __future__ import annotations
 from pathlib import Path
 
 from torch import nn
-from transformers import AutoModel, AutoProcessor, LlavaOnevisionProcessor
+from transformers import AutoProcessor, LlavaOnevisionProcessor
 
 from ..pooling import pool
-from .base import BackboneFamily, processor_inputs, register_family, require_model_type, torchvision_usable
+from .base import (
+    BackboneFamily,
+    load_pretrained,
+    processor_inputs,
+    processor_source,
+    register_family,
+    torchvision_usable,
+)
 from .qwen2_vl import Qwen2VLFamily
 
 MODEL_TYPES = ("llava_onevision",)
@@ -118,6 +122,7 @@ class LlavaOnevisionFamily(BackboneFamily):
     takes_images = True
     image_token = "<image>"
     chat_image_token = "<image>"
+    placeholder_without_image = "literal"  # LLaVE llava/eval/model_embed.py:97 (text-only rows are left as they are)
     default_pooling = "last"
     padding_side = "left"
     lora_target_modules = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -130,11 +135,10 @@ class LlavaOnevisionFamily(BackboneFamily):
 
     def load_model(self, path, config, dtype) -> nn.Module:
         if path is not None:
-            require_model_type(path, self, MODEL_TYPES, hint=(
+            return load_pretrained(self, path, dtype, MODEL_TYPES, hint=(
                 " Checkpoints in the original LLaVA-NeXT repository format (LLaVE, BAAI/Aquila-VL-2B-llava-qwen, "
                 "lmms-lab/*: model_type 'llava'/'qwen2'/'llava_qwen') must first be converted to the Hugging Face "
                 "format with transformers' convert_llava_onevision_weights_to_hf.py (llava-hf/* are converted)."))
-            return AutoModel.from_pretrained(path, dtype=dtype)
         from transformers import LlavaOnevisionModel
 
         from ..tiny import tiny_llava_qwen_tokenizer
@@ -150,14 +154,14 @@ class LlavaOnevisionFamily(BackboneFamily):
         if path is None:
             processor = tiny_llava_onevision_processor(config)
         elif torchvision_usable():
-            processor = AutoProcessor.from_pretrained(path)
+            processor = AutoProcessor.from_pretrained(processor_source(path))
         else:
-            processor = ImageOnlyLlavaOnevisionProcessor.from_pretrained(path)
+            processor = ImageOnlyLlavaOnevisionProcessor.from_pretrained(processor_source(path))
         processor.tokenizer.padding_side = self.padding_side
         return processor
 
     def prepare(self, processor, texts, images, max_length):
-        return processor_inputs(processor, texts, images)
+        return processor_inputs(processor, texts, images, max_length)
 
     def encode_inputs(self, model, inputs, pooling):
         # The Qwen2 decoder numbers positions 0..T-1 whatever the padding; positions counted from the mask make a

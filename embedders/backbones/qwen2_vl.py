@@ -1,5 +1,16 @@
-"""Qwen2-VL and Qwen2.5-VL: image + text decoders with the real processor (image-token
-expansion, `pixel_values`, `image_grid_thw`, `mm_token_type_ids`), left padding, last-token pooling.
+"""Qwen2-VL and Qwen2.5-VL: image + text decoders with the real processor (image-token expansion, `pixel_values`,
+`image_grid_thw`), left padding, last-token pooling.
+
+Positions (M-RoPE): an image's tokens get 3D (temporal, height, width) positions only when they follow
+`<|vision_start|>` — the rule of the Qwen2-VL code the reference checkpoints were trained and scored with
+(VLM2Vec v1 `src/vlm_backbone/qwen2_vl/modeling_qwen2_vl.py:1459-1461`, transformers 4.46); transformers 5 marks
+image tokens by id, so a bare `<|image_pad|>` layout (VLM2Vec, Gen2Embed) would get 3D positions the models
+never saw. `prepare` writes `mm_token_type_ids` by the reference rule and `encode_inputs` passes the positions
+computed from them. A text-only row may hold `<|image_pad|>` as an ordinary token (the reference's rendering of
+`<|image_1|>` without an image): it keeps its token embedding and 1D position.
+
+Images are resized first when `model.image.resize` says so (VLM2Vec v1: 1344 x 1344; Gen2Embed: aspect clamp),
+then by the processor within `min_pixels`..`max_pixels`.
 
 Processor paths: the stock `AutoProcessor` where torchvision works (GPU machines), otherwise the
 checkpoint's image processor (PIL backend) and tokenizer combined in `ImageOnlyQwen2VLProcessor`,
@@ -10,11 +21,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 from torch import nn
-from transformers import AutoImageProcessor, AutoModel, AutoProcessor, AutoTokenizer, Qwen2VLProcessor
+from transformers import AutoImageProcessor, AutoProcessor, AutoTokenizer, Qwen2VLProcessor
 
 from ..pooling import pool
-from .base import BackboneFamily, processor_inputs, register_family, require_model_type, torchvision_usable
+from .base import (
+    BackboneFamily,
+    check_resize,
+    load_pretrained,
+    processor_inputs,
+    processor_source,
+    register_family,
+    resize_image,
+    torchvision_usable,
+)
 
 MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl")
 
@@ -27,6 +48,9 @@ class ImageOnlyQwen2VLProcessor(Qwen2VLProcessor):
                          chat_template=chat_template, **kwargs)
 
 
+IMAGE_KEYS = ("min_pixels", "max_pixels", "resize")
+
+
 def _image_processor_kwargs(image: dict | None) -> dict:
     image = dict(image or {})
     kwargs = {}
@@ -34,10 +58,26 @@ def _image_processor_kwargs(image: dict | None) -> dict:
         kwargs["min_pixels"] = int(image["min_pixels"])
     if image.get("max_pixels") is not None:
         kwargs["max_pixels"] = int(image["max_pixels"])
-    unknown = set(image) - {"min_pixels", "max_pixels"}
+    unknown = set(image) - set(IMAGE_KEYS)
     if unknown:
-        raise ValueError(f"model.image has unknown key(s) {sorted(unknown)} for Qwen2-VL; known: min_pixels, max_pixels")
+        raise ValueError(f"model.image has unknown key(s) {sorted(unknown)} for Qwen2-VL; known: {', '.join(IMAGE_KEYS)}")
     return kwargs
+
+
+def reference_mm_token_type_ids(input_ids: torch.Tensor, image_rows: torch.Tensor, image_token_id: int,
+                                vision_start_id: int) -> torch.Tensor:
+    """1 where a token is an image slot by the reference rule — an image token of a row that has an image, in a run
+    of image tokens that directly follows `<|vision_start|>` — else 0."""
+    is_img = input_ids == image_token_id
+    prev = torch.nn.functional.pad(input_ids[:, :-1], (1, 0), value=-1)
+    prev_img = torch.nn.functional.pad(is_img[:, :-1], (1, 0), value=False)
+    run_start = is_img & ~prev_img
+    wrapped_start = run_start & (prev == vision_start_id)
+    # Index of the latest run start at or before each position (forward fill), then that start's flag.
+    idx = torch.where(run_start, torch.arange(input_ids.shape[1]).expand_as(input_ids), torch.zeros_like(input_ids))
+    last_start = idx.cummax(dim=1).values
+    wrapped = wrapped_start.gather(1, last_start)
+    return (is_img & wrapped & image_rows[:, None]).to(torch.int32)
 
 
 def tiny_qwen2vl_config(tokenizer, text: dict | None = None, vision: dict | None = None):
@@ -77,6 +117,8 @@ class Qwen2VLFamily(BackboneFamily):
     takes_images = True
     image_token = "<|image_pad|>"
     chat_image_token = "<|vision_start|><|image_pad|><|vision_end|>"
+    placeholder_without_image = "image_token"  # VLM2Vec v1 src/dataset.py:83,130 (replace whatever the image)
+    embeds_stray_image_tokens = True
     default_pooling = "last"
     padding_side = "left"
     lora_target_modules = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -86,8 +128,7 @@ class Qwen2VLFamily(BackboneFamily):
 
     def load_model(self, path, config, dtype) -> nn.Module:
         if path is not None:
-            require_model_type(path, self)  # before any weight is read
-            return AutoModel.from_pretrained(path, dtype=dtype)
+            return load_pretrained(self, path, dtype)  # the model type is checked before any weight is read
         from transformers import Qwen2VLModel
 
         from ..tiny import tiny_qwen_tokenizer
@@ -98,13 +139,17 @@ class Qwen2VLFamily(BackboneFamily):
 
     def load_processor(self, path, config, image):
         kwargs = _image_processor_kwargs(image)
+        resize = check_resize((image or {}).get("resize"))
         if path is None:
             from transformers.models.qwen2_vl import Qwen2VLImageProcessorPil
 
             from ..tiny import tiny_qwen_tokenizer
 
-            return ImageOnlyQwen2VLProcessor(image_processor=Qwen2VLImageProcessorPil(**kwargs),
-                                             tokenizer=tiny_qwen_tokenizer())
+            processor = ImageOnlyQwen2VLProcessor(image_processor=Qwen2VLImageProcessorPil(**kwargs),
+                                                  tokenizer=tiny_qwen_tokenizer())
+            processor.embedlab_resize = resize
+            return processor
+        path = processor_source(path)
         if torchvision_usable():
             processor = AutoProcessor.from_pretrained(path, **kwargs)
         else:
@@ -113,18 +158,61 @@ class Qwen2VLFamily(BackboneFamily):
                 tokenizer=AutoTokenizer.from_pretrained(path),
             )
         processor.tokenizer.padding_side = self.padding_side
+        processor.embedlab_resize = resize
         return processor
 
     def prepare(self, processor, texts, images, max_length):
-        return processor_inputs(processor, texts, images)
+        policy = getattr(processor, "embedlab_resize", None)
+        images = [resize_image(im, policy) for im in images]
+        inputs = processor_inputs(processor, texts, images, max_length)
+        image_rows = torch.tensor([im is not None for im in images])
+        ids = processor.tokenizer.convert_tokens_to_ids
+        inputs["mm_token_type_ids"] = reference_mm_token_type_ids(
+            inputs["input_ids"], image_rows, processor.image_token_id, ids("<|vision_start|>"))
+        inputs["image_rows"] = image_rows
+        return inputs
+
+    def rope_positions(self, model, inputs) -> torch.Tensor:
+        """[3, B, T] M-RoPE positions from the reference-rule `mm_token_type_ids` (1D for everything else)."""
+        mask = inputs["attention_mask"]
+        types = inputs["mm_token_type_ids"]
+        if inputs.get("image_grid_thw") is not None and bool((types == 1).any()):
+            positions, _ = model.get_rope_index(input_ids=inputs["input_ids"], mm_token_type_ids=types,
+                                                image_grid_thw=inputs["image_grid_thw"], attention_mask=mask)
+            return positions
+        return (mask.long().cumsum(-1) - 1).clamp_min(0).unsqueeze(0).expand(3, -1, -1)
 
     def encode_inputs(self, model, inputs, pooling):
-        out = model(**inputs, use_cache=False)
-        return pool(out.last_hidden_state, inputs["attention_mask"], pooling)
+        inputs = dict(inputs)
+        image_rows = inputs.pop("image_rows", None)
+        if image_rows is None:
+            raise ValueError("Qwen2-VL inputs must come from the family's prepare() (image_rows is missing)")
+        positions = self.rope_positions(model, inputs)
+        mask = inputs["attention_mask"]
+        image_rows = image_rows.to(mask.device)
+        stray = ((inputs["input_ids"] == model.config.image_token_id) & ~image_rows[:, None]).any(dim=1)
+        if "pixel_values" in inputs and bool(stray.any()):
+            # Image tokens in text-only rows keep their token embedding (the reference feeds image features only
+            # into rows with an image); the model scatters features into every image token of its batch, so the
+            # rows with images run apart from the others.
+            parts = []
+            for rows, with_images in ((image_rows.nonzero().squeeze(1), True), ((~image_rows).nonzero().squeeze(1), False)):
+                sub = {k: v[rows] for k, v in inputs.items() if k in ("input_ids", "attention_mask", "mm_token_type_ids")}
+                if with_images:
+                    sub.update({k: v for k, v in inputs.items() if k in ("pixel_values", "image_grid_thw")})
+                hidden = model(**sub, position_ids=positions[:, rows], use_cache=False).last_hidden_state
+                parts.append((rows, pool(hidden, sub["attention_mask"], pooling)))
+            out = parts[0][1].new_empty(mask.shape[0], parts[0][1].shape[-1])
+            for rows, emb in parts:
+                out[rows] = emb
+            return out
+        out = model(**inputs, position_ids=positions, use_cache=False)
+        return pool(out.last_hidden_state, mask, pooling)
 
-    def chat(self, system, user):
+    def chat(self, system, user, assistant=None):
         head = f"<|im_start|>system\n{system}<|im_end|>\n" if system else ""
-        return f"{head}<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n"
+        tail = f"{assistant}<|im_end|>\n" if assistant is not None else ""
+        return f"{head}<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n{tail}"
 
     def save_processor(self, processor, directory: Path) -> None:
         # Saved as its parts so that AutoImageProcessor/AutoTokenizer (and AutoProcessor) reload it.

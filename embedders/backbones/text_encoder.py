@@ -20,6 +20,7 @@ class TextEncoderFamily(BackboneFamily):
     name = "text_encoder"
     takes_images = False
     default_pooling = "mean"
+    placeholder_without_image = "strip"
     padding_side = "right"
     lora_target_modules = ("query", "key", "value", "dense")
     decoder_layer_classes = ("BertLayer",)

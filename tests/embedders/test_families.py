@@ -301,3 +301,126 @@ def test_hub_config_composes(compose_cfg, name):
     cfg = compose_cfg("train", [f"model={name}"])
     assert cfg.model.family == family and cfg.model.path == path and cfg.model.config is None
     assert cfg.model._target_ == "embedders.EmbeddingModule" and cfg.model.optimizer._partial_
+
+
+# ----------------------------------------------------------------------------- model.max_length (every family)
+def test_truncate_text_tokens_hand_worked():
+    from embedders.backbones.base import truncate_text_tokens
+
+    img = 9
+    ids = [1, 2, img, img, img, 3, 4, 5]
+    assert truncate_text_tokens(ids, 6, {img}, "right") == [1, 2, img, img, img, 3]
+    assert truncate_text_tokens(ids, 4, {img}, "right") == [1, img, img, img]       # text before the image goes too
+    assert truncate_text_tokens(ids, 6, {img}, "left") == [img, img, img, 3, 4, 5]
+    assert truncate_text_tokens(ids, 8, {img}, "right") == ids
+    with pytest.raises(ValueError, match="batch row 3: its image takes 3 tokens, more than model.max_length=2"):
+        truncate_text_tokens(ids, 2, {img}, "right", row=3)
+
+
+LONG = ("a red circle on the left " * 4000)[:100_000]   # a 100,000-character row
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "llava_onevision", "clip", "text_encoder"])  # siglip: see its own test
+def test_max_length_honoured_with_a_100000_character_row(family):
+    """Before, Qwen2-VL and LLaVA-OneVision ignored max_length: one such row allocated 15 GB. Now text tokens are cut
+    on the tokenizer's truncation side (right, as the references), image tokens never."""
+    torch.manual_seed(0)
+    emb = Embedder.build(family, config={}, max_length=48)
+    takes_images = emb.family.takes_images
+    images = [_img("red"), None, None] if takes_images else [None, None, None]
+    texts = ["<|image_1|> " + LONG if takes_images else LONG, LONG, "a red circle"]
+    inputs = emb.input_builder(texts, images, "query")
+    mask = inputs["attention_mask"]
+    assert inputs["input_ids"].shape == (3, 48) and mask.sum(1).tolist()[:2] == [48, 48]
+    if family in ("qwen2_vl", "llava_onevision"):
+        token = "<|image_pad|>" if family == "qwen2_vl" else "<image>"
+        image_id = emb.processor.tokenizer.convert_tokens_to_ids(token)
+        alone = emb.input_builder(["<|image_1|> a red circle"], [_img("red")], "query")
+        n_image = int((alone["input_ids"] == image_id).sum())
+        assert int((inputs["input_ids"][0] == image_id).sum()) == n_image > 0   # every image token kept
+        # right truncation: row 1 holds the first 48 tokens of the full tokenization
+        full = emb.processor.tokenizer(LONG)["input_ids"]
+        assert inputs["input_ids"][1][mask[1].bool()].tolist() == full[:48]
+    out = emb(inputs)
+    assert out.shape[0] == 3 and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "llava_onevision"])
+def test_image_longer_than_max_length_is_refused_naming_the_row(family, tmp_path):
+    from datamodules.collate import PairCollator
+    from datamodules.errors import DataError
+    from datamodules.images import ImageLoader
+    from datamodules.schema import Item, TrainPair
+
+    emb = Embedder.build(family, config={}, max_length=3)
+    with pytest.raises(ValueError, match=r"batch row 1: its image takes \d+ tokens, more than model.max_length=3"):
+        emb.input_builder(["a", "<|image_1|> b"], [None, _img("red")], "query")
+    _img("red").save(tmp_path / "x.png")
+    pairs = [TrainPair("S", 7, Item("<|image_1|> q", "x.png"), Item("t"))]
+    with pytest.raises(DataError, match=r"dataset 'S'.*rows \[7\].*batch row 0: its image takes"):
+        PairCollator(emb.input_builder, ImageLoader(tmp_path))(pairs)
+
+
+# ----------------------------------------------------------------------------- published LoRA/DoRA adapters
+@pytest.fixture(scope="module")
+def adapter_dirs(tmp_path_factory):
+    """A tiny Qwen2-VL base checkpoint, a DoRA adapter trained on it (saved by peft as VLM2Vec's training does,
+    `src/model.py:103-113`), the same adapter with transformers-4.46 module names (`model.layers.*`, the layout of
+    the published VLM2Vec/SaHa adapters) and a config.json beside it (as TIGER-Lab/VLM2Vec-Qwen2VL-2B ships), and
+    one whose names match nothing."""
+    import json
+
+    from peft import LoraConfig, get_peft_model
+    from safetensors.torch import load_file, save_file
+    from transformers import Qwen2VLForConditionalGeneration
+
+    from embedders.backbones.qwen2_vl import tiny_qwen2vl_config
+    from embedders.tiny import tiny_qwen_tokenizer
+
+    root = tmp_path_factory.mktemp("adapters")
+    torch.manual_seed(0)
+    base = Qwen2VLForConditionalGeneration(tiny_qwen2vl_config(tiny_qwen_tokenizer()))
+    base.save_pretrained(root / "base")
+    proc = Embedder.build("qwen2_vl", config={}).processor
+    proc.image_processor.save_pretrained(root / "base")
+    proc.tokenizer.save_pretrained(root / "base")
+    peft_model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"],
+                                                 use_dora=True, init_lora_weights="gaussian"))
+    for name, p in peft_model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.5)
+    peft_model.save_pretrained(root / "new")
+    tensors = load_file(root / "new" / "adapter_model.safetensors")
+    config = json.loads((root / "new" / "adapter_config.json").read_text())
+    config["base_model_name_or_path"] = str(root / "base")
+    variants = {"new": tensors, "old": {k.replace("model.language_model.", "model."): v for k, v in tensors.items()},
+                "broken": {k.replace("self_attn", "attention"): v for k, v in tensors.items()}}
+    for name, sd in variants.items():
+        (root / name).mkdir(exist_ok=True)
+        save_file(sd, root / name / "adapter_model.safetensors")
+        (root / name / "adapter_config.json").write_text(json.dumps(config))
+    (root / "old" / "config.json").write_text((root / "base" / "config.json").read_text())
+    # the reference: the peft model itself, unmerged (its language model's last hidden state)
+    return root, peft_model.eval()
+
+
+@pytest.mark.parametrize("variant", ["new", "old"])
+def test_published_adapter_is_loaded_completely_and_merged(adapter_dirs, variant):
+    root, reference = adapter_dirs
+    emb = Embedder.build("qwen2_vl", path=str(root / variant), pooling="last")
+    assert not [n for n, _ in emb.backbone.named_parameters() if "lora_" in n]   # merged into plain weights
+    inputs = emb.input_builder(["a red circle on the left", "<|image_1|> a blue square"], [None, _img("blue")],
+                               "query")
+    ours = emb(inputs)
+    with torch.no_grad():
+        extra = {k: v for k, v in inputs.items() if k != "image_rows"}
+        positions = emb.family.rope_positions(emb.backbone, inputs)
+        hidden = reference.base_model.model.model(**extra, position_ids=positions).last_hidden_state
+    expected = torch.nn.functional.normalize(hidden[:, -1], dim=-1)   # left padding: the last column
+    torch.testing.assert_close(ours, expected, atol=1e-4, rtol=0)
+
+
+def test_adapter_that_does_not_fit_is_refused(adapter_dirs):
+    root, _ = adapter_dirs
+    with pytest.raises(ValueError, match=r"the adapter .*broken did not load completely"):
+        Embedder.build("qwen2_vl", path=str(root / "broken"))
