@@ -106,6 +106,7 @@ def check_checkpoint_matches(ckpt: str, cfg: DictConfig) -> None:
 
 def run(cfg: DictConfig) -> dict:
     """The whole training job; returns {"before": results|None, "after": results|None, "chance": float}."""
+    from embedders.shipping import write_run_card
     from embedders.strategies import standalone_module
     from evaluation.runner import build_suite, score
 
@@ -151,6 +152,7 @@ def run(cfg: DictConfig) -> dict:
         summary += f"trained {outcome['after']['overall']:.1f} | chance {outcome['chance']:.1f}"
         print(summary, flush=True)
         (output_dir / "summary.txt").write_text(summary + "\n")
+    write_run_card(output_dir, cfg)  # embedder/README.md: training record + the final MMEB table (embedders/shipping.py)
     finish_loggers(loggers)
     return outcome
 
