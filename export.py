@@ -28,8 +28,10 @@ def export(checkpoint: str | Path, out_dir: str | Path, dtype: str | None = None
         hub_token(push_to_hub)  # refuse (no token, bad repo id) before the export and before any network call
     module = load_trained_module(checkpoint)
     if module.hparams.lora:
-        print(f"LoRA checkpoint: the adapters come from {checkpoint}, the frozen base weights from "
-              f"model.path={module.hparams.path or '(random init from model.config)'}; merged into the export")
+        base = (f"model.path={module.hparams.path}" if module.hparams.path
+                else "the checkpoint itself (random init from model.config)")
+        print(f"LoRA checkpoint: the adapters come from {checkpoint}, the frozen base weights from {base}; "
+              "merged into the export")
     embedder = module.embedder.truncated(truncate_dim)
     if dtype is not None:
         embedder = embedder.to(resolve_dtype(dtype))

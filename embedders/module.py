@@ -274,7 +274,9 @@ class EmbeddingModule(L.LightningModule):
 
         import numpy as np
 
-        if self.hparams.lora:
+        if self.hparams.lora and self.hparams.path:
+            # The frozen base reloads from model.path; a randomly initialised base (no path) has nowhere to come from
+            # and stays in the checkpoint, or an export or resume would silently re-draw it.
             frozen = self.frozen_keys()
             checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k not in frozen}
             checkpoint["embedlab_frozen_keys"] = sorted(frozen)
@@ -302,9 +304,9 @@ class EmbeddingModule(L.LightningModule):
             # keeps Lightning's non-strict loading from listing every base weight as "missing" (it reads like an error).
             base = {k: v for k, v in own.items() if k not in checkpoint["state_dict"]}
             checkpoint["state_dict"] = {**base, **checkpoint["state_dict"]}
-            log.info("LoRA checkpoint: %d adapter tensor(s) from the checkpoint, the %d frozen base weight(s) from "
-                     "model.path=%s", len(checkpoint["state_dict"]) - len(base), len(base),
-                     self.hparams.path or "(random init from model.config)")
+            if base:
+                log.info("LoRA checkpoint: %d adapter tensor(s) from the checkpoint, the %d frozen base weight(s) from "
+                         "model.path=%s", len(checkpoint["state_dict"]) - len(base), len(base), self.hparams.path)
 
         states = checkpoint.get("rng_states")
         if not states:
