@@ -9,6 +9,7 @@ dim adds elementwise work on one B × B similarity matrix, not another matmul; l
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -60,6 +61,10 @@ def main(argv=None) -> int:
     repeats = 2 if args.quick else args.repeats
     print(f"\n## Matryoshka ({len(dims)} dims {dims}) vs plain InfoNCE (fwd+bwd, B={b}, d={args.dim}, "
           f"{args.threads} threads, median of {repeats})\n")
+    load, cores = os.getloadavg()[0], os.cpu_count() or 1
+    if load > cores:
+        print(f"note: load average {load:.1f} on {cores} cores: other processes share the CPUs, and multi-threaded "
+              "timings of many small ops (OpenMP barriers) suffer most; compare with --threads 1\n")
     print(f"| B | directions | plain (ms) | Matryoshka (ms) | ratio | target ≤ {TARGET} |")
     print("|---|---|---|---|---|---|")
     ok = True

@@ -94,7 +94,8 @@ class ContrastiveLoss(nn.Module):
         self, rows: torch.Tensor, cols: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor | None
     ) -> torch.Tensor:
         if self.matryoshka is not None:
-            return self.matryoshka.combine(rows, cols, lambda sim: self._similarity_loss(sim, labels, mask))
+            return self.matryoshka.combine(rows, cols, lambda sim, r: self._similarity_loss(
+                sim, labels[r], None if mask is None else mask[r]), list(self.parameters()))
         sim = rows @ cols.T
         return self._similarity_loss(sim, labels, mask)
 

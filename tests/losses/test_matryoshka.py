@@ -63,6 +63,57 @@ def test_gradients_match_autograd_through_explicit_prefixes():
     torch.testing.assert_close(got_t.grad, ref_t.grad, rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.parametrize("learnable", [False, True])
+def test_row_chunks_learnable_temperature_and_hardness(monkeypatch, learnable):
+    """Several row chunks (the chunk is shrunk to its 16-row minimum), hard negatives, both directions, hardness
+    weighting and a learnable temperature: loss and gradients (embeddings and temperature) equal autograd through
+    explicit prefixes."""
+    import losses.matryoshka as matryoshka
+
+    monkeypatch.setattr(matryoshka, "CHUNK_ELEMENTS", 1)
+    q0, t0 = _normed(37, 24, 11), _normed(45, 24, 12)
+    dims, weights = [6, 12, 24], [0.5, 1.0, 2.0]
+    kw = dict(temperature=0.05, alpha=2.0, symmetric=True, learnable_temperature=learnable)
+    got_loss_fn = HardnessWeightedInfoNCE(matryoshka_dims=dims, matryoshka_weights=weights, **kw).double()
+    ref_loss_fn = HardnessWeightedInfoNCE(**kw).double()
+    got_q, got_t = q0.clone().requires_grad_(), t0.clone().requires_grad_()
+    got = got_loss_fn(got_q, got_t)
+    got.backward()
+    ref_q, ref_t = q0.clone().requires_grad_(), t0.clone().requires_grad_()
+    ref = sum(w * ref_loss_fn(normalize(ref_q[:, :k], dim=-1), normalize(ref_t[:, :k], dim=-1))
+              for k, w in zip(dims, weights))
+    ref.backward()
+    assert got.item() == pytest.approx(ref.item(), rel=1e-10)
+    torch.testing.assert_close(got_q.grad, ref_q.grad, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(got_t.grad, ref_t.grad, rtol=1e-9, atol=1e-12)
+    if learnable:
+        got_g, ref_g = got_loss_fn.temperature.log_scale.grad, ref_loss_fn.temperature.log_scale.grad
+        assert got_g is not None and torch.allclose(got_g, ref_g, rtol=1e-9)
+
+
+def test_uneven_row_weights_take_the_exact_path(monkeypatch):
+    """The stored gradients assume one common weight per row (what the loss reductions do); other upstream
+    gradients are recomputed exactly."""
+    import losses.matryoshka as matryoshka
+
+    monkeypatch.setattr(matryoshka, "CHUNK_ELEMENTS", 1)
+    spec = Matryoshka([4, 16], [1.0, 0.5])
+    q0, t0 = _normed(20, 16, 13), _normed(20, 16, 14)
+
+    def row_loss(sim, rows):  # any per-row function of the similarities
+        return torch.logsumexp(sim / 0.1, dim=1) - sim[torch.arange(sim.shape[0]), torch.arange(rows.start, rows.stop)]
+
+    upstream = torch.linspace(0.1, 2.0, 20, dtype=torch.float64)
+    got_q, got_t = q0.clone().requires_grad_(), t0.clone().requires_grad_()
+    (spec.combine(got_q, got_t, row_loss) * upstream).sum().backward()
+    ref_q, ref_t = q0.clone().requires_grad_(), t0.clone().requires_grad_()
+    ref = sum(w * row_loss(normalize(ref_q[:, :k], dim=-1) @ normalize(ref_t[:, :k], dim=-1).T, slice(0, 20))
+              for k, w in zip(spec.dims, spec.weights))
+    (ref * upstream).sum().backward()
+    torch.testing.assert_close(got_q.grad, ref_q.grad, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(got_t.grad, ref_t.grad, rtol=1e-9, atol=1e-12)
+
+
 def test_full_dimension_alone_is_the_plain_loss():
     q, t = _normed(5, 16, 4), _normed(5, 16, 5)
     plain = InfoNCE(temperature=0.05)(q, t)
