@@ -819,6 +819,23 @@ def _run_steps(run_dir: Path, checkpoint: str | Path | None = None) -> int | Non
         return None
 
 
+def load_run_config(run_dir: Path):
+    """A run's saved `.hydra/config.yaml`, with its `${hydra:…}` interpolations pointed at the run's own
+    `.hydra/hydra.yaml` (the working directory the paths derive from, for instance), so that they resolve outside
+    the Hydra app that wrote them."""
+    from omegaconf import OmegaConf
+
+    text = (run_dir / ".hydra" / "config.yaml").read_text()
+    hydra_file = run_dir / ".hydra" / "hydra.yaml"
+    if not hydra_file.is_file():
+        return OmegaConf.create(text)
+    cfg = OmegaConf.create(text.replace("${hydra:", "${hydra."))
+    runtime = OmegaConf.load(hydra_file)
+    OmegaConf.set_struct(cfg, False)
+    cfg.hydra = runtime.hydra
+    return cfg
+
+
 def run_dir_of_checkpoint(checkpoint: str | Path) -> Path | None:
     """`<run>/checkpoints/x.ckpt` → `<run>` when it holds the run's Hydra config."""
     run_dir = Path(checkpoint).resolve().parent.parent
@@ -829,12 +846,11 @@ def card_inputs_for_checkpoint(checkpoint: str | Path, run_dir: str | Path | Non
                                results: str | Path | None = None) -> tuple[dict | None, dict | None]:
     """(training record, MMEB results) for export.py: from the checkpoint's run directory (its `.hydra/config.yaml`,
     `eval/results.json`) unless given; the step count comes from the checkpoint itself."""
-    from omegaconf import OmegaConf
 
     run_dir = Path(run_dir) if run_dir else run_dir_of_checkpoint(checkpoint)
     training = None
     if run_dir is not None and (run_dir / ".hydra" / "config.yaml").is_file():
-        cfg = lenient_container(OmegaConf.load(run_dir / ".hydra" / "config.yaml"))
+        cfg = lenient_container(load_run_config(run_dir))
         training = training_record(cfg, _run_steps(run_dir, checkpoint))
     result_dict = None
     if results is not None:

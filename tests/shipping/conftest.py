@@ -48,6 +48,31 @@ def build_tiny(family: str, prompt="plain", seed: int = 0, **kwargs):
 
 
 @pytest.fixture(scope="session")
+def minilm_export(minilm_path, tmp_path_factory):
+    """(Embedder, directory): all-MiniLM-L6-v2 as an embedlab text encoder, saved once for the session."""
+    from embedders import Embedder
+
+    embedder = Embedder.build("text_encoder", path=str(minilm_path), pooling="mean", normalize=True, max_length=256)
+    return embedder, embedder.save_pretrained(tmp_path_factory.mktemp("minilm") / "export")
+
+
+@pytest.fixture(scope="session")
+def card_snippet():
+    """card_snippet(directory) -> the namespace after running the card's plain-transformers code on `directory`."""
+    import re
+
+    def run(directory: Path) -> dict:
+        card = (Path(directory) / "README.md").read_text()
+        code = re.search(r"### transformers\n\n```python\n(.*?)```", card, re.S).group(1)
+        code = re.sub(r'^MODEL = ".*"$', f'MODEL = "{directory}"', code, flags=re.M)
+        namespace: dict = {}
+        exec(compile(code, f"{directory}/README.md (transformers)", "exec"), namespace)
+        return namespace
+
+    return run
+
+
+@pytest.fixture(scope="session")
 def tiny_embedder():
     """tiny_embedder(family, prompt="plain", seed=0, **build_kwargs) -> a randomly initialised tiny Embedder."""
     return build_tiny

@@ -45,15 +45,9 @@ def _check_table(card: str, results: dict, name: str) -> None:
     assert rows == {n: f"{d['precision@1']:.1f}" for n, d in results["datasets"].items()}
 
 
-def _run_transformers_snippet(card: str, directory: Path) -> dict:
-    code = re.search(r"### transformers\n\n```python\n(.*?)```", card, re.S).group(1)
-    code = re.sub(r'^MODEL = ".*"$', f'MODEL = "{directory}"', code, flags=re.M)
-    namespace: dict = {}
-    exec(compile(code, "card-transformers-snippet", "exec"), namespace)
-    return namespace
+def test_card_written_after_training(trained_run, card_snippet):
+    from sentence_transformers import SentenceTransformer
 
-
-def test_card_written_after_training(trained_run):
     from embedders import Embedder
     from embedders.shipping import EXAMPLE_DOCUMENTS, EXAMPLE_QUERY_TEXT
 
@@ -72,14 +66,18 @@ def test_card_written_after_training(trained_run):
         assert expected in card, expected
     for arxiv in EXPECTED_CITATIONS:
         assert arxiv in card, arxiv
-    # The card's plain-transformers code gives embedlab's vectors.
-    ns = _run_transformers_snippet(card, run_dir / "embedder")
+    # The card's plain-transformers code, and sentence-transformers, give embedlab's vectors.
+    ns = card_snippet(run_dir / "embedder")
     embedder = Embedder.from_pretrained(run_dir / "embedder")
     image = Image.new("RGB", (84, 84), "red")
     query = embedder.encode([EXAMPLE_QUERY_TEXT], images=[image], side="query")
     docs = embedder.encode(list(EXAMPLE_DOCUMENTS), side="target")
     assert (ns["query"] - query).abs().max().item() <= 1e-5
     assert (ns["docs"] - docs).abs().max().item() <= 1e-5
+    st = SentenceTransformer(str(run_dir / "embedder"), device="cpu")
+    st_query = st.encode_query([{"text": EXAMPLE_QUERY_TEXT, "image": image}], convert_to_tensor=True)
+    assert (st_query - query).abs().max().item() <= 1e-5
+    assert (st.encode_document(list(EXAMPLE_DOCUMENTS), convert_to_tensor=True) - docs).abs().max().item() <= 1e-5
 
 
 def test_export_of_the_lora_checkpoint(trained_run, tmp_path, capsys):

@@ -49,11 +49,11 @@ def _assert_parity(embedder, model, items, st_items=None):
         assert (theirs - ours).abs().max().item() <= TOL, side
 
 
-def test_minilm_directory_loads_in_sentence_transformers(tmp_path, minilm_path):
+def test_minilm_directory_loads_in_sentence_transformers(minilm_export, minilm_path, card_snippet):
     from embedders import Embedder
+    from embedders.shipping import EXAMPLE_DOCUMENTS, EXAMPLE_TEXT_QUERY
 
-    embedder = Embedder.build("text_encoder", path=str(minilm_path), pooling="mean", normalize=True, max_length=256)
-    out = embedder.save_pretrained(tmp_path / "minilm")
+    embedder, out = minilm_export
     model = _st(out)
     long_text = "word " * 400  # beyond max_length: both truncate at 256 tokens
     _assert_parity(embedder, model, [*TEXTS, long_text])
@@ -62,6 +62,10 @@ def test_minilm_directory_loads_in_sentence_transformers(tmp_path, minilm_path):
     # The published model (mean pooling + Normalize) gives the same vectors: the export changed nothing.
     original = torch.from_numpy(_st(minilm_path).encode(TEXTS))
     assert (original - embedder.encode(TEXTS)).abs().max().item() <= TOL
+    # The card's plain-transformers code too.
+    ns = card_snippet(out)
+    assert (ns["query"] - embedder.encode([EXAMPLE_TEXT_QUERY], side="query")).abs().max().item() <= TOL
+    assert (ns["docs"] - embedder.encode(list(EXAMPLE_DOCUMENTS), side="target")).abs().max().item() <= TOL
 
 
 @pytest.mark.parametrize("prompt", ["plain", "hierarchical"])

@@ -30,7 +30,7 @@ def test_evaluate_eval_dim(compose_cfg, bundled_root, tiny_embedder, tmp_path):
 
     directory = tiny_embedder("qwen2_vl").save_pretrained(tmp_path / "e")
     extra = [f"bundled.root={bundled_root}", "bundled.train_per_subset=60", "bundled.eval_per_dataset=12",
-             f"embedder_dir={directory}", "device=cpu"]
+             f"embedder_dir={directory}", "device=cpu", "eval_data.max_rows=6"]
     truncated = evaluate.run(compose_cfg("evaluate", [*extra, "eval.dim=8"]))
     full = evaluate.run(compose_cfg("evaluate", extra))
     suite = build_suite(compose_cfg("evaluate", extra).eval_data)

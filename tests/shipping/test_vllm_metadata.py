@@ -72,10 +72,8 @@ def test_decoder_directories_for_vllm(tmp_path, tiny_embedder, family, architect
     assert _weight_names(again) == _weight_names(out)
 
 
-def test_text_encoder_directory_for_vllm(tmp_path, minilm_path):
-    from embedders import Embedder
-
-    out = Embedder.build("text_encoder", path=str(minilm_path), pooling="mean").save_pretrained(tmp_path / "m")
+def test_text_encoder_directory_for_vllm(minilm_export):
+    _, out = minilm_export
     assert json.loads((out / "config.json").read_text())["architectures"] == ["BertModel"]
     assert vllm_legacy_pooling(out) == ("MEAN", True)
     assert vllm_compact_pooling(out) == "MEAN"
