@@ -4,6 +4,7 @@ dim adds elementwise work on one B × B similarity matrix, not another matmul; l
 
     python benchmarks/bench_matryoshka.py [--batch 4096] [--dim 1536] [--dims 1536,768,384,192,96] [--repeats 5]
     python benchmarks/bench_matryoshka.py --quick     # B = 1024, 2 repeats: runs the code path, judges nothing
+    python benchmarks/bench_matryoshka.py --chunk-elements 16777216 --threads 1   # other row chunks (this: none at B 4096)
 """
 
 from __future__ import annotations
@@ -53,10 +54,16 @@ def main(argv=None) -> int:
     ap.add_argument("--dims", default="1536,768,384,192,96", help="Matryoshka dims")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--chunk-elements", type=int, default=None,
+                    help="elements of one row chunk of the similarity matrix (default: losses.matryoshka.CHUNK_ELEMENTS)")
     ap.add_argument("--quick", action="store_true", help="B=1024, 2 repeats; a smoke run that judges no target")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     dims = [int(x) for x in args.dims.split(",")]
+    if args.chunk_elements:
+        import losses.matryoshka
+
+        losses.matryoshka.CHUNK_ELEMENTS = args.chunk_elements
     b = 1024 if args.quick else args.batch
     repeats = 2 if args.quick else args.repeats
     print(f"\n## Matryoshka ({len(dims)} dims {dims}) vs plain InfoNCE (fwd+bwd, B={b}, d={args.dim}, "

@@ -29,9 +29,9 @@ import torch
 
 #: F.normalize's floor on the norm, so a zero prefix behaves as it would there.
 NORM_EPS = 1e-12
-#: Elements of one [rows chunk, C] similarity block (16 MiB in fp32). Measured on the 2-core CPU machine at B 4096,
-#: d 1536, 5 dims, Matryoshka ÷ plain: 1 thread 1.02–1.15 (4 MiB blocks), 1.14–1.17 (16 MiB), 2.1 (unchunked); with
-#: 2 threads on an oversubscribed machine 5.0 (4 MiB: many small parallel ops wait on each other), 2.4 (16 MiB).
+#: Elements of one [rows chunk, C] similarity block (16 MiB in fp32): the chain of elementwise ops over a chunk stays
+#: in cache. Smaller chunks mean more, smaller parallel ops, which multi-threaded runs on a busy machine pay for
+#: (README, Benchmarks; `benchmarks/bench_matryoshka.py --chunk-elements N` compares).
 CHUNK_ELEMENTS = 1 << 22
 
 RowLoss = Callable[[torch.Tensor, slice], torch.Tensor]
