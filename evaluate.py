@@ -67,7 +67,7 @@ def run(cfg: DictConfig) -> dict:
 
     fabric, device = launch(cfg)
     L.seed_everything(cfg.seed, workers=True)  # a randomly initialised (config) backbone: same weights everywhere
-    embedder = load_embedder(cfg).to(device)
+    embedder = load_embedder(cfg).truncated(cfg.eval.get("dim")).to(device)  # eval.dim=N: Matryoshka prefix
     with fabric.rank_zero_first() if fabric else nullcontext():
         suite = build_suite(cfg.eval_data)
     main_rank = fabric is None or fabric.global_rank == 0

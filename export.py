@@ -1,10 +1,13 @@
-"""Export a training checkpoint as a standalone Embedder directory (LoRA merged into the weights):
+"""Export a training checkpoint as a standalone, shippable Embedder directory (LoRA merged into the weights):
 
-    python export.py CHECKPOINT OUT_DIR [--dtype bfloat16]
+    python export.py CHECKPOINT OUT_DIR [--dtype bfloat16] [--truncate-dim N] [--license apache-2.0]
+                     [--push-to-hub ORG/NAME [--private]]
 
-The result is an ordinary Hugging Face model directory plus embedder.json: it reloads with
-`embedders.Embedder.from_pretrained(OUT_DIR)` (or plain `transformers.AutoModel`), without peft
-and without the training checkpoint."""
+The result loads with `embedders.Embedder.from_pretrained(OUT_DIR)`, with sentence-transformers
+(`SentenceTransformer(OUT_DIR)`), plain transformers and vLLM, and carries a model card (README.md) with the training
+configuration and the MMEB table of the run (read from the checkpoint's run directory: `.hydra/config.yaml`,
+`eval/results.json`). `--push-to-hub` uploads it through huggingface_hub with the token in HF_TOKEN.
+See embedders/shipping.py."""
 
 from __future__ import annotations
 
@@ -13,15 +16,32 @@ import sys
 from pathlib import Path
 
 
-def export(checkpoint: str | Path, out_dir: str | Path, dtype: str | None = None) -> Path:
+def export(checkpoint: str | Path, out_dir: str | Path, dtype: str | None = None, truncate_dim: int | None = None,
+           license: str | None = None, run_dir: str | Path | None = None, results: str | Path | None = None,
+           push_to_hub: str | None = None, private: bool = False) -> Path:
     from embedders.checkpoint_io import load_trained_module
     from embedders.embedder import resolve_dtype
+    from embedders.shipping import card_inputs_for_checkpoint, hub_token, write_model_card
+    from embedders.shipping import push_to_hub as upload
 
+    if push_to_hub:
+        hub_token(push_to_hub)  # refuse (no token, bad repo id) before the export and before any network call
     module = load_trained_module(checkpoint)
-    embedder = module.embedder
+    if module.hparams.lora:
+        base = (f"model.path={module.hparams.path}" if module.hparams.path
+                else "the checkpoint itself (random init from model.config)")
+        print(f"LoRA checkpoint: the adapters come from {checkpoint}, the frozen base weights from {base}; "
+              "merged into the export")
+    embedder = module.embedder.truncated(truncate_dim)
     if dtype is not None:
         embedder = embedder.to(resolve_dtype(dtype))
-    return embedder.save_pretrained(out_dir)
+    path = embedder.save_pretrained(out_dir)
+    training, result_dict = card_inputs_for_checkpoint(checkpoint, run_dir, results)
+    write_model_card(path, training=training, results=result_dict, license=license, model_id=push_to_hub)
+    if push_to_hub:
+        url = upload(path, push_to_hub, private)
+        print(f"pushed {path} to {url}{' (private)' if private else ''}")
+    return path
 
 
 def main(argv=None) -> int:
@@ -29,8 +49,25 @@ def main(argv=None) -> int:
     ap.add_argument("checkpoint")
     ap.add_argument("out_dir")
     ap.add_argument("--dtype", default=None, help="cast the weights before saving (e.g. bfloat16)")
+    ap.add_argument("--truncate-dim", type=int, default=None,
+                    help="ship Matryoshka-truncated embeddings: keep the first N dimensions (re-normalised)")
+    ap.add_argument("--license", default=None, help="license id for the model card (default: the base model's, "
+                                                     "when its local card names one; else 'other')")
+    ap.add_argument("--run-dir", default=None, help="run directory with .hydra/config.yaml and eval/results.json "
+                                                     "(default: the checkpoint's <run>/checkpoints/..)")
+    ap.add_argument("--results", default=None, help="MMEB results.json for the card (default: <run dir>/eval/)")
+    ap.add_argument("--push-to-hub", default=None, metavar="ORG/NAME",
+                    help="upload the exported directory to this Hub model repo (token from HF_TOKEN)")
+    ap.add_argument("--private", action="store_true", help="create the Hub repo as private")
     args = ap.parse_args(argv)
-    path = export(args.checkpoint, args.out_dir, args.dtype)
+    if args.private and not args.push_to_hub:
+        ap.error("--private goes with --push-to-hub ORG/NAME")
+    try:
+        path = export(args.checkpoint, args.out_dir, args.dtype, args.truncate_dim, args.license, args.run_dir,
+                      args.results, args.push_to_hub, args.private)
+    except (PermissionError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     print(f"exported {args.checkpoint} -> {path}")
     return 0
 

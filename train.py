@@ -126,6 +126,7 @@ def run(cfg: DictConfig) -> dict:
     """The whole training job; returns {"before": results|None, "after": results|None, "chance": float}."""
     from lightning.pytorch.callbacks import LambdaCallback
 
+    from embedders.shipping import write_run_card
     from embedders.strategies import standalone_module
 
     validate_config(cfg)
@@ -176,6 +177,7 @@ def run(cfg: DictConfig) -> dict:
             summary += "\nTraining rows skipped:\n" + datamodule.skip_summary()
         print(summary, flush=True)
         (output_dir / "summary.txt").write_text(summary + "\n")
+    write_run_card(output_dir, cfg)  # embedder/README.md: training record + the final MMEB table (embedders/shipping.py)
     finish_loggers(loggers)
     return outcome
 

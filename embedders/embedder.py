@@ -4,13 +4,16 @@ images into vectors, with the prompt formatting and processor call that go with 
 `Embedder.build(...)` loads from a hub id, a local directory or a config (random init);
 `encode(texts, images)` is the inference API; `save_pretrained`/`from_pretrained` write and read a
 directory that is an ordinary Hugging Face model directory (weights, config, tokenizer, image
-processor) plus `embedder.json` (family, pooling, normalisation, prompt), loadable without any of
-this repository's training code.
+processor) plus `embedder.json` (family, pooling, normalisation, prompt, truncation), loadable without any of
+this repository's training code — and, through `embedders/shipping.py`, also a sentence-transformers and vLLM
+model with a model card.
+
+`truncate_dim` keeps the first N dimensions of the pooled vector before the L2 normalisation (Matryoshka
+embeddings): encoding, evaluation (`evaluate.py eval.dim=N`) and the shipped configs share it.
 """
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 from collections.abc import Sequence
@@ -22,7 +25,7 @@ import torch
 from torch import nn
 
 from .backbones import BackboneFamily, get_family
-from .finetune import apply_finetuning, is_peft_model
+from .finetune import apply_finetuning
 from .pooling import POOLING_MODES
 from .prompts import PromptFormat, format_text
 
@@ -79,6 +82,8 @@ class Embedder(nn.Module):
         prompt: PromptFormat | dict | str | None = None,
         max_length: int = 512,
         image: dict | None = None,
+        truncate_dim: int | None = None,
+        base_model: str | None = None,
     ):
         super().__init__()
         self.family = get_family(family)
@@ -90,6 +95,9 @@ class Embedder(nn.Module):
         self.normalize = bool(normalize)
         self.image = dict(image or {})
         self.input_builder = InputBuilder(family, processor, PromptFormat.from_config(prompt), int(max_length))
+        self.truncate_dim = _check_truncate_dim(truncate_dim)
+        #: Where the backbone came from (hub id, local directory) or None for a random init; for the model card.
+        self.base_model = base_model
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -107,8 +115,11 @@ class Embedder(nn.Module):
         lora: dict | None = None,
         freeze_vision: bool = False,
         gradient_checkpointing: bool = False,
+        truncate_dim: int | None = None,
+        base_model: str | None = None,
     ) -> Embedder:
-        """Load (path: hub id or local dir) or randomly initialise (config) a backbone of `family`."""
+        """Load (path: hub id or local dir) or randomly initialise (config) a backbone of `family`.
+        `base_model` (for the model card) defaults to `path`."""
         fam = get_family(family)
         if path is None and config is None:
             raise ValueError(f"model.path (hub id or local directory) or model.config (random init) is required "
@@ -120,7 +131,8 @@ class Embedder(nn.Module):
         processor = fam.load_processor(path, config, image)
         backbone = apply_finetuning(backbone, fam, lora=lora, freeze_vision=freeze_vision,
                                     gradient_checkpointing=gradient_checkpointing)
-        return cls(family, backbone, processor, pooling, normalize, prompt, max_length, image)
+        return cls(family, backbone, processor, pooling, normalize, prompt, max_length, image, truncate_dim,
+                   base_model if base_model is not None else path)
 
     # ------------------------------------------------------------------ inference
     @property
@@ -133,7 +145,21 @@ class Embedder(nn.Module):
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         emb = self.family.encode_inputs(self.backbone, inputs, self.pooling)
+        if self.truncate_dim is not None:
+            if self.truncate_dim > emb.shape[-1]:
+                raise ValueError(f"truncate_dim={self.truncate_dim} exceeds the embedding dimension {emb.shape[-1]} "
+                                 f"of this {self.family.name} model; use a value ≤ {emb.shape[-1]} or null")
+            emb = emb[..., : self.truncate_dim]
         return nn.functional.normalize(emb, dim=-1) if self.normalize else emb
+
+    def truncated(self, dim: int | None) -> Embedder:
+        """Keep the first `dim` dimensions of every embedding (re-normalised); None leaves the Embedder as it is.
+        Returns self (in place), so that `evaluate.py eval.dim=N` is one call on the loaded model."""
+        if dim is not None:
+            self.truncate_dim = _check_truncate_dim(dim)
+            log.info("embeddings truncated to their first %d dimensions%s", self.truncate_dim,
+                     " and re-normalised" if self.normalize else "")
+        return self
 
     @property
     def device(self) -> torch.device:
@@ -180,19 +206,16 @@ class Embedder(nn.Module):
             "prompt": self.prompt.to_dict(),
             "max_length": self.input_builder.max_length,
             "image": self.image,
+            "truncate_dim": self.truncate_dim,
+            "base_model": self.base_model,
         }
 
     def save_pretrained(self, directory: str | Path) -> Path:
-        """Write a standalone directory: HF weights/config/processor + embedder.json (LoRA merged)."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        backbone = self.backbone
-        if is_peft_model(backbone):
-            backbone = copy.deepcopy(backbone).merge_and_unload()
-        backbone.save_pretrained(str(directory))
-        self.family.save_processor(self.processor, directory)
-        (directory / EMBEDDER_FILE).write_text(json.dumps(self.spec(), indent=2) + "\n")
-        return directory
+        """Write a standalone directory (LoRA merged) that embedlab, transformers, sentence-transformers and vLLM
+        load, with a model card: see embedders/shipping.py."""
+        from .shipping import save_embedder
+
+        return save_embedder(self, directory)
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, dtype: str | torch.dtype | None = None, **overrides) -> Embedder:
@@ -203,8 +226,18 @@ class Embedder(nn.Module):
                                     "(for a plain backbone use Embedder.build(family=..., path=...))")
         spec = json.loads(spec_file.read_text())
         spec.pop("format_version", None)
+        # Directories saved before the base model was recorded name themselves.
+        spec["base_model"] = spec.get("base_model") or str(directory)
         spec.update(overrides)
         return cls.build(path=str(directory), dtype=dtype, **spec)
+
+
+def _check_truncate_dim(dim) -> int | None:
+    if dim is None:
+        return None
+    if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
+        raise ValueError(f"truncate_dim (eval.dim) must be a positive integer or null, got {dim!r}")
+    return dim
 
 
 def move_to(inputs: dict[str, Any], device: torch.device) -> dict[str, Any]:

@@ -355,7 +355,9 @@ class EmbeddingModule(L.LightningModule):
 
         import numpy as np
 
-        if self.hparams.lora:
+        if self.hparams.lora and self.hparams.path:
+            # The frozen base reloads from model.path; a randomly initialised base (no path) has nowhere to come from
+            # and stays in the checkpoint, or an export or resume would silently re-draw it.
             frozen = self.frozen_keys()
             checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k not in frozen}
             checkpoint["embedlab_frozen_keys"] = sorted(frozen)
@@ -383,9 +385,17 @@ class EmbeddingModule(L.LightningModule):
 
         if self.hparams.lora:
             # Non-strict loading is limited to the frozen base: any other missing key is an error.
-            missing = set(self.state_dict()) - set(checkpoint["state_dict"]) - self.frozen_keys()
+            own = self.state_dict()
+            missing = set(own) - set(checkpoint["state_dict"]) - self.frozen_keys()
             if missing:
                 raise KeyError(f"checkpoint lacks {len(missing)} trainable weight(s), e.g. {sorted(missing)[:3]}")
+            # The frozen base was loaded from model.path when this module was built; completing the state dict with it
+            # keeps Lightning's non-strict loading from listing every base weight as "missing" (it reads like an error).
+            base = {k: v for k, v in own.items() if k not in checkpoint["state_dict"]}
+            checkpoint["state_dict"] = {**base, **checkpoint["state_dict"]}
+            if base:
+                log.info("LoRA checkpoint: %d adapter tensor(s) from the checkpoint, the %d frozen base weight(s) from "
+                         "model.path=%s", len(checkpoint["state_dict"]) - len(base), len(base), self.hparams.path)
 
         per_rank = checkpoint.get("rng_states_per_rank")
         if per_rank:

@@ -4,11 +4,13 @@ from .base import ContrastiveLoss, Temperature, full_precision, similarity_fp32
 from .gather import distributed_world, gather_contrastive_batch, gather_rows
 from .hardness_weighted import HardnessWeightedInfoNCE
 from .infonce import InfoNCE
+from .matryoshka import Matryoshka
 
 __all__ = [
     "ContrastiveLoss",
     "HardnessWeightedInfoNCE",
     "InfoNCE",
+    "Matryoshka",
     "Temperature",
     "distributed_world",
     "full_precision",

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from .gather import GatheredBatch, gather_contrastive_batch
+from .matryoshka import Matryoshka
 
 NEG_INF = float("-inf")
 
@@ -97,10 +98,14 @@ class ContrastiveLoss(nn.Module):
         learnable_temperature: bool = False,
         temperature_min: float = 0.005,
         temperature_max: float = 1.0,
+        matryoshka_dims: list[int] | None = None,
+        matryoshka_weights: list[float] | None = None,
     ):
         super().__init__()
         self.temperature = Temperature(temperature, learnable_temperature, temperature_min, temperature_max)
         self.symmetric = bool(symmetric)
+        # Optional: the loss taken on re-normalised embedding prefixes (losses/matryoshka.py).
+        self.matryoshka = Matryoshka.from_config(matryoshka_dims, matryoshka_weights)
 
     def adjust_negative_logits(self, sim: torch.Tensor) -> torch.Tensor | None:
         """Additive term for negative logits given raw similarities; None means no change."""
@@ -109,7 +114,14 @@ class ContrastiveLoss(nn.Module):
     def _direction_loss(
         self, rows: torch.Tensor, cols: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor | None
     ) -> torch.Tensor:
+        if self.matryoshka is not None:
+            return self.matryoshka.combine(rows, cols, lambda sim, r: self._similarity_loss(
+                sim, labels[r], None if mask is None else mask[r]), list(self.parameters()))
         sim = rows @ cols.T
+        return self._similarity_loss(sim, labels, mask)
+
+    def _similarity_loss(self, sim: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """Per-row cross-entropy from raw similarities [R, C] (the label column is each row's positive)."""
         logits = sim * self.temperature.scale()
         extra = self.adjust_negative_logits(sim)
         if extra is not None:
@@ -159,4 +171,5 @@ class ContrastiveLoss(nn.Module):
         return self._reduce(loss, g)
 
     def extra_repr(self) -> str:
-        return f"temperature={self.temperature.value:g}, learnable={self.temperature.learnable}, symmetric={self.symmetric}"
+        return (f"temperature={self.temperature.value:g}, learnable={self.temperature.learnable}, symmetric={self.symmetric}"
+                + (f", {self.matryoshka}" if self.matryoshka is not None else ""))

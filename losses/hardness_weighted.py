@@ -31,8 +31,11 @@ class HardnessWeightedInfoNCE(ContrastiveLoss):
         learnable_temperature: bool = False,
         temperature_min: float = 0.005,
         temperature_max: float = 1.0,
+        matryoshka_dims: list[int] | None = None,
+        matryoshka_weights: list[float] | None = None,
     ):
-        super().__init__(temperature, symmetric, learnable_temperature, temperature_min, temperature_max)
+        super().__init__(temperature, symmetric, learnable_temperature, temperature_min, temperature_max,
+                         matryoshka_dims, matryoshka_weights)
         if not math.isfinite(alpha):
             raise ValueError(f"alpha must be a finite number, got {alpha!r}")
         self.alpha = float(alpha)

