@@ -83,8 +83,9 @@ def length_keys(entries: Sequence[EncodeItem], input_builder, side: str) -> list
     image_processor = getattr(processor, "image_processor", None)
     count = getattr(image_processor, "get_number_of_image_patches", None)
     if count is not None:
+        # The formatted text holds one image token, which the processor expands to the image's tokens.
         merge = int(getattr(image_processor, "merge_size", 1) or 1) ** 2
-        return [(n + (count(h, w) // merge if size else 0), 0) for n, size in zip(text_len, sizes)
+        return [(n + (count(h, w) // merge - 1 if size else 0), 0) for n, size in zip(text_len, sizes)
                 for w, h in [size or (0, 0)]]
     return [((size[0] * size[1]) if size else 0, n) for n, size in zip(text_len, sizes)]
 
@@ -136,7 +137,7 @@ def _progress_bar(total: int, desc: str, enabled: bool):
 
     tty = sys.stderr.isatty()
     # Under SLURM (no terminal) a line every 30 s, not a carriage return per batch in the log file.
-    return tqdm(total=total, desc=desc, unit="item", dynamic_ncols=True, leave=False, disable=False,
+    return tqdm(total=total, desc=desc, unit="item", dynamic_ncols=True, leave=True, disable=False,
                 mininterval=0.5 if tty else 30.0)
 
 

@@ -188,10 +188,14 @@ def evaluate_embedder(embedder, suite: Sequence[EvalDataset], batch_size: int = 
                 if not ids:
                     continue
 
-                def encode(missing, side=side, ds=ds):
+                what = "queries" if side == "query" else "candidates"
+                if side == "query" and ds.candidate_side == "query":
+                    what = "queries and candidates"
+
+                def encode(missing, side=side, what=what, ds=ds):
                     return encode_unique(embedder, [plan.items[side][x] for x in missing], side, batch_size,
                                          num_workers, progress, distributed, sort=sort,
-                                         desc=f"{ds.name} {side}s", stats=stats)
+                                         desc=f"{ds.name} {what}", stats=stats)
 
                 local[side] = (ids, caches[side].lookup(ids, encode))
             entry, predictions = _score_dataset(ds, q_ids, c_ids, local, settings)

@@ -86,7 +86,7 @@ def model_fingerprint(embedder) -> str:
         data = tensor.detach().reshape(-1).contiguous().cpu()
         total += data.numel() * data.element_size()
         h.update(data.view(torch.uint8).numpy().tobytes() if data.numel() else b"")
-    log.info("model fingerprint over %.2f GB of weights in %.1f s", total / 1e9, time.perf_counter() - start)
+    log.info("model fingerprint over %.3g GB of weights in %.1f s", total / 1e9, time.perf_counter() - start)
     return h.hexdigest()[:32]
 
 
