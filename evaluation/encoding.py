@@ -128,6 +128,14 @@ class _ItemCollator:
                             f"({type(err).__name__}: {err}); first item: {describe_item(batch[0], self.side)}") from err
 
 
+def effective_workers(num_workers: int, shard: Sequence[EncodeItem], batches: int) -> int:
+    """Workers decode images while the model runs; starting them costs a process each. Below two batches
+    per worker, or without any image to decode, they cannot pay for themselves: encode in-process."""
+    if num_workers <= 0 or batches < 2 * num_workers or not any(it.image for it, *_ in shard):
+        return 0
+    return num_workers
+
+
 def _progress_bar(total: int, desc: str, enabled: bool):
     if not enabled or total == 0:
         return None
@@ -197,7 +205,8 @@ def encode_unique(embedder, items: list[EncodeItem], side: str, batch_size: int,
         batches = [list(range(s, min(s + batch_size, len(shard)))) for s in range(0, len(shard), batch_size)]
         device = embedder.device
         # Own generator: creating the iterator (and seeding workers) must not draw from the global RNG.
-        loader = DataLoader(_ItemDataset(shard), batch_sampler=batches, num_workers=num_workers,
+        loader = DataLoader(_ItemDataset(shard), batch_sampler=batches,
+                            num_workers=effective_workers(num_workers, shard, len(batches)),
                             collate_fn=_ItemCollator(builder, side), generator=torch.Generator(),
                             pin_memory=device.type == "cuda")
         bar = _progress_bar(len(shard), desc or f"encode {side}s" + (f" (rank 0 of {world})" if world > 1 else ""),

@@ -102,30 +102,35 @@ def load_eval_suite(source: str, datasets: Mapping[str, Mapping] | Sequence[str]
 
 # -------------------------------------------------------------------------------------- evaluation
 class _Plan:
-    """Global ids of the unique items of every dataset, per side, and the last dataset that uses each."""
+    """Global ids of the unique items of every dataset, per side, and the last dataset that uses each.
+    Per dataset: query ids [N] and padded candidate ids [N, K_max] (-1 = none) in their side's id space."""
 
     def __init__(self, suite: Sequence[EvalDataset]):
         self.ids: dict[str, dict[tuple, int]] = {s: {} for s in SIDES}
         self.items: dict[str, list] = {s: [] for s in SIDES}
         self.last_use: dict[str, list[int]] = {s: [] for s in SIDES}
-        self.rows: list[tuple[list[int], list[list[int]]]] = []
+        self.rows: list[tuple[torch.Tensor, torch.Tensor]] = []
         for i, ds in enumerate(suite):
             loader = ImageLoader(ds.image_root)
-            q = [self._id("query", r.query, ds, r.row, "qry_img_path", loader, i) for r in ds.rows]
-            c = [[self._id(ds.candidate_side, it, ds, r.row, "tgt_img_path", loader, i) for it in r.candidates]
+            root = str(ds.image_root) if ds.image_root is not None else None
+            q = [self._id("query", r.query, ds, r.row, "qry_img_path", loader, root, i) for r in ds.rows]
+            c = [[self._id(ds.candidate_side, it, ds, r.row, "tgt_img_path", loader, root, i) for it in r.candidates]
                  for r in ds.rows]
-            self.rows.append((q, c))
+            self.rows.append((torch.tensor(q, dtype=torch.long), pad_candidates(c)))
 
-    def _id(self, side: str, item: Item, ds: EvalDataset, row: int, fld: str, loader: ImageLoader, i: int) -> int:
-        key = (item.text, str(loader.resolve(item.image)) if item.image else None)
+    def _id(self, side: str, item: Item, ds: EvalDataset, row: int, fld: str, loader: ImageLoader, root: str | None,
+            i: int) -> int:
+        # Identity = text + image path under the dataset's image root (no filesystem call per occurrence).
+        key = (item.text, (root, item.image) if item.image else None)
         table = self.ids[side]
-        if key not in table:
-            table[key] = len(table)
+        index = table.get(key)
+        if index is None:
+            index = table[key] = len(table)
             self.items[side].append((item, ds.name, row, fld, loader))
             self.last_use[side].append(i)
         else:
-            self.last_use[side][table[key]] = i
-        return table[key]
+            self.last_use[side][index] = i
+        return index
 
 
 class _Cache:
@@ -179,12 +184,12 @@ def evaluate_embedder(embedder, suite: Sequence[EvalDataset], batch_size: int = 
     per_dataset: dict[str, dict] = {}
     for i, ds in enumerate(runnable):
         q_ids, c_ids = plan.rows[i]
-        needed = {"query": set(q_ids), "target": set()}
-        needed[ds.candidate_side].update(x for row in c_ids for x in row)
+        needed = {"query": torch.unique(q_ids), "target": torch.empty(0, dtype=torch.long)}
+        needed[ds.candidate_side] = torch.unique(torch.cat([needed[ds.candidate_side], c_ids[c_ids >= 0]]))
         local: dict[str, tuple[list[int], torch.Tensor]] = {}
         try:
             for side in SIDES:
-                ids = sorted(needed[side])
+                ids = needed[side].tolist()  # sorted, unique
                 if not ids:
                     continue
 
@@ -215,16 +220,17 @@ def evaluate_embedder(embedder, suite: Sequence[EvalDataset], batch_size: int = 
     return {**aggregate(per_dataset), "failed": failed}
 
 
-def _score_dataset(ds: EvalDataset, q_ids: list[int], c_ids: list[list[int]],
+def _score_dataset(ds: EvalDataset, q_ids: torch.Tensor, c_ids: torch.Tensor,
                    local: Mapping[str, tuple[list[int], torch.Tensor]], settings: EvalSettings) -> tuple[dict, list]:
+    """Score one dataset from its rows' global ids and the embeddings of its unique items (`local`: per side,
+    the sorted unique ids and their [len, d] embeddings)."""
     q_order, q_mat = local["query"]
     c_order, c_mat = local[ds.candidate_side]
-    q_pos = {x: j for j, x in enumerate(q_order)}
-    c_pos = q_pos if ds.candidate_side == "query" else {x: j for j, x in enumerate(c_order)}
-    q_idx = torch.tensor([q_pos[x] for x in q_ids], dtype=torch.long)
-    c_idx = pad_candidates([[c_pos[x] for x in row] for row in c_ids])
+    q_idx = torch.searchsorted(torch.tensor(q_order, dtype=torch.long), q_ids)
+    valid = c_ids >= 0
+    c_idx = torch.searchsorted(torch.tensor(c_order, dtype=torch.long), c_ids.clamp(min=0)).masked_fill(~valid, -1)
     q_rows = torch.unique(q_idx)
-    c_rows = torch.unique(c_idx[c_idx >= 0])
+    c_rows = torch.unique(c_idx[valid])
     collapsed = [side for side, mat, rows in (("queries", q_mat, q_rows), ("candidates", c_mat, c_rows))
                  if is_collapsed(mat[rows], settings.collapse_tolerance)]
     if collapsed:

@@ -84,6 +84,9 @@ def test_workers_change_nothing_and_leave_the_global_rng_alone(tiny, items):
     random.seed(123)
     np.random.seed(123)
     states = (torch.get_rng_state(), random.getstate(), np.random.get_state()[1].copy())
+    from evaluation.encoding import effective_workers
+
+    assert effective_workers(2, items, -(-len(items) // 4)) == 2  # the run below really uses 2 workers
     with_workers = encode_unique(tiny, items, "target", 4, num_workers=2)
     assert torch.equal(with_workers, baseline)
     assert torch.equal(torch.get_rng_state(), states[0])
@@ -142,3 +145,30 @@ def test_progress_bar_shows_items_per_second(fake_embedder, capsys):
     assert "X queries" in err and "item/s" in err and "10/10" in err
     encode_unique(fake_embedder(), entries, "query", 3, progress=False)
     assert capsys.readouterr().err == ""
+
+
+def test_sharded_sorted_encoding_equals_one_process_and_a_rank_failure_reaches_every_rank(tmp_path):
+    """2 gloo ranks: the sorted, strided shards gather back to the one-process matrix; a NaN embedding that
+    only rank 1 sees is raised on both ranks (rank 0 names rank 1's error) instead of leaving rank 0 waiting."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    probe = Path(__file__).resolve().parent / "encode_probe.py"
+    proc = subprocess.run([sys.executable, str(probe), str(tmp_path)], capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+    assert r0["equal_to_one_process"] and r1["equal_to_one_process"]
+    assert r1["raised"].startswith("NonFiniteEmbeddingError: non-finite embedding (NaN/Inf) for dataset 'Probe'")
+    assert r0["raised"].startswith("RuntimeError: rank 1 failed: NonFiniteEmbeddingError")
+
+
+def test_workers_are_used_only_where_they_can_pay_for_themselves(items):
+    from evaluation.encoding import effective_workers
+
+    text_only = [e for e in items if not e[0].image]
+    assert effective_workers(2, items, 6) == 2
+    assert effective_workers(2, items, 3) == 0  # fewer than two batches per worker
+    assert effective_workers(2, text_only, 50) == 0  # nothing to decode
+    assert effective_workers(0, items, 50) == 0
