@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHMARKS = ["bench_losses.py", "bench_gradcache.py", "bench_saha.py", "bench_negatives.py"]
+BENCHMARKS = ["bench_losses.py", "bench_gradcache.py", "bench_saha.py", "bench_negatives.py", "bench_eval.py"]
 
 
 def main(argv: list[str]) -> int:
