@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 
 from datamodules.errors import DataError
 from datamodules.images import ImageLoader
@@ -176,7 +177,15 @@ def evaluate_embedder(embedder, suite: Sequence[EvalDataset], batch_size: int = 
     unique items are encoded in shards (one per rank) and every rank returns the same results."""
     settings = settings or EvalSettings(tie_rule=tie_rule)
     failed = {ds.name: ds.error for ds in suite if ds.error}
-    runnable = [ds for ds in suite if not ds.error]
+    if distributed and dist.get_world_size() > 1:
+        # Every rank read the data itself: a dataset unreadable on any rank is skipped on all of them, so the
+        # ranks run the same collectives.
+        per_rank: list = [None] * dist.get_world_size()
+        dist.all_gather_object(per_rank, failed)
+        for r, errors in enumerate(per_rank):
+            for name, err in errors.items():
+                failed.setdefault(name, err if r == 0 else f"(on rank {r}) {err}")
+    runnable = [ds for ds in suite if ds.name not in failed]
     plan = _Plan(runnable)
     log.info("encoding %d unique queries and %d unique candidates for %d datasets",
              len(plan.items["query"]), len(plan.items["target"]), len(runnable))

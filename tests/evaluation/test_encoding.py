@@ -172,3 +172,12 @@ def test_workers_are_used_only_where_they_can_pay_for_themselves(items):
     assert effective_workers(2, items, 3) == 0  # fewer than two batches per worker
     assert effective_workers(2, text_only, 50) == 0  # nothing to decode
     assert effective_workers(0, items, 50) == 0
+
+
+def test_progress_is_on_for_users_and_off_under_pytest(monkeypatch):
+    from evaluation.runner import _progress
+
+    assert _progress({}) is False and _progress({"progress": "auto"}) is False  # we are under pytest
+    assert _progress({"progress": True}) is True and _progress({"progress": False}) is False
+    monkeypatch.delenv("PYTEST_CURRENT_TEST")
+    assert _progress({}) is True
