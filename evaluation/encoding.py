@@ -128,12 +128,21 @@ class _ItemCollator:
                             f"({type(err).__name__}: {err}); first item: {describe_item(batch[0], self.side)}") from err
 
 
-def effective_workers(num_workers: int, shard: Sequence[EncodeItem], batches: int) -> int:
-    """Workers decode images while the model runs; starting them costs a process each. Below two batches
-    per worker, or without any image to decode, they cannot pay for themselves: encode in-process."""
-    if num_workers <= 0 or batches < 2 * num_workers or not any(it.image for it, *_ in shard):
+def available_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def effective_workers(num_workers: int, shard: Sequence[EncodeItem], batches: int, cpus: int | None = None) -> int:
+    """Workers decode images while the model runs; starting them costs a process each. At most one fewer than
+    the CPUs this process may use (one runs the model), and none below two batches per worker or without
+    any image to decode: there they cannot pay for themselves, so encoding stays in-process."""
+    workers = min(num_workers, (available_cpus() if cpus is None else cpus) - 1)
+    if workers <= 0 or batches < 2 * workers or not any(it.image for it, *_ in shard):
         return 0
-    return num_workers
+    return workers
 
 
 def _progress_bar(total: int, desc: str, enabled: bool):
