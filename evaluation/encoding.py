@@ -207,6 +207,8 @@ def encode_unique(embedder, items: list[EncodeItem], side: str, batch_size: int,
     else:
         order = list(range(len(items)))
     shard = [items[i] for i in order[rank::world]]
+    # One process writes each embedding straight to its caller position; a rank fills its shard in order.
+    destination = order if world == 1 else list(range(len(shard)))
 
     def encode_shard() -> torch.Tensor:
         if not shard:
@@ -220,7 +222,7 @@ def encode_unique(embedder, items: list[EncodeItem], side: str, batch_size: int,
                             pin_memory=device.type == "cuda")
         bar = _progress_bar(len(shard), desc or f"encode {side}s" + (f" (rank 0 of {world})" if world > 1 else ""),
                             progress and rank == 0)
-        out = []
+        out = None
         was_training = embedder.training
         embedder.eval()
         try:
@@ -238,7 +240,9 @@ def encode_unique(embedder, items: list[EncodeItem], side: str, batch_size: int,
                             f"{len(batch_rows)} items in its batch are non-finite. The model's weights or its "
                             "inference dtype are broken (fp16 overflow: use bfloat16 or float32); no score is "
                             "computed from non-finite embeddings")
-                    out.append(emb)
+                    if out is None:
+                        out = torch.empty(len(shard), emb.shape[1])
+                    out[[destination[j] for j in batch_rows]] = emb
                     if stats is not None:
                         stats["items"] = stats.get("items", 0) + len(batch_rows)
                         stats["batches"] = stats.get("batches", 0) + 1
@@ -251,12 +255,13 @@ def encode_unique(embedder, items: list[EncodeItem], side: str, batch_size: int,
             embedder.train(was_training)
             if bar is not None:
                 bar.close()
-        return torch.cat(out)
+        return out
 
-    local = sharded(encode_shard)
-    gathered = gather_strided(local, len(items), embedder.device) if world > 1 else local
-    result = torch.empty_like(gathered)
-    result[torch.tensor(order)] = gathered
+    result = sharded(encode_shard)
+    if world > 1:
+        gathered = gather_strided(result, len(items), embedder.device)  # in sorted order
+        result = torch.empty_like(gathered)
+        result[torch.tensor(order)] = gathered
     if stats is not None:
         stats["seconds"] = stats.get("seconds", 0.0) + time.perf_counter() - start
     return result

@@ -145,6 +145,8 @@ class _Cache:
         """[len(ids), d] for `ids` (sorted unique global ids), encoding the ones not cached."""
         missing = [x for x in ids if x not in self.pos]
         new = encode(missing) if missing else torch.empty(0)
+        if len(missing) == len(ids):
+            return new  # nothing cached: no second copy of a possibly large matrix
         d = new.shape[1] if new.ndim == 2 and new.numel() else self.mat.shape[1]
         out = torch.empty(len(ids), d)
         have = [j for j, x in enumerate(ids) if x in self.pos]
@@ -187,7 +189,7 @@ def evaluate_embedder(embedder, suite: Sequence[EvalDataset], batch_size: int = 
                 failed.setdefault(name, err if r == 0 else f"(on rank {r}) {err}")
     runnable = [ds for ds in suite if ds.name not in failed]
     plan = _Plan(runnable)
-    log.info("encoding %d unique queries and %d unique candidates for %d datasets",
+    log.info("%d unique query-side and %d unique target-side items in %d datasets",
              len(plan.items["query"]), len(plan.items["target"]), len(runnable))
     caches = {s: _Cache() for s in SIDES}
     per_dataset: dict[str, dict] = {}
