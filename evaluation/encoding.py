@@ -82,7 +82,7 @@ def length_keys(entries: Sequence[EncodeItem], input_builder, side: str) -> list
         text_len = [len(t) for t in texts]
     image_processor = getattr(processor, "image_processor", None)
     count = getattr(image_processor, "get_number_of_image_patches", None)
-    if count is not None:
+    if count is not None and hasattr(image_processor, "merge_size"):  # Qwen2-VL / Qwen2.5-VL processors
         # The formatted text holds one image token, which the processor expands to the image's tokens.
         merge = int(getattr(image_processor, "merge_size", 1) or 1) ** 2
         return [(n + (count(h, w) // merge - 1 if size else 0), 0) for n, size in zip(text_len, sizes)
