@@ -220,8 +220,8 @@ def encode_unique(embedder, items: list[EncodeItem], side: str, batch_size: int,
                             num_workers=effective_workers(num_workers, shard, len(batches)),
                             collate_fn=_ItemCollator(builder, side), generator=torch.Generator(),
                             pin_memory=device.type == "cuda")
-        bar = _progress_bar(len(shard), desc or f"encode {side}s" + (f" (rank 0 of {world})" if world > 1 else ""),
-                            progress and rank == 0)
+        label = (desc or f"encode {side}s") + (f" (rank 0 of {world})" if world > 1 else "")
+        bar = _progress_bar(len(shard), label, progress and rank == 0)
         out = None
         was_training = embedder.training
         embedder.eval()
