@@ -1,8 +1,16 @@
-"""Similarity diagnostics: how far positive and negative cosine similarities are separated.
+"""Similarity diagnostics: how far positive and negative cosine similarities are separated, and whether a
+model's embeddings have collapsed.
 
 The overlap figure is the share of negatives scoring above the lowest-decile positive (the 10th
 percentile of positive similarities): it falls as negatives get pushed below the positives,
 which is the comparison the LLaVE paper opens with.
+
+Collapse. The spread of a set of embeddings is the largest distance of a unit-normalised embedding from
+their (normalised) mean direction. A set is collapsed when it holds at least two distinct items and its
+spread is at most `DEFAULT_COLLAPSE_TOLERANCE` = 2⁻⁸ ≈ 0.0039: differences that small are the rounding
+noise of a bfloat16 forward pass (8 significant bits), so scores built on them rank by noise; an exactly
+collapsed model (spread 0) would otherwise score 100 under the reference's first-maximum argmax. Untrained
+tiny random models of the bundled configs measure spreads of 0.1 to 1.7, trained models more.
 """
 
 from __future__ import annotations
@@ -23,6 +31,24 @@ def similarity_overlap(positive: torch.Tensor, negative: torch.Tensor, quantile:
         "sim_gap": (positive.mean() - negative.mean()).item(),
         "sim_overlap": (negative > threshold).float().mean().item(),
     }
+
+
+DEFAULT_COLLAPSE_TOLERANCE = 2.0**-8
+
+
+def embedding_spread(embeddings: torch.Tensor) -> float:
+    """max_i ‖ê_i − m̂‖ over L2-normalised rows ê_i, m̂ = their normalised mean (0.0 for fewer than 2 rows)."""
+    if embeddings.ndim != 2 or embeddings.shape[0] < 2:
+        return 0.0
+    with torch.autocast(embeddings.device.type, enabled=False):
+        x = torch.nn.functional.normalize(embeddings.float(), dim=-1)
+        mean = torch.nn.functional.normalize(x.mean(dim=0), dim=0)
+        return float((x - mean).norm(dim=-1).max())
+
+
+def is_collapsed(embeddings: torch.Tensor, tolerance: float = DEFAULT_COLLAPSE_TOLERANCE) -> bool:
+    """At least two (distinct) items and every one within `tolerance` of their mean direction."""
+    return embeddings.ndim == 2 and embeddings.shape[0] >= 2 and embedding_spread(embeddings) <= tolerance
 
 
 def plot_similarity_histogram(positive: torch.Tensor, negative: torch.Tensor, path: str | Path, title: str = "") -> Path:

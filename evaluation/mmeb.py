@@ -1,33 +1,46 @@
 """The MMEB evaluation protocol (METHODS §1.2) for any list of eval datasets.
 
-Every unique query and every unique candidate (text, image) is encoded once — per side, since
-queries and candidates are formatted differently — and reused across rows and datasets. A row
-scores a hit when its highest-cosine candidate is the ground truth, index 0 (ties resolved as in
-the reference evaluators: the first maximum wins; `tie_rule="strict"` counts ties as misses).
-Scores are percentages. Overall is the mean over datasets, not over meta-task means.
+Datasets are evaluated one after another. Every unique query and candidate (text, image) is encoded once
+per side — queries and candidates are formatted differently; a dataset may have its candidates formatted
+as queries (`candidate_side="query"`) — and reused by every row and every later dataset that holds it
+(kept only while a later dataset still needs it). A row scores a hit when its highest-cosine candidate
+is the ground truth, index 0 (ties as in the reference evaluators: the first maximum wins;
+`tie_rule="strict"` counts ties as misses). Scores are percentages; Overall is the mean over datasets,
+not over meta-task means.
+
+Guarantees: non-finite embeddings are refused (the dataset fails, naming the item); every dataset records
+its rows with a tie at the top, the rows whose tie the tie rule decides, and the rows whose ground truth
+is duplicated among the candidates; a dataset whose query or candidate embeddings have collapsed is
+marked and scored with ties as misses, never 100 by the first-maximum rule. A dataset that fails to load
+or score is recorded in `failed` with its error while the others are still scored.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader
 
 from datamodules.errors import DataError
 from datamodules.images import ImageLoader
-from datamodules.mmeb import META_TASKS, read_eval_rows
+from datamodules.mmeb import META_TASKS, read_eval_dataset
 from datamodules.schema import EvalRow, Item
+
+from .diagnostics import embedding_spread, is_collapsed
+from .encoding import encode_unique, gather_strided  # noqa: F401  (re-exported: mining and tests import them here)
+from .scoring import pad_candidates, precision_at_1, row_outcomes, score_rows  # noqa: F401
+from .store import EvalSettings, atomic_write
 
 log = logging.getLogger(__name__)
 
 META_ABBREV = {"Classification": "Cls", "VQA": "VQA", "Retrieval": "Ret", "Grounding": "Grd"}
 SPLITS = ("IND", "OOD")
+SIDES = ("query", "target")
 
 
 @dataclass
@@ -37,6 +50,17 @@ class EvalDataset:
     split: str
     rows: list[EvalRow]
     image_root: str | None = None
+    #: Rows the reader skipped, by reason (e.g. {"empty item": 3}); reported in every output.
+    skipped: dict[str, int] = field(default_factory=dict)
+    #: Which side's formatting the candidates get: "target" (MMEB), or "query" (Gen2Embed's RefCOCO-Matching).
+    candidate_side: str = "target"
+    #: Why the dataset could not be read (then `rows` is empty and the dataset is reported as failed).
+    error: str | None = None
+
+    def __post_init__(self):
+        if self.candidate_side not in SIDES:
+            raise ValueError(f"eval dataset {self.name!r}: candidate_side must be 'query' or 'target', "
+                             f"got {self.candidate_side!r}")
 
     @property
     def needs_images(self) -> bool:
@@ -45,8 +69,11 @@ class EvalDataset:
 
 def load_eval_suite(source: str, datasets: Mapping[str, Mapping] | Sequence[str], split: str = "test",
                     image_root: str | None = None, max_rows: int | None = None,
-                    catalog: Mapping[str, tuple[str, str]] | None = None) -> list[EvalDataset]:
-    """Read eval datasets. `datasets` maps names to {meta_task, split}, or lists names found in `catalog`."""
+                    catalog: Mapping[str, tuple[str, str]] | None = None,
+                    isolate_errors: bool = False) -> list[EvalDataset]:
+    """Read eval datasets. `datasets` maps names to {meta_task, split[, candidate_side]}, or lists names found
+    in `catalog`. `isolate_errors=True`: a dataset that cannot be read is returned with its `error` set (and
+    no rows) instead of stopping the others; configuration errors (meta-task, split) still raise."""
     suite = []
     if not isinstance(datasets, Mapping):
         catalog = catalog or {}
@@ -60,145 +87,182 @@ def load_eval_suite(source: str, datasets: Mapping[str, Mapping] | Sequence[str]
             raise DataError(f"meta_task {meta!r} is not one of {META_TASKS}", dataset=name, field="meta_task")
         if ind not in SPLITS:
             raise DataError(f"split {ind!r} is not IND or OOD", dataset=name, field="split")
-        rows = read_eval_rows(source, name, split, max_rows)
-        suite.append(EvalDataset(name, meta, ind, rows, image_root))
+        side = info.get("candidate_side", "target")
+        try:
+            read = read_eval_dataset(source, name, split, max_rows)
+        except Exception as err:
+            if not isolate_errors:
+                raise
+            log.error("eval dataset %s cannot be read: %s", name, err)
+            suite.append(EvalDataset(name, meta, ind, [], image_root, candidate_side=side,
+                                     error=f"{type(err).__name__}: {err}"))
+            continue
+        suite.append(EvalDataset(name, meta, ind, read.rows, image_root, candidate_side=side,
+                                 skipped=dict(read.skipped)))
     return suite
 
 
-# ---------------------------------------------------------------------------------------- encoding
-class _ItemDataset(torch.utils.data.Dataset):
-    def __init__(self, items: list[tuple[Item, str, int, str, ImageLoader]]):
-        self.items = items
+# -------------------------------------------------------------------------------------- evaluation
+class _Plan:
+    """Global ids of the unique items of every dataset, per side, and the last dataset that uses each.
+    Per dataset: query ids [N] and padded candidate ids [N, K_max] (-1 = none) in their side's id space."""
 
-    def __len__(self):
-        return len(self.items)
+    def __init__(self, suite: Sequence[EvalDataset]):
+        self.ids: dict[str, dict[tuple, int]] = {s: {} for s in SIDES}
+        self.items: dict[str, list] = {s: [] for s in SIDES}
+        self.last_use: dict[str, list[int]] = {s: [] for s in SIDES}
+        self.rows: list[tuple[torch.Tensor, torch.Tensor]] = []
+        for i, ds in enumerate(suite):
+            loader = ImageLoader(ds.image_root)
+            root = str(ds.image_root) if ds.image_root is not None else None
+            q = [self._id("query", r.query, ds, r.row, "qry_img_path", loader, root, i) for r in ds.rows]
+            c = [[self._id(ds.candidate_side, it, ds, r.row, "tgt_img_path", loader, root, i) for it in r.candidates]
+                 for r in ds.rows]
+            self.rows.append((torch.tensor(q, dtype=torch.long), pad_candidates(c)))
 
-    def __getitem__(self, i):
-        return self.items[i]
-
-
-class _ItemCollator:
-    def __init__(self, input_builder, side: str):
-        self.input_builder, self.side = input_builder, side
-
-    def __call__(self, batch):
-        texts = [it.text for it, *_ in batch]
-        images = [loader.load(it.image, ds, row, field) if it.image else None for it, ds, row, field, loader in batch]
-        return self.input_builder(texts, images, self.side)
-
-
-def encode_unique(embedder, items: list[tuple[Item, str, int, str, ImageLoader]], side: str, batch_size: int,
-                  num_workers: int = 0, progress: bool = False, distributed: bool = False) -> torch.Tensor:
-    """Embed (item, dataset, row, field, loader) tuples in order → float32 [N, d] on CPU.
-
-    `distributed=True` (every rank of an initialised process group calls it with the same `items`):
-    rank r encodes items r, r + world, …, and every rank gets the whole matrix back (`gather_strided`)."""
-    if not items:
-        return torch.empty(0)
-    rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
-    shard = items[rank::world]
-    out = []
-    if shard:
-        # Own generator: creating the iterator must not draw from the global RNG (see MMEBDataModule).
-        loader = DataLoader(_ItemDataset(shard), batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                            collate_fn=_ItemCollator(embedder.input_builder, side), generator=torch.Generator())
-        was_training = embedder.training
-        embedder.eval()
-        it = loader
-        if progress:
-            from tqdm.auto import tqdm
-
-            it = tqdm(loader, desc=f"encode {side}s", unit="batch", leave=False, disable=None if rank == 0 else True)
-        try:
-            with torch.no_grad():
-                for inputs in it:
-                    inputs = {k: v.to(embedder.device) if isinstance(v, torch.Tensor) else v
-                              for k, v in inputs.items()}
-                    out.append(embedder(inputs).float().cpu())
-        finally:
-            embedder.train(was_training)
-    local = torch.cat(out) if out else torch.empty(0)
-    return gather_strided(local, len(items), embedder.device) if world > 1 else local
-
-
-def gather_strided(local: torch.Tensor, total: int, device: torch.device) -> torch.Tensor:
-    """Undo `items[rank::world]`: every rank passes the [n_r, d] rows it encoded (an empty tensor when it
-    held none) and gets all `total` rows back, on CPU, in the original order. Collective: every rank of
-    the default process group must call it. Communication runs on `device` (the GPU under NCCL)."""
-    world = dist.get_world_size()
-    rank = dist.get_rank()
-    expected = len(range(rank, total, world))
-    if local.shape[0] != expected:
-        raise ValueError(f"rank {rank} holds {local.shape[0]} rows, but rows {rank}::{world} of {total} are "
-                         f"{expected}")
-    # The width is unknown on ranks that encoded nothing: agree on it first.
-    width = torch.tensor([local.shape[1] if local.ndim == 2 else 0], device=device)
-    dist.all_reduce(width, op=dist.ReduceOp.MAX)
-    d = int(width.item())
-    per_rank = -(-total // world)
-    buf = torch.zeros(per_rank, d, device=device)
-    if expected:
-        buf[:expected] = local.to(device=device, dtype=torch.float32)
-    parts = [torch.empty_like(buf) for _ in range(world)]
-    dist.all_gather(parts, buf)
-    out = torch.empty(total, d)
-    for r, part in enumerate(parts):
-        out[r::world] = part[: len(range(r, total, world))].cpu()
-    return out
-
-
-def precision_at_1(scores: Sequence[torch.Tensor], tie_rule: str = "first") -> torch.Tensor:
-    """Per-row hit (1.0/0.0): the ground truth (index 0) has the highest score."""
-    hits = []
-    for s in scores:
-        if tie_rule == "first":
-            hits.append(float(int(torch.argmax(s)) == 0))
-        elif tie_rule == "strict":
-            hits.append(float(s.numel() == 1 or bool(s[0] > s[1:].max())))
+    def _id(self, side: str, item: Item, ds: EvalDataset, row: int, fld: str, loader: ImageLoader, root: str | None,
+            i: int) -> int:
+        # Identity = text + image path under the dataset's image root (no filesystem call per occurrence).
+        key = (item.text, (root, item.image) if item.image else None)
+        table = self.ids[side]
+        index = table.get(key)
+        if index is None:
+            index = table[key] = len(table)
+            self.items[side].append((item, ds.name, row, fld, loader))
+            self.last_use[side].append(i)
         else:
-            raise ValueError(f"tie_rule must be 'first' or 'strict', got {tie_rule!r}")
-    return torch.tensor(hits)
+            self.last_use[side][index] = i
+        return index
+
+
+class _Cache:
+    """Embeddings of one side kept across datasets while a later dataset still needs them."""
+
+    def __init__(self):
+        self.pos: dict[int, int] = {}
+        self.mat = torch.empty(0)
+
+    def lookup(self, ids: list[int], encode: Callable[[list[int]], torch.Tensor]) -> torch.Tensor:
+        """[len(ids), d] for `ids` (sorted unique global ids), encoding the ones not cached."""
+        missing = [x for x in ids if x not in self.pos]
+        new = encode(missing) if missing else torch.empty(0)
+        if len(missing) == len(ids):
+            return new  # nothing cached: no second copy of a possibly large matrix
+        d = new.shape[1] if new.ndim == 2 and new.numel() else self.mat.shape[1]
+        out = torch.empty(len(ids), d)
+        have = [j for j, x in enumerate(ids) if x in self.pos]
+        if have:
+            out[have] = self.mat[[self.pos[ids[j]] for j in have]]
+        if missing:
+            out[[j for j, x in enumerate(ids) if x not in self.pos]] = new
+        return out
+
+    def keep(self, ids: list[int], local: torch.Tensor, alive: Callable[[int], bool]) -> None:
+        """Keep the cached and the dataset's (`ids` → rows of `local`) embeddings a later dataset needs."""
+        local_pos = {x: j for j, x in enumerate(ids)}
+        old = [x for x in self.pos if x not in local_pos and alive(x)]
+        new = [x for x in ids if alive(x)]
+        parts = ([self.mat[[self.pos[x] for x in old]]] if old else []) + \
+                ([local[[local_pos[x] for x in new]]] if new else [])
+        self.mat = torch.cat(parts) if parts else torch.empty(0)
+        self.pos = {x: j for j, x in enumerate(old + new)}
 
 
 def evaluate_embedder(embedder, suite: Sequence[EvalDataset], batch_size: int = 32, num_workers: int = 0,
-                      tie_rule: str = "first", progress: bool = True, distributed: bool = False) -> dict:
-    """Run the protocol on every dataset of `suite`; returns the results dict (see `aggregate`).
+                      tie_rule: str = "first", progress: bool = True, distributed: bool = False, *,
+                      settings: EvalSettings | None = None, sort: bool = True,
+                      on_result: Callable[[EvalDataset, dict, list[dict]], None] | None = None,
+                      stats: dict | None = None) -> dict:
+    """Run the protocol on every dataset of `suite`; returns the results dict (see `aggregate`) plus
+    `failed` ({dataset: error}). `on_result(dataset, entry, predictions)` is called after each dataset.
 
     `distributed=True`: every rank of the initialised process group calls this with the same suite; the
     unique items are encoded in shards (one per rank) and every rank returns the same results."""
-    loaders = {ds.name: ImageLoader(ds.image_root) for ds in suite}
-    unique: dict[str, dict[tuple, int]] = {"query": {}, "target": {}}
-    todo: dict[str, list] = {"query": [], "target": []}
+    settings = settings or EvalSettings(tie_rule=tie_rule)
+    failed = {ds.name: ds.error for ds in suite if ds.error}
+    if distributed and dist.get_world_size() > 1:
+        # Every rank read the data itself: a dataset unreadable on any rank is skipped on all of them, so the
+        # ranks run the same collectives.
+        per_rank: list = [None] * dist.get_world_size()
+        dist.all_gather_object(per_rank, failed)
+        for r, errors in enumerate(per_rank):
+            for name, err in errors.items():
+                failed.setdefault(name, err if r == 0 else f"(on rank {r}) {err}")
+    runnable = [ds for ds in suite if ds.name not in failed]
+    plan = _Plan(runnable)
+    log.info("%d unique query-side and %d unique target-side items in %d datasets",
+             len(plan.items["query"]), len(plan.items["target"]), len(runnable))
+    caches = {s: _Cache() for s in SIDES}
+    per_dataset: dict[str, dict] = {}
+    for i, ds in enumerate(runnable):
+        q_ids, c_ids = plan.rows[i]
+        needed = {"query": torch.unique(q_ids), "target": torch.empty(0, dtype=torch.long)}
+        needed[ds.candidate_side] = torch.unique(torch.cat([needed[ds.candidate_side], c_ids[c_ids >= 0]]))
+        local: dict[str, tuple[list[int], torch.Tensor]] = {}
+        try:
+            for side in SIDES:
+                ids = needed[side].tolist()  # sorted, unique
+                if not ids:
+                    continue
 
-    def index_of(side: str, item: Item, ds: EvalDataset, row: int, field: str) -> int:
-        loader = loaders[ds.name]
-        key = (item.text, str(loader.resolve(item.image)) if item.image else None)
-        table = unique[side]
-        if key not in table:
-            table[key] = len(table)
-            todo[side].append((item, ds.name, row, field, loader))
-        return table[key]
+                what = "queries" if side == "query" else "candidates"
+                if side == "query" and ds.candidate_side == "query":
+                    what = "queries and candidates"
 
-    plan = []
-    # datasets whose candidates are formatted as queries (the prompt's target_as_query: Gen2Embed's RefCOCO-Matching)
-    as_query = set(getattr(getattr(embedder, "prompt", None), "target_as_query", ()))
-    for ds in suite:
-        c_side = "query" if ds.name in as_query else "target"
-        q_idx = [index_of("query", r.query, ds, r.row, "qry_img_path") for r in ds.rows]
-        c_idx = [[index_of(c_side, c, ds, r.row, "tgt_img_path") for c in r.candidates] for r in ds.rows]
-        plan.append((ds, q_idx, c_idx, c_side))
-    log.info("encoding %d unique queries and %d unique candidates for %d datasets",
-             len(todo["query"]), len(todo["target"]), len(suite))
-    q_emb = encode_unique(embedder, todo["query"], "query", batch_size, num_workers, progress, distributed)
-    c_emb = encode_unique(embedder, todo["target"], "target", batch_size, num_workers, progress, distributed)
-    per_dataset = {}
-    for ds, q_idx, c_idx, c_side in plan:
-        cands = q_emb if c_side == "query" else c_emb
-        scores = [cands[c] @ q_emb[q] for q, c in zip(q_idx, c_idx)]
-        hits = precision_at_1(scores, tie_rule)
-        per_dataset[ds.name] = {"precision@1": float(hits.mean() * 100), "num_queries": len(ds.rows),
-                                "meta_task": ds.meta_task, "split": ds.split}
-    return aggregate(per_dataset)
+                def encode(missing, side=side, what=what, ds=ds):
+                    return encode_unique(embedder, [plan.items[side][x] for x in missing], side, batch_size,
+                                         num_workers, progress, distributed, sort=sort,
+                                         desc=f"{ds.name} {what}", stats=stats)
+
+                local[side] = (ids, caches[side].lookup(ids, encode))
+            entry, predictions = _score_dataset(ds, q_ids, c_ids, local, settings)
+            per_dataset[ds.name] = entry
+            log.info("[%d/%d] %s: precision@1 %.2f over %d rows", i + 1, len(runnable), ds.name,
+                     entry["precision@1"], entry["num_queries"])
+            if on_result is not None:
+                on_result(ds, entry, predictions)
+        except Exception as err:  # one dataset's failure must not cost the others their scores
+            log.error("[%d/%d] %s failed: %s", i + 1, len(runnable), ds.name, err, exc_info=True)
+            per_dataset.pop(ds.name, None)
+            failed[ds.name] = f"{type(err).__name__}: {err}"
+        finally:
+            for side in SIDES:
+                ids, mat = local.get(side, ([], torch.empty(0)))
+                caches[side].keep(ids, mat, lambda x, side=side, i=i: plan.last_use[side][x] > i)
+    return {**aggregate(per_dataset), "failed": failed}
+
+
+def _score_dataset(ds: EvalDataset, q_ids: torch.Tensor, c_ids: torch.Tensor,
+                   local: Mapping[str, tuple[list[int], torch.Tensor]], settings: EvalSettings) -> tuple[dict, list]:
+    """Score one dataset from its rows' global ids and the embeddings of its unique items (`local`: per side,
+    the sorted unique ids and their [len, d] embeddings)."""
+    q_order, q_mat = local["query"]
+    c_order, c_mat = local[ds.candidate_side]
+    q_idx = torch.searchsorted(torch.tensor(q_order, dtype=torch.long), q_ids)
+    valid = c_ids >= 0
+    c_idx = torch.searchsorted(torch.tensor(c_order, dtype=torch.long), c_ids.clamp(min=0)).masked_fill(~valid, -1)
+    q_rows = torch.unique(q_idx)
+    c_rows = torch.unique(c_idx[valid])
+    collapsed = [side for side, mat, rows in (("queries", q_mat, q_rows), ("candidates", c_mat, c_rows))
+                 if is_collapsed(mat[rows], settings.collapse_tolerance)]
+    if collapsed:
+        log.warning("%s: the model's %s embeddings have collapsed (spread %s ≤ %.4g): ties are scored as misses",
+                    ds.name, " and ".join(collapsed),
+                    "/".join(f"{embedding_spread(m[r]):.2g}" for m, r in ((q_mat, q_rows), (c_mat, c_rows))),
+                    settings.collapse_tolerance)
+    scores = score_rows(q_mat, c_mat, q_idx, c_idx)
+    out = row_outcomes(scores, c_idx, settings.tie_rule, settings.tie_tolerance, ties_are_misses=bool(collapsed))
+    n = len(ds.rows)
+    entry = {
+        "precision@1": float(out.hit.float().mean() * 100) if n else 0.0,
+        "num_queries": n, "meta_task": ds.meta_task, "split": ds.split,
+        "tied_rows": int(out.tied.sum()), "tie_decided": int(out.tie_decided.sum()),
+        "duplicate_gt": int(out.duplicate_gt.sum()), "collapsed": collapsed, "skipped": dict(ds.skipped),
+    }
+    predictions = [{"row": r, "pred": p, "score_gt": g, "score_pred": s, "hit": h}
+                   for r, p, g, s, h in zip([r.row for r in ds.rows], out.pred.tolist(), out.score_gt.tolist(),
+                                            out.score_pred.tolist(), out.hit.tolist())]
+    return entry, predictions
 
 
 def _mean(values: list[float]) -> float | None:
@@ -206,9 +270,8 @@ def _mean(values: list[float]) -> float | None:
 
 
 def aggregate(per_dataset: Mapping[str, Mapping]) -> dict:
-    """{"overall", "IND", "OOD", "meta_tasks", "datasets"}: each a mean over datasets (percentages)."""
-    if not per_dataset:
-        raise ValueError("no dataset was evaluated")
+    """{"overall", "IND", "OOD", "meta_tasks", "datasets"}: each a mean over datasets (percentages; None when
+    no dataset counts). Dataset entries keep every key they have (diagnostics, skipped rows)."""
     scores = {n: float(d["precision@1"]) for n, d in per_dataset.items()}
     meta = {m: _mean([scores[n] for n, d in per_dataset.items() if d["meta_task"] == m]) for m in META_TASKS}
     return {
@@ -216,37 +279,61 @@ def aggregate(per_dataset: Mapping[str, Mapping]) -> dict:
         "IND": _mean([scores[n] for n, d in per_dataset.items() if d["split"] == "IND"]),
         "OOD": _mean([scores[n] for n, d in per_dataset.items() if d["split"] == "OOD"]),
         "meta_tasks": {m: v for m, v in meta.items() if v is not None},
-        "datasets": {n: {"precision@1": scores[n], "num_queries": int(d["num_queries"]),
-                         "meta_task": d["meta_task"], "split": d["split"]} for n, d in per_dataset.items()},
+        "datasets": {n: {**d, "precision@1": scores[n], "num_queries": int(d["num_queries"])}
+                     for n, d in per_dataset.items()},
     }
 
 
-def chance_level(suite: Sequence[EvalDataset]) -> float:
+def chance_level(suite: Sequence[EvalDataset]) -> float | None:
     """Expected Overall of a random ranker: mean over datasets of mean(1/#candidates), in percent."""
-    per = [sum(1.0 / len(r.candidates) for r in ds.rows) / len(ds.rows) for ds in suite]
-    return 100.0 * sum(per) / len(per)
+    per = [sum(1.0 / len(r.candidates) for r in ds.rows) / len(ds.rows) for ds in suite if ds.rows]
+    return 100.0 * sum(per) / len(per) if per else None
 
 
 def _fmt(v: float | None) -> str:
     return "–" if v is None else f"{v:.1f}"
 
 
-def render_table(results: Mapping, label: str = "model") -> str:
-    """Markdown: the papers' summary columns, then one row per dataset."""
+def dataset_notes(d: Mapping, tie_flag_share: float = 0.01) -> list[str]:
+    """What a reader of the table must know about a dataset's number (empty for a clean result)."""
+    notes = []
+    n = max(int(d.get("num_queries", 0)), 1)
+    if d.get("collapsed"):
+        notes.append(f"COLLAPSED ({' and '.join(d['collapsed'])} embeddings identical): ties scored as misses")
+    decided = int(d.get("tie_decided", 0))
+    if decided and decided / n >= tie_flag_share:
+        notes.append(f"ties decide {decided} rows ({100 * decided / n:.1f} %)")
+    if d.get("duplicate_gt"):
+        notes.append(f"ground truth duplicated among the candidates in {d['duplicate_gt']} rows")
+    if d.get("skipped"):
+        notes.append("reader skipped " + ", ".join(f"{k}: {v}" for k, v in sorted(d["skipped"].items())))
+    return notes
+
+
+def render_table(results: Mapping, label: str = "model", tie_flag_share: float = 0.01) -> str:
+    """Markdown: the papers' summary columns, one row per dataset (with notes), then the failed datasets."""
     mt = results["meta_tasks"]
     head = "| Model | Cls | VQA | Ret | Grd | IND | OOD | Overall |\n|---|---|---|---|---|---|---|---|\n"
     row = (f"| {label} | " + " | ".join(_fmt(mt.get(m)) for m in META_TASKS)
            + f" | {_fmt(results['IND'])} | {_fmt(results['OOD'])} | {_fmt(results['overall'])} |\n")
-    lines = ["\n| Dataset | Meta-task | Split | Queries | Precision@1 |", "|---|---|---|---|---|"]
+    lines = ["\n| Dataset | Meta-task | Split | Queries | Precision@1 | Notes |", "|---|---|---|---|---|---|"]
     order = {m: i for i, m in enumerate(META_TASKS)}
     for name, d in sorted(results["datasets"].items(), key=lambda kv: (order[kv[1]["meta_task"]], kv[1]["split"], kv[0])):
-        lines.append(f"| {name} | {d['meta_task']} | {d['split']} | {d['num_queries']} | {d['precision@1']:.1f} |")
+        lines.append(f"| {name} | {d['meta_task']} | {d['split']} | {d['num_queries']} | {d['precision@1']:.1f} | "
+                     f"{'; '.join(dataset_notes(d, tie_flag_share))} |")
+    failed = results.get("failed") or {}
+    if failed:
+        lines.append(f"\n**{len(failed)} dataset(s) failed and are not in the means above** (Overall/IND/OOD cover "
+                     f"{len(results['datasets'])} dataset(s); not comparable to a full run):")
+        lines += [f"- {name}: {str(err).splitlines()[0] if err else err}" for name, err in failed.items()]
     return head + row + "\n".join(lines) + "\n"
 
 
-def write_results(results: Mapping, directory: str | Path, label: str = "model", extra_md: str = "") -> Path:
+def write_results(results: Mapping, directory: str | Path, label: str = "model", extra_md: str = "",
+                  tie_flag_share: float = 0.01) -> Path:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    (directory / "results.md").write_text(render_table(results, label) + (("\n" + extra_md) if extra_md else ""))
+    atomic_write(directory / "results.json", json.dumps(results, indent=2) + "\n")
+    atomic_write(directory / "results.md",
+                  render_table(results, label, tie_flag_share) + (("\n" + extra_md) if extra_md else ""))
     return directory

@@ -1,18 +1,42 @@
 """Glue shared by the entry points: build the eval suite from config, filter what a model can
-score, run the protocol, and print/write/log the result table."""
+score, resume what an earlier run into the same directory already scored, run the protocol, and
+print/write/log the result table. A run with failed datasets writes everything it scored, then raises
+`EvaluationFailed` listing the failures (the entry points exit non-zero)."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import os
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch.distributed
 from omegaconf import DictConfig, OmegaConf
 
-from .mmeb import EvalDataset, chance_level, evaluate_embedder, load_eval_suite, render_table, write_results
+from .mmeb import (
+    EvalDataset,
+    aggregate,
+    chance_level,
+    evaluate_embedder,
+    load_eval_suite,
+    render_table,
+    write_results,
+)
+from .store import EvalSettings, ScoreStore, dataset_fingerprint, model_fingerprint
 
 log = logging.getLogger(__name__)
+
+
+class EvaluationFailed(RuntimeError):
+    """Some eval datasets could not be loaded or scored; everything else was scored and written."""
+
+    def __init__(self, failed: Mapping[str, str], output_dir: str | Path | None = None):
+        self.failed = dict(failed)
+        where = f"; the other results are in {output_dir}" if output_dir is not None else ""
+        lines = "\n".join(f"  - {name}: {err}" for name, err in self.failed.items())
+        super().__init__(f"{len(self.failed)} eval dataset(s) failed{where}. Fix them and run the same command "
+                         f"with the same output directory to score only what is missing:\n{lines}")
 
 
 def build_suite(eval_data: DictConfig | Mapping) -> list[EvalDataset]:
@@ -22,7 +46,7 @@ def build_suite(eval_data: DictConfig | Mapping) -> list[EvalDataset]:
 
         ensure_bundled(**cfg["bundled"])
     return load_eval_suite(cfg["source"], cfg["datasets"], cfg.get("split", "test"), cfg.get("image_root"),
-                           cfg.get("max_rows"))
+                           cfg.get("max_rows"), isolate_errors=True)
 
 
 def compatible(suite: list[EvalDataset], embedder, skip: bool) -> tuple[list[EvalDataset], list[str]]:
@@ -41,28 +65,98 @@ def compatible(suite: list[EvalDataset], embedder, skip: bool) -> tuple[list[Eva
     return kept, needs
 
 
+def _progress(eval_cfg: Mapping) -> bool:
+    """`eval.progress`: true/false, or auto (default): on, except under pytest."""
+    value = eval_cfg.get("progress", "auto")
+    if value in (None, "auto"):
+        return "PYTEST_CURRENT_TEST" not in os.environ
+    return bool(value)
+
+
+def _broadcast(value, distributed: bool):
+    if not distributed:
+        return value
+    box = [value]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def with_prompt_sides(suite: list[EvalDataset], prompt) -> list[EvalDataset]:
+    """The suite with the candidates of the prompt's `target_as_query` datasets formatted as queries (Gen2Embed's
+    RefCOCO-Matching): a property of how the model was trained, so it comes from the embedder's prompt."""
+    as_query = set(prompt.target_as_query)
+    return [dataclasses.replace(ds, candidate_side="query") if ds.name in as_query else ds for ds in suite]
+
+
 def score(embedder, suite: list[EvalDataset], eval_cfg: Mapping, label: str, output_dir: str | Path | None = None,
           loggers=(), log_prefix: str = "eval", distributed: bool = False) -> dict:
-    """Evaluate, then print, write (results.json/.md under `output_dir`) and log the table.
+    """Evaluate, then print, write and log the table.
 
-    `distributed=True`: every rank of the initialised process group calls this; the encoding is sharded
-    across ranks, every rank gets the results, and only rank 0 prints, writes and logs."""
+    With `output_dir`: every dataset's `<dataset>_score.json` / `<dataset>_pred.jsonl` are written as soon
+    as it is scored, and datasets already scored there by the same model, data and settings
+    (`eval.resume`, default true) are taken from their files instead of being scored again;
+    results.json/.md cover them all. `distributed=True`: every rank of the initialised process group calls
+    this; the encoding is sharded across ranks, every rank gets the results, and only rank 0 prints, writes
+    and logs. Raises `EvaluationFailed` (on every rank) after writing when a dataset failed."""
     suite, skipped = compatible(suite, embedder, bool(eval_cfg.get("skip_incompatible", True)))
-    results = evaluate_embedder(embedder, suite, batch_size=int(eval_cfg.get("batch_size", 64)),
-                                num_workers=int(eval_cfg.get("num_workers", 0)),
-                                tie_rule=eval_cfg.get("tie_rule", "first"), distributed=distributed)
-    chance = chance_level(suite)
-    if distributed and torch.distributed.get_rank() != 0:
-        return {**results, "_chance": chance, "_skipped": skipped}
-    notes = f"Chance level (mean of 1/#candidates): {chance:.1f}\n"
-    if skipped:
-        notes += f"Skipped (need images, model takes none): {', '.join(skipped)}\n"
-    table = render_table(results, label)
-    print(f"\n== MMEB-style evaluation: {label} ==\n{table}{notes}", flush=True)
-    if output_dir is not None:
-        write_results(results, output_dir, label, notes)
-    log_results(results, loggers, log_prefix)
-    return {**results, "_chance": chance, "_skipped": skipped}
+    suite = with_prompt_sides(suite, embedder.prompt)
+    settings = EvalSettings.from_config(eval_cfg)
+    main_rank = not distributed or torch.distributed.get_rank() == 0
+    store = ScoreStore(output_dir) if output_dir is not None else None
+    model_fp = _broadcast(model_fingerprint(embedder) if store is not None and main_rank else None, distributed)
+    fingerprints = {ds.name: {"model": model_fp, "data": dataset_fingerprint(ds), "settings": settings.fingerprint()}
+                    for ds in suite if not ds.error and store is not None and main_rank}
+    reused: dict[str, dict] = {}
+    if store is not None and bool(eval_cfg.get("resume", True)) and main_rank:
+        for ds in suite:
+            if not ds.error and (entry := store.load(ds.name, fingerprints[ds.name])) is not None:
+                reused[ds.name] = entry
+        if reused:
+            log.info("reusing %d dataset score(s) in %s made by the same model, data and settings: %s",
+                     len(reused), output_dir, ", ".join(reused))
+    reused = _broadcast(reused, distributed)
+
+    def save(ds: EvalDataset, entry: dict, predictions: list[dict]) -> None:
+        if store is not None and main_rank:
+            store.save(ds.name, entry, predictions, fingerprints[ds.name], label)
+
+    todo = [ds for ds in suite if ds.name not in reused]
+    fresh = evaluate_embedder(embedder, todo, batch_size=int(eval_cfg.get("batch_size", 64)),
+                              num_workers=int(eval_cfg.get("num_workers", 0)), progress=_progress(eval_cfg),
+                              distributed=distributed, settings=settings,
+                              sort=bool(eval_cfg.get("sort_by_length", True)), on_result=save)
+    per_dataset = {ds.name: reused.get(ds.name) or fresh["datasets"][ds.name]
+                   for ds in suite if ds.name in reused or ds.name in fresh["datasets"]}
+    results = {**aggregate(per_dataset), "failed": fresh["failed"]}
+    chance = chance_level([ds for ds in suite if ds.name in per_dataset])
+    extra = {"_chance": chance, "_skipped": skipped, "_reused": sorted(reused)}
+    if main_rank:
+        notes = f"Chance level (mean of 1/#candidates): {_fmt_chance(chance)}\n"
+        if skipped:
+            notes += f"Skipped (need images, model takes none): {', '.join(skipped)}\n"
+        if reused:
+            notes += f"Taken from earlier score files in this directory (same model, data, settings): {', '.join(sorted(reused))}\n"
+        notes += (f"Ties: a row's tie is decided by the tie rule ({settings.tie_rule}) when the ground truth shares the "
+                  f"top score (within {settings.tie_tolerance:g}); datasets where that holds for ≥ "
+                  f"{100 * settings.tie_flag_share:g} % of rows are flagged.\n")
+        table = render_table(results, label, settings.tie_flag_share)
+        print(f"\n== MMEB-style evaluation: {label} ==\n{table}{notes}", flush=True)
+        collapsed = [n for n, d in results["datasets"].items() if d.get("collapsed")]
+        if collapsed:
+            log.warning("the model's embeddings collapsed on %d of %d dataset(s) (%s): those scores count ties as "
+                        "misses and are not a measure of the model", len(collapsed), len(results["datasets"]),
+                        ", ".join(collapsed))
+        if output_dir is not None:
+            write_results(results, output_dir, label, notes, settings.tie_flag_share)
+        if results["datasets"]:
+            log_results(results, loggers, log_prefix)
+    if results["failed"]:
+        raise EvaluationFailed(results["failed"], output_dir)
+    return {**results, **extra}
+
+
+def _fmt_chance(chance: float | None) -> str:
+    return "–" if chance is None else f"{chance:.1f}"
 
 
 def log_results(results: Mapping, loggers, prefix: str) -> None:

@@ -20,7 +20,8 @@ from PIL import Image
 
 import train
 from embedders import Embedder
-from evaluation.mmeb import EvalDataset, evaluate_embedder
+from evaluation.mmeb import EvalDataset
+from evaluation.runner import score
 
 G2E_SYSTEM = "Given an image, summarize the provided image in one word. Given only text, describe the text in one word."
 G2E_HEAD = f"<|im_start|>system\n{G2E_SYSTEM}<|im_end|>\n<|im_start|>user\n"
@@ -317,8 +318,9 @@ def test_refcoco_matching_candidates_are_encoded_as_queries(compose_cfg):
     try:
         rows = [EvalRow("RefCOCO-Matching", 0, Item("the man on the left"), (Item("a dog"), Item("a cat")))]
         other = [EvalRow("N24News", 0, Item("a headline"), (Item("sports"), Item("politics")))]
-        evaluate_embedder(emb, [EvalDataset("RefCOCO-Matching", "Grounding", "OOD", rows),
-                                EvalDataset("N24News", "Classification", "IND", other)], progress=False)
+        # Through the runner, as train.py/evaluate.py score: the sides come from the embedder's prompt.
+        score(emb, [EvalDataset("RefCOCO-Matching", "Grounding", "OOD", rows),
+                    EvalDataset("N24News", "Classification", "IND", other)], {"progress": False}, "profile")
     finally:
         type(builder).__call__ = original
     sides = dict(seen)

@@ -16,10 +16,10 @@ def test_train_then_evaluate(compose_cfg, tiny_cfg, tmp_path):
         r = outcome[side]
         assert 0.0 <= r["overall"] <= 100.0 and len(r["datasets"]) == 9
     results = json.loads((out / "eval" / "results.json").read_text())
-    assert set(results) == {"overall", "IND", "OOD", "meta_tasks", "datasets"}
+    assert set(results) == {"overall", "IND", "OOD", "meta_tasks", "datasets", "failed"} and not results["failed"]
     assert set(results["meta_tasks"]) == {"Classification", "VQA", "Retrieval", "Grounding"}
     for d in results["datasets"].values():
-        assert set(d) == {"precision@1", "num_queries", "meta_task", "split"} and d["split"] in ("IND", "OOD")
+        assert set(d) == {"precision@1", "num_queries", "meta_task", "split", "tied_rows", "tie_decided", "duplicate_gt", "collapsed", "skipped"} and d["split"] in ("IND", "OOD")
     assert (out / "eval" / "results.md").read_text().startswith("| Model | Cls | VQA | Ret | Grd | IND | OOD | Overall |")
     assert (out / "checkpoints" / "last.ckpt").is_file()
     assert (out / "csv" / "metrics.csv").read_text().count("train/loss") == 1

@@ -86,3 +86,44 @@ def test_protocol_encodes_unique_items_once_and_scores_index_0():
     assert r["datasets"]["Y"]["precision@1"] == 100.0
     assert r["overall"] == pytest.approx((200 / 3 + 100) / 2)
     assert chance_level(suite) == pytest.approx(100 * (1 / 3 + 1 / 2) / 2)
+
+
+def test_an_item_shared_by_the_first_and_last_dataset_is_encoded_once_and_then_dropped(fake_embedder):
+    from evaluation.mmeb import _Cache
+
+    rows = {name: [EvalRow(name, 0, Item(f"q-{name}"), (Item(gt), Item(f"other-{name}")))]
+            for name, gt in (("X", "shared"), ("Y", "own"), ("Z", "shared"))}
+    suite = [EvalDataset(n, "Retrieval", "IND", r) for n, r in rows.items()]
+    emb = fake_embedder()
+    r = evaluate_embedder(emb, suite, progress=False)
+    assert emb.encoded["target"].count("shared") == 1 and emb.calls["target"] == 5
+    assert r["failed"] == {} and set(r["datasets"]) == {"X", "Y", "Z"}
+
+    cache = _Cache()
+    enc = cache.lookup([1, 4, 7], lambda missing: torch.tensor([[float(x)] for x in missing]))
+    assert enc.squeeze(1).tolist() == [1.0, 4.0, 7.0]
+    cache.keep([1, 4, 7], enc, alive=lambda x: x != 4)  # 4 is needed by no later dataset: dropped
+    assert sorted(cache.pos) == [1, 7]
+    again = cache.lookup([2, 7], lambda missing: torch.tensor([[float(x)] for x in missing]))
+    assert again.squeeze(1).tolist() == [2.0, 7.0]  # 7 from the cache, 2 encoded
+    cache.keep([2, 7], again, alive=lambda x: False)
+    assert cache.pos == {} and cache.mat.numel() == 0
+
+
+def test_candidates_formatted_as_queries_when_the_dataset_says_so(fake_embedder):
+    """candidate_side="query" (Gen2Embed's RefCOCO-Matching): candidates get the query-side formatting."""
+    rows = [EvalRow("M", i, Item(f"region {i}"), tuple(Item(f"crop {i}-{j}") for j in range(6))) for i in range(8)]
+    for side in ("target", "query"):
+        emb = fake_embedder(side_dependent=True)  # a different vector per side for the same text
+        r = evaluate_embedder(emb, [EvalDataset("M", "Grounding", "OOD", rows, candidate_side=side)], progress=False)
+        assert set(emb.encoded[side]) >= {c.text for row in rows for c in row.candidates}
+        assert not ({c.text for row in rows for c in row.candidates} & set(emb.encoded[{"query": "target",
+                                                                                         "target": "query"}[side]]))
+        hits = 0
+        for row in rows:  # naive: the query vector against the candidates' vectors of the chosen side
+            q = emb(emb.input_builder([row.query.text], [None], "query"))[0]
+            s = torch.stack([emb(emb.input_builder([c.text], [None], side))[0] @ q for c in row.candidates])
+            hits += int(torch.argmax(s)) == 0
+        assert r["datasets"]["M"]["precision@1"] == pytest.approx(100 * hits / len(rows))
+    with pytest.raises(ValueError, match="candidate_side must be 'query' or 'target'"):
+        EvalDataset("M", "Grounding", "OOD", rows, candidate_side="candidate")

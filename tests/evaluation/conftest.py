@@ -1,0 +1,67 @@
+"""Fakes for evaluation tests: an embedder whose vectors are known in advance (a lookup table, or a
+deterministic function of text, side and image), counting what each side encodes."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+import torch
+
+from embedders.prompts import PromptFormat
+
+
+def text_vector(text: str, d: int = 8) -> list[float]:
+    """A deterministic pseudo-random vector per string (independent of the process and of batching)."""
+    seed = int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little") & 0x7FFF_FFFF
+    return torch.randn(d, generator=torch.Generator().manual_seed(seed)).tolist()
+
+
+class FakeEmbedder(torch.nn.Module):
+    """`table[text]` (or `text_vector(side + text + image flag)` for texts not in the table) as the embedding.
+
+    `nan_texts`: texts embedded as NaN; `constant`: every item gets the same vector (a collapsed model)."""
+
+    def __init__(self, table=None, nan_texts=(), constant=None, side_dependent=False):
+        super().__init__()
+        self.table = dict(table or {})
+        self.calls = {"query": 0, "target": 0}
+        self.encoded = {"query": [], "target": []}
+        self.family = type("Family", (), {"takes_images": True, "name": "fake"})()
+        self.dummy = torch.nn.Parameter(torch.zeros(1))
+        self.prompt = PromptFormat.plain()
+        outer = self
+
+        class Builder:
+            def __call__(self, texts, images, side):
+                outer.calls[side] += len(texts)
+                outer.encoded[side] += list(texts)
+                rows = []
+                for t, im in zip(texts, images):
+                    if t in nan_texts:
+                        rows.append([float("nan")] * 8)
+                    elif constant is not None:
+                        rows.append(list(constant))
+                    elif t in outer.table:
+                        rows.append(outer.table[t])
+                    else:
+                        key = (side + "|" if side_dependent else "") + t + ("|img" if im is not None else "")
+                        rows.append(text_vector(key))
+                return {"v": torch.tensor(rows, dtype=torch.float32)}
+
+        self.input_builder = Builder()
+
+    @property
+    def device(self):
+        return torch.device("cpu")
+
+    def spec(self):
+        return {"family": "fake"}
+
+    def forward(self, inputs):
+        return torch.nn.functional.normalize(inputs["v"], dim=-1)
+
+
+@pytest.fixture
+def fake_embedder():
+    return FakeEmbedder

@@ -1,0 +1,187 @@
+"""Encoding many items: length keys equal the processor's token counts, sorted batches return the caller's
+order with less padding, DataLoader workers change nothing (and draw from no global RNG), non-finite
+embeddings and refused items are named, and the progress bar shows items/s when asked for."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from datamodules.errors import DataError
+from datamodules.images import ImageLoader
+from datamodules.schema import Item
+from evaluation.encoding import NonFiniteEmbeddingError, encode_unique, length_keys, padding_share
+
+SIZES = [(40, 40), (120, 60), (200, 200), (56, 112), (300, 90)]
+WORDS = "red square blue circle green triangle on the left right middle of a picture".split()
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    from embedders import Embedder
+
+    torch.manual_seed(0)
+    # Varying image sizes give varying numbers of image tokens (min 4, max 64 merged tokens).
+    return Embedder.build("qwen2_vl", config={}, image={"min_pixels": 56 * 56, "max_pixels": 224 * 224})
+
+
+@pytest.fixture(scope="module")
+def items(tmp_path_factory):
+    root = tmp_path_factory.mktemp("images")
+    for i, size in enumerate(SIZES):
+        Image.new("RGB", size, (40 * i, 100, 200)).save(root / f"im{i}.png")
+    loader = ImageLoader(root)
+    g = random.Random(0)
+    out = []
+    for i in range(23):
+        text = " ".join(g.choice(WORDS) for _ in range(g.randint(1, 30)))
+        image = f"im{g.randrange(len(SIZES))}.png" if i % 3 else None
+        out.append((Item(("<|image_1|>\n" if image else "") + text, image), "Set", i, "qry_img_path", loader))
+    return out
+
+
+def _tokens(embedder, entry, side):
+    item, ds, row, field, loader = entry
+    image = loader.load(item.image) if item.image else None
+    return int(embedder.input_builder([item.text], [image], side)["attention_mask"].sum())
+
+
+@pytest.mark.parametrize("prompt", ["plain", "hierarchical"])
+def test_length_keys_equal_the_processors_token_counts(tiny, items, prompt):
+    from embedders.prompts import PromptFormat
+
+    builder = tiny.input_builder
+    original = builder.prompt
+    builder.prompt = PromptFormat.from_config(prompt)
+    try:
+        for side in ("query", "target"):
+            keys = length_keys(items, builder, side)
+            assert [k[0] for k in keys] == [_tokens(tiny, e, side) for e in items]
+    finally:
+        builder.prompt = original
+
+
+def test_sorted_batches_return_the_callers_order_with_less_padding(tiny, items):
+    stats = {"first": {}, "sorted": {}}
+    first = encode_unique(tiny, items, "query", 4, sort=False, stats=stats["first"])
+    ordered = encode_unique(tiny, items, "query", 4, sort=True, stats=stats["sorted"])
+    assert torch.allclose(first, ordered, atol=1e-5)  # same items, other batch neighbours
+    alone = encode_unique(tiny, items, "query", 1, sort=True)
+    assert torch.equal(alone, encode_unique(tiny, items, "query", 1, sort=False))  # batch 1: bit-identical
+    assert torch.allclose(alone, ordered, atol=1e-5)
+    assert stats["sorted"]["items"] == stats["first"]["items"] == len(items)
+    assert stats["sorted"]["tokens"] == stats["first"]["tokens"]  # the same real tokens…
+    assert padding_share(stats["sorted"]) < padding_share(stats["first"]) / 2  # …with far less padding
+
+
+def test_workers_change_nothing_and_leave_the_global_rng_alone(tiny, items):
+    baseline = encode_unique(tiny, items, "target", 4, num_workers=0)
+    torch.manual_seed(123)
+    random.seed(123)
+    np.random.seed(123)
+    states = (torch.get_rng_state(), random.getstate(), np.random.get_state()[1].copy())
+    from evaluation.encoding import available_cpus, effective_workers
+
+    if available_cpus() < 2:
+        pytest.skip("one CPU: evaluation never starts a worker here")
+    assert effective_workers(2, items, -(-len(items) // 4)) > 0  # the run below really uses worker processes
+    with_workers = encode_unique(tiny, items, "target", 4, num_workers=2)
+    assert torch.equal(with_workers, baseline)
+    assert torch.equal(torch.get_rng_state(), states[0])
+    assert random.getstate() == states[1]
+    assert np.array_equal(np.random.get_state()[1], states[2])
+
+
+def test_non_finite_embeddings_are_refused_naming_the_item(fake_embedder):
+    loader = ImageLoader(None)
+    entries = [(Item(f"text {i}"), "DocVQA", 10 + i, "qry_text", loader) for i in range(6)]
+    emb = fake_embedder(nan_texts={"text 4"})
+    with pytest.raises(NonFiniteEmbeddingError, match=r"dataset 'DocVQA', row 14 \(query side.*'text 4'"):
+        encode_unique(emb, entries, "query", 4)
+
+
+def test_a_refused_item_is_named_not_its_batch(tiny, items):
+    class Refusing:
+        def __init__(self, inner):
+            self.inner = inner
+
+        def __call__(self, texts, images, side):
+            if any("BOOM" in t for t in texts):
+                raise ValueError("aspect ratio too extreme")
+            return self.inner(texts, images, side)
+
+        def format(self, texts, images, side):
+            return self.inner.format(texts, images, side)
+
+        processor = property(lambda self: self.inner.processor)
+
+    entries = list(items[:6])
+    item, ds, row, field, loader = entries[3]
+    entries[3] = (Item(item.text + " BOOM", item.image), ds, row, field, loader)
+    original = tiny.input_builder
+    tiny.input_builder = Refusing(original)
+    try:
+        with pytest.raises(DataError, match=r"dataset 'Set', row 3, field 'qry_img_path': the processor refused"):
+            encode_unique(tiny, entries, "query", 6)
+    finally:
+        tiny.input_builder = original
+
+
+def test_a_missing_image_is_named_before_anything_is_encoded(fake_embedder, tmp_path):
+    loader = ImageLoader(tmp_path)
+    entries = [(Item("<|image_1|> x", "gone.png"), "OK-VQA", 7, "qry_img_path", loader)]
+    emb = fake_embedder()
+    with pytest.raises(DataError, match=r"dataset 'OK-VQA', row 7, field 'qry_img_path': image file .*gone.png"):
+        encode_unique(emb, entries, "query", 4)
+    assert emb.calls["query"] == 0
+
+
+def test_progress_bar_shows_items_per_second(fake_embedder, capsys):
+    entries = [(Item(f"t{i}"), "X", i, "qry_text", ImageLoader(None)) for i in range(10)]
+    encode_unique(fake_embedder(), entries, "query", 3, progress=True, desc="X queries")
+    err = capsys.readouterr().err
+    assert "X queries" in err and "item/s" in err and "10/10" in err
+    encode_unique(fake_embedder(), entries, "query", 3, progress=False)
+    assert capsys.readouterr().err == ""
+
+
+def test_sharded_sorted_encoding_equals_one_process_and_a_rank_failure_reaches_every_rank(tmp_path):
+    """2 gloo ranks: the sorted, strided shards gather back to the one-process matrix; a NaN embedding that
+    only rank 1 sees is raised on both ranks (rank 0 names rank 1's error) instead of leaving rank 0 waiting."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    probe = Path(__file__).resolve().parent / "encode_probe.py"
+    proc = subprocess.run([sys.executable, str(probe), str(tmp_path)], capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+    assert r0["equal_to_one_process"] and r1["equal_to_one_process"]
+    assert r1["raised"].startswith("NonFiniteEmbeddingError: non-finite embedding (NaN/Inf) for dataset 'Probe'")
+    assert r0["raised"].startswith("RuntimeError: rank 1 failed: NonFiniteEmbeddingError")
+
+
+def test_workers_are_used_only_where_they_can_pay_for_themselves(items):
+    from evaluation.encoding import effective_workers
+
+    text_only = [e for e in items if not e[0].image]
+    assert effective_workers(2, items, 6, cpus=16) == 2
+    assert effective_workers(2, items, 3, cpus=16) == 0  # fewer than two batches per worker
+    assert effective_workers(2, text_only, 50, cpus=16) == 0  # nothing to decode
+    assert effective_workers(0, items, 50, cpus=16) == 0
+    assert effective_workers(4, items, 50, cpus=2) == 1  # one CPU stays with the model
+    assert effective_workers(4, items, 50, cpus=1) == 0
+
+
+def test_progress_is_on_for_users_and_off_under_pytest(monkeypatch):
+    from evaluation.runner import _progress
+
+    assert _progress({}) is False and _progress({"progress": "auto"}) is False  # we are under pytest
+    assert _progress({"progress": True}) is True and _progress({"progress": False}) is False
+    monkeypatch.delenv("PYTEST_CURRENT_TEST")
+    assert _progress({}) is True
