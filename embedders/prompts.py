@@ -1,18 +1,26 @@
 """Prompt formatting shared by training and evaluation, so both format identically.
 
-A `PromptFormat` is configuration (`conf/prompt/*.yaml`): the family code only supplies its tokens and chat
-layout. Steps for one text (with or without an image):
+A `PromptFormat` is configuration (`conf/prompt/*.yaml`, mirrored by `PRESETS` here): the family code only supplies
+its tokens and chat layout. Steps for one text (with or without an image):
 
 1. The MMEB placeholder `<|image_1|>` becomes the family's image token, in the `image_layout` asked for
-   (`bare`: Qwen2-VL `<|image_pad|>`; `wrapped`: `<|vision_start|><|image_pad|><|vision_end|>`; LLaVA `<image>`
-   either way), where the placeholder stands (`image_position: in_place`, prepended when a text with an
-   image has none) or moved to the front followed by a newline (`first_line`, LLaVA's `preprocess_multimodal`).
+   (`wrapped`, the default: the model's own convention, Qwen2-VL `<|vision_start|><|image_pad|><|vision_end|>` as
+   its chat template writes it; `bare`: the reference codes' `<|image_pad|>` alone; LLaVA `<image>` either way),
+   where the placeholder stands (`image_position: in_place`, prepended when a text with an image has none) or
+   moved to the front followed by a newline (`first_line`, LLaVA's `preprocess_multimodal`).
    A placeholder without an image (MMEB-train WebQA queries) is rendered by `placeholder_without_image`:
    `image_token` (the family token as an ordinary token, VLM2Vec v1 and Gen2Embed), `literal` (kept as text,
-   LLaVE), `strip`, or `error`; unset = the family's default.
+   LLaVE), `strip`, or `error`; unset = the family's default (`literal`; `strip` for encoders, whose image token
+   is nothing).
 2. Chat prompts (`chat: true`) wrap the text in the family's chat layout with the `system` turn, add the query
    suffix on the query side (Gen2Embed's "\\nRepresent the given text/image in one word." for an image,
    "\\nRepresent the given text in one word." without one) and close with `assistant` when set (LLaVE: "\\n").
+
+`plain` is the default, in the model's own layout: a model trained with it ships exactly (sentence-transformers and
+plain transformers format and position its inputs as embedlab does; `embedders/shipping.py`). `vlm2vec`,
+`hierarchical` (Gen2Embed) and `llave` reproduce published checkpoints' preprocessing, bare image tokens and stray
+placeholder tokens included; where stock loaders cannot follow (Qwen2-VL's bare tokens get other positions there),
+the shipped directory's model card says what differs and how to reproduce it.
 
 `target_as_query` lists eval datasets whose candidates are formatted as queries (Gen2Embed formats the
 RefCOCO-Matching candidates with the query prompt, `src/dataset.py:578`); evaluation reads it.
@@ -20,7 +28,7 @@ RefCOCO-Matching candidates with the query prompt, `src/dataset.py:578`); evalua
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 PLACEHOLDER = "<|image_1|>"
 
@@ -29,6 +37,7 @@ HIERARCHICAL_SYSTEM = (
 )
 HIERARCHICAL_QUERY_SUFFIX_IMAGE = "\nRepresent the given text/image in one word."
 HIERARCHICAL_QUERY_SUFFIX_TEXT = "\nRepresent the given text in one word."
+LLAVE_SYSTEM = "You are a helpful assistant."
 
 SIDES = ("query", "target")
 IMAGE_LAYOUTS = ("bare", "wrapped")
@@ -47,15 +56,17 @@ class PromptFormat:
     query_suffix_text: str = ""
     #: Content of a closing assistant turn (None: the generation prompt `<|im_start|>assistant\n` ends the text).
     assistant: str | None = None
-    #: `bare` | `wrapped` | None (= bare in plain prompts, wrapped in chat prompts).
-    image_layout: str | None = None
+    #: `wrapped` (the model's own image-token convention; null means it too) | `bare`.
+    image_layout: str = "wrapped"
     image_position: str = "in_place"
     #: `image_token` | `literal` | `strip` | `error` | None (= the family's default).
     placeholder_without_image: str | None = None
     target_as_query: tuple[str, ...] = field(default_factory=tuple)
 
     def __post_init__(self):
-        for name, value, allowed in (("image_layout", self.image_layout, (None, *IMAGE_LAYOUTS)),
+        if self.image_layout is None:
+            object.__setattr__(self, "image_layout", "wrapped")
+        for name, value, allowed in (("image_layout", self.image_layout, IMAGE_LAYOUTS),
                                      ("image_position", self.image_position, IMAGE_POSITIONS),
                                      ("placeholder_without_image", self.placeholder_without_image,
                                       (None, *PLACEHOLDER_MODES))):
@@ -68,48 +79,37 @@ class PromptFormat:
 
     @classmethod
     def plain(cls) -> PromptFormat:
-        return cls()
+        return PRESETS["plain"]
 
     @classmethod
     def hierarchical(cls) -> PromptFormat:
-        # Gen2Embed (src/model_utils.py:244-253): bare image token inside the chat text, query suffix by whether
-        # the row has an image, RefCOCO-Matching candidates as queries (src/dataset.py:578).
-        return cls(
-            name="hierarchical",
-            chat=True,
-            system=HIERARCHICAL_SYSTEM,
-            query_suffix_image=HIERARCHICAL_QUERY_SUFFIX_IMAGE,
-            query_suffix_text=HIERARCHICAL_QUERY_SUFFIX_TEXT,
-            image_layout="bare",
-            target_as_query=("RefCOCO-Matching",),
-        )
+        return PRESETS["hierarchical"]
 
     @classmethod
     def from_config(cls, cfg) -> PromptFormat:
-        """Build from a name ("plain", "hierarchical") or a mapping of the fields."""
+        """Build from a preset name (`PRESETS`: plain, hierarchical, vlm2vec, llave) or a mapping of the fields: a
+        preset's name with fields changes those fields of the preset; any other name starts from the defaults."""
         if cfg is None:
-            return cls.plain()
+            return PRESETS["plain"]
         if isinstance(cfg, PromptFormat):
             return cfg
         if isinstance(cfg, str):
-            cfg = {"name": cfg}
+            if cfg not in PRESETS:
+                raise ValueError(f"unknown prompt {cfg!r}; presets: {sorted(PRESETS)}. A prompt of your own is a mapping "
+                                 "of its fields (a conf/prompt/<name>.yaml, or a dict with `name` and the fields)")
+            return PRESETS[cfg]
         cfg = dict(cfg)
         name = cfg.pop("name", "plain")
-        presets = {"plain": cls.plain, "hierarchical": cls.hierarchical}
-        if name in presets and not cfg:
-            return presets[name]()
-        base = asdict(presets[name]()) if name in presets else asdict(cls(name=name))
-        unknown = set(cfg) - set(base) - {"name"}
+        base = PRESETS.get(name) or cls(name=name)
+        known = set(asdict(base))
+        unknown = set(cfg) - known
         if unknown:
-            raise ValueError(f"prompt config has unknown field(s) {sorted(unknown)}; known: {sorted(base)}")
-        base.update(cfg)
-        base["name"] = name
-        targets = base.get("target_as_query")
-        if targets is None:
-            base["target_as_query"] = ()
-        elif not isinstance(targets, str):
-            base["target_as_query"] = tuple(targets)  # a string is refused by __post_init__
-        return cls(**base)
+            raise ValueError(f"prompt config has unknown field(s) {sorted(unknown)}; known: {sorted(known)}")
+        if cfg.get("target_as_query", ()) is None:
+            cfg["target_as_query"] = ()
+        elif not isinstance(cfg.get("target_as_query", ()), str):
+            cfg["target_as_query"] = tuple(cfg.get("target_as_query", ()))  # a string is refused by __post_init__
+        return replace(base, **cfg)
 
     def to_dict(self) -> dict:
         out = asdict(self)
@@ -117,9 +117,37 @@ class PromptFormat:
         return out
 
 
+#: The prompts of conf/prompt/*.yaml (tests/embedders/test_prompts.py checks that each file equals its preset).
+PRESETS: dict[str, PromptFormat] = {
+    # MMEB texts as they are, in the model's own image-token layout: what stock loaders reproduce.
+    "plain": PromptFormat(),
+    # Gen2Embed (src/model_utils.py:244-253): bare image token inside the chat text, query suffix by whether the row
+    # has an image, a placeholder without an image as the image token (src/dataset.py:591), RefCOCO-Matching
+    # candidates as queries (src/dataset.py:578).
+    "hierarchical": PromptFormat(name="hierarchical", chat=True, system=HIERARCHICAL_SYSTEM,
+                                 query_suffix_image=HIERARCHICAL_QUERY_SUFFIX_IMAGE,
+                                 query_suffix_text=HIERARCHICAL_QUERY_SUFFIX_TEXT, image_layout="bare",
+                                 placeholder_without_image="image_token", target_as_query=("RefCOCO-Matching",)),
+    # VLM2Vec v1 (src/dataset.py:83,130): no chat layout, the bare token wherever the placeholder stands, image or not.
+    "vlm2vec": PromptFormat(name="vlm2vec", image_layout="bare", placeholder_without_image="image_token"),
+    # LLaVE (llava/train/train.py:384-410, llava/eval/model_embed.py:96-98): Qwen's chat layout with the default
+    # system message, image first + newline, a closing assistant turn "\n", text-only rows left as they are.
+    "llave": PromptFormat(name="llave", chat=True, system=LLAVE_SYSTEM, assistant="\n", image_layout="bare",
+                          image_position="first_line", placeholder_without_image="literal"),
+}
+
+
 def image_token_for(prompt: PromptFormat, family) -> str | None:
-    layout = prompt.image_layout or ("wrapped" if prompt.chat else "bare")
-    return family.chat_image_token if layout == "wrapped" else family.image_token
+    """The family's image token in the prompt's layout (`wrapped` falls back to the bare token for families without
+    a wrapped form)."""
+    if prompt.image_layout == "wrapped" and family.chat_image_token is not None:
+        return family.chat_image_token
+    return family.image_token
+
+
+def placeholder_mode(prompt: PromptFormat, family) -> str:
+    """How this prompt renders `<|image_1|>` in a row without an image on this family."""
+    return prompt.placeholder_without_image or family.placeholder_without_image
 
 
 def replace_placeholder(text: str, has_image: bool, image_token: str | None, position: str = "in_place",
@@ -166,8 +194,7 @@ def format_text(text: str, has_image: bool, side: str, prompt: PromptFormat, fam
         raise ValueError(f"prompt {prompt.name!r} uses a chat layout, but family {family.name!r} has none; "
                          "use prompt=plain")
     body = replace_placeholder(text, has_image, image_token_for(prompt, family), prompt.image_position,
-                               prompt.placeholder_without_image or family.placeholder_without_image,
-                               stray_ok=family.embeds_stray_image_tokens)
+                               placeholder_mode(prompt, family), stray_ok=family.embeds_stray_image_tokens)
     if not prompt.chat:
         return body
     if side == "query":

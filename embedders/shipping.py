@@ -25,6 +25,7 @@ import logging
 import os
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -63,9 +64,14 @@ def save_embedder(embedder, directory: str | Path) -> Path:
     embedder.family.save_processor(embedder.processor, directory)
     spec = embedder.spec()
     (directory / EMBEDDER_FILE).write_text(json.dumps(spec, indent=2) + "\n")
-    write_sentence_transformers_config(embedder, directory)
+    has_st = write_sentence_transformers_config(embedder, directory)
     write_model_card(directory)
     log.info("saved %s (%s) to %s", architecture, embedder.family.name, directory)
+    differences = stock_differences(spec) if has_st else []
+    if differences:
+        log.warning("%s: sentence-transformers and transformers do not reproduce this Embedder exactly (%s); its "
+                    "README.md says what differs and how to reproduce it (Embedder.from_pretrained is exact)",
+                    directory, "; ".join(d.summary for d in differences))
     return directory
 
 
@@ -116,11 +122,15 @@ def chat_template(family, prompt) -> str:
     """A Jinja chat template that renders one user message (texts and at most one image, in any order) exactly as
     `format_text` formats it for the side named by `task` ("query"; anything else is the target/document side).
 
-    The MMEB placeholder `<|image_1|>` in the text becomes the family's image token, which is prepended when an image
-    comes without a placeholder; a system message (sentence-transformers' `prompt`) replaces the format's system
-    prompt in the chat layout and is prepended to the text in the plain layout."""
-    image_token = family.chat_image_token if prompt.chat else family.image_token
+    Every setting of the prompt is compiled in: the image token in the prompt's layout, where it goes
+    (`image_position`), what a placeholder without an image becomes (`placeholder_without_image`, or the family's
+    default), the chat layout with its system turn, query-only suffix and closing assistant turn. A system message
+    (sentence-transformers' `prompt`) replaces the format's system prompt in the chat layout and is prepended to the
+    text in the plain layout. Inputs that `format_text` refuses are refused with the same reason."""
+    from .prompts import image_token_for, placeholder_mode
+
     lit = json.dumps
+    token = image_token_for(prompt, family)
     lines = [
         "{#- embedlab: " + prompt.name + " prompt of the " + family.name + " family (embedders/prompts.py) -#}",
         "{%- set ns = namespace(text='', system=none, images=0) -%}",
@@ -136,22 +146,19 @@ def chat_template(family, prompt) -> str:
         "{%- endif -%}{%- endfor -%}{%- endfor -%}",
         "{%- if ns.images > 1 -%}{{ raise_exception('one image per input is supported') }}{%- endif -%}",
         f"{{%- set placeholder = {lit(PLACEHOLDER)} -%}}",
-        "{%- if ns.images == 0 and placeholder in ns.text -%}"
-        "{{ raise_exception('the text holds the image placeholder but no image goes with it') }}{%- endif -%}",
-        "{%- if ns.images == 1 and ns.text.count(placeholder) > 1 -%}"
-        "{{ raise_exception('the text holds more than one image placeholder') }}{%- endif -%}",
+        "{%- set count = ns.text.count(placeholder) -%}",
         "{%- set body = ns.text -%}",
-        f"{{%- if ns.images == 1 -%}}{{%- set body = body.replace(placeholder, {lit(image_token or '')}) "
-        f"if placeholder in body else {lit(image_token or '')} + body -%}}{{%- endif -%}}",
+        "{%- if ns.images == 0 and count -%}" + _template_without_image(placeholder_mode(prompt, family), token,
+                                                                         family.embeds_stray_image_tokens),
+        "{%- elif ns.images == 1 -%}" + _template_with_image(token, prompt.image_position),
+        "{%- endif -%}",
     ]
     if prompt.chat:
         lines.append(f"{{%- if task is defined and task == 'query' -%}}{{%- set body = body + "
                      f"({lit(prompt.query_suffix_image)} if ns.images else {lit(prompt.query_suffix_text)}) -%}}"
                      "{%- endif -%}")
         lines.append(f"{{%- set system = ns.system if ns.system is not none else {lit(prompt.system)} -%}}")
-        with_system, without_system = _chat_layout(family)
-        head, middle, tail = with_system
-        plain_head, plain_tail = without_system
+        (head, middle, tail), (plain_head, plain_tail) = _chat_layout(family, prompt.assistant)
         lines.append(f"{{%- if system -%}}{{{{ {lit(head)} + system + {lit(middle)} + body + {lit(tail)} }}}}"
                      f"{{%- else -%}}{{{{ {lit(plain_head)} + body + {lit(plain_tail)} }}}}{{%- endif -%}}")
     else:
@@ -159,14 +166,47 @@ def chat_template(family, prompt) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _chat_layout(family) -> tuple[tuple[str, str, str], tuple[str, str]]:
+def _template_without_image(mode: str, token: str | None, stray_ok: bool) -> str:
+    """Jinja for a text holding the placeholder without an image, as `prompts.replace_placeholder` renders it."""
+    lit = json.dumps
+    if mode == "literal":
+        return ""
+    if mode == "strip":
+        return "{%- set body = body.replace(placeholder, '') -%}"
+    if mode == "image_token" and token is not None:
+        if not stray_ok and token:
+            return ("{{ raise_exception('placeholder_without_image=image_token: this backbone family cannot embed an "
+                    "image token in a row without an image') }}")
+        return f"{{%- set body = body.replace(placeholder, {lit(token)}) -%}}"
+    return ("{{ raise_exception('the text holds the image placeholder but no image goes with it (placeholder_without_"
+            f"image={mode})') }}}}")
+
+
+def _template_with_image(token: str | None, position: str) -> str:
+    """Jinja for a text with its image, as `prompts.replace_placeholder` renders it."""
+    lit = json.dumps
+    if token is None:
+        return "{{ raise_exception('this backbone family takes no images, but an image was given') }}"
+    out = "{%- if count > 1 -%}{{ raise_exception('the text holds more than one image placeholder') }}{%- endif -%}"
+    if position == "first_line":
+        # LLaVA's preprocess_multimodal: a text not starting with the image token gets it moved to the front, then "\n"
+        out += f"{{%- set body = body.replace(placeholder, {lit(token)}) -%}}"
+        if token:
+            out += (f"{{%- if not (count and body.startswith({lit(token)})) -%}}{{%- set body = ({lit(token)} + "
+                    f"'\\n' + body.replace({lit(token)}, '', 1).strip()).strip() -%}}{{%- endif -%}}")
+        return out
+    return out + (f"{{%- set body = body.replace(placeholder, {lit(token)}) if count else {lit(token)} + body -%}}")
+
+
+def _chat_layout(family, assistant: str | None = None) -> tuple[tuple[str, str, str], tuple[str, str]]:
     """The family's chat layout as literal pieces around the system prompt and the user turn, read off `family.chat`
     (so the template cannot drift from the code that formats training and evaluation inputs)."""
     sys_mark, user_mark = "\x00SYSTEM\x00", "\x00USER\x00"
-    full = family.chat(sys_mark, user_mark)
+    kwargs = {} if assistant is None else {"assistant": assistant}
+    full = family.chat(sys_mark, user_mark, **kwargs)
     head, rest = full.split(sys_mark)
     middle, tail = rest.split(user_mark)
-    plain_head, plain_tail = family.chat(None, user_mark).split(user_mark)
+    plain_head, plain_tail = family.chat(None, user_mark, **kwargs).split(user_mark)
     return (head, middle, tail), (plain_head, plain_tail)
 
 
@@ -239,6 +279,61 @@ def _versions() -> dict[str, str]:
 def _write_json(path: Path, data) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2) + "\n")
+
+
+# ==================================================================== what stock loaders do differently
+@dataclass(frozen=True)
+class StockDifference:
+    """One way sentence-transformers / plain transformers (and vLLM) would encode differently from embedlab."""
+
+    key: str
+    summary: str   # a few words, for the warning of save_embedder
+    detail: str    # the model card's sentence: what differs, for which inputs, and how to reproduce embedlab
+
+
+def stock_differences(spec: Mapping) -> list[StockDifference]:
+    """What the stock loaders do differently from `Embedder.encode` for the Embedder of `spec` (its embedder.json),
+    on inputs within `max_length`; empty when they reproduce it exactly (the default `plain` prompt: tested)."""
+    from .backbones import get_family
+    from .prompts import PromptFormat, image_token_for, placeholder_mode
+
+    family = get_family(spec["family"])
+    prompt = PromptFormat.from_config(spec.get("prompt"))
+    out = []
+    token = image_token_for(prompt, family)
+    if family.takes_images and family.reference_image_positions and token != family.chat_image_token:
+        out.append(StockDifference(
+            "image_positions", f"bare {token} image positions",
+            f"**Image positions.** This model's prompt (`{prompt.name}`) writes the image as a bare `{token}` run "
+            f"(no `<|vision_start|>`), which embedlab positions as the Qwen2-VL code that prompt comes from does: "
+            "image tokens get 3D (M-RoPE) image positions only right after `<|vision_start|>`, so here they get "
+            "text positions. transformers ≥ 5, and sentence-transformers with it, give them image positions, so "
+            "their vectors for inputs **with an image** differ from embedlab's (texts alone are unaffected). The "
+            "transformers code below sets `mm_token_type_ids` to 0 and matches embedlab; sentence-transformers has "
+            "no such switch. vLLM computes M-RoPE positions with its own code (not verified for this layout)."))
+    if (family.takes_images and family.embeds_stray_image_tokens and token
+            and placeholder_mode(prompt, family) == "image_token"):
+        out.append(StockDifference(
+            "stray_image_token", "<|image_1|> without an image",
+            f"**`<|image_1|>` without an image** (MMEB-train WebQA queries): embedlab renders it as `{token}` and "
+            "embeds that as an ordinary token, as the reference does; stock processors refuse such a text (\"Found 1 "
+            f"{family.image_token} tokens in the text but no images were passed\"). Encode these texts with embedlab."))
+    resize = (spec.get("image") or {}).get("resize")
+    if resize:
+        out.append(StockDifference(
+            "image_resize", f"images resized first ({_describe_resize(resize)})",
+            f"**Image resizing.** embedlab resizes every image before the processor ({_describe_resize(resize)}; "
+            "`model.image.resize`), the stock processors do not: resize images the same way before passing them "
+            "(the `resize` function of the transformers code below) to get embedlab's vectors."))
+    return out
+
+
+def _describe_resize(policy: Mapping) -> str:
+    if policy["mode"] == "fixed":
+        w, h = policy["size"]
+        return f"to {w}×{h}, {policy.get('resample', 'bicubic')}"
+    return (f"aspect ratio clamped to {policy['max_aspect']}, long side down to {policy['max_side']} px or short side "
+            f"up to {policy['min_side']} px, {policy.get('resample', 'bicubic')}")
 
 
 # ================================================================================================ model card
@@ -402,8 +497,10 @@ def _describe_base(spec, config, base) -> str:
 
 
 def _card_summary(spec, config, base, has_st) -> str:
+    from .backbones import get_family
     from .prompts import PromptFormat
 
+    family = get_family(spec["family"])
     prompt = PromptFormat.from_config(spec.get("prompt"))
     dim = _hidden_size(config)
     rows = [("Base model", _describe_base(spec, config, base)),
@@ -413,17 +510,17 @@ def _card_summary(spec, config, base, has_st) -> str:
              + (", L2-normalised" if spec.get("normalize", True) else "")),
             ("Embedding dimension", f"{spec['truncate_dim']} (first {spec['truncate_dim']} of {dim}, re-normalised)"
              if spec.get("truncate_dim") else str(dim)),
-            ("Prompt", _describe_prompt(prompt))]
+            ("Prompt", _describe_prompt(prompt, family))]
     lines = ["An embedding model trained with embedlab (Lightning + Hydra) for universal "
              "multimodal retrieval in the MMEB setting: a language-model backbone with a pooling head that maps texts, "
              "images and image+text inputs into one vector space." if spec["family"] != "text_encoder" else
              "A text embedding model trained with embedlab (Lightning + Hydra) in the MMEB setting.", "",
              "| | |", "|---|---|"]
-    lines += [f"| {k} | {v} |" for k, v in rows]
-    lines += ["", "The directory is at once an embedlab Embedder (`embedder.json`), a transformers checkpoint"
-              + (", a sentence-transformers model" if has_st else "")
-              + " and a vLLM pooling model (GPU; `config.json` keeps the architecture"
-              + (", `modules.json` names the pooling" if has_st else "") + ").", ""]
+    lines += [f"| {k} | {v.replace('|', chr(92) + '|')} |" for k, v in rows]   # a pipe inside a cell must be escaped
+    what = ("at once an embedlab Embedder (`embedder.json`), a transformers checkpoint, a sentence-transformers model "
+            "and a vLLM pooling model (GPU; `config.json` keeps the architecture, `modules.json` names the pooling)"
+            if has_st else "an embedlab Embedder (`embedder.json`) whose backbone is a transformers checkpoint")
+    lines += ["", f"The directory is {what}.", ""]
     return "\n".join(lines)
 
 
@@ -434,15 +531,31 @@ def _hidden_size(config: Mapping) -> int | str:
     return "?"
 
 
-def _describe_prompt(prompt) -> str:
-    if not prompt.chat:
-        return "`plain`: MMEB texts as they are, `<|image_1|>` replaced by the backbone's image token"
-    text = f"`{prompt.name}`: the backbone's chat layout"
-    if prompt.system:
-        text += f" with the system prompt \"{prompt.system}\""
-    if prompt.query_suffix_image or prompt.query_suffix_text:
+def _describe_prompt(prompt, family) -> str:
+    from .prompts import image_token_for, placeholder_mode
+
+    if prompt.chat:
+        text = f"`{prompt.name}`: the backbone's chat layout"
+        if prompt.system:
+            text += f" with the system prompt \"{prompt.system}\""
+    else:
+        text = f"`{prompt.name}`: MMEB texts as they are"
+    token = image_token_for(prompt, family)
+    if family.takes_images and token is not None:
+        if token:
+            text += f"; `{PLACEHOLDER}` → `{token}`"
+            if prompt.image_position == "first_line":
+                text += " moved to the front and followed by a newline"
+        else:
+            text += f"; `{PLACEHOLDER}` removed (the image goes to the vision tower)"
+        without = {"literal": "kept as text", "strip": "removed", "error": "refused",
+                   "image_token": f"`{token}` as an ordinary token"}[placeholder_mode(prompt, family)]
+        text += f"; `{PLACEHOLDER}` without an image: {without}"
+    if prompt.chat and (prompt.query_suffix_image or prompt.query_suffix_text):
         text += (f"; queries only end with \"{prompt.query_suffix_text.strip()}\" (text) / "
                  f"\"{prompt.query_suffix_image.strip()}\" (with an image)")
+    if prompt.chat and prompt.assistant is not None:
+        text += f"; a closing assistant turn {json.dumps(prompt.assistant)}"
     return text
 
 
@@ -580,6 +693,13 @@ def _card_usage(spec, config, model_id: str, has_st: bool) -> str:
         out += [f"query = embedder.encode([{json.dumps(EXAMPLE_TEXT_QUERY)}], side=\"query\")"]
     out += [f"docs = embedder.encode({json.dumps(list(EXAMPLE_DOCUMENTS))}, side=\"target\")",
             "print(query @ docs.T)   # cosine similarities (the vectors are L2-normalised)", "```", ""]
+    differences = stock_differences(spec) if has_st else []
+    if differences:
+        out += ["### Differences from embedlab in sentence-transformers and transformers", "",
+                "Part of this model's preprocessing (that of the published model its prompt or image settings "
+                "reproduce) is not what the stock loaders do. `Embedder.from_pretrained` (above) reproduces its "
+                "training and evaluation exactly; elsewhere:", ""]
+        out += [f"- {d.detail}" for d in differences] + [""]
     if has_st:
         out += ["### sentence-transformers", "", "```python", "from PIL import Image",
                 "from sentence_transformers import SentenceTransformer", "",
@@ -596,33 +716,48 @@ def _card_usage(spec, config, model_id: str, has_st: bool) -> str:
                 + (", normalize_embeddings=True)" if truncate else ")"),
                 "print(model.similarity(query, docs))", "```", ""]
         notes = ["`encode_query` / `encode_document` give the vectors of embedlab's `side=\"query\"` / "
-                 "`side=\"target\"` (tested to 1e-5)."]
+                 "`side=\"target\"`" + (" (tested to 1e-5)." if not differences else
+                                          ", except as listed under *Differences from embedlab* above.")]
         if family.has_chat:
             notes.append("The query/document formatting (image token, chat layout, the query-only suffix) lives in "
                          "the chat template (`chat_template.jinja`), which receives `task`; the system prompt is the "
-                         "`query`/`document` prompt of `config_sentence_transformers.json`.")
+                         "`query`/`document` prompt of `config_sentence_transformers.json`. Inputs longer than "
+                         f"`max_length` ({spec.get('max_length')} tokens) are not truncated there, while embedlab "
+                         "drops their last text tokens (never image tokens).")
         if truncate:
             notes.append(f"`truncate_dim` is {truncate}: sentence-transformers truncates after its Normalize module, "
                          "so pass `normalize_embeddings=True` for unit vectors (cosine similarities are the same "
                          "either way).")
         out += [" ".join(notes), ""]
-    out += ["### transformers", "", "```python"] + _transformers_snippet(family, spec, model_id).splitlines() + ["```",
-                                                                                                                ""]
-    out += ["### vLLM (GPU only; not run on CPU)", "", "```python"] + _vllm_snippet(family, model_id).splitlines()
-    out += ["```", "",
-            "vLLM reads the architecture from `config.json` and the pooling (and normalisation) from `modules.json`."
-            + (f" It returns the full {_hidden_size(config)}-dimensional vector: keep the first {truncate} and "
-               "re-normalise." if truncate else ""), ""]
+        out += ["### transformers", "", "```python"]
+        out += _transformers_snippet(family, spec, model_id, {d.key for d in differences}).splitlines() + ["```", ""]
+        out += ["### vLLM (GPU only; not run on CPU)", "", "```python"] + _vllm_snippet(family, model_id).splitlines()
+        out += ["```", "",
+                "vLLM reads the architecture from `config.json` and the pooling (and normalisation) from "
+                "`modules.json`." + (f" It returns the full {_hidden_size(config)}-dimensional vector: keep the first "
+                                     f"{truncate} and re-normalise." if truncate else ""), ""]
+    else:
+        out += ["### transformers", "",
+                f"`AutoModel.from_pretrained` reads the backbone, but this family (`{family.name}`) turns inputs into "
+                "one vector in embedlab's own way (see `embedders/backbones/` in embedlab), which no stock loader "
+                "reproduces: load it with embedlab as above.", ""]
     out += ["### MTEB / MIEB (with embedlab installed)", "", "```bash",
             f"python -m evaluation.mteb_model {model_id if not _is_hub_id(model_id) else '<local copy>'} "
             "--benchmark \"MIEB(lite)\"", "```", ""]
     return "\n".join(out)
 
 
-def _transformers_snippet(family, spec, model_id: str) -> str:
+def _transformers_snippet(family, spec, model_id: str, differences: set[str] = frozenset()) -> str:
     truncate = spec.get("truncate_dim")
     cut = f"    emb = emb[:, :{truncate}]   # truncate_dim\n" if truncate else ""
     if family.has_chat:
+        positions = ("    # This model gives its bare image tokens text positions (the Qwen2-VL code its prompt comes from\n"
+                     "    # gives image positions only after <|vision_start|>); transformers >= 5 would give them image ones.\n"
+                     "    if \"mm_token_type_ids\" in inputs:\n"
+                     "        inputs[\"mm_token_type_ids\"] = torch.zeros_like(inputs[\"mm_token_type_ids\"])\n"
+                     if "image_positions" in differences else "")
+        resize = _resize_snippet((spec.get("image") or {}).get("resize")) if "image_resize" in differences else ""
+        image = "resize(image)" if resize else "image"
         return f"""import torch
 from PIL import Image
 from transformers import AutoModel, AutoProcessor
@@ -636,7 +771,7 @@ def embed(conversations, task):
     # The directory's chat template formats inputs exactly as in training; task="query" adds the query treatment.
     inputs = processor.apply_chat_template(conversations, task=task, tokenize=True, return_dict=True,
                                            return_tensors="pt", processor_kwargs={{"padding": True}})
-    with torch.no_grad():
+{positions}    with torch.no_grad():
         hidden = model(**inputs).last_hidden_state
     mask = inputs["attention_mask"]
     last = mask.shape[1] - 1 - mask.flip(1).argmax(1)   # last non-padding token, whatever the padding side
@@ -647,9 +782,9 @@ def embed(conversations, task):
 def user(*content):
     return [{{"role": "user", "content": list(content)}}]
 
-
+{resize}
 image = Image.new("RGB", (84, 84), "red")
-query = embed([user({{"type": "image", "image": image}}, {{"type": "text", "text": {json.dumps(EXAMPLE_QUERY_TEXT)}}})],
+query = embed([user({{"type": "image", "image": {image}}}, {{"type": "text", "text": {json.dumps(EXAMPLE_QUERY_TEXT)}}})],
               task="query")
 docs = embed([user({{"type": "text", "text": t}}) for t in {json.dumps(list(EXAMPLE_DOCUMENTS))}], task="document")
 print(query @ docs.T)
@@ -679,6 +814,38 @@ def embed(texts):
 query = embed([{json.dumps(EXAMPLE_TEXT_QUERY)}])
 docs = embed({json.dumps(list(EXAMPLE_DOCUMENTS))})
 print(query @ docs.T)
+"""
+
+
+#: PIL resampling filters by embedlab's names (`model.image.resize.resample`).
+PIL_RESAMPLE = {"nearest": "NEAREST", "lanczos": "LANCZOS", "bilinear": "BILINEAR", "bicubic": "BICUBIC"}
+
+
+def _resize_snippet(policy: Mapping) -> str:
+    """A `resize(image)` function doing what `embedders.backbones.base.resize_image` does with `policy`."""
+    resample = f"Image.Resampling.{PIL_RESAMPLE[policy.get('resample', 'bicubic')]}"
+    if policy["mode"] == "fixed":
+        w, h = policy["size"]
+        return f"""
+def resize(image):   # what embedlab does to every image before the processor (model.image.resize)
+    return image.resize(({w}, {h}), {resample})
+
+"""
+    return f"""
+def resize(image):   # what embedlab does to every image before the processor (model.image.resize)
+    w, h = image.size
+    if max(w, h) > {policy['max_aspect']} * min(w, h):   # stretch to the aspect-ratio cap
+        if w > h:
+            h = w / {policy['max_aspect']}
+        else:
+            w = h / {policy['max_aspect']}
+    scale = 1.0
+    if max(w, h) > {policy['max_side']}:
+        scale = {policy['max_side']} / max(w, h)
+    if min(w, h) < {policy['min_side']}:   # takes precedence
+        scale = {policy['min_side']} / min(w, h)
+    return image.resize((int(w * scale), int(h * scale)), {resample})
+
 """
 
 

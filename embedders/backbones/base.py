@@ -30,10 +30,10 @@ class BackboneFamily:
     #: `config.json` model types this family loads; a checkpoint of another type is refused by name.
     model_types: tuple[str, ...] = ()
     takes_images: bool = False
-    #: What the MMEB placeholder becomes in plain prompts (reference-code convention).
+    #: What the MMEB placeholder becomes in the prompt's `bare` image layout (reference-code convention).
     image_token: str | None = None
     #: The wrapped form (the model's own chat-template convention, e.g. `<|vision_start|><|image_pad|><|vision_end|>`):
-    #: used when the prompt's `image_layout` is `wrapped` (the default of chat prompts).
+    #: used in the `wrapped` image layout, the default (`embedders/prompts.py`).
     chat_image_token: str | None = None
     #: How a text holding `<|image_1|>` without an image is rendered when the prompt does not say
     #: (`embedders/prompts.py`): `literal` keeps the placeholder as plain text (LLaVE), `image_token` puts the
@@ -42,6 +42,10 @@ class BackboneFamily:
     #: Whether a text-only row may carry the image token as an ordinary token (`placeholder_without_image:
     #: image_token`): the family must then keep such tokens out of the image-feature scatter.
     embeds_stray_image_tokens: bool = False
+    #: Whether image tokens get image positions only after the wrapped form's opening token (Qwen2-VL's reference
+    #: rule) rather than by token id as stock transformers does: the `bare` layout then ships with a documented
+    #: difference (`embedders/shipping.py`).
+    reference_image_positions: bool = False
     default_pooling: str = "last"
     #: Pooling modes the family supports ("model" = the model's own pooling head, e.g. dual encoders).
     pooling_modes: tuple[str, ...] = ("last", "mean", "cls")

@@ -6,8 +6,11 @@ Positions (M-RoPE): an image's tokens get 3D (temporal, height, width) positions
 (VLM2Vec v1 `src/vlm_backbone/qwen2_vl/modeling_qwen2_vl.py:1459-1461`, transformers 4.46); transformers 5 marks
 image tokens by id, so a bare `<|image_pad|>` layout (VLM2Vec, Gen2Embed) would get 3D positions the models
 never saw. `prepare` writes `mm_token_type_ids` by the reference rule and `encode_inputs` passes the positions
-computed from them. A text-only row may hold `<|image_pad|>` as an ordinary token (the reference's rendering of
-`<|image_1|>` without an image): it keeps its token embedding and 1D position.
+computed from them. In the default `wrapped` layout (`<|vision_start|><|image_pad|><|vision_end|>`, Qwen's own)
+both rules give the same positions, so stock loaders reproduce a shipped model exactly; with the bare layout they
+do not (`reference_image_positions`; the model card says so, embedders/shipping.py). A text-only row may hold
+`<|image_pad|>` as an ordinary token (the references' rendering of `<|image_1|>` without an image): it keeps its
+token embedding and 1D position.
 
 Images are resized first when `model.image.resize` says so (VLM2Vec v1: 1344 x 1344; Gen2Embed: aspect clamp),
 then by the processor within `min_pixels`..`max_pixels`.
@@ -117,8 +120,10 @@ class Qwen2VLFamily(BackboneFamily):
     takes_images = True
     image_token = "<|image_pad|>"
     chat_image_token = "<|vision_start|><|image_pad|><|vision_end|>"
-    placeholder_without_image = "image_token"  # VLM2Vec v1 src/dataset.py:83,130 (replace whatever the image)
+    # A placeholder without an image stays text by default; prompts vlm2vec/hierarchical ask for the image token
+    # (VLM2Vec v1 src/dataset.py:83,130, Gen2Embed src/dataset.py:591), which this family embeds as a token.
     embeds_stray_image_tokens = True
+    reference_image_positions = True
     default_pooling = "last"
     padding_side = "left"
     lora_target_modules = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")

@@ -44,7 +44,8 @@ def build_tiny(family: str, prompt="plain", seed: int = 0, **kwargs):
 
     cfg = tiny_model_config({"qwen2_vl": "tiny_qwen2vl", "llava_onevision": "tiny_llava_ov"}[family])
     torch.manual_seed(seed)
-    return Embedder.build(family=family, config=cfg["config"], image=cfg.get("image"), prompt=prompt, **kwargs)
+    kwargs.setdefault("image", cfg.get("image"))
+    return Embedder.build(family=family, config=cfg["config"], prompt=prompt, **kwargs)
 
 
 @pytest.fixture(scope="session")
@@ -109,7 +110,7 @@ def offline_auto_processor(monkeypatch):
 
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory, bundled_root):
-    """A 3-step LoRA run of the tiny Qwen2-VL (hierarchical prompt, hardness-weighted loss with Matryoshka dims),
+    """A 3-step LoRA run of the tiny Qwen2-VL (the default prompt, hardness-weighted loss with Matryoshka dims),
     its base model a local directory saved by embedlab; scored on the small bundled eval. Returns the run directory
     (with `.hydra/config.yaml` as Hydra writes it) and the outcome of train.run."""
     from omegaconf import OmegaConf
@@ -120,7 +121,7 @@ def trained_run(tmp_path_factory, bundled_root):
     base = build_tiny("qwen2_vl").save_pretrained(root / "base")
     run_dir = root / "run"
     overrides = base_conftest.tiny_overrides(bundled_root, [
-        f"model.path={base}", "model.config=null", "model.lora={r:4,alpha:8}", "prompt=hierarchical",
+        f"model.path={base}", "model.config=null", "model.lora={r:4,alpha:8}",
         "loss=hardness_weighted", "loss.matryoshka_dims=[32,128]", "evaluate_before=false",
         "data.subsets=[ShapeCls,ShapeT2I]"])
     cfg = base_conftest.compose("train", overrides, run_dir)

@@ -29,7 +29,8 @@ def test_mteb_runs_local_mmeb_tasks_and_agrees_with_embedlab(trained_run, bundle
     for ds in suite:
         got = scored[ds.name]
         assert got["main_score"] == pytest.approx(got["precision_at_1"])
-        assert 100 * got["precision_at_1"] == pytest.approx(ours["datasets"][ds.name]["precision@1"], abs=1e-6)
+        # mteb rounds its scores to 5 decimals (mteb/_evaluators/retrieval_metrics.py): 1/12 comes back as 0.08333.
+        assert got["precision_at_1"] == round(ours["datasets"][ds.name]["precision@1"] / 100, 5)
         # Precision@1 of a 3-step model can be 0 for both: the reciprocal rank of the ground truth is a finer check.
         want = _mrr_at_10(embedder, ds)
         assert 0 < want < 1
