@@ -15,6 +15,12 @@ A saved directory is at once
   `"document"` to it, and so can plain transformers (`processor.apply_chat_template(..., task="query")`),
 - a Hub model card (`README.md`: YAML metadata, base model, data, loss and hyperparameters, the MMEB table of
   `eval/results.json`, usage in embedlab / sentence-transformers / transformers / vLLM, citations).
+
+The default prompt ships exactly. Where a prompt or image setting reproduces a published model's preprocessing that
+the stock loaders do not follow (`stock_differences`: Qwen2-VL's bare image tokens and their positions, a
+placeholder without an image as an image token, `model.image.resize`), the card says what differs and how to get
+embedlab's vectors (its transformers code does), and saving logs one warning line; the other files are written
+all the same.
 """
 
 from __future__ import annotations
