@@ -15,7 +15,7 @@ similarity overlap (share of in-library negatives scoring above the 10th-percent
 `--overlap-rows` rows of every eval set; lower = better separated), the wall time of mining (once per batch
 arm, the whole `mine.py` process) and of training (sum of the logged optimizer-step times, per run).
 
-    python benchmarks/ablation_real.py [--seeds 1,2,3] [--steps 50] [--out logs/ablation_real] [Hydra overrides…]
+    python benchmarks/ablation_real.py [--seeds 1,2,3] [--steps 40] [--out logs/ablation_real] [Hydra overrides…]
     python benchmarks/ablation_real.py --losses infonce_sym,hw9 --batches random,saha   # a subset of the arms
     python benchmarks/ablation_real.py --report logs/ablation_real/<sweep>              # re-aggregate only
     python benchmarks/ablation_real.py --smoke --out /tmp/smoke    # every arm, one step, tiny data (a test)
@@ -31,7 +31,7 @@ import importlib.util
 import json
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import lightning as L
@@ -115,26 +115,31 @@ def heldout_overlap(embedder, source: str, datasets: Sequence[str], rows_per_dat
 
 
 class HeldOutOverlap(L.Callback):
-    """Writes `heldout_overlap(...)` of the model as trained to `output` (JSON) when fitting ends."""
+    """Writes `heldout_overlap(...)` of the model as trained to `output` (JSON) when fitting ends;
+    `datasets=None` probes every dataset of the eval `source`."""
 
-    def __init__(self, source: str, datasets: Sequence[str] | Mapping, output: str, rows_per_dataset: int = 40,
+    def __init__(self, source: str, output: str, datasets: Sequence[str] | None = None, rows_per_dataset: int = 40,
                  split: str = "test"):
-        self.source, self.datasets, self.output = str(source), list(datasets), Path(output)
+        self.source, self.output = str(source), Path(output)
+        self.datasets = None if datasets is None else list(datasets)
         self.rows_per_dataset, self.split = int(rows_per_dataset), split
 
     def on_fit_end(self, trainer, pl_module) -> None:
         if not trainer.is_global_zero:
             return
-        stats = heldout_overlap(pl_module.embedder, self.source, self.datasets, self.rows_per_dataset, self.split)
+        from datamodules.mmeb import available_configs
+
+        datasets = self.datasets if self.datasets is not None else available_configs(self.source)
+        stats = heldout_overlap(pl_module.embedder, self.source, datasets, self.rows_per_dataset, self.split)
         self.output.parent.mkdir(parents=True, exist_ok=True)
         self.output.write_text(json.dumps(stats, indent=1) + "\n")
 
 
 def overlap_callback_overrides(rows: int) -> list[str]:
+    # No comma in any value: multirun job directories are named after the overrides, split at commas.
     key = "+callbacks.heldout_overlap"
     return [f"{key}._target_=benchmarks.ablation_real.HeldOutOverlap", f"{key}.source='${{eval_data.source}}'",
-            f"{key}.datasets='${{eval_data.datasets}}'", f"{key}.output='${{paths.output_dir}}/heldout_overlap.json'",
-            f"{key}.rows_per_dataset={rows}"]
+            f"{key}.output='${{paths.output_dir}}/heldout_overlap.json'", f"{key}.rows_per_dataset={rows}"]
 
 
 # ------------------------------------------------------------------------------- arms as overrides
