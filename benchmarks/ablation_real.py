@@ -13,7 +13,8 @@ libraries (IND) and on held-out libraries (OOD), every candidate list drawn from
 Reported per (loss, batches): mean ± std over seeds of Overall, IND and OOD precision@1, the held-out
 similarity overlap (share of in-library negatives scoring above the 10th-percentile positive on the first
 `--overlap-rows` rows of every eval set; lower = better separated), the wall time of mining (once per batch
-arm, the whole `mine.py` process) and of training (sum of the logged optimizer-step times, per run).
+arm, the whole `mine.py` process) and of training (sum of the logged optimizer-step times, per run), and
+their sum: the cost of one model trained with that method.
 
     python benchmarks/ablation_real.py [--seeds 1,2,3] [--steps 40] [--out logs/ablation_real] [Hydra overrides…]
     python benchmarks/ablation_real.py --losses infonce_sym,hw9 --batches random,saha   # a subset of the arms
@@ -29,6 +30,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import statistics
 import sys
 import time
 from collections.abc import Sequence
@@ -198,6 +200,9 @@ def report(sweep: Path) -> str:
     if not rows:
         raise SystemExit(f"no finished runs (eval/results.json) under {sweep}")
     timing = json.loads((sweep / "timing.json").read_text()) if (sweep / "timing.json").is_file() else {}
+    def mining(rs: list[dict]) -> float:
+        return timing.get("mining_s", {}).get(rs[0]["batches"], 0.0)
+
     order = {k: i for i, k in enumerate(LOSS_ARMS)}, {k: i for i, k in enumerate(BATCH_ARMS)}
     groups: dict[tuple, list[dict]] = {}
     for r in sorted(rows, key=lambda r: (order[0].get(r["loss"], 99), order[1][r["batches"]])):
@@ -207,8 +212,9 @@ def report(sweep: Path) -> str:
         ("IND", lambda rs: mean_std([r["IND"] for r in rs])),
         ("OOD", lambda rs: mean_std([r["OOD"] for r in rs])),
         ("held-out overlap (%)", lambda rs: mean_std([r["overlap"] for r in rs])),
-        ("mining (s, once)", lambda rs: f"{timing.get('mining_s', {}).get(rs[0]['batches'], 0):.0f}"),
+        ("mining (s, once)", lambda rs: f"{mining(rs):.0f}"),
         ("training (s/run)", lambda rs: mean_std([r["train_s"] for r in rs], 0)),
+        ("mining + training (s)", lambda rs: f"{mining(rs) + statistics.mean(r['train_s'] for r in rs):.0f}"),
     ]
     all_groups = {("zero-shot", "–"): [zero_shot]} if zero_shot else {}
     all_groups.update(groups)
