@@ -174,9 +174,9 @@ class MMEBDataModule(L.LightningDataModule):
 
     def prepare_data(self) -> None:
         if self.bundled is not None:
-            from .bundled import ensure_bundled
+            from .offline import ensure_offline
 
-            ensure_bundled(**self.bundled)
+            ensure_offline(self.bundled)
 
     # ------------------------------------------------------------------ data
     def setup(self, stage: str | None = None) -> None:
