@@ -1,11 +1,15 @@
-"""Glue shared by the entry points (train.py, evaluate.py, mine.py): Hydra resolvers for run names
-and W&B groups, rank detection before Lightning starts, and instantiation of loggers/callbacks."""
+"""Glue shared by the entry points (train.py, evaluate.py, mine.py): Hydra resolvers for run names,
+run directories and W&B groups, rank detection before Lightning starts, instantiation of
+loggers/callbacks, and silencing of known, harmless log noise."""
 
 from __future__ import annotations
 
+import logging
 import os
 import re
+import sys
 import uuid
+import warnings
 from pathlib import Path
 
 from hydra.utils import instantiate
@@ -114,6 +118,75 @@ def register_resolvers() -> None:
 
 
 register_resolvers()
+
+
+class _DropTip(logging.Filter):
+    """Lightning's advertisement for its cloud logger ("💡 Tip: … litlogger …") on every Trainer."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "litlogger" not in str(record.msg)
+
+
+def quiet_known_noise() -> None:
+    """Silence messages that are expected and harmless, where they come from (and nothing else there):
+    faiss's "Loading faiss with AVX2 support" lines, Lightning's litlogger tip, and torch's deprecation of
+    the `LeafSpec` check inside Lightning's pytree helper (Lightning's code, not ours, triggers it)."""
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
+    rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if not any(isinstance(f, _DropTip) for f in rank_zero.filters):
+        rank_zero.addFilter(_DropTip())
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+
+
+quiet_known_noise()
+
+
+def check_embedder_source(cfg: DictConfig) -> None:
+    """evaluate.py / mine.py score one model: refuse a command line that names two sources, or a model/prompt
+    that the given source would silently ignore (a saved Embedder or a checkpoint brings its own)."""
+    given = [k for k in ("embedder_dir", "ckpt_path") if cfg.get(k)]
+    if len(given) > 1:
+        raise ValueError(f"both embedder_dir={cfg.embedder_dir} and ckpt_path={cfg.ckpt_path} are set: give one "
+                         "model to score")
+    if not given:
+        return
+    ignored = [o for o in _task_overrides()
+               if o.lstrip("+~").split("=")[0].split(".")[0].split("@")[0] in ("model", "prompt")]
+    if ignored:
+        key = given[0]
+        raise ValueError(
+            f"{key}={cfg[key]} scores the model saved there, with the prompt it was trained with; "
+            f"{', '.join(ignored)} would be ignored. Drop {' '.join(ignored)}, or drop {key}= to score "
+            "model=… zero-shot (dtype= applies to every source)")
+
+
+def apply_image_limits(cfg: DictConfig) -> None:
+    """Set the image-size limit (`image_max_pixels`) for every image this process opens."""
+    from datamodules.images import set_max_image_pixels
+
+    if "image_max_pixels" in cfg:
+        set_max_image_pixels(cfg.image_max_pixels)
+
+
+def resume_command(script: str, run_dir: str | os.PathLike) -> str:
+    """The command that continues the run in `run_dir` (relative to the current directory when inside it)."""
+    run_dir = Path(run_dir).absolute()
+    try:
+        shown = run_dir.relative_to(Path.cwd())
+    except ValueError:
+        shown = run_dir
+    return f"python {script} resume={shown}"
+
+
+def refuse_missing_resume(argv: list[str]) -> None:
+    """`resume=<dir>` of a directory that does not exist: say so before Hydra creates it as a new run."""
+    for arg in argv[1:]:
+        if arg.startswith("resume=") and arg != "resume=null":
+            path = Path(arg.partition("=")[2]).expanduser()
+            if not path.is_dir():
+                print(f"error: {arg}: no such run directory ({path.absolute()}). Run directories are "
+                      "logs/<task>/runs/<time>_<name>", file=sys.stderr)
+                raise SystemExit(2)
 
 
 def is_launcher_rank_zero() -> bool:

@@ -3,11 +3,18 @@
 Composes the config, seeds, builds the LightningModule (backbone + pooling + loss), the
 DataModule and the Trainer, fits, saves the final Embedder, and scores it (and, by default, the
 untrained model) on the configured eval datasets.
+
+The run directory holds one live run (a lock), records every attempt's config, and continues a run
+as it was with `python train.py resume=<run dir>` (operations/). SIGTERM/Ctrl-C save a checkpoint at
+the current step and exit non-zero with the resume command.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import sys
+from contextlib import nullcontext
 from pathlib import Path
 
 import hydra
@@ -20,6 +27,9 @@ from runtime import (
     finish_loggers,
     instantiate_group,
     is_launcher_rank_zero,
+    quiet_known_noise,
+    refuse_missing_resume,
+    resume_command,
     wandb_run_id,
 )
 
@@ -35,7 +45,18 @@ def release_device_memory(device) -> None:
 
 
 def validate_config(cfg: DictConfig) -> None:
-    """Refuse misconfigurations before anything expensive starts."""
+    """Refuse misconfigurations before anything expensive starts: value types (every key of every
+    `_target_` node), then combinations."""
+    from operations.config_types import check_config_types
+
+    check_config_types(cfg, keys=("model", "loss", "data", "sampler", "trainer", "callbacks", "logger"))
+    for key in ("trainer.max_steps", "trainer.max_epochs"):
+        if OmegaConf.select(cfg, key) == 0:
+            raise ValueError(f"{key}=0: this run would make no optimizer step; give a positive number (or -1 for "
+                             "no limit on that count)")
+    limit = OmegaConf.select(cfg, "trainer.limit_train_batches")
+    if limit is not None and limit == 0:
+        raise ValueError("trainer.limit_train_batches=0: this run would make no optimizer step")
     chunk = OmegaConf.select(cfg, "model.gradcache.chunk_size")
     accumulate = OmegaConf.select(cfg, "trainer.accumulate_grad_batches", default=1) or 1
     batch = OmegaConf.select(cfg, "data.batch_size")
@@ -65,6 +86,33 @@ def validate_config(cfg: DictConfig) -> None:
             raise ValueError("GradCache under FSDP is not supported; use trainer=ddp with GradCache")
 
 
+def check_training_steps(trainer: L.Trainer, datamodule) -> int:
+    """Refuse, before any work, a run whose data gives no optimizer step; returns the steps per epoch."""
+    datamodule.setup("fit")
+    sampler = datamodule.build_train_sampler(rank=0, world_size=trainer.world_size)
+    batches = len(sampler)
+    limit = trainer.limit_train_batches
+    if isinstance(limit, int) and not isinstance(limit, bool):
+        batches = min(batches, limit)
+    elif isinstance(limit, float) and limit < 1.0:
+        batches = int(batches * limit)
+    accumulate = max(1, int(trainer.accumulate_grad_batches))
+    steps = -(-batches // accumulate)  # the last partial accumulation of an epoch still steps
+    if steps > 0:
+        return steps
+    pairs = len(datamodule.train_pairs)
+    per_subset: dict[str, int] = {}
+    for p in datamodule.train_pairs:
+        per_subset[p.subset] = per_subset.get(p.subset, 0) + 1
+    world = trainer.world_size
+    raise ValueError(
+        f"this run would make no optimizer step: {pairs} training pairs ({per_subset}, after holding out "
+        f"data.val_per_subset={datamodule.val_per_subset} per subset) in batches of data.batch_size="
+        f"{datamodule.batch_size} with data.drop_last={datamodule.drop_last} over {world} rank(s) give {batches} "
+        f"batch(es) per epoch (trainer.limit_train_batches={limit}). Lower data.batch_size (at most "
+        f"{max(1, pairs // world)}), set data.drop_last=false, or use more data")
+
+
 def build_trainer(cfg: DictConfig, module, callbacks, loggers) -> L.Trainer:
     tcfg = OmegaConf.to_container(cfg.trainer, resolve=True)
     if module.chunk_size is not None:
@@ -81,10 +129,24 @@ def build_trainer(cfg: DictConfig, module, callbacks, loggers) -> L.Trainer:
 
 
 def resolve_ckpt_path(cfg: DictConfig, output_dir: Path) -> str | None:
+    """The checkpoint to start from. `auto`: the newest readable checkpoint of the run directory (an
+    unreadable one is named and skipped with a warning), or None in a fresh directory."""
+    from embedders.checkpoint_io import UnreadableCheckpointError, checkpoint_step, newest_readable_checkpoint
+
     ckpt = cfg.get("ckpt_path")
     if ckpt == "auto":
-        last = output_dir / "checkpoints" / "last.ckpt"
-        ckpt = str(last) if last.exists() else None
+        directory = output_dir / "checkpoints"
+        found, skipped = newest_readable_checkpoint(directory)
+        for _, reason in skipped:
+            log.warning("%s; skipped", reason)
+        if skipped and found is None:
+            raise UnreadableCheckpointError(
+                f"no readable checkpoint in {directory} to resume from (see the warnings above). Delete the "
+                "unreadable files to restart this run from step 0, or pass ckpt_path=<a good checkpoint>")
+        if skipped:
+            log.warning("resuming from %s (step %d) instead: the steps after it run again", found,
+                        checkpoint_step(found))
+        ckpt = str(found) if found is not None else None
     if ckpt:
         check_checkpoint_matches(ckpt, cfg)
     return ckpt
@@ -104,13 +166,61 @@ def check_checkpoint_matches(ckpt: str, cfg: DictConfig) -> None:
                              "directory (ckpt_path=null)")
 
 
-def run(cfg: DictConfig) -> dict:
-    """The whole training job; returns {"before": results|None, "after": results|None, "chance": float}."""
-    from embedders.strategies import standalone_module
-    from evaluation.runner import build_suite, score
+def score_untrained(module, suite, cfg: DictConfig, output_dir: Path, loggers, device) -> dict:
+    """The untrained baseline (before any step), written to eval_untrained/."""
+    from evaluation.runner import score
 
-    validate_config(cfg)
+    result = score(module.embedder.to(device), suite, cfg.eval, "untrained", output_dir / "eval_untrained", loggers,
+                   "eval_untrained")
+    release_device_memory(device)
+    return result
+
+
+def score_trained(final, suite, cfg: DictConfig, output_dir: Path, loggers, device) -> dict:
+    """The trained model on the same suite, written to eval/."""
+    from evaluation.runner import score
+
+    return score(final.embedder.to(device), suite, cfg.eval, "trained", output_dir / "eval", loggers, "eval")
+
+
+def untrained_overall(outcome: dict, output_dir: Path) -> float | None:
+    """This attempt's untrained figure, or the one an earlier attempt of the run wrote."""
+    if outcome["before"] is not None:
+        return outcome["before"]["overall"]
+    path = output_dir / "eval_untrained" / "results.json"
+    if path.is_file():
+        return json.loads(path.read_text())["overall"]
+    return None
+
+
+def run(cfg: DictConfig, resume_hint: str | None = None, validated: bool = False) -> dict:
+    """The whole training job; returns {"before": results|None, "after": results|None, "chance": float}.
+    Raises operations.interrupt.RunInterrupted when stopped by a signal (after saving a checkpoint)."""
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    from operations.interrupt import GracefulStop, RunInterrupted
+
+    quiet_known_noise()
+    if not validated:
+        validate_config(cfg)
     output_dir = Path(cfg.paths.output_dir)
+    stop = GracefulStop(resume_hint or resume_command("train.py", output_dir))
+    with stop:
+        try:
+            return _train_and_score(cfg, output_dir, stop)
+        except SIGTERMException:  # Lightning stopped the fit on our request, after the checkpoint was saved
+            raise stop.interrupted() from None
+        except RunInterrupted as e:
+            log.error(e.message)
+            raise
+
+
+def _train_and_score(cfg: DictConfig, output_dir: Path, stop) -> dict:
+    from embedders.strategies import standalone_module
+    from evaluation.runner import build_suite
+    from operations.metrics import ResumableCSVLogger, append_summary
+    from operations.progress import step_progress_bar
+
     L.seed_everything(cfg.seed, workers=True)
     wandb_run_id(cfg, output_dir)
     loss = instantiate(cfg.loss)
@@ -120,7 +230,20 @@ def run(cfg: DictConfig) -> dict:
                              _convert_="partial")
     datamodule.set_input_builder(module.embedder.input_builder, module.chunk_size)
     callbacks, loggers = instantiate_group(cfg.get("callbacks")), instantiate_group(cfg.get("logger"))
+    callbacks.append(stop.callback())
+    if OmegaConf.select(cfg, "trainer.enable_progress_bar", default=True):
+        callbacks.append(step_progress_bar())
     trainer = build_trainer(cfg, module, callbacks, loggers)
+    ckpt = resolve_ckpt_path(cfg, output_dir)
+    check_training_steps(trainer, datamodule)
+    if ckpt is not None and is_launcher_rank_zero():
+        from embedders.checkpoint_io import checkpoint_step
+
+        start = checkpoint_step(ckpt)
+        log.info("resuming from %s (step %d)", ckpt, start)
+        for lg in loggers:
+            if isinstance(lg, ResumableCSVLogger):
+                lg.rewind(start)
     for lg in loggers:
         lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 
@@ -130,11 +253,12 @@ def run(cfg: DictConfig) -> dict:
         suite = build_suite(cfg.eval_data)
     # Scoring runs on rank 0's training device (Lightning moves the model back to CPU after fit).
     eval_device = trainer.strategy.root_device
-    if suite is not None and cfg.evaluate_before and resolve_ckpt_path(cfg, output_dir) is None:
-        outcome["before"] = score(module.embedder.to(eval_device), suite, cfg.eval, "untrained",
-                                  output_dir / "eval_untrained", loggers, "eval_untrained")
-        release_device_memory(eval_device)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=resolve_ckpt_path(cfg, output_dir))
+    if suite is not None and cfg.evaluate_before and ckpt is None:
+        outcome["before"] = score_untrained(module, suite, cfg, output_dir, loggers, eval_device)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt)
+    if trainer.global_step == 0:
+        raise RuntimeError("training ended without a single optimizer step; nothing trained is saved or scored "
+                           "(see the warnings above for why the trainer stopped)")
     final = standalone_module(trainer, module)  # under FSDP: a collective gather; an unwrapped copy on rank 0
     if not trainer.is_global_zero:
         return outcome
@@ -142,28 +266,58 @@ def run(cfg: DictConfig) -> dict:
         path = final.embedder.save_pretrained(output_dir / "embedder")
         log.info("saved the trained Embedder to %s", path)
     if suite is not None and cfg.evaluate_after:
-        outcome["after"] = score(final.embedder.to(eval_device), suite, cfg.eval, "trained", output_dir / "eval",
-                                 loggers, "eval")
+        outcome["after"] = score_trained(final, suite, cfg, output_dir, loggers, eval_device)
         outcome["chance"] = outcome["after"]["_chance"]
         summary = f"Overall on {len(suite)} eval datasets: "
-        if outcome["before"] is not None:
-            summary += f"untrained {outcome['before']['overall']:.1f} | "
+        before = untrained_overall(outcome, output_dir)
+        if before is not None:
+            summary += f"untrained {before:.1f} | "
         summary += f"trained {outcome['after']['overall']:.1f} | chance {outcome['chance']:.1f}"
         print(summary, flush=True)
-        (output_dir / "summary.txt").write_text(summary + "\n")
+        append_summary(output_dir / "summary.txt", f"{summary} (step {trainer.global_step})")
     finish_loggers(loggers)
     return outcome
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    outcome = run(cfg)
+    from hydra.core.hydra_config import HydraConfig
+
+    from operations.interrupt import RunInterrupted
+    from operations.lock import RunLock
+    from operations.record import record_attempt, resolve_attempt, restore_hydra_files
+
+    hc = HydraConfig.get()
+    run_dir = Path(hc.runtime.output_dir)
+    hydra_dir = run_dir / hc.output_subdir if hc.output_subdir else None
+    writer = is_launcher_rank_zero()  # DDP children and other SLURM tasks read the record, never write it
+    if cfg.get("resume") and str(hc.mode) == "RunMode.MULTIRUN":
+        raise ValueError("resume= continues one run: drop -m (each job of a sweep resumes by itself when requeued)")
+    recorded = False
+    try:
+        with RunLock(run_dir) if writer else nullcontext():
+            attempt = resolve_attempt(cfg, run_dir, config_name=hc.job.config_name, overrides=list(hc.overrides.task),
+                                      groups=set(hc.runtime.choices))
+            cfg = attempt.config
+            validate_config(cfg)
+            if writer:
+                from embedders.checkpoint_io import clean_orphans
+
+                record_attempt(run_dir, attempt, hydra_dir)
+                recorded = True
+                clean_orphans(run_dir / "checkpoints")
+            outcome = run(cfg, resume_command("train.py", run_dir), validated=True)
+    except RunInterrupted as e:
+        sys.exit(e.exit_code)  # the message (what was saved, the resume command) is already logged
+    except BaseException:
+        if writer and not recorded:
+            restore_hydra_files(run_dir, hydra_dir)  # Hydra wrote this refused command line into .hydra/
+        raise
     after = outcome.get("after")
     return after["overall"] if after else None  # the value Hydra sweepers optimise
 
 
 if __name__ == "__main__":
-    import sys
-
+    refuse_missing_resume(sys.argv)
     sys.argv = adapt_cfg_with_multirun(sys.argv)
     main()
