@@ -16,9 +16,9 @@ import logging
 import sys
 from contextlib import nullcontext
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import hydra
-import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -33,7 +33,14 @@ from runtime import (
     wandb_run_id,
 )
 
+if TYPE_CHECKING:
+    import lightning as L
+
 log = logging.getLogger("embedlab.train")
+
+
+class RefusedToStart(ValueError):
+    """A configuration that this run refuses before doing any work."""
 
 
 def release_device_memory(device) -> None:
@@ -46,7 +53,16 @@ def release_device_memory(device) -> None:
 
 def validate_config(cfg: DictConfig) -> None:
     """Refuse misconfigurations before anything expensive starts: value types (every key of every
-    `_target_` node), then combinations."""
+    `_target_` node), then combinations (RefusedToStart, a ValueError)."""
+    try:
+        _validate_config(cfg)
+    except ValueError as e:
+        if isinstance(e, RefusedToStart):
+            raise
+        raise RefusedToStart(str(e)) from None
+
+
+def _validate_config(cfg: DictConfig) -> None:
     from operations.config_types import check_config_types
 
     check_config_types(cfg, keys=("model", "loss", "data", "sampler", "trainer", "callbacks", "logger"))
@@ -105,7 +121,7 @@ def check_training_steps(trainer: L.Trainer, datamodule) -> int:
     for p in datamodule.train_pairs:
         per_subset[p.subset] = per_subset.get(p.subset, 0) + 1
     world = trainer.world_size
-    raise ValueError(
+    raise RefusedToStart(
         f"this run would make no optimizer step: {pairs} training pairs ({per_subset}, after holding out "
         f"data.val_per_subset={datamodule.val_per_subset} per subset) in batches of data.batch_size="
         f"{datamodule.batch_size} with data.drop_last={datamodule.drop_last} over {world} rank(s) give {batches} "
@@ -216,6 +232,8 @@ def run(cfg: DictConfig, resume_hint: str | None = None, validated: bool = False
 
 
 def _train_and_score(cfg: DictConfig, output_dir: Path, stop) -> dict:
+    import lightning as L
+
     from embedders.strategies import standalone_module
     from evaluation.runner import build_suite
     from operations.metrics import ResumableCSVLogger, append_summary
@@ -279,6 +297,14 @@ def _train_and_score(cfg: DictConfig, output_dir: Path, stop) -> dict:
     return outcome
 
 
+def _refusals() -> tuple[type[BaseException], ...]:
+    from operations.config_types import ConfigTypeError
+    from operations.lock import RunLockedError
+    from operations.record import ResumeRefused
+
+    return (RefusedToStart, ConfigTypeError, RunLockedError, ResumeRefused)
+
+
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
@@ -297,7 +323,7 @@ def main(cfg: DictConfig) -> float | None:
     try:
         with RunLock(run_dir) if writer else nullcontext():
             attempt = resolve_attempt(cfg, run_dir, config_name=hc.job.config_name, overrides=list(hc.overrides.task),
-                                      groups=set(hc.runtime.choices))
+                                      choices=OmegaConf.to_container(hc.runtime.choices))
             cfg = attempt.config
             validate_config(cfg)
             if writer:
@@ -309,15 +335,21 @@ def main(cfg: DictConfig) -> float | None:
             outcome = run(cfg, resume_command("train.py", run_dir), validated=True)
     except RunInterrupted as e:
         sys.exit(e.exit_code)  # the message (what was saved, the resume command) is already logged
-    except BaseException:
+    except BaseException as e:
         if writer and not recorded:
             restore_hydra_files(run_dir, hydra_dir)  # Hydra wrote this refused command line into .hydra/
+        if isinstance(e, _refusals()):  # refused before any work: the message says what to do, no traceback
+            log.error("refused: %s", e)
+            print(f"error: {e}", file=sys.stderr, flush=True)
+            sys.exit(2)
         raise
     after = outcome.get("after")
     return after["overall"] if after else None  # the value Hydra sweepers optimise
 
 
 if __name__ == "__main__":
+    from operations.record import pin_recorded_choices
+
     refuse_missing_resume(sys.argv)
-    sys.argv = adapt_cfg_with_multirun(sys.argv)
+    sys.argv = pin_recorded_choices(adapt_cfg_with_multirun(sys.argv))
     main()

@@ -72,6 +72,7 @@ class Attempt:
     resumed: bool                  # the directory already held a recorded run
     changes: list[Change] = field(default_factory=list)
     overrides: list[str] = field(default_factory=list)
+    choices: dict[str, Any] = field(default_factory=dict)  # config-group choices (Hydra's runtime.choices)
 
 
 def attempt_dirs(run_dir: str | os.PathLike) -> list[Path]:
@@ -176,11 +177,20 @@ def _freeze(cfg: DictConfig) -> DictConfig:
     return out
 
 
+def recorded_choices(attempt_dir: Path) -> dict[str, Any]:
+    try:
+        return dict(json.loads((attempt_dir / "attempt.json").read_text()).get("choices") or {})
+    except (OSError, ValueError):
+        return {}
+
+
 def resolve_attempt(cfg: DictConfig, run_dir: str | os.PathLike, *, config_name: str, overrides: list[str],
-                    groups: set[str]) -> Attempt:
+                    choices: dict[str, Any]) -> Attempt:
     """The config this attempt runs with: `cfg` itself for a new run, else the run's record with the
     command line's overrides on top. Raises ResumeRefused for protected changes (unless allowed) and for
-    `resume=` of a directory that holds no run."""
+    `resume=` of a directory that holds no run. `choices`: Hydra's runtime.choices of this composition."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
     run_dir = Path(run_dir)
     records = attempt_dirs(run_dir)
     checkpoints = sorted((run_dir / "checkpoints").glob("*.ckpt")) if (run_dir / "checkpoints").is_dir() else []
@@ -192,10 +202,18 @@ def resolve_attempt(cfg: DictConfig, run_dir: str | os.PathLike, *, config_name:
             log.warning("run directory %s holds checkpoints but no %s/ record (made by an older embedlab): its "
                         "config cannot be restored; this command line's config is used and recorded", run_dir,
                         ATTEMPTS)
-        return Attempt(_freeze(cfg), 1, resumed=bool(checkpoints), overrides=list(overrides))
+        return Attempt(_freeze(cfg), 1, resumed=bool(checkpoints), overrides=list(overrides), choices=dict(choices))
     latest = records[-1]
     saved = OmegaConf.load(latest / "config.yaml")
-    effective = apply_overrides(saved, cfg, overrides, config_name, groups)
+    before = recorded_choices(latest)
+    # `group=<the run's own choice>` (pinned by pin_recorded_choices, or restated by the user) changes nothing.
+    given = [o for o in overrides
+             if not (o.partition("=")[0] in before and before[o.partition("=")[0]] == o.partition("=")[2])]
+    effective = apply_overrides(saved, cfg, given, config_name, set(choices))
+    now = dict(before)
+    for override in OverridesParser.create().parse_overrides(given):
+        if override.key_or_group in choices and not _is_hydra(override.input_line):
+            now[override.key_or_group] = choices[override.key_or_group]
     changes = changes_between(saved, effective)
     protected = [c for c in changes if c.protected]
     if protected and not effective.get("resume_allow_changes", False):
@@ -210,7 +228,26 @@ def resolve_attempt(cfg: DictConfig, run_dir: str | os.PathLike, *, config_name:
     else:
         log.info("resuming %s with its recorded config (%s)", run_dir, latest / "config.yaml")
     OmegaConf.set_struct(effective, True)
-    return Attempt(effective, int(latest.name) + 1, resumed=True, changes=changes, overrides=list(overrides))
+    return Attempt(effective, int(latest.name) + 1, resumed=True, changes=changes, overrides=given, choices=now)
+
+
+def pin_recorded_choices(argv: list[str]) -> list[str]:
+    """Before Hydra composes a resumed run's command line: put the run's recorded config-group choices
+    (`loss=hardness_weighted`, …) in front of the user's overrides, so that keys of the run's config can be
+    overridden (`resume=<run> loss.alpha=3` composes although the default loss has no alpha). The user's
+    own group overrides win; resolve_attempt drops the pinned ones again."""
+    run_dir = None
+    for arg in argv[1:]:
+        key, _, value = arg.partition("=")
+        if key in ("resume", "hydra.run.dir") and value and value != "null":
+            run_dir = Path(value.strip("'\"")).expanduser()
+    records = attempt_dirs(run_dir) if run_dir is not None else []
+    if not records:
+        return argv
+    given = {a.partition("=")[0].lstrip("+~") for a in argv[1:] if "=" in a and not a.startswith("-")}
+    pinned = [f"{group}={choice}" for group, choice in recorded_choices(records[-1]).items()
+              if choice is not None and not group.startswith("hydra") and group not in given]
+    return [argv[0], *pinned, *argv[1:]]
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -233,7 +270,8 @@ def record_attempt(run_dir: str | os.PathLike, attempt: Attempt, hydra_dir: str 
     (tmp / "overrides.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(attempt.overrides)))
     (tmp / "changes.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create([c.as_dict() for c in attempt.changes])))
     (tmp / "attempt.json").write_text(json.dumps({
-        "attempt": attempt.number, "resumed": attempt.resumed, "host": socket.gethostname(), "pid": os.getpid(),
+        "attempt": attempt.number, "resumed": attempt.resumed, "choices": attempt.choices,
+        "host": socket.gethostname(), "pid": os.getpid(),
         "started": datetime.datetime.now().isoformat(timespec="seconds"), "command": sys.argv}, indent=1) + "\n")
     if hydra_dir is not None and (Path(hydra_dir) / "hydra.yaml").is_file():
         shutil.copyfile(Path(hydra_dir) / "hydra.yaml", tmp / "hydra.yaml")
