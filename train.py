@@ -212,9 +212,7 @@ def untrained_overall(outcome: dict, output_dir: Path) -> float | None:
 def run(cfg: DictConfig, resume_hint: str | None = None, validated: bool = False) -> dict:
     """The whole training job; returns {"before": results|None, "after": results|None, "chance": float}.
     Raises operations.interrupt.RunInterrupted when stopped by a signal (after saving a checkpoint)."""
-    from lightning.pytorch.utilities.exceptions import SIGTERMException
-
-    from operations.interrupt import GracefulStop, RunInterrupted
+    from operations.interrupt import GracefulStop, RunInterrupted, StopRequested
 
     quiet_known_noise()
     if not validated:
@@ -224,7 +222,7 @@ def run(cfg: DictConfig, resume_hint: str | None = None, validated: bool = False
     with stop:
         try:
             return _train_and_score(cfg, output_dir, stop)
-        except SIGTERMException:  # Lightning stopped the fit on our request, after the checkpoint was saved
+        except StopRequested:  # the fit stopped on a signal, after the checkpoint of the current step was saved
             raise stop.interrupted() from None
         except RunInterrupted as e:
             log.error(e.message)
@@ -323,7 +321,7 @@ def main(cfg: DictConfig) -> float | None:
     try:
         with RunLock(run_dir) if writer else nullcontext():
             attempt = resolve_attempt(cfg, run_dir, config_name=hc.job.config_name, overrides=list(hc.overrides.task),
-                                      choices=OmegaConf.to_container(hc.runtime.choices))
+                                      choices=OmegaConf.to_container(hc.runtime.choices), announce=writer)
             cfg = attempt.config
             validate_config(cfg)
             if writer:

@@ -6,9 +6,11 @@ non-zero (128 + signal number: 143 for SIGTERM, 130 for SIGINT). A second Ctrl-C
 saving. Outside training (data setup, the untrained or final evaluation) there is no training state to
 save: the run stops at once with the same message and exit code.
 
-The step is finished, not cut: the handler only raises Lightning's own stop flag (`received_sigterm`),
-which Lightning's loops check at safe points — after a step, its logging and any validation — and, under
-DDP, broadcast from rank 0 before every step, so all ranks stop after the same step and save together.
+The step is finished, not cut: the handler only records the request. After every training step (at
+`on_train_batch_end`, where Lightning's periodic checkpoints are saved, so a resume restarts exactly there)
+the callback looks at it; under DDP the ranks first agree with one 1-element all-reduce (MAX), so every rank
+stops after the same step and they save together, whichever rank was signalled. (Lightning's own SIGTERM
+flag is not used: under DDP its rank 0 stops one collective earlier than the others and the save hangs.)
 
 SLURM through submitit: submitit owns requeue through its SIGUSR2 handler (sent `signal_delay_s` before the
 time limit, or on preemption). When such a handler is installed, SIGUSR2 during training is deferred the
@@ -28,9 +30,13 @@ import threading
 from pathlib import Path
 
 import lightning as L
-from lightning.pytorch.utilities.exceptions import SIGTERMException
+import torch
 
 log = logging.getLogger(__name__)
+
+
+class StopRequested(Exception):
+    """Raised inside the fit after the stop checkpoint is saved, to end it (every rank at the same step)."""
 
 
 class RunInterrupted(Exception):
@@ -44,14 +50,14 @@ class RunInterrupted(Exception):
 
 
 def _name(signum: int | None) -> str:
-    return signal.Signals(signum).name if signum else "a stop request from rank 0"
+    return signal.Signals(signum).name if signum else "a stop request from another rank"
 
 
 class GracefulStop:
     """Owns SIGINT and SIGTERM (and wraps an installed SIGUSR2 requeue handler) for one training run.
 
-    Use as a context manager around the run; add `callback()` to the Trainer's callbacks; after `fit` raised
-    Lightning's SIGTERMException call `interrupted()` for the exception to raise.
+    Use as a context manager around the run; add `callback()` to the Trainer's callbacks; when `fit` raised
+    StopRequested, call `interrupted()` for the exception to raise.
     """
 
     def __init__(self, resume_command: str):
@@ -99,9 +105,6 @@ class GracefulStop:
         extra = " (Ctrl-C again stops at once, without saving)" if signum == signal.SIGINT else ""
         print(f"\nreceived {_name(signum)}: finishing step {self.trainer.global_step + 1}, then saving a "
               f"checkpoint{extra}", file=sys.stderr, flush=True)
-        # Lightning's stop flag: its loops raise SIGTERMException at the next safe point (all DDP ranks
-        # together: rank 0's flag is broadcast before every step).
-        self.trainer._signal_connector.received_sigterm = True
 
     # ------------------------------------------------------------------ the run's side
     def callback(self) -> L.Callback:
@@ -120,8 +123,8 @@ class GracefulStop:
         return f"Stopped by {_name(self.signum)} {what}. Resume with:\n  {self.resume_command}"
 
     def interrupted(self) -> RunInterrupted:
-        """After Lightning stopped the fit on our request: hand a SIGUSR2 to submitit (requeue), else the
-        exception to raise."""
+        """After the fit stopped on our request: hand a SIGUSR2 to submitit (requeue), else the exception to
+        raise."""
         message = self._message()
         log.error(message)
         if self.signum == signal.SIGUSR2 and self._requeue_handler is not None:
@@ -146,26 +149,32 @@ class _SaveOnStop(L.Callback):
         self.stop.trainer = trainer
         self.stop.phase = "training"
         if self.stop.owns_signals:
-            # Lightning installed its own SIGTERM handler for the fit (restored to ours when it ends). Ours
-            # replaces it: Lightning's would broadcast from inside the handler on rank 0 alone, a collective
-            # the other ranks are not in; raising the flag is enough (the loops broadcast it safely).
+            # Lightning installed its own SIGTERM handler for the fit (ours is restored when the fit ends).
+            # Ours replaces it: Lightning's stop flag stops rank 0 one collective before the other ranks.
             signal.signal(signal.SIGTERM, self.stop._handle)
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
         self.last_saved_step = trainer.global_step
 
+    def _requested(self, trainer) -> bool:
+        """Whether any rank was asked to stop (one 1-element all-reduce under DDP, nothing on one process)."""
+        requested = self.stop.signum is not None
+        if trainer.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+            flag = torch.tensor([int(requested)], device=trainer.strategy.root_device)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            requested = bool(flag.item())
+        return requested
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self.stop.phase != "training" or not self._requested(trainer):
+            return
+        path = self._path(trainer)
+        trainer.save_checkpoint(path, weights_only=False)  # collective; rank 0 writes it, atomically
+        self.stop.saved = (path, trainer.global_step)
+        self.stop.phase = "stopped"
+        raise StopRequested(f"stop requested, checkpoint saved at step {trainer.global_step}")
+
     def on_train_end(self, trainer, pl_module) -> None:
         self.stop.phase = "after training"
         if trainer.global_step > 0 and self.last_saved_step != trainer.global_step:
             trainer.save_checkpoint(self._path(trainer), weights_only=False)
-
-    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
-        if not isinstance(exception, SIGTERMException) or self.stop.phase != "training":
-            return
-        self.stop.trainer = trainer
-        path = self._path(trainer)
-        # Every rank reaches this point after the same step (the stop flag is broadcast from rank 0):
-        # save_checkpoint is collective, rank 0 writes (atomically, through the checkpoint IO plugin).
-        trainer.save_checkpoint(path, weights_only=False)
-        self.stop.saved = (path, trainer.global_step)
-        self.stop.phase = "stopped"

@@ -185,10 +185,11 @@ def recorded_choices(attempt_dir: Path) -> dict[str, Any]:
 
 
 def resolve_attempt(cfg: DictConfig, run_dir: str | os.PathLike, *, config_name: str, overrides: list[str],
-                    choices: dict[str, Any]) -> Attempt:
+                    choices: dict[str, Any], announce: bool = True) -> Attempt:
     """The config this attempt runs with: `cfg` itself for a new run, else the run's record with the
     command line's overrides on top. Raises ResumeRefused for protected changes (unless allowed) and for
-    `resume=` of a directory that holds no run. `choices`: Hydra's runtime.choices of this composition."""
+    `resume=` of a directory that holds no run. `choices`: Hydra's runtime.choices of this composition.
+    `announce=False` (DDP children and other ranks, which read the record rank 0 just wrote): no logging."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     run_dir = Path(run_dir)
@@ -198,7 +199,7 @@ def resolve_attempt(cfg: DictConfig, run_dir: str | os.PathLike, *, config_name:
         if cfg.get("resume") and not checkpoints:
             raise ResumeRefused(f"resume={cfg.resume}: no run to resume there (no {ATTEMPTS}/ record and no "
                                 "checkpoint). Check the path: run directories are logs/<task>/runs/<time>_<name>")
-        if checkpoints:
+        if checkpoints and announce:
             log.warning("run directory %s holds checkpoints but no %s/ record (made by an older embedlab): its "
                         "config cannot be restored; this command line's config is used and recorded", run_dir,
                         ATTEMPTS)
@@ -222,10 +223,10 @@ def resolve_attempt(cfg: DictConfig, run_dir: str | os.PathLike, *, config_name:
             f"resuming {run_dir} with these overrides would change what the run is (its recorded config: "
             f"{latest / 'config.yaml'}):\n  {listed}\nResume without them to continue the run as it was, add "
             "resume_allow_changes=true to continue it with the changed config, or start a new run")
-    if changes:
+    if changes and announce:
         log.info("resuming %s with %d change(s) to its recorded config:\n  %s", run_dir, len(changes),
                  "\n  ".join(str(c) for c in changes))
-    else:
+    elif announce:
         log.info("resuming %s with its recorded config (%s)", run_dir, latest / "config.yaml")
     OmegaConf.set_struct(effective, True)
     return Attempt(effective, int(latest.name) + 1, resumed=True, changes=changes, overrides=given, choices=now)

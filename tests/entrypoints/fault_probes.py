@@ -14,11 +14,13 @@ class SignalAt(L.Callback):
     """Send `signal` to this process once `step` optimizer steps are done (once per run directory: a marker
     file keeps a resumed or requeued attempt from signalling again)."""
 
-    def __init__(self, step: int, signal: str = "SIGTERM", marker: str | None = None, times: int = 1):
+    def __init__(self, step: int, signal: str = "SIGTERM", marker: str | None = None, times: int = 1,
+                 rank: int | None = None):
         self.step, self.signum, self.marker, self.times = step, getattr(signal_module, signal), marker, times
+        self.rank = rank  # only this rank is signalled (None: every rank), as `kill <pid of rank 0>` would
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if trainer.global_step != self.step:
+        if trainer.global_step != self.step or (self.rank is not None and trainer.global_rank != self.rank):
             return
         if self.marker:
             if Path(self.marker).exists():

@@ -168,3 +168,20 @@ def test_atomic_save_survives_a_crash_mid_write(tmp_path, monkeypatch):
     monkeypatch.setattr(torch, "save", real_save)
     assert torch.load(path)["step"] == 1  # the previous checkpoint is intact
     assert [p.name for p in path.parent.iterdir()] == ["last.ckpt"]  # no temp file left behind
+
+
+@pytest.mark.slow
+def test_sigterm_to_rank_zero_of_a_ddp_run_stops_every_rank_at_the_same_step(tmp_path, tiny_cfg):
+    """`kill <rank 0>` under DDP (2 gloo processes): the ranks agree on the stop after the same step, save
+    one checkpoint together (no hang), exit 143, and `resume=` continues to the end."""
+    run = tmp_path / "run"
+    args = tiny_cfg([f"hydra.run.dir={run}", "trainer=ddp_cpu", "trainer.devices=2", "trainer.max_steps=8",
+                     "trainer.val_check_interval=100", "data.val_batch_size=10", "evaluate_before=false",
+                     "eval_data.max_rows=4", "+callbacks.stop._target_=fault_probes.SignalAt", "+callbacks.stop.step=3",
+                     "+callbacks.stop.rank=0", f"+callbacks.stop.marker={tmp_path}/signalled"])
+    stopped = python_train(args)
+    assert stopped.returncode == 128 + signal.SIGTERM, stopped.stderr[-3000:]
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True, mmap=True)["global_step"] == 4
+    resumed = python_train([f"resume={run}"])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True, mmap=True)["global_step"] == 8
