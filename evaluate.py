@@ -45,10 +45,6 @@ def load_embedder(cfg: DictConfig):
     prompt = OmegaConf.to_container(cfg.prompt, resolve=True) if cfg.get("prompt") else None
     overrides = {"dtype": dtype} if dtype else {}  # loaded in that dtype, not cast afterwards
     module = instantiate(cfg.model, loss=None, prompt=prompt, _convert_="partial", **overrides)
-    if OmegaConf.select(cfg, "model.path") is None:
-        log.warning("scoring a randomly initialised %s (model.path is null): an untrained baseline. Score a trained "
-                    "model with embedder_dir=<run>/embedder or ckpt_path=<run>/checkpoints/last.ckpt",
-                    OmegaConf.select(cfg, "model.family"))
     return module.embedder
 
 
@@ -90,6 +86,10 @@ def run(cfg: DictConfig) -> dict:
     fabric, device = launch(cfg)
     L.seed_everything(cfg.seed, workers=True)  # a randomly initialised (config) backbone: same weights everywhere
     embedder = load_embedder(cfg).to(device)
+    if not source_given and OmegaConf.select(cfg, "model.path") is None:
+        log.warning("scoring a randomly initialised %s (model.path is null): the untrained baseline. Score a trained "
+                    "model with embedder_dir=<run>/embedder or ckpt_path=<run>/checkpoints/last.ckpt",
+                    OmegaConf.select(cfg, "model.family"))
     with fabric.rank_zero_first() if fabric else nullcontext():
         suite = build_suite(cfg.eval_data)
     main_rank = fabric is None or fabric.global_rank == 0

@@ -21,6 +21,7 @@ _NAME_SKIP_PREFIXES = ("hydra.", "hydra/", "paths.", "bundled.", "callbacks.", "
                        "resume", "ckpt_path", "embedder_dir", "devices", "device")
 #: A run directory's name ends with `<time>_<run name>`; the time prefix of a source run is dropped in names
 #: derived from it (the evaluate run's own directory has its own time).
+_GENERIC_DIRS = {"model", "models", "weights", "checkpoint", "checkpoints", "snapshot", "hf", "embedder"}
 _TIME_PREFIX = re.compile(r"^\d{4}-\d{2}-\d{2}_\d{2}-\d{2}-\d{2}_")
 
 
@@ -74,7 +75,9 @@ def scored_name(embedder_dir: str | None, ckpt_path: str | None, model_choice: s
         return f"ckpt-{_TIME_PREFIX.sub('', run.name)}-{p.stem}"
     name = str(model_choice)
     if model_path and any(o.lstrip("+").startswith("model.path=") for o in _task_overrides()):
-        name += "-" + Path(str(model_path).rstrip("/")).name
+        p = Path(str(model_path).rstrip("/"))
+        # A generic last part (…/all-MiniLM-L6-v2/model) says nothing: keep its parent's name too.
+        name += "-" + (f"{p.parent.name}-{p.name}" if p.name in _GENERIC_DIRS and p.parent.name else p.name)
     return name
 
 
