@@ -63,9 +63,15 @@ def validate_config(cfg: DictConfig) -> None:
 
 
 def _validate_config(cfg: DictConfig) -> None:
-    from operations.config_types import check_config_types
+    from operations.config_types import ConfigTypeError, check_config_types
 
     check_config_types(cfg, keys=("model", "loss", "data", "sampler", "trainer", "callbacks", "logger"))
+    for key, kind in (("seed", int), ("evaluate_before", bool), ("evaluate_after", bool), ("save_embedder", bool),
+                      ("resume_allow_changes", bool)):
+        value = cfg.get(key)
+        if value is not None and (type(value) is not kind):
+            raise ConfigTypeError(f"config values of the wrong type (nothing was run):\n  {key} must be "
+                                  f"{kind.__name__}, got {value!r} ({type(value).__name__})")
     for key in ("trainer.max_steps", "trainer.max_epochs"):
         if OmegaConf.select(cfg, key) == 0:
             raise ValueError(f"{key}=0: this run would make no optimizer step; give a positive number (or -1 for "
