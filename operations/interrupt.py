@@ -69,12 +69,14 @@ class GracefulStop:
         self._previous: dict[int, object] = {}
         self._requeue_handler = None
         self.owns_signals = False
+        self._pid = os.getpid()
 
     # ------------------------------------------------------------------ handlers
     def __enter__(self) -> GracefulStop:
         if threading.current_thread() is not threading.main_thread():
             return self  # signal handlers can only be installed from the main thread
         self.owns_signals = True
+        self._pid = os.getpid()
         for sig in (signal.SIGINT, signal.SIGTERM):
             self._previous[sig] = signal.getsignal(sig)
             signal.signal(sig, self._handle)
@@ -92,6 +94,13 @@ class GracefulStop:
         self.owns_signals = False
 
     def _handle(self, signum: int, frame) -> None:
+        if os.getpid() != self._pid:
+            # A forked DataLoader worker inherited this handler. Ctrl-C reaches the whole process group: the
+            # worker ignores it and keeps feeding the step being finished; anything else gets its default.
+            if signum != signal.SIGINT:
+                signal.signal(signum, signal.SIG_DFL)
+                os.kill(os.getpid(), signum)
+            return
         if self.signum is not None:
             if signum == signal.SIGINT:
                 raise KeyboardInterrupt  # second Ctrl-C: stop now, without saving
@@ -115,7 +124,7 @@ class GracefulStop:
             path, step = self.saved
             what = f"at step {step}: checkpoint saved to {path}"
         elif self.phase == "before training":
-            what = "before training started: no training step had run, nothing to save"
+            what = "before training started: nothing to save (the run's checkpoints are as they were)"
         elif self.phase == "after training":
             what = "after training, during the final saving or scoring: the final checkpoint is kept"
         else:
