@@ -15,9 +15,10 @@ class SignalAt(L.Callback):
     file keeps a resumed or requeued attempt from signalling again)."""
 
     def __init__(self, step: int, signal: str = "SIGTERM", marker: str | None = None, times: int = 1,
-                 rank: int | None = None):
+                 rank: int | None = None, group: bool = False):
         self.step, self.signum, self.marker, self.times = step, getattr(signal_module, signal), marker, times
         self.rank = rank  # only this rank is signalled (None: every rank), as `kill <pid of rank 0>` would
+        self.group = group  # the whole process group (DataLoader workers too), as Ctrl-C in a terminal does
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         if trainer.global_step != self.step or (self.rank is not None and trainer.global_rank != self.rank):
@@ -27,7 +28,10 @@ class SignalAt(L.Callback):
                 return
             Path(self.marker).write_text("sent\n")
         for _ in range(self.times):
-            os.kill(os.getpid(), self.signum)
+            if self.group:
+                os.killpg(os.getpgrp(), self.signum)
+            else:
+                os.kill(os.getpid(), self.signum)
 
 
 signal_module = signal

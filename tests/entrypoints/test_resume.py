@@ -31,9 +31,9 @@ def _env() -> dict:
     return {**os.environ, "PYTHONPATH": f"{PROBES}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
 
 
-def python_train(args: list[str], cwd: Path = ROOT) -> subprocess.CompletedProcess:
+def python_train(args: list[str], cwd: Path = ROOT, new_session: bool = False) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(ROOT / "train.py"), *args], cwd=cwd, env=_env(), capture_output=True,
-                          text=True, timeout=600)
+                          text=True, timeout=600, start_new_session=new_session)
 
 
 def train(run_dir: Path, tiny_cfg, extra: list[str], check: bool = True):
@@ -185,3 +185,17 @@ def test_sigterm_to_rank_zero_of_a_ddp_run_stops_every_rank_at_the_same_step(tmp
     resumed = python_train([f"resume={run}"])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True, mmap=True)["global_step"] == 8
+
+
+@pytest.mark.slow
+def test_ctrl_c_with_dataloader_workers_saves_the_current_step(tmp_path, tiny_cfg):
+    """Ctrl-C reaches the whole process group, DataLoader workers included: they ignore it and keep feeding
+    the step being finished; the main process saves it and exits 130."""
+    run = tmp_path / "run"
+    args = tiny_cfg([f"hydra.run.dir={run}", "trainer.max_steps=8", "data.num_workers=2", "evaluate_before=false",
+                     "evaluate_after=false", "+callbacks.stop._target_=fault_probes.SignalAt", "+callbacks.stop.step=3",
+                     "+callbacks.stop.signal=SIGINT", "+callbacks.stop.group=true"])
+    stopped = python_train(args, new_session=True)  # its own process group: the test runner is not signalled
+    assert stopped.returncode == 128 + signal.SIGINT, stopped.stderr[-3000:]
+    assert "Stopped by SIGINT at step 4" in stopped.stdout + stopped.stderr
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True, mmap=True)["global_step"] == 4
