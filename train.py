@@ -330,6 +330,10 @@ def main(cfg: DictConfig) -> float | None:
                                       choices=OmegaConf.to_container(hc.runtime.choices), announce=writer)
             cfg = attempt.config
             validate_config(cfg)
+            if writer and OmegaConf.select(cfg, "model.scheduler") is not None and any(
+                    c.key in ("trainer.max_steps", "trainer.max_epochs") for c in attempt.changes):
+                log.warning("the run's length changed on resume: the LR schedule is recomputed for the new total, "
+                            "so the learning rate after the resume step follows the longer schedule")
             if writer:
                 from embedders.checkpoint_io import clean_orphans
 
