@@ -9,7 +9,8 @@ save: the run stops at once with the same message and exit code.
 The step is finished, not cut: the handler only records the request. After every training step (at
 `on_train_batch_end`, where Lightning's periodic checkpoints are saved, so a resume restarts exactly there)
 the callback looks at it; under DDP the ranks first agree with one 1-element all-reduce (MAX), so every rank
-stops after the same step and they save together, whichever rank was signalled. (Lightning's own SIGTERM
+stops after the same step and they save together, whichever rank was signalled. The fit then ends before
+the next batch, once Lightning has logged the step's metrics. (Lightning's own SIGTERM
 flag is not used: under DDP its rank 0 stops one collective earlier than the others and the save hangs.)
 
 SLURM through submitit: submitit owns requeue through its SIGUSR2 handler (sent `signal_delay_s` before the
@@ -164,6 +165,10 @@ class _SaveOnStop(L.Callback):
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
         self.last_saved_step = trainer.global_step
+        # Loggers buffer rows (the CSV logger for 100 steps): write them out with every checkpoint, so that
+        # after a kill the metrics file holds every step up to the checkpoint the run resumes from.
+        for lg in trainer.loggers:
+            lg.save()
 
     def _requested(self, trainer) -> bool:
         """Whether any rank was asked to stop (one 1-element all-reduce under DDP, nothing on one process)."""
@@ -181,9 +186,15 @@ class _SaveOnStop(L.Callback):
         trainer.save_checkpoint(path, weights_only=False)  # collective; rank 0 writes it, atomically
         self.stop.saved = (path, trainer.global_step)
         self.stop.phase = "stopped"
-        raise StopRequested(f"stop requested, checkpoint saved at step {trainer.global_step}")
+        # The fit ends at the next batch (or at its end): Lightning logs this step's metrics after this hook.
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self.stop.phase == "stopped":
+            raise StopRequested(f"stop requested, checkpoint saved at step {self.stop.saved[1]}")
 
     def on_train_end(self, trainer, pl_module) -> None:
+        if self.stop.phase == "stopped":  # the stop came at the last step
+            raise StopRequested(f"stop requested, checkpoint saved at step {self.stop.saved[1]}")
         self.stop.phase = "after training"
         if trainer.global_step > 0 and self.last_saved_step != trainer.global_step:
             trainer.save_checkpoint(self._path(trainer), weights_only=False)

@@ -73,14 +73,16 @@ class ResumableCSVLogger(CSVLogger):
         return self._experiment
 
     def rewind(self, step: int) -> int:
-        """Move the rows logged after `step` (by an attempt that was interrupted after its last checkpoint)
-        to metrics.superseded.csv; returns how many moved. Call before the resumed attempt logs."""
+        """Move the rows logged after a checkpoint of `step` optimizer steps (by an attempt interrupted after
+        it) to metrics.superseded.csv; returns how many moved. Call before the resumed attempt logs.
+        Lightning logs the rows of the n-th step (and of the validation after it) with step n − 1, so the
+        rows of the checkpointed steps are those with step < `step`."""
         path = Path(self.log_dir) / ExperimentWriter.NAME_METRICS_FILE
         if not path.is_file():
             return 0
         fields, rows = _read(path)
-        keep = [r for r in rows if (_step(r) is None or _step(r) <= step)]
-        later = [r for r in rows if not (_step(r) is None or _step(r) <= step)]
+        keep = [r for r in rows if (_step(r) is None or _step(r) < step)]
+        later = [r for r in rows if not (_step(r) is None or _step(r) < step)]
         if later:
             _write(path.with_name(SUPERSEDED), fields, later, append=True)
             _write(path, fields, keep)

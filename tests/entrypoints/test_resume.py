@@ -96,6 +96,10 @@ def test_killed_run_resumes_exactly(tmp_path, tiny_cfg, straight):
     # step 7 ran twice in the killed directory; its recorded values agree too
     lines = (killed / "losses.txt").read_text().splitlines()
     assert len(lines) == 7 + 6
+    # metrics.csv: rows are written with every checkpoint, so the kill lost none the resumed run did not log again
+    history, reference = logged_losses(killed), logged_losses(straight)
+    assert [s for s, _ in history] == [s for s, _ in reference] == list(range(12))
+    assert [v for _, v in history] == pytest.approx([v for _, v in reference], rel=1e-6)
 
 
 def test_sigterm_saves_the_current_step_and_the_readme_command_resumes_it(tmp_path, tiny_cfg, straight):
