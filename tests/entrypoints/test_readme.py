@@ -368,6 +368,33 @@ def test_readme_cites_documents_that_exist():
         assert (ROOT / target).exists(), f"README links to {target}, which is not in the repository"
 
 
+def readme_test_references(text: str) -> list[tuple[int, str, str | None]]:
+    """(line, test file, test name or None) for every `tests/….py[::name]` and `::name` (same file as the
+    reference before it on the line) in `text`."""
+    refs = []
+    for n, line in enumerate(text.splitlines(), 1):
+        current = None
+        for m in re.finditer(r"(tests/[\w/]+\.py)?::(\w+)|(?<![\w/])(tests/[\w/]+\.py)", line):
+            path, name = m.group(1) or m.group(3), m.group(2)
+            current = path or current
+            if current:
+                refs.append((n, current, name))
+    return refs
+
+
+def test_tests_the_readme_names_exist():
+    """The Reliability table (and any other text) names tests as `tests/….py::test_name`: each must exist."""
+    assert readme_test_references("a `tests/x/test_a.py::test_b`, `::test_c` and tests/y.py") == [
+        (1, "tests/x/test_a.py", "test_b"), (1, "tests/x/test_a.py", "test_c"), (1, "tests/y.py", None)]
+    missing = []
+    for n, path, name in readme_test_references(README.read_text()):
+        if not (ROOT / path).is_file():
+            missing.append(f"README.md:{n}: {path}")
+        elif name and not re.search(rf"^def {name}\(", (ROOT / path).read_text(), flags=re.M):
+            missing.append(f"README.md:{n}: {path}::{name}")
+    assert not missing, "README names tests that do not exist:\n  " + "\n  ".join(missing)
+
+
 # ------------------------------------------------------------------------------------------------ running
 @pytest.fixture(scope="module")
 def sandbox(tmp_path_factory, bundled_root):
