@@ -47,6 +47,9 @@ def test_gather_strided_refuses_a_wrong_shard():
         dist.destroy_process_group()
 
 
+# slow (~40-70 s, two evaluate processes); the fast proof of sharded encoding = one process is
+# tests/evaluation/test_encoding.py::test_sharded_sorted_encoding_equals_one_process_and_a_rank_failure_reaches_every_rank
+@pytest.mark.slow
 def test_two_processes_score_exactly_like_one(tiny_cfg, tmp_path):
     bundled = [o for o in tiny_cfg() if o.startswith("bundled.")]
     results = {}

@@ -24,11 +24,13 @@ class LossRecorder(L.Callback):
 
 
 class KillAt(L.Callback):
-    """SIGKILL the process when `step` optimizer steps are done (no cleanup, like a preemption)."""
+    """SIGKILL the process when `step` optimizer steps are done (no cleanup, like a preemption). With `marker`,
+    each rank does so once (a resume runs the run's recorded config, this callback included)."""
 
-    def __init__(self, step: int, pid_dir: str | None = None):
+    def __init__(self, step: int, pid_dir: str | None = None, marker: str | None = None):
         self.step = step
         self.pid_dir = pid_dir
+        self.marker = marker
 
     def on_train_start(self, trainer, pl_module):
         if self.pid_dir:  # so that a test can wait for every rank to be gone
@@ -37,5 +39,10 @@ class KillAt(L.Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         if trainer.global_step == self.step:
+            if self.marker:
+                marker = f"{self.marker}.rank{trainer.global_rank}"
+                if os.path.exists(marker):
+                    return
+                open(marker, "w").close()
             os.kill(os.getpid(), signal.SIGKILL)
 

@@ -171,6 +171,8 @@ def test_ivf_retrieval_matches_exact_when_every_list_is_probed():
         mined_negatives.retrieve(query, cand, positive_of, pool=10, index="hnsw")
 
 
+# slow (~20-40 s, two gloo ranks); the refresh itself is in the fast suite (test_mine_saha_then_train_with_saha_and_refresh)
+@pytest.mark.slow
 def test_saha_refresh_under_ddp_shards_the_encoding(compose_cfg, tiny_cfg, tmp_path):
     """Two gloo processes: every rank encodes a shard at the epoch boundary, rank 0 clusters and writes,
     and the second epoch's sampler on both ranks reads the refreshed clusters."""

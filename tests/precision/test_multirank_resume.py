@@ -75,10 +75,13 @@ def test_two_rank_run_killed_and_resumed_reproduces_the_losses(tmp_path, tiny_cf
     train(straight, [])
     killed.mkdir()
     proc = train(killed, ["+callbacks.kill._target_=resume_probe.KillAt", "+callbacks.kill.step=7",
-                          f"+callbacks.kill.pid_dir={killed}"], check=False)
+                          f"+callbacks.kill.pid_dir={killed}", f"+callbacks.kill.marker={tmp_path}/killed_once"],
+                 check=False)
     assert proc.returncode == -9, proc.stderr[-2000:]
     _wait_gone(killed)
-    train(killed, [])  # ckpt_path=auto: resumes from checkpoints/last.ckpt (step 6) on 2 ranks
+    # The same directory again: the run's recorded config (kill callback included, spent) resumes from
+    # checkpoints/last.ckpt (step 6) on 2 ranks.
+    train(killed, [])
     for rank in range(2):
         a, b = _losses(straight, rank), _losses(killed, rank)
         assert sorted(a) == list(range(1, 13))
