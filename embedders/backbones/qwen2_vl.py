@@ -15,6 +15,7 @@ from transformers import AutoImageProcessor, AutoModel, AutoProcessor, AutoToken
 
 from ..pooling import pool
 from .base import BackboneFamily, processor_inputs, register_family, require_model_type, torchvision_usable
+from .qwen_video import has_video_or_pages, qwen_processor_inputs, save_video_processor, with_video
 
 MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl")
 
@@ -77,6 +78,10 @@ class Qwen2VLFamily(BackboneFamily):
     takes_images = True
     image_token = "<|image_pad|>"
     chat_image_token = "<|vision_start|><|image_pad|><|vision_end|>"
+    video_token = "<|video_pad|>"
+    chat_video_token = "<|vision_start|><|video_pad|><|vision_end|>"
+    #: Images (pages) one item may carry; the processor has no hard limit, the context length does.
+    max_images_per_item = 16
     default_pooling = "last"
     padding_side = "left"
     lora_target_modules = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -97,14 +102,16 @@ class Qwen2VLFamily(BackboneFamily):
         return model.to(dtype) if dtype is not None else model
 
     def load_processor(self, path, config, image):
+        image = dict(image or {})
+        video = image.pop("video", None)  # model.image.video: the video processor's pixel budget (qwen_video.py)
         kwargs = _image_processor_kwargs(image)
         if path is None:
             from transformers.models.qwen2_vl import Qwen2VLImageProcessorPil
 
             from ..tiny import tiny_qwen_tokenizer
 
-            return ImageOnlyQwen2VLProcessor(image_processor=Qwen2VLImageProcessorPil(**kwargs),
-                                             tokenizer=tiny_qwen_tokenizer())
+            return with_video(ImageOnlyQwen2VLProcessor(image_processor=Qwen2VLImageProcessorPil(**kwargs),
+                                                        tokenizer=tiny_qwen_tokenizer()), self.name, None, video)
         if torchvision_usable():
             processor = AutoProcessor.from_pretrained(path, **kwargs)
         else:
@@ -113,9 +120,11 @@ class Qwen2VLFamily(BackboneFamily):
                 tokenizer=AutoTokenizer.from_pretrained(path),
             )
         processor.tokenizer.padding_side = self.padding_side
-        return processor
+        return with_video(processor, self.name, path, video)
 
     def prepare(self, processor, texts, images, max_length):
+        if has_video_or_pages(images):  # rows with a video clip or several images (qwen_video.py)
+            return qwen_processor_inputs(processor, texts, images, self.max_images_per_item, max_length)
         return processor_inputs(processor, texts, images)
 
     def encode_inputs(self, model, inputs, pooling):
@@ -130,6 +139,7 @@ class Qwen2VLFamily(BackboneFamily):
         # Saved as its parts so that AutoImageProcessor/AutoTokenizer (and AutoProcessor) reload it.
         processor.image_processor.save_pretrained(str(directory))
         processor.tokenizer.save_pretrained(str(directory))
+        save_video_processor(processor, directory)
 
 
 register_family(Qwen2VLFamily())
