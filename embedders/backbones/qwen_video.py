@@ -343,6 +343,11 @@ def qwen_processor_inputs(processor, texts: Sequence[str], visuals: Sequence[Any
             if text.count(token) != len(given):
                 raise ValueError(f"row {row}: the text holds {text.count(token)} {token} token(s) for {len(given)} "
                                  f"{kind}(s); every {kind} needs exactly one placeholder: {text[:120]!r}")
+        for clip in row_videos:
+            sizes = {f.size for f in clip.frames}
+            if len(sizes) != 1:
+                raise ValueError(f"row {row}: a video " + ("has no frames" if not sizes else
+                                 f"mixes frame sizes {sorted(sizes)}; all frames of a video must share one size"))
         images += row_images
         videos += row_videos
     kwargs = dict(text=list(texts), padding=True, return_tensors="pt")
@@ -358,6 +363,16 @@ def qwen_processor_inputs(processor, texts: Sequence[str], visuals: Sequence[Any
         kwargs["video_metadata"] = [video_metadata(v) or _metadata([f], None, fps)[0] for v, f in zip(videos, frames)]
         kwargs["do_sample_frames"] = False  # frames arrive sampled (datamodules.video)
     out = dict(processor(**kwargs))
+    image_counts = [len(split_visuals(v)[0]) for v in visuals]
+    if any(n > 1 for n in image_counts) and "mm_token_type_ids" in out:
+        # transformers assigns M-RoPE positions per run of image tokens: two pages whose tokens touch (nothing
+        # but whitespace between their placeholders) would read as one image and shift every later position.
+        for row, n in enumerate(image_counts):
+            is_image = (out["mm_token_type_ids"][row] == 1).int()
+            runs = int(is_image[0]) + int(((is_image[1:] - is_image[:-1]) == 1).sum())
+            if n > 1 and runs != n:
+                raise ValueError(f"row {row}: the placeholders of its {n} images touch ({runs} image token run(s)); "
+                                 "separate them by text, e.g. the wrapped <|vision_start|>...<|vision_end|> form")
     if max_length is not None:
         lengths = out["attention_mask"].sum(dim=1)
         too_long = [(row, int(n)) for row, n in enumerate(lengths.tolist()) if n > max_length]
