@@ -338,7 +338,7 @@ def qwen_processor_inputs(processor, texts: Sequence[str], visuals: Sequence[Any
         row_images, row_videos = split_visuals(visual)
         if len(row_images) > max_images:
             raise ValueError(f"row {row} has {len(row_images)} images; this family takes at most {max_images} per "
-                             "item (model.image.max_images_per_item); split the document or keep fewer pages")
+                             "item (its max_images_per_item); split the document or keep fewer pages")
         for kind, token, given in (("image", image_token, row_images), ("video", video_token, row_videos)):
             if text.count(token) != len(given):
                 raise ValueError(f"row {row}: the text holds {text.count(token)} {token} token(s) for {len(given)} "
