@@ -38,6 +38,7 @@ HIERARCHICAL_SYSTEM = (
 HIERARCHICAL_QUERY_SUFFIX_IMAGE = "\nRepresent the given text/image in one word."
 HIERARCHICAL_QUERY_SUFFIX_TEXT = "\nRepresent the given text in one word."
 LLAVE_SYSTEM = "You are a helpful assistant."
+QWEN3VL_EMBEDDING_SYSTEM = "Represent the user's input."
 
 SIDES = ("query", "target")
 IMAGE_LAYOUTS = ("bare", "wrapped")
@@ -134,6 +135,9 @@ PRESETS: dict[str, PromptFormat] = {
     # system message, image first + newline, a closing assistant turn "\n", text-only rows left as they are.
     "llave": PromptFormat(name="llave", chat=True, system=LLAVE_SYSTEM, assistant="\n", image_layout="bare",
                           image_position="first_line", placeholder_without_image="literal"),
+    # Qwen3-VL-Embedding (src/models/qwen3_vl_embedding.py, format_model_input): Qwen's ChatML, the default system
+    # message "Represent the user's input.", the visual before the text, the generation prompt pooled.
+    "qwen3vl_embedding": PromptFormat(name="qwen3vl_embedding", chat=True, system=QWEN3VL_EMBEDDING_SYSTEM),
 }
 
 
