@@ -12,7 +12,7 @@ ARGS ?=
 export TOKENIZERS_PARALLELISM ?= false
 export HF_HUB_DISABLE_PROGRESS_BARS ?= 1
 
-.PHONY: help setup train evaluate test test-all bench lint sweep ablation clean
+.PHONY: help setup train evaluate test test-all bench lint sweep ablation ablation-real readme-figures clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -44,7 +44,7 @@ test: $(STAMP) ## fast test suite (what CI runs)
 test-all: $(STAMP) ## every test, slow ones included
 	$(PY) -m pytest -q -m "" $(ARGS)
 
-bench: $(STAMP) ## benchmarks: print measured ratios side by side
+bench: $(STAMP) ## benchmarks: measured ratios side by side (ARGS=--quick: a smoke run, no target judged)
 	$(PY) benchmarks/run_all.py $(ARGS)
 
 sweep: $(STAMP) ## SLURM sweep of the two losses: make sweep ARGS='hydra.launcher.partition=gpu …'
@@ -52,6 +52,12 @@ sweep: $(STAMP) ## SLURM sweep of the two losses: make sweep ARGS='hydra.launche
 
 ablation: $(STAMP) ## loss × sampler × 3 seeds on the bundled data; table + plot (CPU, ~45 min)
 	$(PY) benchmarks/ablation.py $(ARGS)
+
+ablation-real: $(STAMP) ## pretrained MiniLM on docstrings: 4 losses × 4 batch arms × 3 seeds; table + plots (CPU)
+	$(PY) benchmarks/ablation_real.py $(ARGS)
+
+readme-figures: $(STAMP) ## rerun the default run (python train.py) and write its tables into README.md
+	$(PY) benchmarks/default_run.py --update-readme
 
 lint: $(STAMP) ## ruff
 	$(PY) -m ruff check .

@@ -16,23 +16,35 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from runtime import adapt_cfg_with_multirun, finish_loggers, instantiate_group
+from runtime import (
+    adapt_cfg_with_multirun,
+    apply_image_limits,
+    check_embedder_source,
+    finish_loggers,
+    instantiate_group,
+    quiet_known_noise,
+)
 
 log = logging.getLogger("embedlab.evaluate")
 
 
 def load_embedder(cfg: DictConfig):
-    """The Embedder named by the config (embedder_dir, then ckpt_path, then model)."""
+    """The Embedder named by the config (embedder_dir, ckpt_path or model; check_embedder_source refuses
+    more than one), in `cfg.dtype` when set, whichever the source."""
     from embedders import Embedder
     from embedders.checkpoint_io import load_trained_module
+    from embedders.embedder import resolve_dtype
 
-    prompt = OmegaConf.to_container(cfg.prompt, resolve=True) if cfg.get("prompt") else None
+    dtype = cfg.get("dtype")
     if cfg.get("embedder_dir"):
         # The saved prompt is used as it is: training and evaluation must format identically.
-        return Embedder.from_pretrained(cfg.embedder_dir, dtype=cfg.get("dtype"))
+        return Embedder.from_pretrained(cfg.embedder_dir, dtype=dtype)
     if cfg.get("ckpt_path"):
-        return load_trained_module(cfg.ckpt_path).embedder
-    module = instantiate(cfg.model, loss=None, prompt=prompt, _convert_="partial")
+        embedder = load_trained_module(cfg.ckpt_path).embedder
+        return embedder.to(resolve_dtype(dtype)) if dtype else embedder
+    prompt = OmegaConf.to_container(cfg.prompt, resolve=True) if cfg.get("prompt") else None
+    overrides = {"dtype": dtype} if dtype else {}  # loaded in that dtype, not cast afterwards
+    module = instantiate(cfg.model, loss=None, prompt=prompt, _convert_="partial", **overrides)
     return module.embedder
 
 
@@ -64,10 +76,20 @@ def launch(cfg: DictConfig):
 
 def run(cfg: DictConfig) -> dict:
     from evaluation.runner import build_suite, score
+    from operations.config_types import check_config_types
 
+    quiet_known_noise()
+    check_embedder_source(cfg)
+    source_given = bool(cfg.get("embedder_dir") or cfg.get("ckpt_path"))
+    check_config_types(cfg, keys=("logger",) if source_given else ("model", "logger"))
+    apply_image_limits(cfg)
     fabric, device = launch(cfg)
     L.seed_everything(cfg.seed, workers=True)  # a randomly initialised (config) backbone: same weights everywhere
     embedder = load_embedder(cfg).truncated(cfg.eval.get("dim")).to(device)  # eval.dim=N: Matryoshka prefix
+    if not source_given and OmegaConf.select(cfg, "model.path") is None:
+        log.warning("scoring a randomly initialised %s (model.path is null): the untrained baseline. Score a trained "
+                    "model with embedder_dir=<run>/embedder or ckpt_path=<run>/checkpoints/last.ckpt",
+                    OmegaConf.select(cfg, "model.family"))
     with fabric.rank_zero_first() if fabric else nullcontext():
         suite = build_suite(cfg.eval_data)
     main_rank = fabric is None or fabric.global_rank == 0

@@ -8,6 +8,10 @@
 Rows are read exactly as training reads them (the same `data` config through the DataModule). Output goes
 to `mining.out_dir`, by default `<paths.data_dir>/mined/<source name>/<split>` (SaHa; where `sampler=saha`
 looks) or `…/<split>/negatives` (negatives). Up-to-date outputs are skipped unless `mining.force=true`.
+Outputs mined with other settings (or another embedder, or from other rows) are never replaced silently:
+SaHa cluster files are refused (sampler=saha reads a fixed place: write elsewhere with mining.out_dir, or
+mining.force=true), mined negatives go to a directory beside the old one (`negatives-<settings hash>`; an
+explicit mining.out_dir is refused instead).
 """
 
 from __future__ import annotations
@@ -20,7 +24,12 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from runtime import adapt_cfg_with_multirun  # also registers the Hydra resolvers the configs use
+from runtime import (  # also registers the Hydra resolvers the configs use
+    adapt_cfg_with_multirun,
+    apply_image_limits,
+    check_embedder_source,
+    quiet_known_noise,
+)
 
 log = logging.getLogger("embedlab.mine")
 
@@ -40,6 +49,24 @@ def describe_embedder(cfg: DictConfig) -> dict:
     return described
 
 
+def beside_if_different(out_dir: Path, subsets, datamodule, embedder, m, embedder_description) -> Path:
+    """The default negatives directory, or — when it holds negatives mined with other settings, another
+    embedder or other rows — a directory beside it named after these settings (never replaced silently)."""
+    from mining.negatives import manifest_differences, manifest_digest, negatives_manifest, negatives_settings
+
+    settings = negatives_settings(m.pool, m.num_negatives, m.relative, m.margin, m.min_score, m.max_score, m.select,
+                                  m.simans_a, m.simans_b, m.seed, m.index, m.nprobe)
+    manifest = negatives_manifest(subsets, datamodule.subset_info, datamodule.split, settings=settings,
+                                  embedder_description=embedder_description, prompt=embedder.prompt.to_dict())
+    differences = manifest_differences(out_dir, manifest)
+    if not differences:
+        return out_dir
+    beside = out_dir.with_name(f"{out_dir.name}-{manifest_digest(manifest)}")
+    log.warning("%s holds negatives mined with other settings (%s); writing these beside it to %s "
+                "(mining.force=true would replace it instead)", out_dir, "; ".join(differences), beside)
+    return beside
+
+
 def training_rows(datamodule) -> dict[str, list]:
     """Every row of every subset as the DataModule reads it (validation rows included), by subset and row."""
     datamodule.setup("fit")
@@ -55,7 +82,13 @@ def run(cfg: DictConfig) -> dict:
     from datamodules.samplers import mined_data_dir
     from evaluate import load_embedder, pick_device
     from mining import format_table, mine_negatives, mine_saha
+    from operations.config_types import check_config_types
 
+    quiet_known_noise()
+    check_embedder_source(cfg)
+    source_given = bool(cfg.get("embedder_dir") or cfg.get("ckpt_path"))
+    check_config_types(cfg, keys=("data",) if source_given else ("model", "data"))
+    apply_image_limits(cfg)
     m = cfg.mining
     if m.method not in METHODS:
         raise ValueError(f"mining.method must be one of {METHODS}, got {m.method!r}")
@@ -67,6 +100,8 @@ def run(cfg: DictConfig) -> dict:
     embedder = load_embedder(cfg).to(pick_device(cfg.device))
     common = dict(embedder_description=describe_embedder(cfg), force=bool(m.force), batch_size=int(m.batch_size),
                   num_workers=int(m.num_workers), progress=bool(m.progress))
+    if m.method == "negatives" and not m.out_dir and not m.force:
+        out_dir = beside_if_different(out_dir, subsets, datamodule, embedder, m, common["embedder_description"])
     log.info("mining %s for %d subset(s) of %s (split %s) into %s", m.method, len(subsets), datamodule.source,
              datamodule.split, out_dir)
     if m.method == "saha":

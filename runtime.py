@@ -1,43 +1,106 @@
-"""Glue shared by the entry points (train.py, evaluate.py, mine.py): Hydra resolvers for run names
-and W&B groups, rank detection before Lightning starts, and instantiation of loggers/callbacks."""
+"""Glue shared by the entry points (train.py, evaluate.py, mine.py): Hydra resolvers for run names,
+run directories and W&B groups, rank detection before Lightning starts, instantiation of
+loggers/callbacks, and silencing of known, harmless log noise."""
 
 from __future__ import annotations
 
+import logging
 import os
+import re
+import sys
 import uuid
+import warnings
 from pathlib import Path
 
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-#: Overrides that configure where/how a job runs rather than what it trains: left out of job names.
-_NAME_SKIP_PREFIXES = ("hydra.", "paths.", "bundled.", "callbacks.", "logger", "trainer.enable_progress_bar",
-                       "trainer.log_every_n_steps", "evaluate_", "save_embedder", "eval.", "eval_data.max_rows")
+#: Overrides that configure where/how a job runs rather than what it trains: left out of run names.
+_NAME_SKIP_PREFIXES = ("hydra.", "hydra/", "paths.", "bundled.", "callbacks.", "logger", "trainer.enable_progress_bar",
+                       "trainer.log_every_n_steps", "evaluate_", "save_embedder", "eval.", "eval_data.max_rows",
+                       "resume", "ckpt_path", "embedder_dir", "devices", "device")
+#: A run directory's name ends with `<time>_<run name>`; the time prefix of a source run is dropped in names
+#: derived from it (the evaluate run's own directory has its own time).
+_GENERIC_DIRS = {"model", "models", "weights", "checkpoint", "checkpoints", "snapshot", "hf", "embedder"}
+_TIME_PREFIX = re.compile(r"^\d{4}-\d{2}-\d{2}_\d{2}-\d{2}-\d{2}_")
+
+
+def _name_part(item: str, skip_groups: tuple[str, ...] = ()) -> str | None:
+    """One override as it appears in a run name, or None when it says nothing about what ran: infrastructure
+    keys, path-valued overrides (a '/' would nest directories) and group choices already in the name."""
+    key, _, value = item.partition("=")
+    bare = key.lstrip("+~")
+    if "/" in value or bare.startswith(_NAME_SKIP_PREFIXES) or bare in skip_groups:
+        return None
+    return item.lstrip("+")
 
 
 def short_overrides(override_dirname: str, max_len: int = 120) -> str:
-    """A job name from its overrides: infrastructure keys and path-valued overrides dropped (a '/' would
-    nest directories), truncated. The complete list is in the job's .hydra/overrides.yaml."""
-    kept = []
-    for item in override_dirname.split(","):
-        key, _, value = item.partition("=")
-        if "/" in value or key.lstrip("+~").startswith(_NAME_SKIP_PREFIXES):
-            continue
-        kept.append(item)
+    """A job name from its overrides (Hydra's override_dirname): infrastructure keys and path-valued overrides
+    dropped, truncated. The complete list is in the job's .hydra/overrides.yaml."""
+    kept = [p for p in (_name_part(item) for item in override_dirname.split(",")) if p]
     name = ",".join(kept)
     return name[:max_len] if name else "job"
 
 
-def _run_name(default: str) -> str:
-    """The overrides of a multirun job (readable, unique within the sweep), else `default`."""
+def _task_overrides() -> list[str]:
     from hydra.core.hydra_config import HydraConfig
 
     if not HydraConfig.initialized():
-        return default
-    hc = HydraConfig.get()
-    if str(hc.mode) != "RunMode.MULTIRUN":
-        return default
-    return short_overrides(hc.job.override_dirname)
+        return []
+    return [str(o) for o in HydraConfig.get().overrides.task]
+
+
+def _run_name(prefix: str, named_groups: str = "", max_len: int = 150) -> str:
+    """`prefix` (the model/loss/sampler choices) plus every command-line override that changes what runs
+    (`loss.alpha=9`, `seed=2`, `trainer=ddp_cpu`), so runs of different settings never share a name.
+    `named_groups` ("model/loss/sampler"): group choices already spelled in `prefix`."""
+    skip = tuple(g for g in str(named_groups).split("/") if g)
+    parts = [p for p in (_name_part(o, skip) for o in _task_overrides()) if p]
+    name = "_".join([str(prefix), ",".join(parts)]) if parts else str(prefix)
+    return name[:max_len]
+
+
+def scored_name(embedder_dir: str | None, ckpt_path: str | None, model_choice: str | None,
+                model_path: str | None = None) -> str:
+    """What an evaluation (or mining) run scores, for its run name: the saved Embedder's run, the checkpoint's
+    run and file, or the model config (and the directory/hub id it loads when model.path was given)."""
+    if embedder_dir:
+        p = Path(str(embedder_dir).rstrip("/"))
+        source = p.parent.name if p.name == "embedder" else p.name
+        return "embedder-" + _TIME_PREFIX.sub("", source)
+    if ckpt_path:
+        p = Path(str(ckpt_path).rstrip("/"))
+        run = p.parent.parent if p.parent.name == "checkpoints" else p.parent
+        return f"ckpt-{_TIME_PREFIX.sub('', run.name)}-{p.stem}"
+    name = str(model_choice)
+    if model_path and any(o.lstrip("+").startswith("model.path=") for o in _task_overrides()):
+        p = Path(str(model_path).rstrip("/"))
+        # A generic last part (…/all-MiniLM-L6-v2/model) says nothing: keep its parent's name too.
+        name += "-" + (f"{p.parent.name}-{p.name}" if p.name in _GENERIC_DIRS and p.parent.name else p.name)
+    return name
+
+
+def _eval_run_name(embedder_dir, ckpt_path, model_choice, model_path, prompt_choice, max_len: int = 150) -> str:
+    name = scored_name(embedder_dir, ckpt_path, model_choice, model_path)
+    if not (embedder_dir or ckpt_path):
+        name += f"_{prompt_choice}"  # a saved Embedder or checkpoint carries its own prompt
+    return _run_name(name, "model/prompt", max_len)
+
+
+def _run_dir(resume, default: str) -> str:
+    """hydra.run.dir: the run directory named by `resume=` (continue that run), else a new one."""
+    return str(Path(str(resume)).expanduser().absolute()) if resume else default
+
+
+def _cwd() -> str:
+    """The directory the command was started from. Unlike `${hydra:runtime.cwd}` it resolves before Hydra's
+    runtime is set, which is when a multirun resolves `hydra.sweep.dir`."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized():
+        return str(HydraConfig.get().runtime.cwd)
+    return os.getcwd()
 
 
 def _run_group(default: str) -> str:
@@ -50,13 +113,83 @@ def _run_group(default: str) -> str:
 
 
 def register_resolvers() -> None:
-    for name, fn in (("embedlab_run_name", _run_name), ("embedlab_run_group", _run_group),
-                     ("embedlab_short_overrides", short_overrides)):
+    for name, fn in (("embedlab_run_name", _run_name), ("embedlab_eval_run_name", _eval_run_name),
+                     ("embedlab_run_group", _run_group), ("embedlab_short_overrides", short_overrides),
+                     ("embedlab_run_dir", _run_dir), ("embedlab_cwd", _cwd)):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn)
 
 
 register_resolvers()
+
+
+class _DropTip(logging.Filter):
+    """Lightning's advertisement for its cloud logger ("💡 Tip: … litlogger …") on every Trainer."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "litlogger" not in str(record.msg)
+
+
+def quiet_known_noise() -> None:
+    """Silence messages that are expected and harmless, where they come from (and nothing else there):
+    faiss's "Loading faiss with AVX2 support" lines, Lightning's litlogger tip, and torch's deprecation of
+    the `LeafSpec` check inside Lightning's pytree helper (Lightning's code, not ours, triggers it)."""
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
+    rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if not any(isinstance(f, _DropTip) for f in rank_zero.filters):
+        rank_zero.addFilter(_DropTip())
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+
+
+quiet_known_noise()
+
+
+def check_embedder_source(cfg: DictConfig) -> None:
+    """evaluate.py / mine.py score one model: refuse a command line that names two sources, or a model/prompt
+    that the given source would silently ignore (a saved Embedder or a checkpoint brings its own)."""
+    given = [k for k in ("embedder_dir", "ckpt_path") if cfg.get(k)]
+    if len(given) > 1:
+        raise ValueError(f"both embedder_dir={cfg.embedder_dir} and ckpt_path={cfg.ckpt_path} are set: give one "
+                         "model to score")
+    if not given:
+        return
+    ignored = [o for o in _task_overrides()
+               if o.lstrip("+~").split("=")[0].split(".")[0].split("@")[0] in ("model", "prompt")]
+    if ignored:
+        key = given[0]
+        raise ValueError(
+            f"{key}={cfg[key]} scores the model saved there, with the prompt it was trained with; "
+            f"{', '.join(ignored)} would be ignored. Drop {' '.join(ignored)}, or drop {key}= to score "
+            "model=… zero-shot (dtype= applies to every source)")
+
+
+def apply_image_limits(cfg: DictConfig) -> None:
+    """Set the image-size limit (`image_max_pixels`) for every image this process opens."""
+    from datamodules.images import set_max_image_pixels
+
+    if "image_max_pixels" in cfg:
+        set_max_image_pixels(cfg.image_max_pixels)
+
+
+def resume_command(script: str, run_dir: str | os.PathLike) -> str:
+    """The command that continues the run in `run_dir` (relative to the current directory when inside it)."""
+    run_dir = Path(run_dir).absolute()
+    try:
+        shown = run_dir.relative_to(Path.cwd())
+    except ValueError:
+        shown = run_dir
+    return f"python {script} resume={shown}"
+
+
+def refuse_missing_resume(argv: list[str]) -> None:
+    """`resume=<dir>` of a directory that does not exist: say so before Hydra creates it as a new run."""
+    for arg in argv[1:]:
+        if arg.startswith("resume=") and arg != "resume=null":
+            path = Path(arg.partition("=")[2]).expanduser()
+            if not path.is_dir():
+                print(f"error: {arg}: no such run directory ({path.absolute()}). Run directories are "
+                      "logs/<task>/runs/<time>_<name>", file=sys.stderr)
+                raise SystemExit(2)
 
 
 def is_launcher_rank_zero() -> bool:

@@ -3,15 +3,22 @@
 Composes the config, seeds, builds the LightningModule (backbone + pooling + loss), the
 DataModule and the Trainer, fits, saves the final Embedder, and scores it (and, by default, the
 untrained model) on the configured eval datasets.
+
+The run directory holds one live run (a lock), records every attempt's config, and continues a run
+as it was with `python train.py resume=<run dir>` (operations/). SIGTERM/Ctrl-C save a checkpoint at
+the current step and exit non-zero with the resume command.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import sys
+from contextlib import nullcontext
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import hydra
-import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -19,10 +26,21 @@ from runtime import (
     adapt_cfg_with_multirun,
     finish_loggers,
     instantiate_group,
+    is_launcher_rank_zero,
+    quiet_known_noise,
+    refuse_missing_resume,
+    resume_command,
     wandb_run_id,
 )
 
+if TYPE_CHECKING:
+    import lightning as L
+
 log = logging.getLogger("embedlab.train")
+
+
+class RefusedToStart(ValueError):
+    """A configuration that this run refuses before doing any work."""
 
 
 def release_device_memory(device) -> None:
@@ -53,7 +71,33 @@ def score_on_all_ranks(trainer, embedder, cfg: DictConfig, label: str, output_di
 
 
 def validate_config(cfg: DictConfig) -> None:
-    """Refuse misconfigurations before anything expensive starts."""
+    """Refuse misconfigurations before anything expensive starts: value types (every key of every
+    `_target_` node), then combinations (RefusedToStart, a ValueError)."""
+    try:
+        _validate_config(cfg)
+    except ValueError as e:
+        if isinstance(e, RefusedToStart):
+            raise
+        raise RefusedToStart(str(e)) from None
+
+
+def _validate_config(cfg: DictConfig) -> None:
+    from operations.config_types import ConfigTypeError, check_config_types
+
+    check_config_types(cfg, keys=("model", "loss", "data", "sampler", "trainer", "callbacks", "logger"))
+    for key, kind in (("seed", int), ("evaluate_before", bool), ("evaluate_after", bool), ("save_embedder", bool),
+                      ("resume_allow_changes", bool)):
+        value = cfg.get(key)
+        if value is not None and (type(value) is not kind):
+            raise ConfigTypeError(f"config values of the wrong type (nothing was run):\n  {key} must be "
+                                  f"{kind.__name__}, got {value!r} ({type(value).__name__})")
+    for key in ("trainer.max_steps", "trainer.max_epochs"):
+        if OmegaConf.select(cfg, key) == 0:
+            raise ValueError(f"{key}=0: this run would make no optimizer step; give a positive number (or -1 for "
+                             "no limit on that count)")
+    limit = OmegaConf.select(cfg, "trainer.limit_train_batches")
+    if limit is not None and limit == 0:
+        raise ValueError("trainer.limit_train_batches=0: this run would make no optimizer step")
     chunk = OmegaConf.select(cfg, "model.gradcache.chunk_size")
     accumulate = OmegaConf.select(cfg, "trainer.accumulate_grad_batches", default=1) or 1
     batch = OmegaConf.select(cfg, "data.batch_size")
@@ -83,6 +127,33 @@ def validate_config(cfg: DictConfig) -> None:
             raise ValueError("GradCache under FSDP is not supported; use trainer=ddp with GradCache")
 
 
+def check_training_steps(trainer: L.Trainer, datamodule) -> int:
+    """Refuse, before any work, a run whose data gives no optimizer step; returns the steps per epoch."""
+    datamodule.setup("fit")
+    sampler = datamodule.build_train_sampler(rank=0, world_size=trainer.world_size)
+    batches = len(sampler)
+    limit = trainer.limit_train_batches
+    if isinstance(limit, int) and not isinstance(limit, bool):
+        batches = min(batches, limit)
+    elif isinstance(limit, float) and limit < 1.0:
+        batches = int(batches * limit)
+    accumulate = max(1, int(trainer.accumulate_grad_batches))
+    steps = -(-batches // accumulate)  # the last partial accumulation of an epoch still steps
+    if steps > 0:
+        return steps
+    pairs = len(datamodule.train_pairs)
+    per_subset: dict[str, int] = {}
+    for p in datamodule.train_pairs:
+        per_subset[p.subset] = per_subset.get(p.subset, 0) + 1
+    world = trainer.world_size
+    raise RefusedToStart(
+        f"this run would make no optimizer step: {pairs} training pairs ({per_subset}, after holding out "
+        f"data.val_per_subset={datamodule.val_per_subset} per subset) in batches of data.batch_size="
+        f"{datamodule.batch_size} with data.drop_last={datamodule.drop_last} over {world} rank(s) give {batches} "
+        f"batch(es) per epoch (trainer.limit_train_batches={limit}). Lower data.batch_size (at most "
+        f"{max(1, pairs // world)}), set data.drop_last=false, or use more data")
+
+
 def build_trainer(cfg: DictConfig, module, callbacks, loggers) -> L.Trainer:
     tcfg = OmegaConf.to_container(cfg.trainer, resolve=True)
     if module.chunk_size is not None:
@@ -99,10 +170,24 @@ def build_trainer(cfg: DictConfig, module, callbacks, loggers) -> L.Trainer:
 
 
 def resolve_ckpt_path(cfg: DictConfig, output_dir: Path) -> str | None:
+    """The checkpoint to start from. `auto`: the newest readable checkpoint of the run directory (an
+    unreadable one is named and skipped with a warning), or None in a fresh directory."""
+    from embedders.checkpoint_io import UnreadableCheckpointError, checkpoint_step, newest_readable_checkpoint
+
     ckpt = cfg.get("ckpt_path")
     if ckpt == "auto":
-        last = output_dir / "checkpoints" / "last.ckpt"
-        ckpt = str(last) if last.exists() else None
+        directory = output_dir / "checkpoints"
+        found, skipped = newest_readable_checkpoint(directory)
+        for _, reason in skipped:
+            log.warning("%s; skipped", reason)
+        if skipped and found is None:
+            raise UnreadableCheckpointError(
+                f"no readable checkpoint in {directory} to resume from (see the warnings above). Delete the "
+                "unreadable files to restart this run from step 0, or pass ckpt_path=<a good checkpoint>")
+        if skipped:
+            log.warning("resuming from %s (step %d) instead: the steps after it run again", found,
+                        checkpoint_step(found))
+        ckpt = str(found) if found is not None else None
     if ckpt:
         check_checkpoint_matches(ckpt, cfg)
     return ckpt
@@ -122,15 +207,45 @@ def check_checkpoint_matches(ckpt: str, cfg: DictConfig) -> None:
                              "directory (ckpt_path=null)")
 
 
-def run(cfg: DictConfig) -> dict:
-    """The whole training job; returns {"before": results|None, "after": results|None, "chance": float}."""
+def untrained_overall(outcome: dict, output_dir: Path) -> float | None:
+    """This attempt's untrained figure, or the one an earlier attempt of the run wrote."""
+    if outcome["before"] is not None:
+        return outcome["before"]["overall"]
+    path = output_dir / "eval_untrained" / "results.json"
+    if path.is_file():
+        return json.loads(path.read_text())["overall"]
+    return None
+
+
+def run(cfg: DictConfig, resume_hint: str | None = None, validated: bool = False) -> dict:
+    """The whole training job; returns {"before": results|None, "after": results|None, "chance": float}.
+    Raises operations.interrupt.RunInterrupted when stopped by a signal (after saving a checkpoint)."""
+    from operations.interrupt import GracefulStop, RunInterrupted, StopRequested
+
+    quiet_known_noise()
+    if not validated:
+        validate_config(cfg)
+    output_dir = Path(cfg.paths.output_dir)
+    stop = GracefulStop(resume_hint or resume_command("train.py", output_dir))
+    with stop:
+        try:
+            return _train_and_score(cfg, output_dir, stop)
+        except StopRequested:  # the fit stopped on a signal, after the checkpoint of the current step was saved
+            raise stop.interrupted() from None
+        except RunInterrupted as e:
+            log.error(e.message)
+            raise
+
+
+def _train_and_score(cfg: DictConfig, output_dir: Path, stop) -> dict:
+    import lightning as L
     from lightning.pytorch.callbacks import LambdaCallback
 
     from embedders.shipping import write_run_card
     from embedders.strategies import standalone_module
+    from operations.metrics import ResumableCSVLogger, append_summary
+    from operations.progress import step_progress_bar
 
-    validate_config(cfg)
-    output_dir = Path(cfg.paths.output_dir)
     L.seed_everything(cfg.seed, workers=True)
     wandb_run_id(cfg, output_dir)
     loss = instantiate(cfg.loss)
@@ -142,7 +257,8 @@ def run(cfg: DictConfig) -> dict:
     callbacks, loggers = instantiate_group(cfg.get("callbacks")), instantiate_group(cfg.get("logger"))
     outcome: dict = {"before": None, "after": None, "chance": None}
     evaluate = bool(cfg.get("eval_data"))
-    if evaluate and cfg.evaluate_before and resolve_ckpt_path(cfg, output_dir) is None:
+    ckpt = resolve_ckpt_path(cfg, output_dir)
+    if evaluate and cfg.evaluate_before and ckpt is None:
         def score_untrained(trainer, pl_module, stage):
             outcome["before"] = score_on_all_ranks(trainer, pl_module.embedder, cfg, "untrained",
                                                    output_dir / "eval_untrained", loggers, "eval_untrained",
@@ -150,11 +266,26 @@ def run(cfg: DictConfig) -> dict:
 
         # In the trainer's setup hook: every rank is in the process group and still holds the whole untrained model.
         callbacks.append(LambdaCallback(setup=score_untrained))
+    callbacks.append(stop.callback())
+    if OmegaConf.select(cfg, "trainer.enable_progress_bar", default=True):
+        callbacks.append(step_progress_bar())
     trainer = build_trainer(cfg, module, callbacks, loggers)
+    check_training_steps(trainer, datamodule)
+    if ckpt is not None and is_launcher_rank_zero():
+        from embedders.checkpoint_io import checkpoint_step
+
+        start = checkpoint_step(ckpt)
+        log.info("resuming from %s (step %d)", ckpt, start)
+        for lg in loggers:
+            if isinstance(lg, ResumableCSVLogger):
+                lg.rewind(start)
     for lg in loggers:
         lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 
-    trainer.fit(module, datamodule=datamodule, ckpt_path=resolve_ckpt_path(cfg, output_dir))
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt)
+    if trainer.global_step == 0:
+        raise RuntimeError("training ended without a single optimizer step; nothing trained is saved or scored "
+                           "(see the warnings above for why the trainer stopped)")
     final = standalone_module(trainer, module)  # under FSDP: a collective gather; an unwrapped copy on rank 0
     if trainer.is_global_zero and cfg.save_embedder:
         path = final.embedder.save_pretrained(output_dir / "embedder")
@@ -170,27 +301,77 @@ def run(cfg: DictConfig) -> dict:
         return outcome
     if outcome["after"] is not None:
         summary = f"Overall on {len(outcome['after']['datasets'])} eval datasets: "
-        if outcome["before"] is not None:
-            summary += f"untrained {outcome['before']['overall']:.1f} | "
+        before = untrained_overall(outcome, output_dir)
+        if before is not None:
+            summary += f"untrained {before:.1f} | "
         summary += f"trained {outcome['after']['overall']:.1f} | chance {outcome['chance']:.1f}"
+        skips = ""
         if datamodule.skip_summary():  # rows the reference skips (or missing images with on_missing_image=skip)
-            summary += "\nTraining rows skipped:\n" + datamodule.skip_summary()
-        print(summary, flush=True)
-        (output_dir / "summary.txt").write_text(summary + "\n")
+            skips = "\nTraining rows skipped:\n" + datamodule.skip_summary()
+        print(summary + skips, flush=True)
+        append_summary(output_dir / "summary.txt", f"{summary} (step {trainer.global_step}){skips}")
     write_run_card(output_dir, cfg)  # embedder/README.md: training record + the final MMEB table (embedders/shipping.py)
     finish_loggers(loggers)
     return outcome
 
 
+def _refusals() -> tuple[type[BaseException], ...]:
+    from operations.config_types import ConfigTypeError
+    from operations.lock import RunLockedError
+    from operations.record import ResumeRefused
+
+    return (RefusedToStart, ConfigTypeError, RunLockedError, ResumeRefused)
+
+
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    outcome = run(cfg)
+    from hydra.core.hydra_config import HydraConfig
+
+    from operations.interrupt import RunInterrupted
+    from operations.lock import RunLock
+    from operations.record import record_attempt, resolve_attempt, restore_hydra_files
+
+    hc = HydraConfig.get()
+    run_dir = Path(hc.runtime.output_dir)
+    hydra_dir = run_dir / hc.output_subdir if hc.output_subdir else None
+    writer = is_launcher_rank_zero()  # DDP children and other SLURM tasks read the record, never write it
+    if cfg.get("resume") and str(hc.mode) == "RunMode.MULTIRUN":
+        raise ValueError("resume= continues one run: drop -m (each job of a sweep resumes by itself when requeued)")
+    recorded = False
+    try:
+        with RunLock(run_dir) if writer else nullcontext():
+            attempt = resolve_attempt(cfg, run_dir, config_name=hc.job.config_name, overrides=list(hc.overrides.task),
+                                      choices=OmegaConf.to_container(hc.runtime.choices), announce=writer)
+            cfg = attempt.config
+            validate_config(cfg)
+            if writer and OmegaConf.select(cfg, "model.scheduler") is not None and any(
+                    c.key in ("trainer.max_steps", "trainer.max_epochs") for c in attempt.changes):
+                log.warning("the run's length changed on resume: the LR schedule is recomputed for the new total, "
+                            "so the learning rate after the resume step follows the longer schedule")
+            if writer:
+                from embedders.checkpoint_io import clean_orphans
+
+                record_attempt(run_dir, attempt, hydra_dir)
+                recorded = True
+                clean_orphans(run_dir / "checkpoints")
+            outcome = run(cfg, resume_command("train.py", run_dir), validated=True)
+    except RunInterrupted as e:
+        sys.exit(e.exit_code)  # the message (what was saved, the resume command) is already logged
+    except BaseException as e:
+        if writer and not recorded:
+            restore_hydra_files(run_dir, hydra_dir)  # Hydra wrote this refused command line into .hydra/
+        if isinstance(e, _refusals()):  # refused before any work: the message says what to do, no traceback
+            log.error("refused: %s", e)
+            print(f"error: {e}", file=sys.stderr, flush=True)
+            sys.exit(2)
+        raise
     after = outcome.get("after")
     return after["overall"] if after else None  # the value Hydra sweepers optimise
 
 
 if __name__ == "__main__":
-    import sys
+    from operations.record import pin_recorded_choices
 
-    sys.argv = adapt_cfg_with_multirun(sys.argv)
+    refuse_missing_resume(sys.argv)
+    sys.argv = pin_recorded_choices(adapt_cfg_with_multirun(sys.argv))
     main()

@@ -8,7 +8,10 @@ candidates are compositional hard negatives) and a plot of the positive/negative
 
 SaHa clusters are mined first with the zero-shot (untrained) tiny model and the hierarchical prompt,
 as the method prescribes (`python mine.py data=bundled`); `--mine-with DIR` mines them with a saved
-Embedder instead (into <sweep>/clusters), e.g. one trained by an earlier run."""
+Embedder instead (into <sweep>/clusters), e.g. one trained by an earlier run.
+
+The sweep machinery below (running commands, reading finished multirun jobs, mean ± std tables, the
+per-arm scatter plot) is shared with `benchmarks/ablation_real.py`."""
 
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,31 +30,96 @@ ROOT = Path(__file__).resolve().parents[1]
 HARD_SETS = ("ShapeT2I", "ShapeI2T", "CaptionParaphrase", "ShapeGrounding")
 
 
-def run(cmd: list[str]) -> None:
+# ---------------------------------------------------------------------------------- shared machinery
+def run(cmd: list[str]) -> float:
+    """Run `cmd` from the repository root, failing loudly; returns its wall time in seconds."""
     print("+", " ".join(cmd), flush=True)
+    start = time.perf_counter()
     subprocess.run(cmd, cwd=ROOT, check=True)
+    return time.perf_counter() - start
+
+
+def metric_values(metrics_csv: Path, key: str) -> list[float]:
+    """Every logged value of `key` in a Lightning CSV log, in order."""
+    with open(metrics_csv) as f:
+        return [float(row[key]) for row in csv.DictReader(f) if row.get(key)]
 
 
 def last_value(metrics_csv: Path, key: str) -> float | None:
-    value = None
-    with open(metrics_csv) as f:
-        for row in csv.DictReader(f):
-            if row.get(key):
-                value = float(row[key])
-    return value
+    values = metric_values(metrics_csv, key)
+    return values[-1] if values else None
 
 
+def job_overrides(job: Path) -> dict[str, str]:
+    """The command-line overrides of one Hydra job (from its .hydra/overrides.yaml), '+' dropped."""
+    lines = (job / ".hydra" / "overrides.yaml").read_text().splitlines()
+    pairs = (line[2:].split("=", 1) for line in lines if line.startswith("- ") and "=" in line)
+    return {k.lstrip("+"): v.strip("'\"") for k, v in pairs}
+
+
+def finished_jobs(sweep: Path) -> Iterator[tuple[Path, dict[str, str], dict]]:
+    """(job directory, overrides, eval/results.json) of every finished job under `sweep` (any depth)."""
+    for results in sorted(sweep.rglob("eval/results.json")):
+        job = results.parent.parent
+        if (job / ".hydra" / "overrides.yaml").is_file():
+            yield job, job_overrides(job), json.loads(results.read_text())
+
+
+def mean_std(values: Sequence[float | None], digits: int = 1) -> str:
+    values = [v for v in values if v is not None]
+    if not values:
+        return "–"
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.{digits}f} ± {sd:.{digits}f}"
+
+
+def summary_table(groups: Mapping[tuple, list[dict]], key_names: Sequence[str],
+                  columns: Sequence[tuple[str, Callable[[list[dict]], str]]]) -> str:
+    """Markdown: one line per group (its key parts, the number of runs, then each column's cell)."""
+    header = [*key_names, "seeds", *(name for name, _ in columns)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for key, rows in groups.items():
+        lines.append("| " + " | ".join([*map(str, key), str(len(rows)), *(cell(rows) for _, cell in columns)]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_groups(groups: Mapping[tuple, list[dict]], path: Path, panels: Sequence[tuple[str, str]],
+                reference: Mapping[str, float] | None = None, width: float | None = None) -> None:
+    """One panel per (row key, title): every run as a dot, the group mean as a bar; `reference[key]`
+    draws a dashed horizontal line (e.g. the zero-shot model)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = ["\n".join(map(str, k)) for k in groups]
+    fig, axes = plt.subplots(1, len(panels), figsize=(width or 4.5 * len(panels), 3.8), dpi=100, squeeze=False)
+    for ax, (key, title) in zip(axes[0], panels):
+        for i, rows in enumerate(groups.values()):
+            vals = [r[key] for r in rows if r.get(key) is not None]
+            ax.scatter([i] * len(vals), vals, color="tab:blue", alpha=0.7, s=14)
+            if vals:
+                ax.hlines(statistics.mean(vals), i - 0.3, i + 0.3, color="black")
+        if reference and reference.get(key) is not None:
+            ax.axhline(reference[key], color="tab:red", linestyle="--", linewidth=1, label="zero-shot")
+            ax.legend(fontsize=7)
+        ax.set_xticks(range(len(names)), names, fontsize=6 if len(names) > 8 else 8, rotation=90 if len(names) > 8 else 0)
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------------------------- the bundled ablation
 def collect(sweep: Path) -> list[dict]:
     rows = []
-    for job in sorted(p for p in sweep.iterdir() if (p / "eval" / "results.json").is_file()):
-        cfg = (job / ".hydra" / "overrides.yaml").read_text()
-        overrides = dict(line[2:].split("=", 1) for line in cfg.splitlines() if line.startswith("- ") and "=" in line)
-        res = json.loads((job / "eval" / "results.json").read_text())
+    for job, overrides, res in finished_jobs(sweep):
+        overlap = last_value(job / "csv" / "metrics.csv", "val/sim_overlap")
         rows.append({
             "loss": overrides.get("loss", "infonce"), "sampler": overrides.get("sampler", "random"),
             "seed": overrides.get("seed"), "overall": res["overall"],
             "hard": statistics.mean(res["datasets"][d]["precision@1"] for d in HARD_SETS if d in res["datasets"]),
-            "overlap": last_value(job / "csv" / "metrics.csv", "val/sim_overlap"), "dir": str(job),
+            "overlap": 100 * overlap if overlap is not None else None, "dir": str(job),
         })
     return rows
 
@@ -60,49 +129,18 @@ def report(sweep: Path) -> str:
     if not rows:
         raise SystemExit(f"no finished runs (eval/results.json) under {sweep}")
     groups: dict[tuple, list[dict]] = {}
-    for r in rows:
+    for r in sorted(rows, key=lambda r: (r["loss"], r["sampler"])):
         groups.setdefault((r["loss"], r["sampler"]), []).append(r)
-
-    def ms(values):
-        values = [v for v in values if v is not None]
-        if not values:
-            return "–"
-        sd = statistics.stdev(values) if len(values) > 1 else 0.0
-        return f"{statistics.mean(values):.1f} ± {sd:.1f}"
-
-    lines = [f"| loss | sampler | seeds | Overall | hard-negative sets ({', '.join(HARD_SETS)}) | "
-             "val similarity overlap |", "|---|---|---|---|---|---|"]
-    for (loss, sampler), rs in sorted(groups.items()):
-        lines.append(f"| {loss} | {sampler} | {len(rs)} | {ms([r['overall'] for r in rs])} | "
-                     f"{ms([r['hard'] for r in rs])} | "
-                     f"{ms([100 * r['overlap'] if r['overlap'] is not None else None for r in rs])} |")
-    table = "\n".join(lines) + "\n"
+    table = summary_table(groups, ("loss", "sampler"), [
+        ("Overall", lambda rs: mean_std([r["overall"] for r in rs])),
+        (f"hard-negative sets ({', '.join(HARD_SETS)})", lambda rs: mean_std([r["hard"] for r in rs])),
+        ("val similarity overlap", lambda rs: mean_std([r["overlap"] for r in rs])),
+    ])
     (sweep / "ablation.md").write_text(table)
     (sweep / "ablation.json").write_text(json.dumps(rows, indent=2))
-    plot(groups, sweep / "ablation.png")
+    plot_groups(groups, sweep / "ablation.png", [("overlap", "val overlap: negatives above the 10th-pct positive (%)"),
+                                                 ("overall", "bundled eval Overall (P@1, %)")], width=9)
     return table
-
-
-def plot(groups: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    names = [f"{loss}\n{sampler}" for loss, sampler in sorted(groups)]
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5), dpi=100)
-    for ax, key, title in ((axes[0], "overlap", "val overlap: negatives above the 10th-pct positive (%)"),
-                           (axes[1], "overall", "bundled eval Overall (P@1, %)")):
-        for i, k in enumerate(sorted(groups)):
-            vals = [(100 * r[key] if key == "overlap" else r[key]) for r in groups[k] if r[key] is not None]
-            ax.scatter([i] * len(vals), vals, color="tab:blue", alpha=0.7)
-            if vals:
-                ax.hlines(statistics.mean(vals), i - 0.25, i + 0.25, color="black")
-        ax.set_xticks(range(len(names)), names, fontsize=8)
-        ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
 
 
 def main(argv=None) -> int:

@@ -65,8 +65,12 @@ def main(argv=None) -> int:
             a, w = measure(b, args.dim, repeats, symmetric)
             ratio = w / a
             ok &= ratio <= TARGET
+            verdict = "not judged" if args.quick else "PASS" if ratio <= TARGET else "FAIL"
             print(f"| {b} | {'both' if symmetric else 'q→t'} | {a * 1e3:.1f} | {w * 1e3:.1f} | {ratio:.3f} | "
-                  f"{'PASS' if ratio <= TARGET else 'FAIL'} |", flush=True)
+                  f"{verdict} |", flush=True)
+    if args.quick:
+        print("(--quick is a smoke test of the code path: 3 repeats of one size, the target is not judged)")
+        return 0
     return 0 if ok else 1
 
 

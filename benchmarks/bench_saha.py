@@ -32,7 +32,7 @@ TARGET_PEAK_GB = 2.0
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -165,7 +165,7 @@ def print_report(results: list[dict]) -> None:
     target = next((r for r in results if r["size"] == TARGET_SIZE), None)
     if target is None:
         print(f"\ntargets: not checked (run size {TARGET_SIZE:,} for them)")
-        return
+        return 0
     print()
     time_ok = target["seconds"] < TARGET_SECONDS
     memory_ok = target["peak_rss_gb"] < TARGET_PEAK_GB
@@ -177,7 +177,8 @@ def print_report(results: list[dict]) -> None:
         f"{'PASS' if memory_ok else 'FAIL'}: {TARGET_SIZE:,} x {TARGET_SIZE:,} peak RSS "
         f"{target['peak_rss_gb']:.2f} GB (target < {TARGET_PEAK_GB:.0f} GB)"
     )
+    return 0 if time_ok and memory_ok else 1
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -52,10 +52,22 @@ class PairCollator:
             except DataError:
                 raise
             except ValueError as err:
-                it, p, f = items[s]
-                raise DataError(f"cannot build model inputs for rows {[q.row for _, q, _ in items[s:e]]}: {err}",
-                                p.subset, None, f) from err
+                raise self._culprit(items[s:e], texts[s:e], images[s:e], side, err) from err
         return out
+
+    def _culprit(self, items, texts, images, side: str, err: ValueError) -> DataError:
+        """The processor refused a chunk (e.g. an image of extreme aspect ratio): name the first row that it
+        refuses on its own, with its file; the whole chunk only when no single row fails."""
+        for i, (item, pair, field) in enumerate(items):
+            try:
+                self.input_builder(texts[i : i + 1], images[i : i + 1], side)
+            except ValueError as row_err:
+                what = f"image {self.image_loader.resolve(item.image)}" if item.image else "text"
+                size = f" ({images[i].width}x{images[i].height} px)" if images[i] is not None else ""
+                return DataError(f"cannot build model inputs from its {what}{size}: {row_err}", pair.subset,
+                                 pair.row, field)
+        rows = [p.row for _, p, _ in items]
+        return DataError(f"cannot build model inputs for rows {rows}: {err}", items[0][1].subset, None, items[0][2])
 
     def __call__(self, pairs: Sequence[TrainPair]) -> dict:
         queries = [(p.query, p, "qry_image_path") for p in pairs]

@@ -174,9 +174,9 @@ class MMEBDataModule(L.LightningDataModule):
 
     def prepare_data(self) -> None:
         if self.bundled is not None:
-            from .bundled import ensure_bundled
+            from .offline import ensure_offline
 
-            ensure_bundled(**self.bundled)
+            ensure_offline(self.bundled)
 
     # ------------------------------------------------------------------ data
     def setup(self, stage: str | None = None) -> None:
@@ -259,8 +259,10 @@ class MMEBDataModule(L.LightningDataModule):
         loop = self.trainer.fit_loop
         return loop.epoch_progress.current.processed, loop.epoch_loop.batch_progress.current.processed
 
-    def build_train_sampler(self) -> EpochBatchSampler:
-        rank, world = self._rank_world()
+    def build_train_sampler(self, rank: int | None = None, world_size: int | None = None) -> EpochBatchSampler:
+        """The training batch sampler of this rank (or of `rank` of `world_size`, e.g. to count batches before
+        the Trainer is attached)."""
+        rank, world = (rank, world_size) if world_size is not None else self._rank_world()
         return self.sampler_factory(pairs=self.train_pairs, batch_size=self.batch_size, seed=self.seed,
                                     drop_last=self.drop_last, rank=rank, world_size=world,
                                     subset_info=self.subset_info)

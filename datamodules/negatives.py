@@ -8,11 +8,17 @@ anything identical to it).
 
 Filters (NV-Retriever, "positive-aware" mining), all optional and combined with AND, each keeping a
 candidate only when
-- relative (TopK-PercPos):   score < p · s_pos            (p = 0.95 in the paper)
-- margin (TopK-MarginPos):   score < s_pos − m            (m = 0.05 typical)
+- relative (TopK-PercPos):   score ≤ s_pos − |s_pos| · (1 − p)   (p = 0.95 in the paper)
+- margin (TopK-MarginPos):   score + m ≤ s_pos                   (m = 0.05 typical)
 - absolute range:            min_score ≤ score ≤ max_score
 A candidate scoring almost as high as the positive is more likely an unlabeled positive (a false
 negative) than a hard negative; the filters cut relative to each query's own positive score.
+The relative cut equals NV-Retriever's `score < p · s_pos` for a positive s_pos but stays below the
+positive for any sign: `p · s_pos` lies *above* a negative s_pos (0.95 · −0.2 = −0.19 > −0.2), so that
+form kept candidates scoring higher than the positive itself. At s_pos = 0 the cut is at 0. Scores
+equal to a threshold are kept. These are the semantics of sentence-transformers' `mine_hard_negatives`
+(6.2, `sentence_transformers/util/hard_negatives.py`): its `relative_margin` (= 1 − p) removes
+`score > s_pos − |s_pos| · relative_margin`, its `absolute_margin` (= m) removes `score + m > s_pos`.
 
 Selectors pick `num` of the kept candidates per query:
 - "top": the highest-scoring ones (ties: retrieval order).
@@ -54,9 +60,9 @@ def positive_aware_mask(scores, positive_scores, *, valid=None, relative: float 
     keep &= np.isfinite(scores)
     s_pos = positive_scores[:, None]
     if relative is not None:
-        keep &= scores < float(relative) * s_pos
+        keep &= ~(scores > s_pos - np.abs(s_pos) * (1.0 - float(relative)))
     if margin is not None:
-        keep &= scores < s_pos - float(margin)
+        keep &= ~(scores + float(margin) > s_pos)
     if min_score is not None:
         keep &= scores >= float(min_score)
     if max_score is not None:

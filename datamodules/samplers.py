@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from .atomic import respect_umask
 from .errors import DataError
 
 log = logging.getLogger(__name__)
@@ -395,6 +396,7 @@ def write_cluster_file(path: str | os.PathLike, header: Mapping[str, Any], clust
             text = json.dumps(body, indent=1)[:-2]
             text += ',\n "clusters": [\n' + ",\n".join(json.dumps(c) for c in payload["clusters"]) + "\n ]\n}\n"
             f.write(text)
+        respect_umask(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

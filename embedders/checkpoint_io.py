@@ -1,16 +1,23 @@
-"""Atomic checkpoint writes: a kill during a save never leaves a corrupt `last.ckpt`.
+"""Checkpoint files: atomic writes, the previous version kept, unreadable files named, and the
+newest readable checkpoint found for a resume.
 
 Lightning's default local write goes through a temporary file in the *system* temp directory and
 `shutil.move`, which is a copy — not an atomic rename — whenever the checkpoint directory is on
 another filesystem (the usual case on clusters), and never fsyncs. Here the temporary file lives
-next to the target, is fsynced, and replaces the target with `os.replace` (atomic on POSIX);
-the directory entry is fsynced too. Remote URLs fall back to Lightning's behaviour.
+next to the target, is fsynced, gets the mode the umask asks for, and replaces the target with
+`os.replace` (atomic on POSIX); the directory entry is fsynced too. With `keep_previous` the file it
+replaces stays as `<name>.prev.ckpt` (a hard link: no copy), so a checkpoint damaged after it was
+written (a truncated copy, a full disk elsewhere) still leaves one to resume from. Remote URLs fall back
+to Lightning's behaviour. Temporary files of saves that were killed are removed by `clean_orphans`.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +25,21 @@ import torch
 from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from datamodules.atomic import respect_umask
 
-def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
+log = logging.getLogger(__name__)
+
+#: Names of the temporary files of `atomic_torch_save` (`.<target name>.<random>.tmp`).
+_TMP = re.compile(r"^\..+\.ckpt\.[^.]+\.tmp$")
+
+
+def previous_path(path: str | os.PathLike) -> Path:
+    """Where `keep_previous` keeps the version a save replaced: last.ckpt → last.prev.ckpt."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.prev{path.suffix}")
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike, keep_previous: bool = False) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -28,6 +48,12 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
+        respect_umask(tmp)
+        if keep_previous and path.is_file() and not path.is_symlink():
+            prev_tmp = path.with_name(f".{path.name}.prev.tmp")
+            prev_tmp.unlink(missing_ok=True)
+            os.link(path, prev_tmp)
+            os.replace(prev_tmp, previous_path(path))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -40,7 +66,12 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """TorchCheckpointIO whose local writes are write-temp-fsync-rename."""
+    """TorchCheckpointIO whose local writes are write-temp-fsync-rename. `keep_previous`: keep the replaced
+    version of each file as `<name>.prev.ckpt` (costs one more checkpoint of disk)."""
+
+    def __init__(self, keep_previous: bool = False):
+        super().__init__()
+        self.keep_previous = bool(keep_previous)
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
         if storage_options is not None:
@@ -49,7 +80,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             return super().save_checkpoint(checkpoint, path)
         fs = get_filesystem(path)
         fs.makedirs(os.path.dirname(path), exist_ok=True)
-        atomic_torch_save(checkpoint, str(path).removeprefix("file://"))
+        atomic_torch_save(checkpoint, str(path).removeprefix("file://"), keep_previous=self.keep_previous)
 
 
 #: The file that marks a Lightning FSDP sharded checkpoint directory (it holds everything but the tensors).
@@ -70,14 +101,71 @@ def _require_checkpoint_file(path: Path) -> None:
         raise FileNotFoundError(f"checkpoint {path} does not exist")
 
 
+class UnreadableCheckpointError(ValueError):
+    """A checkpoint file that is truncated, corrupt or not a checkpoint."""
+
+
 def checkpoint_metadata(path: str | os.PathLike) -> dict:
     """Hyperparameters, loop state etc. of a checkpoint file or of a sharded FSDP checkpoint directory,
-    without materialising the weights."""
+    without materialising the weights. An unreadable file raises UnreadableCheckpointError naming it."""
     path = Path(path)
     _require_checkpoint_file(path)
-    if is_sharded_checkpoint(path):
-        return torch.load(path / SHARDED_METADATA, map_location="cpu", weights_only=True)
-    return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    target = path / SHARDED_METADATA if is_sharded_checkpoint(path) else path
+    try:
+        if not is_sharded_checkpoint(path) and zipfile.is_zipfile(target):
+            # A truncated file still opens lazily (mmap); the zip's central directory says whether every
+            # member is complete, and testzip() reads them all (CRC check) only when asked below.
+            with zipfile.ZipFile(target) as zf:
+                for info in zf.infolist():
+                    if info.header_offset + info.compress_size > target.stat().st_size:
+                        raise UnreadableCheckpointError(f"member {info.filename} is cut short")
+        return torch.load(target, map_location="cpu", weights_only=True, mmap=not is_sharded_checkpoint(path))
+    except (RuntimeError, OSError, EOFError, zipfile.BadZipFile, UnreadableCheckpointError, ValueError) as e:
+        if isinstance(e, FileNotFoundError):
+            raise
+        raise UnreadableCheckpointError(
+            f"checkpoint {target} cannot be read: it is truncated or corrupt ({type(e).__name__}: {e}). An "
+            "interrupted copy or a full disk does this; use an older checkpoint of the run") from None
+
+
+def checkpoint_step(path: str | os.PathLike) -> int:
+    """The global step a readable checkpoint was saved at (UnreadableCheckpointError otherwise)."""
+    return int(checkpoint_metadata(path).get("global_step", 0))
+
+
+def newest_readable_checkpoint(directory: str | os.PathLike) -> tuple[Path | None, list[tuple[Path, str]]]:
+    """The checkpoint to resume a run from: the readable one with the highest global step among the files
+    (and sharded directories) in `directory`, preferring last.ckpt on ties. Returns it (None if there is
+    none) and the unreadable ones skipped, each with the reason."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return None, []
+    candidates = [p for p in directory.iterdir()
+                  if (p.suffix == ".ckpt" and not p.name.startswith(".")) and (p.is_file() or is_sharded_checkpoint(p))]
+    readable, skipped = [], []
+    for p in candidates:
+        try:
+            readable.append((checkpoint_step(p), p.name == "last.ckpt", p))
+        except UnreadableCheckpointError as e:
+            skipped.append((p, str(e)))
+    if not readable:
+        return None, skipped
+    return max(readable, key=lambda t: (t[0], t[1]))[2], skipped
+
+
+def clean_orphans(directory: str | os.PathLike) -> list[Path]:
+    """Remove the temporary files of checkpoint saves that were killed mid-write. Call only while holding
+    the run's lock (no save of this run can be in progress)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    removed = [p for p in directory.iterdir() if p.is_file() and _TMP.match(p.name)]
+    for p in removed:
+        p.unlink(missing_ok=True)
+    if removed:
+        log.info("removed %d temporary file(s) of interrupted checkpoint saves in %s: %s", len(removed), directory,
+                 ", ".join(p.name for p in removed))
+    return removed
 
 
 def load_trained_module(path: str | os.PathLike):
@@ -89,5 +177,5 @@ def load_trained_module(path: str | os.PathLike):
         raise ValueError(f"{path} is a sharded FSDP checkpoint directory; consolidate it into one file first: "
                          f"python -m lightning.pytorch.utilities.consolidate_checkpoint {path}  "
                          f"(writes {path}.consolidated), then pass that file")
-    _require_checkpoint_file(path)
+    checkpoint_metadata(path)  # names the file when it is truncated or corrupt
     return EmbeddingModule.load_from_checkpoint(str(path), map_location="cpu", loss=None)

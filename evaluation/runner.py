@@ -42,9 +42,9 @@ class EvaluationFailed(RuntimeError):
 def build_suite(eval_data: DictConfig | Mapping) -> list[EvalDataset]:
     cfg = OmegaConf.to_container(eval_data, resolve=True) if isinstance(eval_data, DictConfig) else dict(eval_data)
     if cfg.get("bundled"):
-        from datamodules.bundled import ensure_bundled
+        from datamodules.offline import ensure_offline
 
-        ensure_bundled(**cfg["bundled"])
+        ensure_offline(cfg["bundled"])
     return load_eval_suite(cfg["source"], cfg["datasets"], cfg.get("split", "test"), cfg.get("image_root"),
                            cfg.get("max_rows"), isolate_errors=True)
 

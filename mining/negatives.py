@@ -127,22 +127,56 @@ def dataset_readme(subsets: Sequence[str], split: str, description: str) -> str:
     return "\n".join(lines)
 
 
-def _settings(pool, num_negatives, relative, margin, min_score, max_score, select, simans_a, simans_b, seed,
+def negatives_settings(pool, num_negatives, relative, margin, min_score, max_score, select, simans_a, simans_b, seed,
               index, nprobe) -> dict:
     return {"pool": pool, "num_negatives": num_negatives, "relative": relative, "margin": margin,
             "min_score": min_score, "max_score": max_score, "select": select, "simans_a": simans_a,
             "simans_b": simans_b, "seed": seed, "index": index, "nprobe": nprobe if index == "ivf" else None}
 
 
-def _up_to_date(out_dir: Path, manifest: Mapping[str, Any]) -> bool:
+_IDENTITY = ("format", "source", "split", "settings", "embedder", "prompt")
+
+
+def negatives_manifest(subsets: Mapping[str, Any], subset_info: Mapping[str, Mapping[str, Any]], split: str, *,
+                       settings: Mapping[str, Any], embedder_description: Mapping[str, Any],
+                       prompt: Mapping[str, Any]) -> dict:
+    """What identifies a mined-negatives dataset: the rows it was mined from, the settings and the embedder."""
+    return {"format": MANIFEST_FORMAT, "source": subset_info[next(iter(subsets))]["source"], "split": split,
+            "settings": dict(settings), "embedder": dict(embedder_description), "prompt": dict(prompt),
+            "subsets": {s: {"num_rows": int(subset_info[s]["num_rows"]),
+                            "fingerprint": subset_info[s]["fingerprint"]} for s in subsets}}
+
+
+def manifest_differences(out_dir: str | Path, manifest: Mapping[str, Any]) -> list[str] | None:
+    """How the mined dataset in `out_dir` differs from `manifest` ([] = the same), or None when `out_dir`
+    holds no readable mined dataset."""
     try:
-        old = json.loads((out_dir / MANIFEST).read_text())
+        old = json.loads((Path(out_dir) / MANIFEST).read_text())
     except (OSError, ValueError):
-        return False
-    same = ("format", "source", "split", "settings", "embedder", "prompt")
-    return all(old.get(k) == manifest[k] for k in same) and {
-        s: (v.get("num_rows"), v.get("fingerprint")) for s, v in old.get("subsets", {}).items()
-    } == {s: (v["num_rows"], v["fingerprint"]) for s, v in manifest["subsets"].items()}
+        return None
+    diffs = []
+    for key in _IDENTITY:
+        a, b = old.get(key), manifest[key]
+        if isinstance(a, dict) and isinstance(b, dict) and key == "settings":
+            diffs += [f"mining.{k}: {a.get(k)!r} → {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+        elif a != b:
+            diffs.append(f"{key}: {a!r} → {b!r}")
+    rows = lambda m: {s: (v.get("num_rows"), v.get("fingerprint")) for s, v in m.get("subsets", {}).items()}  # noqa: E731
+    if rows(old) != rows(manifest):
+        diffs.append(f"rows: subsets {sorted(rows(old))} → {sorted(rows(manifest))} (or their rows changed)")
+    return diffs
+
+
+def manifest_digest(manifest: Mapping[str, Any]) -> str:
+    """A short name for the settings, embedder and rows of a mined dataset (for a directory beside another)."""
+    import hashlib
+
+    identity = {k: manifest[k] for k in (*_IDENTITY, "subsets")}
+    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:8]
+
+
+def _up_to_date(out_dir: Path, manifest: Mapping[str, Any]) -> bool:
+    return manifest_differences(out_dir, manifest) == []
 
 
 def _replace_dir(built: Path, out_dir: Path) -> None:
@@ -167,12 +201,16 @@ def mine_negatives(embedder, subsets: Mapping[str, Sequence[TrainPair]], subset_
     from the same rows with the same settings and embedder, unless `force`.
     """
     out_dir = Path(out_dir)
-    settings = _settings(pool, num_negatives, relative, margin, min_score, max_score, select, simans_a, simans_b,
+    settings = negatives_settings(pool, num_negatives, relative, margin, min_score, max_score, select, simans_a, simans_b,
                          seed, index, nprobe)
-    manifest = {"format": MANIFEST_FORMAT, "source": subset_info[next(iter(subsets))]["source"], "split": split,
-                "settings": settings, "embedder": dict(embedder_description), "prompt": embedder.prompt.to_dict(),
-                "subsets": {s: {"num_rows": int(subset_info[s]["num_rows"]),
-                                "fingerprint": subset_info[s]["fingerprint"]} for s in subsets}}
+    manifest = negatives_manifest(subsets, subset_info, split, settings=settings,
+                                  embedder_description=embedder_description, prompt=embedder.prompt.to_dict())
+    differences = manifest_differences(out_dir, manifest)
+    if differences and not force:
+        raise FileExistsError(
+            f"{out_dir} holds negatives mined with other settings, which this command would replace:\n  "
+            + "\n  ".join(differences) + "\nWrite these elsewhere (mining.out_dir=<new dir>), or replace them "
+            "with mining.force=true")
     if not force and _up_to_date(out_dir, manifest):
         log.info("mined negatives in %s are up to date, skipped (mining.force=true re-mines them)", out_dir)
         return [{"subset": s, "rows": manifest["subsets"][s]["num_rows"], "status": "skipped (up to date)"}

@@ -33,6 +33,7 @@ from pathlib import Path
 
 import lightning as L
 
+from datamodules.atomic import respect_umask
 from datamodules.samplers import SaHaBatchSampler
 
 from .saha_mining import mine_saha
@@ -125,6 +126,7 @@ class SaHaRefresh(L.Callback):
             summary = mine_saha(pl_module.embedder, subsets, sampler.subset_info, image_loader, building, **kwargs)
             if target.exists():  # a rerun of this refresh after a crash: replace it whole
                 shutil.rmtree(target)
+            respect_umask(building, directory=True)
             os.replace(building, target)
         finally:
             if building.exists():

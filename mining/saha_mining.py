@@ -7,6 +7,7 @@ The clustering itself (pure numpy/faiss) lives in `datamodules/saha.py`, the clu
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Collection, Mapping, Sequence
@@ -20,6 +21,7 @@ from datamodules.images import ImageLoader
 from datamodules.mmeb import CLASSIFICATION_SUBSETS
 from datamodules.saha import _mine_saha_clusters, saha_cluster_stats
 from datamodules.samplers import (
+    CLUSTER_MATCH_FIELDS,
     cluster_file_header,
     cluster_file_matches,
     cluster_file_path,
@@ -57,6 +59,38 @@ def cluster_rows(embedder, pairs: Sequence[TrainPair], image_loader: ImageLoader
     return [[pairs[i].row for i in cluster] for cluster in clusters], report.phase1_clusters
 
 
+def _differences(path: Path, header: Mapping[str, Any]) -> list[str] | None:
+    """How the readable cluster file at `path` differs from `header` ([] = same); None: no readable file."""
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(old, dict):
+        return None
+    return [f"{field}: {old.get(field)!r} → {header.get(field)!r}" for field in CLUSTER_MATCH_FIELDS
+            if old.get(field) != header.get(field)]
+
+
+def refuse_replacing(out_dir: str | Path, headers: Mapping[str, Mapping[str, Any]]) -> None:
+    """Refuse, before any mining, to replace cluster files mined from other data or with other settings
+    (an unreadable file is replaced, with a warning)."""
+    conflicts = []
+    for subset, header in headers.items():
+        path = cluster_file_path(out_dir, subset)
+        if not path.exists():
+            continue
+        diffs = _differences(path, header)
+        if diffs is None:
+            log.warning("SaHa %s: %s is unreadable and will be replaced", subset, path)
+        elif diffs:
+            conflicts.append(f"{subset}: {path}\n      " + "\n      ".join(diffs))
+    if conflicts:
+        raise FileExistsError(
+            "SaHa cluster files that this command would replace were mined from other data or with other "
+            "settings:\n  " + "\n  ".join(conflicts) + "\nWrite these beside them with mining.out_dir=<new dir> "
+            "(and train with sampler.clusters_dir=<new dir>), or replace them with mining.force=true")
+
+
 def mine_saha(embedder, subsets: Mapping[str, Sequence[TrainPair]], subset_info: Mapping[str, Mapping[str, Any]],
               image_loader: ImageLoader, out_dir: str | Path, *, k: int = 15, pool_mult: int = 3,
               index: str = "flat", nprobe: int = 32, classification_subsets: Collection[str] | None = None,
@@ -77,11 +111,14 @@ def mine_saha(embedder, subsets: Mapping[str, Sequence[TrainPair]], subset_info:
         raise ValueError("distributed SaHa mining re-mines every subset: pass force=True")
     classification = classification_set(classification_subsets)
     prompt = embedder.prompt.to_dict()
+    headers = {subset: cluster_file_header(subset, subset_info[subset], k=k, pool_mult=pool_mult,
+                                           classification=subset in classification, index=index,
+                                           embedder=embedder_description, prompt=prompt) for subset in subsets}
+    if not force:
+        refuse_replacing(out_dir, headers)
     summary = []
     for subset, pairs in subsets.items():
-        header = cluster_file_header(subset, subset_info[subset], k=k, pool_mult=pool_mult,
-                                     classification=subset in classification, index=index,
-                                     embedder=embedder_description, prompt=prompt)
+        header = headers[subset]
         path = cluster_file_path(out_dir, subset)
         up_to_date, reason = cluster_file_matches(path, header)
         row = {"subset": subset, "rows": int(subset_info[subset]["num_rows"]), "mined_rows": len(pairs),

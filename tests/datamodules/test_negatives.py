@@ -22,7 +22,7 @@ S_POS = np.array([0.8])
 
 
 def test_filters_hand_worked():
-    # relative 0.95 → keep < 0.76; margin 0.1 → keep < 0.7; range [0, 0.9] → drop 0.95 and -0.2.
+    # relative 0.95 → keep ≤ 0.76; margin 0.1 → keep ≤ 0.7; range [0, 0.9] → drop 0.95 and -0.2.
     assert positive_aware_mask(SCORES, S_POS).tolist() == [[True] * 5]
     assert positive_aware_mask(SCORES, S_POS, relative=0.95).tolist() == [[False, False, True, True, True]]
     assert positive_aware_mask(SCORES, S_POS, margin=0.1).tolist() == [[False, False, False, True, True]]
@@ -37,8 +37,9 @@ def naive_mask(scores, s_pos, valid, relative, margin, lo, hi):
         for p in range(scores.shape[1]):
             s = scores[q, p]
             ok = valid[q, p]
-            ok = ok and (relative is None or s < relative * s_pos[q])
-            ok = ok and (margin is None or s < s_pos[q] - margin)
+            # sentence-transformers' rules (relative_margin = 1 − relative), for either sign of s_pos.
+            ok = ok and (relative is None or s <= s_pos[q] - abs(s_pos[q]) * (1 - relative))
+            ok = ok and (margin is None or s + margin <= s_pos[q])
             ok = ok and (lo is None or s >= lo) and (hi is None or s <= hi)
             out[q, p] = ok
     return out

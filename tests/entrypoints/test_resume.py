@@ -1,33 +1,49 @@
-"""Exact resume and atomic checkpoints.
+"""Exact resume, atomic checkpoints, and resume as the README writes it.
 
 A run killed with SIGKILL mid-epoch and restarted in the same run directory (ckpt_path=auto) must
 produce the same subsequent losses as the uninterrupted run: model, optimizer, LR scheduler,
-sampler position and RNG (dropout is on) all restored."""
+sampler position and RNG (dropout is on) all restored. A run stopped with SIGTERM saves a checkpoint
+at the step it was on, exits non-zero with the resume command, and `python train.py resume=<run dir>`
+(nothing else on the command line) continues it with its recorded config — the hardness-weighted loss
+with α = 9, not the default loss — and a complete metrics history. A resume that changes the loss, or
+that finds the run directory in use, is refused before any work."""
 
 from __future__ import annotations
 
+import csv
 import os
+import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
-HELPERS = ROOT / "tests" / "helpers"
+PROBES = os.pathsep.join(str(p) for p in (ROOT / "tests" / "helpers", ROOT / "tests" / "entrypoints"))
+LOSS = ["loss=hardness_weighted", "loss.alpha=9"]
+
+
+def _env() -> dict:
+    return {**os.environ, "PYTHONPATH": f"{PROBES}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+
+
+def python_train(args: list[str], cwd: Path = ROOT, new_session: bool = False) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "train.py"), *args], cwd=cwd, env=_env(), capture_output=True,
+                          text=True, timeout=600, start_new_session=new_session)
 
 
 def train(run_dir: Path, tiny_cfg, extra: list[str], check: bool = True):
     args = tiny_cfg([
-        f"hydra.run.dir={run_dir}", "trainer.max_steps=12", "callbacks.model_checkpoint.every_n_train_steps=3",
-        "trainer.val_check_interval=4", "evaluate_before=false", "evaluate_after=false", "save_embedder=false",
+        f"hydra.run.dir={run_dir}", *LOSS, "trainer.max_steps=12", "callbacks.model_checkpoint.every_n_train_steps=3",
+        "trainer.val_check_interval=4", "eval_data.max_rows=4", "save_embedder=false",
         "+model.config.text.attention_dropout=0.2",
         "+callbacks.recorder._target_=resume_probe.LossRecorder", f"+callbacks.recorder.path={run_dir}/losses.txt",
         *extra])
-    env = {**os.environ, "PYTHONPATH": f"{HELPERS}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=600)
+    proc = python_train(args)
     if check:
         assert proc.returncode == 0, proc.stderr[-4000:]
     return proc
@@ -41,14 +57,38 @@ def losses(run_dir: Path) -> dict[int, float]:
     return out
 
 
-def test_killed_run_resumes_exactly(tmp_path, tiny_cfg):
-    straight, killed = tmp_path / "straight", tmp_path / "killed"
-    train(straight, tiny_cfg, [])
-    proc = train(killed, tiny_cfg, ["+callbacks.kill._target_=resume_probe.KillAt", "+callbacks.kill.step=7"],
+def logged_losses(run_dir: Path) -> list[tuple[int, float]]:
+    """(step, train/loss) of every row of the run's metrics.csv that logged a training loss."""
+    with open(run_dir / "csv" / "metrics.csv", newline="") as f:
+        return [(int(r["step"]), float(r["train/loss"])) for r in csv.DictReader(f) if r.get("train/loss")]
+
+
+def _conftest(request):
+    """tests/conftest.py as pytest loaded it (with --import-mode=importlib it is not importable by name)."""
+    return next(p for p in request.config.pluginmanager.get_plugins()
+                if str(getattr(p, "__file__", "")).endswith(os.path.join("tests", "conftest.py")))
+
+
+@pytest.fixture(scope="module")
+def straight(request, tmp_path_factory, bundled_root):
+    """The uninterrupted run both kill tests compare against."""
+    tiny_overrides = _conftest(request).tiny_overrides
+    run_dir = tmp_path_factory.mktemp("straight") / "run"
+    train(run_dir, lambda extra=None: tiny_overrides(bundled_root, extra), [])
+    return run_dir
+
+
+def test_killed_run_resumes_exactly(tmp_path, tiny_cfg, straight):
+    killed = tmp_path / "killed"
+    # SIGKILL at step 7, once: the resume continues the run's recorded config, kill callback included
+    proc = train(killed, tiny_cfg, ["+callbacks.kill._target_=fault_probes.SignalAt", "+callbacks.kill.step=7",
+                                    "+callbacks.kill.signal=SIGKILL", f"+callbacks.kill.marker={tmp_path}/killed_once"],
                  check=False)
     assert proc.returncode == -9, proc.stderr[-2000:]  # really killed, mid-epoch (an epoch is 35 steps)
     assert sorted(losses(killed)) == list(range(1, 8))
-    train(killed, tiny_cfg, [])  # same run directory: ckpt_path=auto picks up checkpoints/last.ckpt (step 6)
+    # the same command in the same run directory: ckpt_path=auto picks up checkpoints/last.ckpt (step 6)
+    train(killed, tiny_cfg, ["+callbacks.kill._target_=fault_probes.SignalAt", "+callbacks.kill.step=7",
+                             "+callbacks.kill.signal=SIGKILL", f"+callbacks.kill.marker={tmp_path}/killed_once"])
     a, b = losses(straight), losses(killed)
     assert sorted(a) == list(range(1, 13))
     resumed = [s for s in range(7, 13)]
@@ -56,6 +96,61 @@ def test_killed_run_resumes_exactly(tmp_path, tiny_cfg):
     # step 7 ran twice in the killed directory; its recorded values agree too
     lines = (killed / "losses.txt").read_text().splitlines()
     assert len(lines) == 7 + 6
+    # metrics.csv: rows are written with every checkpoint, so the kill lost none the resumed run did not log again
+    history, reference = logged_losses(killed), logged_losses(straight)
+    assert [s for s, _ in history] == [s for s, _ in reference] == list(range(12))
+    assert [v for _, v in history] == pytest.approx([v for _, v in reference], rel=1e-6)
+
+
+def test_sigterm_saves_the_current_step_and_the_readme_command_resumes_it(tmp_path, tiny_cfg, straight):
+    run = tmp_path / "run"
+    # SIGTERM while step 2 runs: before the first periodic checkpoint (step 3)
+    proc = train(run, tiny_cfg, ["+callbacks.stop._target_=fault_probes.SignalAt", "+callbacks.stop.step=1",
+                                 f"+callbacks.stop.marker={tmp_path}/signalled"], check=False)
+    assert proc.returncode == 128 + signal.SIGTERM, proc.stderr[-3000:]
+    out = proc.stdout + proc.stderr
+    assert "Stopped by SIGTERM at step 2: checkpoint saved to" in out
+    assert f"python train.py resume={run}" in out  # the command to continue (absolute: run is outside cwd)
+    ckpt = run / "checkpoints" / "last.ckpt"
+    assert torch.load(ckpt, weights_only=True, mmap=True)["global_step"] == 2
+    assert sorted(losses(run)) == [1, 2]
+    recorded = (run / ".hydra" / "config.yaml").read_text()
+
+    # Refused before any work: the run directory is in use (we hold its lock) …
+    from operations.lock import RunLock
+
+    with RunLock(run):
+        busy = python_train([f"resume={run}"])
+    assert busy.returncode != 0 and f"PID {os.getpid()} on host {socket.gethostname()}" in busy.stderr, busy.stderr
+    # … and a resume that changes the loss; both leave the run's recorded config in .hydra/ as it was.
+    changed = python_train([f"resume={run}", "loss.alpha=3", "loss.temperature=0.02"])
+    assert changed.returncode != 0 and "loss.alpha: 9 → 3" in changed.stderr, changed.stderr[-2000:]
+    assert "loss.temperature:" not in changed.stderr  # a restated value is no change
+    assert "Traceback" not in changed.stderr + busy.stderr  # a refusal, not a crash
+    assert (run / ".hydra" / "config.yaml").read_text() == recorded
+    assert sorted(p.name for p in (run / "attempts").iterdir()) == ["001"]
+
+    orphan = run / "checkpoints" / ".last.ckpt.abc123.tmp"  # what a save killed mid-write leaves
+    orphan.write_bytes(b"partial")
+    resumed = python_train([f"resume={run}"])  # the README's command, nothing else
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    assert "resuming from" in resumed.stdout and "(step 2)" in resumed.stdout
+    assert not orphan.exists()
+
+    # It continued with the recorded loss (hardness-weighted, α = 9): the losses equal the uninterrupted run's.
+    a, b = losses(straight), losses(run)
+    assert sorted(b) == list(range(1, 13))
+    assert [b[s] for s in range(1, 13)] == pytest.approx([a[s] for s in range(1, 13)], rel=1e-6, abs=1e-7)
+    attempt = yaml.safe_load((run / "attempts" / "002" / "config.yaml").read_text())
+    assert attempt["loss"]["_target_"] == "losses.HardnessWeightedInfoNCE" and attempt["loss"]["alpha"] == 9
+    assert (run / ".hydra" / "config.yaml").read_text() == (run / "attempts" / "002" / "config.yaml").read_text()
+    # Complete metrics history: every step's training loss once, as in the uninterrupted run.
+    history, reference = logged_losses(run), logged_losses(straight)
+    assert [s for s, _ in history] == [s for s, _ in reference] == list(range(12))
+    assert [v for _, v in history] == pytest.approx([v for _, v in reference], rel=1e-6)
+    # The untrained figure of the first attempt is kept in the summary of the finished run.
+    summary = (run / "summary.txt").read_text()
+    assert summary.startswith("Overall on 9 eval datasets: untrained ") and "(step 12)" in summary
 
 
 def test_atomic_save_survives_a_crash_mid_write(tmp_path, monkeypatch):
@@ -77,3 +172,34 @@ def test_atomic_save_survives_a_crash_mid_write(tmp_path, monkeypatch):
     monkeypatch.setattr(torch, "save", real_save)
     assert torch.load(path)["step"] == 1  # the previous checkpoint is intact
     assert [p.name for p in path.parent.iterdir()] == ["last.ckpt"]  # no temp file left behind
+
+
+@pytest.mark.slow
+def test_sigterm_to_rank_zero_of_a_ddp_run_stops_every_rank_at_the_same_step(tmp_path, tiny_cfg):
+    """`kill <rank 0>` under DDP (2 gloo processes): the ranks agree on the stop after the same step, save
+    one checkpoint together (no hang), exit 143, and `resume=` continues to the end."""
+    run = tmp_path / "run"
+    args = tiny_cfg([f"hydra.run.dir={run}", "trainer=ddp_cpu", "trainer.devices=2", "trainer.max_steps=8",
+                     "trainer.val_check_interval=100", "data.val_batch_size=10", "evaluate_before=false",
+                     "eval_data.max_rows=4", "+callbacks.stop._target_=fault_probes.SignalAt", "+callbacks.stop.step=3",
+                     "+callbacks.stop.rank=0", f"+callbacks.stop.marker={tmp_path}/signalled"])
+    stopped = python_train(args)
+    assert stopped.returncode == 128 + signal.SIGTERM, stopped.stderr[-3000:]
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True, mmap=True)["global_step"] == 4
+    resumed = python_train([f"resume={run}"])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True, mmap=True)["global_step"] == 8
+
+
+@pytest.mark.slow
+def test_ctrl_c_with_dataloader_workers_saves_the_current_step(tmp_path, tiny_cfg):
+    """Ctrl-C reaches the whole process group, DataLoader workers included: they ignore it and keep feeding
+    the step being finished; the main process saves it and exits 130."""
+    run = tmp_path / "run"
+    args = tiny_cfg([f"hydra.run.dir={run}", "trainer.max_steps=8", "data.num_workers=2", "evaluate_before=false",
+                     "evaluate_after=false", "+callbacks.stop._target_=fault_probes.SignalAt", "+callbacks.stop.step=3",
+                     "+callbacks.stop.signal=SIGINT", "+callbacks.stop.group=true"])
+    stopped = python_train(args, new_session=True)  # its own process group: the test runner is not signalled
+    assert stopped.returncode == 128 + signal.SIGINT, stopped.stderr[-3000:]
+    assert "Stopped by SIGINT at step 4" in stopped.stdout + stopped.stderr
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True, mmap=True)["global_step"] == 4

