@@ -213,6 +213,11 @@ data_basedir: ${paths.data_dir}/MMEB-V2
 # A directory holding local snapshots of the per-dataset hub repos as <owner>/<name>/; null = the hub.
 hub_snapshots: null
 max_rows: null
+# Frames per video for every video dataset (null = each dataset's media.num_frames; Qwen3-VL-Embedding used 64).
+num_frames: null
+# JSON {dataset: [labels]} of the video-classification label sets (the reference keeps them in code,
+# video_classification_utils.VIDEOCLS_LABEL_MAPPING); null = the labels the dataset's rows use (logged).
+video_labels: null
 bundled: null
 """
 

@@ -53,20 +53,37 @@ class SkipRow(Exception):
 
 @dataclass(frozen=True)
 class Item:
-    """One side of a pair: text (may hold the image placeholder) and a relative image path or None."""
+    """One side of a pair: text (may hold placeholders) and its visual input — a relative image path, a video
+    (file or frame folder, `<|video_1|>` in the text), or several images (`pages`, `<|image_1|>`..`<|image_n|>`) —
+    or none."""
 
     text: str
     image: str | None = None
+    video: str | None = None
+    pages: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        if sum(bool(x) for x in (self.image, self.video, self.pages)) > 1:
+            raise ValueError(f"an item has one visual input (image, video or pages), got image={self.image!r}, "
+                             f"video={self.video!r}, pages={self.pages!r}")
+        object.__setattr__(self, "pages", tuple(self.pages))
 
     @property
     def key(self) -> int:
-        """Stable 63-bit identity of (text, image): equal keys mean identical targets."""
-        h = hashlib.blake2b(f"{self.text}\x00{self.image or ''}".encode(), digest_size=8).digest()
+        """Stable 63-bit identity of (text, visual): equal keys mean identical targets."""
+        ident = f"{self.text}\x00{self.image or ''}"
+        if self.video or self.pages:  # image-only items keep the keys they always had
+            ident += f"\x00{self.video or ''}\x00{'|'.join(self.pages)}"
+        h = hashlib.blake2b(ident.encode(), digest_size=8).digest()
         return int.from_bytes(h, "little") & 0x7FFF_FFFF_FFFF_FFFF
 
     @property
+    def has_visual(self) -> bool:
+        return bool(self.image or self.video or self.pages)
+
+    @property
     def placeholder_without_image(self) -> bool:
-        return self.image is None and PLACEHOLDER in self.text
+        return not self.has_visual and PLACEHOLDER in self.text
 
 
 @dataclass(frozen=True)
@@ -88,6 +105,26 @@ class EvalRow:
     row: int
     query: Item
     candidates: tuple[Item, ...]
+
+
+@dataclass(frozen=True)
+class CorpusTask:
+    """A corpus-level retrieval task (MMEB-V2 `eval_type: global`): every query is ranked against the whole
+    corpus and scored against graded relevance judgements (`qrels[query_id][corpus_id] = grade`, relevant when
+    > 0), by `evaluation.retrieval.evaluate_corpus_retrieval`."""
+
+    queries: tuple[Item, ...]
+    query_ids: tuple[str, ...]
+    corpus: tuple[Item, ...]
+    corpus_ids: tuple[str, ...]
+    qrels: dict[str, dict[str, float]]
+
+    def __post_init__(self):
+        if len(self.queries) != len(self.query_ids) or len(self.corpus) != len(self.corpus_ids):
+            raise ValueError(f"{len(self.queries)} queries for {len(self.query_ids)} ids, {len(self.corpus)} corpus "
+                             f"items for {len(self.corpus_ids)} ids")
+        if len(set(self.corpus_ids)) != len(self.corpus_ids):
+            raise ValueError("corpus ids must be unique")
 
 
 def check_columns(columns: Sequence[str], required: Sequence[str], dataset: str, schema: str) -> None:

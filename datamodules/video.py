@@ -93,6 +93,35 @@ class VideoLoader:
                             "under the media root, or fix the path", **where)
         return self._load_file(path, where)
 
+    def probe(self, rel_path: str, dataset: str | None = None, row: int | None = None,
+              field: str | None = None) -> tuple[int, tuple[int, int]]:
+        """(frames `load` would return, (width, height) of a frame) from the folder listing and one frame header,
+        or the container's header — without decoding the video (for length-sorted batching)."""
+        path = self.resolve(rel_path)
+        if path.is_dir():
+            names = sorted((p.name for p in path.iterdir() if p.suffix.lower() in FRAME_EXTENSIONS and p.is_file()),
+                           key=_natural_key)
+            if names:
+                try:
+                    with Image.open(path / names[0]) as im:
+                        return len(sample_indices(len(names), self.num_frames)), im.size
+                except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+                    pass
+        elif path.is_file():
+            import av
+
+            try:
+                total, _ = self._probe(path)
+                with av.open(str(path)) as container:
+                    stream = container.streams.video[0]
+                    size = (int(stream.codec_context.width), int(stream.codec_context.height))
+                if total > 0 and size[0] > 0:
+                    return len(sample_indices(total, self.num_frames, self.max_frames_saved)), size
+            except (av.FFmpegError, OSError, ValueError, EOFError, IndexError):
+                pass
+        clip = self.load(rel_path, dataset, row, field)  # raises the named error (or decodes a odd file)
+        return len(clip), clip.frames[0].size
+
     # ------------------------------------------------------------------ frame folders
     def _load_folder(self, path: Path, where: dict) -> VideoClip:
         names = sorted((p.name for p in path.iterdir() if p.suffix.lower() in FRAME_EXTENSIONS and p.is_file()),

@@ -60,7 +60,7 @@ class InputBuilder:
         return get_family(self.family_name)
 
     def format(self, texts: Sequence[str], images: Sequence[Any], side: str) -> list[str]:
-        return [format_text(t, im is not None, side, self.prompt, self.family) for t, im in zip(texts, images)]
+        return [format_text(t, im, side, self.prompt, self.family) for t, im in zip(texts, images)]
 
     def __call__(self, texts: Sequence[str], images: Sequence[Any] | None, side: str) -> dict[str, torch.Tensor]:
         images = list(images) if images is not None else [None] * len(texts)

@@ -31,6 +31,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 
 PLACEHOLDER = "<|image_1|>"
+VIDEO_PLACEHOLDER = "<|video_1|>"
 
 HIERARCHICAL_SYSTEM = (
     "Given an image, summarize the provided image in one word. Given only text, describe the text in one word."
@@ -190,15 +191,85 @@ def replace_placeholder(text: str, has_image: bool, image_token: str | None, pos
     return text.replace(PLACEHOLDER, image_token)
 
 
-def format_text(text: str, has_image: bool, side: str, prompt: PromptFormat, family) -> str:
-    """The exact string the tokenizer sees for one query or target."""
+@dataclass(frozen=True)
+class Visual:
+    """What a row's visual input is, for formatting: how many images (pages) and videos."""
+
+    images: int = 0
+    videos: int = 0
+
+
+def describe_visual(visual) -> Visual:
+    """None/False (no visual), True or a PIL image (one image), a list of images (pages), a video clip (an object
+    with `frames`), or a `Visual` already."""
+    if isinstance(visual, Visual):
+        return visual
+    if visual is None or visual is False:
+        return Visual()
+    if isinstance(visual, (list, tuple)):
+        videos = sum(1 for v in visual if hasattr(v, "frames"))
+        return Visual(images=len(visual) - videos, videos=videos)
+    if hasattr(visual, "frames"):
+        return Visual(videos=1)
+    return Visual(images=1)
+
+
+def video_token_for(prompt: PromptFormat, family) -> str:
+    token = family.chat_video_token if prompt.image_layout == "wrapped" and family.chat_video_token else \
+        family.video_token
+    if not getattr(family, "takes_videos", False) or token is None:
+        raise ValueError(f"family {family.name!r} takes no videos; score video datasets with a video family "
+                         "(qwen2_vl, qwen3_vl)")
+    return token
+
+
+def _video_body(text: str, token: str) -> str:
+    """`<|video_1|>` becomes the family's video token; a text without it gets the token prepended with the
+    reference's " " separator (VLM2Vec `process_input_text`: video_token + " " + prompt)."""
+    count = text.count(VIDEO_PLACEHOLDER)
+    if count > 1:
+        raise ValueError(f"text holds {count} video placeholders; one video per item is supported: {text[:80]!r}")
+    if count == 0:
+        return token + " " + text if text else token
+    return text.replace(VIDEO_PLACEHOLDER, token)
+
+
+def _pages_body(text: str, n: int, token: str) -> str:
+    """`<|image_1|>`..`<|image_n|>` become one image token each; a text with none of them gets n tokens prepended."""
+    marks = [f"<|image_{k}|>" for k in range(1, n + 1)]
+    found = [m for m in marks if m in text]
+    if not found:
+        return token * n + " " + text if text else token * n
+    if len(found) != n or any(text.count(m) != 1 for m in marks):
+        raise ValueError(f"an item with {n} images needs the placeholders <|image_1|>..<|image_{n}|> once each (or "
+                         f"none): {text[:80]!r}")
+    for m in marks:
+        text = text.replace(m, token)
+    return text
+
+
+def format_text(text: str, visual, side: str, prompt: PromptFormat, family) -> str:
+    """The exact string the tokenizer sees for one query or target. `visual`: the row's visual input or a
+    description of it (`describe_visual`; a bool means one image or none)."""
     if side not in SIDES:
         raise ValueError(f"side must be one of {SIDES}, got {side!r}")
     if prompt.chat and not family.has_chat:
         raise ValueError(f"prompt {prompt.name!r} uses a chat layout, but family {family.name!r} has none; "
                          "use prompt=plain")
-    body = replace_placeholder(text, has_image, image_token_for(prompt, family), prompt.image_position,
-                               placeholder_mode(prompt, family), stray_ok=family.embeds_stray_image_tokens)
+    v = describe_visual(visual)
+    has_image = bool(v.images or v.videos)
+    if v.videos:
+        if v.images:
+            raise ValueError("an item with a video and images is not supported; give it one visual input")
+        body = _video_body(text, video_token_for(prompt, family))
+    elif v.images > 1:
+        if getattr(family, "max_images_per_item", 1) < v.images:
+            raise ValueError(f"family {family.name!r} takes at most {getattr(family, 'max_images_per_item', 1)} "
+                             f"image(s) per item, got {v.images}")
+        body = _pages_body(text, v.images, image_token_for(prompt, family))
+    else:
+        body = replace_placeholder(text, has_image, image_token_for(prompt, family), prompt.image_position,
+                                   placeholder_mode(prompt, family), stray_ok=family.embeds_stray_image_tokens)
     if not prompt.chat:
         return body
     if side == "query":

@@ -143,6 +143,7 @@ class Qwen2VLFamily(BackboneFamily):
     # (VLM2Vec v1 src/dataset.py:83,130, Gen2Embed src/dataset.py:591), which this family embeds as a token.
     embeds_stray_image_tokens = True
     reference_image_positions = True
+    takes_videos = True
     video_token = "<|video_pad|>"
     chat_video_token = "<|vision_start|><|video_pad|><|vision_end|>"
     #: Images (pages) one item may carry; the processor has no hard limit, the context length does.

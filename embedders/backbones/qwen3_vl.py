@@ -79,6 +79,7 @@ class Qwen3VLFamily(BackboneFamily):
     takes_images = True
     image_token = "<|image_pad|>"
     chat_image_token = "<|vision_start|><|image_pad|><|vision_end|>"
+    takes_videos = True
     video_token = "<|video_pad|>"
     chat_video_token = "<|vision_start|><|video_pad|><|vision_end|>"
     #: Images (pages) one item may carry; the processor has no hard limit, the context length does.

@@ -1,0 +1,334 @@
+"""Readers for the MMEB-V2 hub layouts: one function per reference parser (`V2Dataset.parser`), each returning
+the rows of a dataset that ranks its own candidates, or a `CorpusTask` for one that ranks a whole corpus, with
+skipped rows counted by reason. Texts are composed as the reference composes them (VLM2Vec main,
+`src/data/eval_dataset/*.py`, `process_input_text`: "<video/image token> " + instruction [+ " " + text]), with
+the placeholders `<|video_1|>` / `<|image_1|>` where the reference puts the model's token, so every prompt format
+renders them.
+
+Media paths: a dataset's items are relative to its `root` (`EvalRead.root`): the image root for image and
+visual-document tasks, the unpacked MMEB-V2 directory (`data_basedir`) for video tasks. A video is read from its
+frame folder `<frame_root>/<video id>` when that exists (the reference extracts frames once and then reads the
+folder), else from the video file. Visual-document corpus images come decoded from parquet and are written once to
+`<image_root>/<corpus-id>.png` (VisRAG: the reference's shortened name) so they are read like any other image.
+
+Implemented parsers: the five image parsers (instruction copy, `datamodules.mmeb.compose_instruction_row`),
+`video_classification`, `nextqa`, `msrvtt`, `moment_retrieval`, `vidore`, `visrag`. The other video parsers
+(`ssv2`, `videomme`, `mvbench`, `egoschema`, `activitynetqa`, `didemo`, `msvd`, `vatex`, `youcook2`,
+`momentseeker`) raise a DataError naming the dataset: the dataset is reported as failed, the others are scored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import DataError
+from .mmeb import load_split, read_eval_dataset
+from .mmeb_v2 import V2Dataset
+from .schema import PLACEHOLDER, CorpusTask, EvalRow, Item
+
+log = logging.getLogger(__name__)
+
+VIDEO_PLACEHOLDER = "<|video_1|>"
+
+#: VLM2Vec `video_classification_utils.DATASET_INSTRUCTION`, by the reference's dataset name.
+VIDEO_CLS_INSTRUCTION = {
+    "Kinetics-700": "Recognize the category of the video content.",
+    "SmthSmthV2": "What actions or object interactions are being performed by the person in the video?",
+    "UCF101": "What activities or sports are being performed by the person in the video?",
+    "HMDB51": "What actions or objects interactions are the person in the video doing?",
+    "Breakfast": "Recognize the breakfast type that the person is cooking in the video. ",
+}
+DEFAULT_VIDEO_CLS_INSTRUCTION = VIDEO_CLS_INSTRUCTION["Kinetics-700"]
+#: `msrvtt_dataset.py` TASK_INST_QRY / TASK_INST_TGT.
+VIDEO_RET_QUERY = "Find a video that contains the following visual content:"
+VIDEO_TARGET = "Understand the content of the provided video."
+#: `nextqa_dataset.py` TASK_PROMPT.
+VIDEO_QA_PROMPT = ("Given a video and a question, select the most accurate answer from the provided candidates. "
+                   "Return only the exact text of your chosen answer. Question: ")
+#: `moment_retrieval_datasets.py` TASK_INST_QRY.
+MOMENT_QUERY = "Find the clip that corresponds to the described scene in the given video:"
+#: `vidore_dataset.py` / `visrag_dataset.py` TASK_INST_QRY / TASK_INST_TGT.
+VISDOC_QUERY = "Find a document image that matches the given query:"
+VISDOC_TARGET = "Understand the content of the provided document image."
+
+NO_RELEVANT = "no_relevant_document"
+
+
+@dataclass
+class EvalRead:
+    """One dataset as read: `rows` (own candidates, ground truth at index 0) or `task` (whole corpus); `root` is
+    what its items' media paths are relative to."""
+
+    root: str
+    rows: list[EvalRow] = field(default_factory=list)
+    task: CorpusTask | None = None
+    skipped: dict[str, int] = field(default_factory=dict)
+    num_frames: int = 8
+    max_frames_saved: int | None = 64
+
+
+@dataclass(frozen=True)
+class SuitePaths:
+    """Suite-level settings: the unpacked MMEB-V2 directory, local hub snapshots (`<owner>/<name>/` under it, or
+    None for the hub), a `num_frames` override for every video dataset, and video label sets by dataset."""
+
+    data_basedir: str
+    hub_snapshots: str | None = None
+    num_frames: int | None = None
+    labels: Mapping[str, list[str]] = field(default_factory=dict)
+
+    def source(self, d: V2Dataset) -> str:
+        return str(Path(self.hub_snapshots) / d.source) if self.hub_snapshots else d.source
+
+    def media(self, rel: str) -> Path:
+        return Path(self.data_basedir) / rel
+
+
+def _limit(rows: list, max_rows: int | None) -> list:
+    return rows if max_rows is None else rows[: int(max_rows)]
+
+
+def _table(d: V2Dataset, paths: SuitePaths, config: str, columns, split: str | None = None):
+    """One config/split of the dataset's repo. A local snapshot whose data sit in `data/` (the hub's single-config
+    layout, as the video repos have) is read through its README's `configs:`; any other layout through
+    `datamodules.mmeb.load_split`, which checks the files first."""
+    source, split = paths.source(d), split or d.split
+    if Path(source).is_dir() and not (Path(source) / config).is_dir() and (Path(source) / "data").is_dir():
+        import datasets
+
+        from .mmeb import local_cache_dir
+        from .schema import check_columns
+
+        try:
+            ds = datasets.load_dataset(source, split=split, cache_dir=local_cache_dir(source, "data"))
+        except Exception as err:
+            raise DataError(f"`datasets` could not read split {split!r} of {source} ({type(err).__name__}: {err}); "
+                            "re-download the snapshot", dataset=d.name) from err
+        check_columns(ds.column_names, columns, d.name, f"MMEB-V2 {d.parser}")
+        if len(ds) == 0:
+            raise DataError(f"split {split!r} of {source} has 0 rows", dataset=d.name)
+        return ds
+    return load_split(source, config, split, columns, f"MMEB-V2 {d.parser}")
+
+
+def _records(ds, max_rows: int | None) -> list[dict]:
+    n = len(ds) if max_rows is None else min(len(ds), int(max_rows))
+    cols = (ds.select(range(n)) if n < len(ds) else ds).to_dict()
+    return [{c: cols[c][i] for c in cols} for i in range(n)]
+
+
+def _frames(d: V2Dataset, paths: SuitePaths) -> tuple[int, int | None]:
+    n = paths.num_frames or d.media.get("num_frames") or d.media.get("num_video_frames") or 8
+    return int(n), d.media.get("max_frames_saved", 64)
+
+
+def _video_path(d: V2Dataset, paths: SuitePaths, video_id: str, file_name: str | None = None) -> str:
+    """The frame folder `<frame_root>/<video id>` when it exists, else `<video_root>/<file>` (relative to
+    data_basedir)."""
+    frame_root, video_root = d.media.get("frame_root"), d.media.get("video_root")
+    if frame_root and paths.media(f"{frame_root}/{video_id}").is_dir():
+        return f"{frame_root}/{video_id}"
+    return f"{video_root}/{file_name or video_id + '.mp4'}"
+
+
+def _video_read(d: V2Dataset, paths: SuitePaths, **kw) -> EvalRead:
+    num_frames, saved = _frames(d, paths)
+    return EvalRead(str(Path(paths.data_basedir)), num_frames=num_frames, max_frames_saved=saved, **kw)
+
+
+# ------------------------------------------------------------------------------------------------ image
+def read_image_task(d: V2Dataset, paths: SuitePaths, max_rows: int | None) -> EvalRead:
+    read = read_eval_dataset(paths.source(d), d.subset or d.name, d.split, max_rows, parser=d.parser)
+    return EvalRead(str(paths.media(d.media.get("image_root", "image-tasks/"))), rows=read.rows,
+                    skipped=dict(read.skipped))
+
+
+# ------------------------------------------------------------------------------------------------ video
+def read_video_classification(d: V2Dataset, paths: SuitePaths, max_rows: int | None) -> EvalRead:
+    """HMDB51 / UCF101 / K700 / Breakfast: a video query ranked against the dataset's label set."""
+    rows = _records(_table(d, paths, d.subset or "default", ("video_id", "pos_text")), max_rows)
+    name = d.reference_name or d.name
+    labels = list(paths.labels.get(d.name) or paths.labels.get(name) or [])
+    row_labels = [str(r["pos_text"]) for r in rows]
+    if not labels:
+        labels = sorted(set(row_labels))
+        log.warning("%s: no label set given (eval_data.video_labels); ranking against the %d labels its rows use. "
+                    "The reference ranks its full label list (VIDEOCLS_LABEL_MAPPING)", d.name, len(labels))
+    unknown = sorted(set(row_labels) - set(labels))
+    if unknown:
+        raise DataError(f"{len(unknown)} row label(s) are not in the dataset's label set, e.g. {unknown[:3]}; fix the "
+                        "label set (eval_data.video_labels)", dataset=d.name, field="pos_text")
+    instruction = VIDEO_CLS_INSTRUCTION.get(name, DEFAULT_VIDEO_CLS_INSTRUCTION)
+    queries, ids, qrels = [], [], {}
+    for i, r in enumerate(rows):
+        vid = str(r["video_id"])
+        queries.append(Item(f"{VIDEO_PLACEHOLDER} {instruction}", video=_video_path(d, paths, vid)))
+        ids.append(str(i))
+        qrels[str(i)] = {str(r["pos_text"]): 1.0}
+    corpus = tuple(Item(label) for label in labels)   # candidates: the bare label text, as the reference
+    return _video_read(d, paths, task=CorpusTask(tuple(queries), tuple(ids), corpus, tuple(labels), qrels))
+
+
+def qa_template(question: str, options: list[str]) -> str:
+    """VLM2Vec `vision_utils.qa_template`: the question, then "Options:" and "(A) ..." lines."""
+    lines = [f"{question}", "Options:"] + [f"({chr(ord('A') + k)}) {o}" for k, o in enumerate(options)]
+    return "\n".join(lines).rstrip()
+
+
+def read_nextqa(d: V2Dataset, paths: SuitePaths, max_rows: int | None) -> EvalRead:
+    """NExTQA layout: a video with a multiple-choice question; candidates = the raw option texts."""
+    cols = ("video", "question", "answer", "a0", "a1", "a2", "a3", "a4")
+    rows = _records(_table(d, paths, d.subset or "default", cols), max_rows)
+    out = []
+    for i, r in enumerate(rows):
+        options = [str(r[f"a{k}"]) for k in range(5)]
+        answer = r["answer"]
+        if not isinstance(answer, int) or not 0 <= answer < len(options):
+            raise DataError(f"answer must be an option index 0..4, got {answer!r}", d.name, i, "answer")
+        vid = str(r["video"])
+        query = Item(qa_template(f"{VIDEO_PLACEHOLDER} {VIDEO_QA_PROMPT} {r['question']}", options),
+                     video=_video_path(d, paths, vid))
+        order = [answer] + [k for k in range(len(options)) if k != answer]
+        out.append(EvalRow(d.name, i, query, tuple(Item(options[k]) for k in order)))
+    return _video_read(d, paths, rows=out)
+
+
+def read_msrvtt(d: V2Dataset, paths: SuitePaths, max_rows: int | None) -> EvalRead:
+    """MSR-VTT layout (video_id, video, caption): a caption ranked against the corpus of every video."""
+    rows = _records(_table(d, paths, d.subset or "default", ("video_id", "video", "caption")), max_rows)
+    queries, qids, qrels, corpus = [], [], {}, {}
+    for i, r in enumerate(rows):
+        vid = str(r["video_id"])
+        queries.append(Item(f"{VIDEO_RET_QUERY} {r['caption']}"))
+        qids.append(str(i))
+        qrels[str(i)] = {vid: 1.0}
+        corpus.setdefault(vid, Item(f"{VIDEO_PLACEHOLDER} {VIDEO_TARGET}",
+                                    video=_video_path(d, paths, vid, str(r["video"]))))
+    task = CorpusTask(tuple(queries), tuple(qids), tuple(corpus.values()), tuple(corpus), qrels)
+    return _video_read(d, paths, task=task)
+
+
+def read_moment_retrieval(d: V2Dataset, paths: SuitePaths, max_rows: int | None) -> EvalRead:
+    """QVHighlight / Charades-STA layout: a query video (frames `<frame_root>/<video>/query`) and a text, ranked
+    against its clips (`positive_*` is the ground truth, `negative_*` the others)."""
+    rows = _records(_table(d, paths, d.subset or "default", ("query", "video_path")), max_rows)
+    frame_root = d.media["frame_root"]
+    out = []
+    for i, r in enumerate(rows):
+        video = Path(str(r["video_path"])).stem
+        base = paths.media(f"{frame_root}/{video}")
+        if not base.is_dir():
+            raise DataError(f"frame folder {base} not found; extract the dataset's frames there (the reference's "
+                            "video-tasks/frames layout)", d.name, i, "video_path")
+        clips = sorted((p.name for p in base.iterdir() if p.is_dir() and p.name != "query"))
+        positive = [c for c in clips if c.startswith("positive")]
+        if len(positive) != 1:
+            raise DataError(f"{base} holds {len(positive)} positive_* clip folders; exactly one is needed",
+                            d.name, i, "video_path")
+        target = Item(f"{VIDEO_PLACEHOLDER} {VIDEO_TARGET}")
+        cands = [Item(target.text, video=f"{frame_root}/{video}/{c}") for c in positive + [c for c in clips
+                                                                                          if c not in positive]]
+        query = Item(f"{VIDEO_PLACEHOLDER} {MOMENT_QUERY} {r['query']}", video=f"{frame_root}/{video}/query")
+        out.append(EvalRow(d.name, i, query, tuple(cands)))
+    return _video_read(d, paths, rows=out)
+
+
+# ------------------------------------------------------------------------------------------------ visdoc
+def visrag_image_name(corpus_id: str) -> str:
+    """VisRAG corpus ids can be very long file names: the reference's shortened name (`visrag_dataset.py`)."""
+    base, ext = os.path.splitext(corpus_id)
+    return base[:50] + "_" + hashlib.md5(corpus_id.encode("utf-8")).hexdigest()[:8] + ext
+
+
+def read_beir(d: V2Dataset, paths: SuitePaths, max_rows: int | None) -> EvalRead:
+    """ViDoRe / VisRAG BEIR layout: configs `queries` (query-id, query[, language]), `corpus` (corpus-id, image),
+    `qrels` (query-id, corpus-id, score). Grades <= 0 are not relevant (`load_qrels_mapping`); a query without a
+    relevant document is skipped and counted (the reference would fail on it)."""
+    image_root = paths.media(d.media["image_root"])
+    queries_ds = _table(d, paths, "queries", ("query-id", "query"))
+    if d.language is not None:
+        if "language" not in queries_ds.column_names:
+            raise DataError(f"language filter {d.language!r} needs a `language` column in queries", dataset=d.name)
+        queries_ds = queries_ds.filter(lambda ex: ex["language"] == d.language)
+    qrels_rows = _records(_table(d, paths, "qrels", ("query-id", "corpus-id", "score")), None)
+    qrels: dict[str, dict[str, float]] = {}
+    for r in qrels_rows:
+        if float(r["score"]) > 0:
+            qrels.setdefault(str(r["query-id"]), {})[str(r["corpus-id"])] = float(r["score"])
+    corpus_ds = _table(d, paths, "corpus", ("corpus-id", "image"))
+    name_of = visrag_image_name if d.parser == "visrag" else (lambda cid: f"{cid}.png")
+    ids = [str(c) for c in corpus_ds["corpus-id"]]
+    missing = [k for k, cid in enumerate(ids) if not (image_root / name_of(cid)).is_file()]
+    if missing:
+        image_root.mkdir(parents=True, exist_ok=True)
+        for k in missing:  # decoded once, then read as files like every other image
+            image = corpus_ds[k]["image"]
+            if image is None:
+                raise DataError("corpus row has no image", d.name, k, "image")
+            tmp = image_root / f".{name_of(ids[k])}.tmp"
+            image.convert("RGB").save(tmp, format="PNG")
+            os.replace(tmp, image_root / name_of(ids[k]))
+        log.info("%s: wrote %d corpus page image(s) to %s", d.name, len(missing), image_root)
+    corpus = tuple(Item(f"{PLACEHOLDER} {VISDOC_TARGET}", image=name_of(cid)) for cid in ids)
+    queries, qids, skipped = [], [], Counter()
+    for r in _records(queries_ds, None):
+        qid = str(r["query-id"])
+        if not qrels.get(qid):
+            skipped[NO_RELEVANT] += 1
+            continue
+        queries.append(Item(f"{VISDOC_QUERY} {r['query']}"))
+        qids.append(qid)
+    queries, qids = _limit(queries, max_rows), _limit(qids, max_rows)
+    if skipped:
+        log.warning("%s: skipped %d queries without a relevant document in the qrels", d.name, skipped[NO_RELEVANT])
+    if not queries:
+        raise DataError("no query has a relevant document in the qrels", dataset=d.name)
+    task = CorpusTask(tuple(queries), tuple(qids), corpus, tuple(ids), {q: qrels[q] for q in qids})
+    return EvalRead(str(image_root), task=task, skipped=dict(skipped))
+
+
+READERS = {
+    "image_cls": read_image_task, "image_qa": read_image_task, "image_i2t": read_image_task,
+    "image_t2i": read_image_task, "image_i2i_vg": read_image_task,
+    "video_classification": read_video_classification, "nextqa": read_nextqa, "msrvtt": read_msrvtt,
+    "moment_retrieval": read_moment_retrieval, "vidore": read_beir, "visrag": read_beir,
+}
+
+
+def read_v2_dataset(d: V2Dataset, paths: SuitePaths, max_rows: int | None = None) -> EvalRead:
+    reader = READERS.get(d.parser)
+    if reader is None:
+        raise DataError(f"no reader for the reference's {d.parser!r} layout yet (implemented: "
+                        f"{', '.join(sorted(READERS))}); leave this dataset out of eval_data.datasets",
+                        dataset=d.name, field="parser")
+    return reader(d, paths, max_rows)
+
+
+def v2_dataset_from_config(name: str, cfg: Mapping) -> V2Dataset:
+    """A `conf/eval_data/mmeb_v2*.yaml` entry as a V2Dataset (the `metric` key is derived, not stored)."""
+    known = set(V2Dataset.__dataclass_fields__) - {"name"}
+    body = {k: v for k, v in dict(cfg).items() if k != "metric"}
+    unknown = set(body) - known
+    if unknown:
+        raise DataError(f"unknown key(s) {sorted(unknown)} in the eval_data entry; known: {sorted(known)}",
+                        dataset=name)
+    d = V2Dataset(name, **{**body, "media": dict(body.get("media") or {})})
+    if cfg.get("metric") not in (None, d.metric):
+        raise DataError(f"metric {cfg['metric']!r} differs from the modality's headline metric {d.metric!r}",
+                        dataset=name, field="metric")
+    return d
+
+
+def load_labels(path: str | None) -> dict[str, list[str]]:
+    """Video label sets from a JSON file: {dataset: [labels]} or a bundled manifest with a `labels` key."""
+    if not path:
+        return {}
+    data = json.loads(Path(path).read_text())
+    return dict(data.get("labels", data))
