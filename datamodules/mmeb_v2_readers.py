@@ -227,7 +227,7 @@ def read_moment_retrieval(d: V2Dataset, paths: SuitePaths, max_rows: int | None)
         if not base.is_dir():
             raise DataError(f"frame folder {base} not found; extract the dataset's frames there (the reference's "
                             "video-tasks/frames layout)", d.name, i, "video_path")
-        clips = sorted((p.name for p in base.iterdir() if p.is_dir() and p.name != "query"))
+        clips = sorted(p.name for p in base.iterdir() if p.is_dir() and p.name != "query")
         positive = [c for c in clips if c.startswith("positive")]
         if len(positive) != 1:
             raise DataError(f"{base} holds {len(positive)} positive_* clip folders; exactly one is needed",
