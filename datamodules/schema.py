@@ -163,11 +163,19 @@ def check_reserved(text: str, dataset: str, row: int, field: str) -> None:
 
 
 def make_item(text, image, dataset: str, row: int, text_field: str, image_field: str,
-              skip_reason: str | None = None, nan_text_is_missing: bool = False) -> Item | None:
-    """The item of one (text, image path) cell pair. An item with neither text nor image raises `SkipRow`
-    (counted under `skip_reason`) when given, else returns None."""
+              skip_reason: str | None = None, nan_text_is_missing: bool = False, video=None,
+              video_field: str | None = None) -> Item | None:
+    """The item of one (text, image path[, video path]) cell group. An item with neither text nor a visual raises
+    `SkipRow` (counted under `skip_reason`) when given, else returns None."""
     text = _as_str(text, dataset, row, text_field, nan_is_missing=nan_text_is_missing)
     image = _as_str(image, dataset, row, image_field, nan_is_missing=True).strip() or None
+    video = _as_str(video, dataset, row, video_field or "video", nan_is_missing=True).strip() or None
+    if image is not None and video is not None:
+        raise DataError("a row side has both an image and a video; give it one of them", dataset, row,
+                        f"{image_field}/{video_field}")
+    if video is not None:
+        check_reserved(text, dataset, row, text_field)
+        return Item(text, video=video)
     if not text.strip() and image is None:
         if skip_reason is None:
             return None
@@ -200,10 +208,12 @@ def _negative_items(row: dict, dataset: str, index: int) -> tuple[Item, ...]:
 
 def parse_train_row(row: dict, dataset: str, index: int, use_negatives: bool = True) -> TrainPair:
     """A TrainPair; raises `SkipRow` for a row the reference skips (empty query or positive)."""
+    # Video subsets (MMEB-V2 training mixes) add `qry_video_path` / `pos_video_path` (a file or a frame folder).
     query = make_item(row.get("qry"), row.get("qry_image_path"), dataset, index, "qry", "qry_image_path",
-                      skip_reason=EMPTY_QUERY)
+                      skip_reason=EMPTY_QUERY, video=row.get("qry_video_path"), video_field="qry_video_path")
     positive = make_item(row.get("pos_text"), row.get("pos_image_path"), dataset, index, "pos_text",
-                         "pos_image_path", skip_reason=EMPTY_POSITIVE)
+                         "pos_image_path", skip_reason=EMPTY_POSITIVE, video=row.get("pos_video_path"),
+                         video_field="pos_video_path")
     negatives = _negative_items(row, dataset, index) if use_negatives else ()
     return TrainPair(dataset, index, query, positive, negatives)
 

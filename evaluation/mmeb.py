@@ -389,6 +389,10 @@ def dataset_notes(d: Mapping, tie_flag_share: float = 0.01) -> list[str]:
 
 def render_table(results: Mapping, label: str = "model", tie_flag_share: float = 0.01) -> str:
     """Markdown: the papers' summary columns, one row per dataset (with notes), then the failed datasets."""
+    if "modalities" in results:  # an MMEB-V2 result (e.g. read back from results.json by the model card)
+        from .mmeb_v2 import render_table_v2
+
+        return render_table_v2(results, label)
     mt = results["meta_tasks"]
     head = "| Model | Cls | VQA | Ret | Grd | IND | OOD | Overall |\n|---|---|---|---|---|---|---|---|\n"
     row = (f"| {label} | " + " | ".join(_fmt(mt.get(m)) for m in META_TASKS)
