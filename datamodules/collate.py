@@ -40,6 +40,8 @@ class PairCollator:
 
     def _image(self, item: Item, pair: TrainPair, field: str):
         # The visual input: an image, or (MediaLoader) a sampled video clip or a page list.
+        if item.video:
+            field = field.replace("_image_path", "_video_path")
         return load_visual(self.image_loader, item, pair.subset, pair.row, field)
 
     def _encode(self, items: Sequence[tuple[Item, TrainPair, str]], side: str) -> list[dict[str, torch.Tensor]]:

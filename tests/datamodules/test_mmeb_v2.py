@@ -102,3 +102,13 @@ def test_eval_data_configs_compose_with_all_78(compose_cfg):
     assert datasets["MSR-VTT"].media.num_frames == 8 and datasets["MSR-VTT"].ranking == "corpus"
     video = compose_cfg("train", ["eval_data=mmeb_v2_video", "eval_data.datasets.MSR-VTT.media.num_frames=16"])
     assert len(video.eval_data.datasets) == 18 and video.eval_data.datasets["MSR-VTT"].media.num_frames == 16
+    # what load_v2_suite reads from each entry is the catalog's dataset, for all 78
+    from omegaconf import OmegaConf
+
+    from datamodules.mmeb_v2 import MMEB_V2
+    from datamodules.mmeb_v2_readers import READERS, v2_dataset_from_config
+
+    entries = OmegaConf.to_container(datasets)
+    assert [v2_dataset_from_config(n, e) for n, e in entries.items()] == list(MMEB_V2.values())
+    # every image and visdoc parser has a reader; the video parsers without one fail their dataset by name
+    assert {d.parser for d in MMEB_V2.values() if d.modality != "video"} <= set(READERS)
