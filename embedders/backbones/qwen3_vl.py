@@ -13,10 +13,10 @@ identical to Qwen2-VL's (inherited); Qwen3-VL's template adds no default system 
 from __future__ import annotations
 
 from torch import nn
-from transformers import AutoImageProcessor, AutoModel, AutoProcessor, AutoTokenizer, Qwen3VLProcessor
+from transformers import AutoImageProcessor, AutoProcessor, AutoTokenizer, Qwen3VLProcessor
 
 from ..pooling import pool
-from .base import BackboneFamily, register_family, require_model_type, torchvision_usable
+from .base import BackboneFamily, load_pretrained, register_family, torchvision_usable
 from .qwen2_vl import Qwen2VLFamily, _image_processor_kwargs
 from .qwen_video import qwen_processor_inputs, save_video_processor, with_video
 
@@ -94,8 +94,7 @@ class Qwen3VLFamily(BackboneFamily):
 
     def load_model(self, path, config, dtype) -> nn.Module:
         if path is not None:
-            require_model_type(path, self)  # before any weight is read
-            return AutoModel.from_pretrained(path, dtype=dtype)
+            return load_pretrained(self, path, dtype)  # type checked before any weight is read; adapters merged
         from transformers import Qwen3VLModel
 
         from ..tiny import tiny_qwen_tokenizer

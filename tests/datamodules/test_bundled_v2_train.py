@@ -3,6 +3,8 @@ and collate into model inputs of the Qwen families; a suite built with the mix a
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -89,3 +91,23 @@ def test_a_suite_with_the_mix_serves_evaluation(root):
     """evaluate.py asks for no training mix (0): a root that has one is reused, not rebuilt (and vice versa not)."""
     assert _is_complete(root, _manifest(0, 2, 0)) and _is_complete(root, _manifest(0, 2, 4))
     assert not _is_complete(root, _manifest(0, 2, 8)) and not _is_complete(root, _manifest(0, 3, 0))
+
+
+@pytest.mark.slow
+def test_train_command_on_the_mix(tmp_path):
+    """`python train.py data=bundled_v2 eval_data=mmeb_v2_bundled` trains on the mix and scores the V2 suite."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run(
+        [sys.executable, "train.py", "data=bundled_v2", "eval_data=mmeb_v2_bundled", "model=tiny_qwen3vl",
+         "sampler=homogeneous", "trainer.max_steps=3", "trainer.val_check_interval=3", "data.batch_size=8",
+         "data.val_batch_size=8", "data.val_per_subset=4", "data.bundled.train_rows_per_subset=16",
+         "eval_data.bundled_v2.queries_per_dataset=4", "evaluate_before=false", "trainer.enable_progress_bar=false",
+         f"paths.data_dir={tmp_path / 'data'}", f"paths.output_dir={tmp_path / 'run'}"],
+        cwd=root, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    results = json.loads((tmp_path / "run" / "eval" / "results.json").read_text())
+    assert sorted(results["metrics"]) == ["image", "video", "visdoc"] and len(results["datasets"]) == 8
