@@ -40,7 +40,16 @@ import lightning as L
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ablation import ROOT, finished_jobs, mean_std, metric_values, plot_groups, run, summary_table  # noqa: E402
+from ablation import (  # noqa: E402
+    ROOT,
+    finished_jobs,
+    job_overrides,
+    mean_std,
+    metric_values,
+    plot_groups,
+    run,
+    summary_table,
+)
 
 #: Loss arms: short name → experiment config (conf/experiment/).
 LOSS_ARMS: dict[str, str] = {
@@ -117,24 +126,43 @@ def heldout_overlap(embedder, source: str, datasets: Sequence[str], rows_per_dat
 
 
 class HeldOutOverlap(L.Callback):
-    """Writes `heldout_overlap(...)` of the model as trained to `output` (JSON) when fitting ends;
-    `datasets=None` probes every dataset of the eval `source`."""
+    """Writes `heldout_overlap(...)` of the model to `output` (JSON): as trained when fitting ends, or with
+    `at="start"` as it was before the first step (the zero-shot arm); `datasets=None` probes every dataset
+    of the eval `source`."""
 
     def __init__(self, source: str, output: str, datasets: Sequence[str] | None = None, rows_per_dataset: int = 40,
-                 split: str = "test"):
+                 split: str = "test", at: str = "end"):
+        if at not in ("start", "end"):
+            raise ValueError(f"HeldOutOverlap: at must be 'start' or 'end', got {at!r}")
         self.source, self.output = str(source), Path(output)
         self.datasets = None if datasets is None else list(datasets)
-        self.rows_per_dataset, self.split = int(rows_per_dataset), split
+        self.rows_per_dataset, self.split, self.at = int(rows_per_dataset), split, at
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        if self.at == "start":
+            self._probe(trainer, pl_module)
 
     def on_fit_end(self, trainer, pl_module) -> None:
+        if self.at == "end":
+            self._probe(trainer, pl_module)
+
+    def _probe(self, trainer, pl_module) -> None:
         if not trainer.is_global_zero:
             return
         from datamodules.mmeb import available_configs
 
         datasets = self.datasets if self.datasets is not None else available_configs(self.source)
+        was_training = pl_module.training
+        pl_module.eval()
         stats = heldout_overlap(pl_module.embedder, self.source, datasets, self.rows_per_dataset, self.split)
+        pl_module.train(was_training)
         self.output.parent.mkdir(parents=True, exist_ok=True)
         self.output.write_text(json.dumps(stats, indent=1) + "\n")
+
+
+#: The zero-shot arm: scored and probed before the first step of a one-step run.
+ZERO_SHOT = ["evaluate_before=true", "evaluate_after=false", "trainer.max_steps=1", "trainer.val_check_interval=1",
+             "+callbacks.heldout_overlap.at=start"]
 
 
 def overlap_callback_overrides(rows: int) -> list[str]:
@@ -186,12 +214,18 @@ def _row(job: Path, overrides: dict, res: dict, loss: str, batches: str) -> dict
 
 def collect(sweep: Path) -> tuple[list[dict], dict | None]:
     experiments = {v: k for k, v in LOSS_ARMS.items()}
-    rows, zero_shot = [], None
-    for job, overrides, res in finished_jobs(sweep):
-        if job == sweep / "zero_shot":
-            zero_shot = _row(job, overrides, res, "zero-shot", "–")
-        elif job.parent.parent == sweep and job.parent.name in BATCH_ARMS:
-            rows.append(_row(job, overrides, res, experiments.get(overrides.get("experiment"), "?"), job.parent.name))
+    rows = [_row(job, overrides, res, experiments.get(overrides.get("experiment"), "?"), job.parent.name)
+            for job, overrides, res in finished_jobs(sweep)
+            if job.parent.parent == sweep and job.parent.name in BATCH_ARMS]
+    zero_shot = None
+    job = sweep / "zero_shot"
+    # The zero-shot arm's score is its untrained evaluation (before its single step); sweeps of the first
+    # version of this script ran zero steps and scored only after.
+    for results in (job / "eval_untrained" / "results.json", job / "eval" / "results.json"):
+        if results.is_file() and (job / ".hydra" / "overrides.yaml").is_file():
+            zero_shot = _row(job, job_overrides(job), json.loads(results.read_text()), "zero-shot", "–")
+            zero_shot.update(train_s=0.0, steps=0)
+            break
     return rows, zero_shot
 
 
@@ -281,9 +315,10 @@ def main(argv=None) -> int:
     steps = 1 if args.smoke and args.steps is None else args.steps
     train_steps = [] if steps is None else [f"trainer.max_steps={steps}", f"trainer.val_check_interval={steps}"]
     timing: dict = {"mining_s": {}, "multirun_s": {}}
-    # Zero-shot first: zero optimizer steps, the same evaluation and overlap probe (it also builds the data).
-    timing["zero_shot_s"] = run([py, "train.py", "experiment=ablation_real", *train_common, "trainer.max_steps=0",
-                                 "trainer.val_check_interval=1", f"hydra.run.dir={sweep / 'zero_shot'}"])
+    # Zero-shot first (it also builds the data): the same evaluation and overlap probe, both before the first
+    # optimizer step of a one-step run (a run of zero steps is refused; the one step is never scored).
+    timing["zero_shot_s"] = run([py, "train.py", "experiment=ablation_real", *train_common, *ZERO_SHOT,
+                                 f"hydra.run.dir={sweep / 'zero_shot'}"])
     for batch in batches:
         mined = None
         if BATCH_ARMS[batch] is not None:

@@ -25,7 +25,9 @@ method of such a class, in every `.py` file of a library (`python` = the standar
   and the body is cut at the last space before `max_body_chars`;
 - kept when the summary has 4–40 words, at most 200 characters, at most 3 lines and starts with a
   letter, the body has at least 15 words, and the summary does not occur inside the body (both
-  normalised: lower-case, runs of non-word characters → one space);
+  normalised: lower-case, runs of non-word characters → one space), and neither contains a multimodal
+  model's image/video token literally (`<image>`, `<|image_pad|>`, … — datamodules.schema.RESERVED_TOKENS,
+  which the MMEB readers refuse as data: transformers documents its processors with them);
 - deduplicated over all libraries together: a pair is dropped (every copy of it) when its normalised
   summary or its normalised body occurs in any other kept pair, so no text appears twice anywhere.
 
@@ -70,11 +72,12 @@ import pyarrow.parquet as pq
 
 from .bundled import EVAL_SCHEMA, TRAIN_SCHEMA
 from .errors import DataError
+from .schema import RESERVED_TOKENS
 
 log = logging.getLogger(__name__)
 
 # Bump whenever anything that changes generated rows changes (filters, split, layout).
-DOCSTRINGS_VERSION = 1
+DOCSTRINGS_VERSION = 2
 MANIFEST = "docstrings.json"
 TRAIN_SPLIT, EVAL_SPLIT = "original", "test"
 #: The standard library's name here; its version is the Python version.
@@ -207,6 +210,8 @@ def split_docstring(doc: str, max_body_chars: int) -> tuple[str, str] | None:
     if not summary[0].isalpha() or len(body.split()) < BODY_MIN_WORDS:
         return None
     if normalise(summary) in normalise(body):
+        return None
+    if any(token in summary or token in body for token in RESERVED_TOKENS):
         return None
     return summary, body
 

@@ -32,7 +32,8 @@ from .prompts import PromptFormat, format_text
 log = logging.getLogger(__name__)
 
 EMBEDDER_FILE = "embedder.json"
-FORMAT_VERSION = 1
+#: 2: prompts record `image_layout` and `placeholder_without_image` (whose defaults changed: see `_upgrade_spec`).
+FORMAT_VERSION = 2
 
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
            "float16": torch.float16, "fp16": torch.float16}
@@ -224,12 +225,29 @@ class Embedder(nn.Module):
         if not spec_file.is_file():
             raise FileNotFoundError(f"{directory} is not an Embedder directory: {EMBEDDER_FILE} is missing "
                                     "(for a plain backbone use Embedder.build(family=..., path=...))")
-        spec = json.loads(spec_file.read_text())
-        spec.pop("format_version", None)
+        spec = _upgrade_spec(json.loads(spec_file.read_text()), spec_file)
         # Directories saved before the base model was recorded name themselves.
         spec["base_model"] = spec.get("base_model") or str(directory)
         spec.update(overrides)
         return cls.build(path=str(directory), dtype=dtype, **spec)
+
+
+def _upgrade_spec(spec: dict, path: Path) -> dict:
+    """The spec of a saved Embedder in today's terms, so that an older directory formats its inputs exactly as
+    it did when it was saved (and trained)."""
+    version = spec.pop("format_version", 1)
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise ValueError(f"{path}: format_version {version!r} was written by a newer embedlab than this one "
+                         f"(which reads up to {FORMAT_VERSION}); upgrade embedlab to load it")
+    prompt = spec.get("prompt")
+    if version < 2 and isinstance(prompt, dict):
+        # Version 1 had no layout settings: plain prompts used the family's bare image token, chat prompts its
+        # wrapped one, and a placeholder without an image was an error. Today's defaults differ (wrapped, kept).
+        prompt = dict(prompt)
+        prompt.setdefault("image_layout", "wrapped" if prompt.get("chat") else "bare")
+        prompt.setdefault("placeholder_without_image", "error")
+        spec["prompt"] = prompt
+    return spec
 
 
 def _check_truncate_dim(dim) -> int | None:

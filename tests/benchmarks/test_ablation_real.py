@@ -9,7 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import hydra
 import pytest
+from omegaconf import OmegaConf
 
 import train
 
@@ -79,12 +81,24 @@ def test_every_arm_trains_one_step(loss, batch, compose_cfg, workdir, tmp_path):
     assert overlap["positives"] == 4 * n and overlap["negatives"] == 4 * 3 * n and 0 <= overlap["sim_overlap"] <= 1
 
 
-def test_zero_shot_run_changes_nothing(compose_cfg, workdir, tmp_path):
-    """The zero-shot arm is a run with zero optimizer steps: its score is the untrained model's."""
-    out = run_arm(compose_cfg, workdir, ["experiment=ablation_real", "trainer.max_steps=0",
-                                         "trainer.val_check_interval=1", "evaluate_before=true"])
-    assert out["after"]["datasets"] == out["before"]["datasets"]
-    assert not ar.metric_values(tmp_path / "run" / "csv" / "metrics.csv", "perf/step_s")
+def test_zero_shot_arm_scores_and_probes_the_model_before_its_step(compose_cfg, workdir, tmp_path):
+    """The zero-shot arm (a run of zero steps is refused) scores and probes the pretrained model before the first
+    step of a one-step run: its untrained score and overlap are the pretrained model's, computed here anew."""
+    from evaluation.runner import build_suite, score
+
+    cfg = compose_cfg("train", [*ar.train_overrides(common(workdir), smoke=True, overlap_rows=4), *ar.ZERO_SHOT,
+                                "experiment=ablation_real"])
+    out = train.run(cfg)
+    assert out["after"] is None and out["before"] is not None
+    fresh = hydra.utils.instantiate(cfg.model, loss=None, prompt=OmegaConf.to_container(cfg.prompt, resolve=True),
+                                    _convert_="partial").embedder.eval()
+    expected = score(fresh, build_suite(cfg.eval_data), cfg.eval, "zero-shot", None, [], "x")
+    assert {k: v["precision@1"] for k, v in out["before"]["datasets"].items()} == \
+        {k: v["precision@1"] for k, v in expected["datasets"].items()}
+    probe = json.loads((tmp_path / "run" / "heldout_overlap.json").read_text())
+    datasets = [*ar.SMOKE_LIBRARIES["train"], *ar.SMOKE_LIBRARIES["ood"]]
+    again = ar.heldout_overlap(fresh, cfg.eval_data.source, datasets, 4)
+    assert probe == pytest.approx(json.loads(json.dumps(again)), abs=1e-6)
 
 
 def test_heldout_overlap_against_a_naive_loop(monkeypatch):
@@ -131,7 +145,11 @@ def test_report_aggregates_a_sweep(tmp_path):
         (path / "csv").mkdir()
         (path / "csv" / "metrics.csv").write_text("perf/step_s,step\n" + "".join(f"{s},{i}\n" for i, s in enumerate(steps)))
 
-    job(sweep / "zero_shot", ["experiment=ablation_real"], 50.0, 0.2, [])
+    # The zero-shot arm's score is its evaluation before its step (eval_untrained/), not a later eval/.
+    job(sweep / "zero_shot", ["experiment=ablation_real"], 99.0, 0.2, [])
+    (sweep / "zero_shot" / "eval_untrained").mkdir()
+    (sweep / "zero_shot" / "eval_untrained" / "results.json").write_text(json.dumps({"overall": 50.0, "IND": 51.0,
+                                                                                     "OOD": 49.0}))
     job(sweep / "saha" / "0_a", ["experiment=ablation_real_hw9", "seed=1"], 60.0, 0.10, [1.0, 2.0])
     job(sweep / "saha" / "1_b", ["experiment=ablation_real_hw9", "seed=2"], 62.0, 0.12, [1.0, 4.0])
     job(sweep / "random" / "0_c", ["experiment=ablation_real", "seed=1"], 55.0, 0.15, [1.0])

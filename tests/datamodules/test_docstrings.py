@@ -212,3 +212,13 @@ def test_built_on_first_use_through_the_data_config(compose_cfg, tmp_path):
     module.setup("fit")
     assert (tmp_path / "docs" / ds.MANIFEST).is_file()
     assert {p.subset for p in module.train_pairs} == set(SMALL["train_libraries"])
+
+
+@pytest.mark.parametrize("token", ["<image>", "<|image_pad|>", "<video>"])
+def test_pairs_with_a_multimodal_models_token_are_filtered_out(token):
+    """transformers documents its processors with `<image>`; the MMEB readers refuse such texts as data, so the
+    builder drops the pair (summary or body) instead of producing rows that stop training."""
+    body = "The processor expands every placeholder in the prompts into a span of tokens, one per patch of the image."
+    assert ds.split_docstring(f"Expand the placeholders of the prompt text.\n\n{body}", 1000) is not None
+    assert ds.split_docstring(f"Expand the {token} placeholders of the prompt text.\n\n{body}", 1000) is None
+    assert ds.split_docstring(f"Expand the placeholders of the prompt text.\n\n{body} {token}", 1000) is None

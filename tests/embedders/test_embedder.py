@@ -63,6 +63,36 @@ def test_save_and_reload(tiny, tmp_path):
     assert type(AutoModel.from_pretrained(tmp_path / "emb")).__name__ == "Qwen2VLModel"
 
 
+def test_a_version_1_directory_formats_its_inputs_as_when_it_was_saved(tiny, tmp_path):
+    """Directories saved before prompts recorded their image layout (format 1) load with the behaviour they were
+    trained with: the bare image token for a plain prompt and an error for a placeholder without an image,
+    not today's defaults (wrapped layout, placeholder kept as text)."""
+    import json
+
+    from embedders.prompts import format_text
+
+    tiny.save_pretrained(tmp_path / "emb")
+    spec_file = tmp_path / "emb" / "embedder.json"
+    spec = json.loads(spec_file.read_text())
+    assert spec["format_version"] == 2 and spec["prompt"]["image_layout"] == "wrapped"
+    for key in ("image_layout", "placeholder_without_image", "image_position", "assistant", "target_as_query"):
+        spec["prompt"].pop(key)
+    spec["format_version"] = 1
+    spec_file.write_text(json.dumps(spec))
+    old = Embedder.from_pretrained(tmp_path / "emb")
+    text = format_text("<|image_1|>\nRepresent the given image.", True, "query", old.prompt, old.family)
+    assert text == "<|image_pad|>\nRepresent the given image."
+    with pytest.raises(ValueError, match="no image goes with it"):
+        format_text("<|image_1|>\nWhat is this?", False, "query", old.prompt, old.family)
+    current = Embedder.from_pretrained(tmp_path / "emb", prompt={**spec["prompt"], "image_layout": "wrapped"})
+    assert format_text("<|image_1|>\nx", True, "query", current.prompt, current.family) == \
+        "<|vision_start|><|image_pad|><|vision_end|>\nx"
+    spec["format_version"] = 3
+    spec_file.write_text(json.dumps(spec))
+    with pytest.raises(ValueError, match="newer embedlab"):
+        Embedder.from_pretrained(tmp_path / "emb")
+
+
 def test_collator_chunks_per_example(tiny, tmp_path):
     for i, c in enumerate(["red", "blue", "green"]):
         _img(c).save(tmp_path / f"{i}.png")

@@ -362,7 +362,7 @@ def test_image_longer_than_max_length_is_refused_naming_the_row(family, tmp_path
         emb.input_builder(["a", "<|image_1|> b"], [None, _img("red")], "query")
     _img("red").save(tmp_path / "x.png")
     pairs = [TrainPair("S", 7, Item("<|image_1|> q", "x.png"), Item("t"))]
-    with pytest.raises(DataError, match=r"dataset 'S'.*rows \[7\].*batch row 0: its image takes"):
+    with pytest.raises(DataError, match=r"dataset 'S', row 7, field 'qry_image_path'.*batch row 0: its image takes"):
         PairCollator(emb.input_builder, ImageLoader(tmp_path))(pairs)
 
 

