@@ -11,10 +11,13 @@ frame folder `<frame_root>/<video id>` when that exists (the reference extracts 
 folder), else from the video file. Visual-document corpus images come decoded from parquet and are written once to
 `<image_root>/<corpus-id>.png` (VisRAG: the reference's shortened name) so they are read like any other image.
 
-Implemented parsers: the five image parsers (instruction copy, `datamodules.mmeb.compose_instruction_row`),
-`video_classification`, `nextqa`, `msrvtt`, `moment_retrieval`, `vidore`, `visrag`. The other video parsers
-(`ssv2`, `videomme`, `mvbench`, `egoschema`, `activitynetqa`, `didemo`, `msvd`, `vatex`, `youcook2`,
-`momentseeker`) raise a DataError naming the dataset: the dataset is reported as failed, the others are scored.
+Implemented parsers: all of the reference's — the five image parsers (instruction copy,
+`datamodules.mmeb.compose_instruction_row`), `video_classification`, `ssv2`, `nextqa`, `videomme`, `mvbench`,
+`egoschema`, `activitynetqa`, `msrvtt`, `didemo`, `msvd`, `vatex`, `youcook2`, `moment_retrieval`,
+`momentseeker`, `vidore`, `visrag`. A row the reference could not score (its answer is not among its candidates, a
+MomentSeeker row without a positive clip) raises a DataError naming dataset, row and field; the dataset is then
+reported as failed and the others are scored. Video items carry their task instruction apart as well
+(`Item.instruction`), for prompts that place it elsewhere (Qwen3-VL-Embedding's system message).
 """
 
 from __future__ import annotations
@@ -240,6 +243,291 @@ def read_moment_retrieval(d: V2Dataset, paths: SuitePaths, max_rows: int | None)
     return _video_read(d, paths, rows=out)
 
 
+# ------------------------------------------------------------------------------------- video (more parsers)
+#: `mvbench_dataset.py` `subset_meta`: the 20 MVBench configs in the reference's load order, each with its video
+#: folder under `video_root` and whether its "video" is a folder of frames (`data_type: frame`).
+MVBENCH_SUBSETS = {
+    "episodic_reasoning": ("tvqa/frames_fps3_hq/", True), "action_sequence": ("star/Charades_v1_480/", False),
+    "action_prediction": ("star/Charades_v1_480/", False), "action_antonym": ("ssv2_video/", False),
+    "fine_grained_action": ("Moments_in_Time_Raw/videos/", False), "unexpected_action": ("FunQA_test/test/", False),
+    "object_existence": ("clevrer/video_validation/", False), "object_interaction": ("star/Charades_v1_480/", False),
+    "object_shuffle": ("perception/videos/", False), "moving_direction": ("clevrer/video_validation/", False),
+    "action_localization": ("sta/sta_video/", False), "scene_transition": ("scene_qa/video/", False),
+    "action_count": ("perception/videos/", False), "moving_count": ("clevrer/video_validation/", False),
+    "moving_attribute": ("clevrer/video_validation/", False), "state_change": ("perception/videos/", False),
+    "fine_grained_pose": ("nturgbd/", False), "character_order": ("perception/videos/", False),
+    "egocentric_navigation": ("vlnqa/", False), "counterfactual_inference": ("clevrer/video_validation/", False),
+}
+#: `videomme_dataset.py` / `egoschema_dataset.py` OPTIONS, `activitynetqa_dataset.py` OPTIONS.
+LETTER_OPTIONS = ("A", "B", "C", "D")
+YES_NO = ("yes", "no")
+#: TASK_INST_QRY of the text-to-video retrieval parsers (their TASK_INST_TGT is `VIDEO_TARGET`).
+T2V_QUERY = {
+    "didemo": "Find a video that includes the following described scenes:",
+    "msvd": "Find the video snippet that corresponds to the given summary:",
+    "vatex": "Select a video that fits the description provided:",
+    "youcook2": "Find a video that demonstrates the following action while making a recipe:",
+}
+#: `momentseeker_dataset.py` TASK_INST_QRY_{TEXT,IMG,VIDEO} / TASK_INST_TGT.
+MOMENTSEEKER_QUERY_TEXT = "Find the clip that corresponds to the given text:"
+MOMENTSEEKER_QUERY_IMAGE = "Select the video clip that aligns with the given text and image:"
+MOMENTSEEKER_QUERY_VIDEO = "Find the clip that corresponds to the given sentence and video segment:"
+MOMENTSEEKER_TARGET = "Understand the content of the provided video clip."
+
+
+def compose(instruction: str, text: str | None = None, video: bool = False, image: bool = False) -> str:
+    """VLM2Vec `process_input_text`: instruction [+ " " + text], the visual placeholder + " " in front."""
+    prompt = instruction + (" " + text if text else "")
+    if video:
+        prompt = f"{VIDEO_PLACEHOLDER} {prompt}"
+    if image:
+        prompt = f"{PLACEHOLDER} {prompt}"
+    return prompt
+
+
+def _sample_limit(d: V2Dataset, max_rows: int | None) -> int | None:
+    """Rows to read: the reference's `num_sample_per_subset` (the first N rows, `sample_dataset`) and `max_rows`."""
+    limits = [int(x) for x in (d.media.get("num_sample_per_subset"), max_rows) if x is not None]
+    return min(limits) if limits else None
+
+
+def _str(value, d: V2Dataset, row: int, name: str, allow_empty: bool = False) -> str:
+    if not isinstance(value, str) or (not allow_empty and not value.strip()):
+        raise DataError(f"expected a non-empty string, got {type(value).__name__} {value!r:.60}", d.name, row, name)
+    return value
+
+
+def _str_list(value, d: V2Dataset, row: int, name: str) -> list[str]:
+    if not isinstance(value, (list, tuple)) or not value:
+        raise DataError(f"expected a non-empty list, got {type(value).__name__} {value!r:.60}", d.name, row, name)
+    return [_str(v, d, row, f"{name}[{k}]") for k, v in enumerate(value)]
+
+
+def read_ssv2(d: V2Dataset, paths: SuitePaths, max_rows: int | None) -> EvalRead:
+    """SmthSmthV2 (`ssv2_dataset.py`): a video ranked against the row's own label list `neg_text`; correct = the
+    entries equal to `pos_text` (the reference matches candidate names, so a repeated label is correct each
+    time). The first 1000 rows (`num_sample_per_subset`)."""
+    rows = _records(_table(d, paths, d.subset or "default", ("video_id", "pos_text", "neg_text")),
+                    _sample_limit(d, max_rows))
+    instruction = VIDEO_CLS_INSTRUCTION[d.reference_name or d.name]
+    out = []
+    for i, r in enumerate(rows):
+        labels, truth = _str_list(r["neg_text"], d, i, "neg_text"), _str(r["pos_text"], d, i, "pos_text")
+        relevant = tuple(k for k, label in enumerate(labels) if label == truth)
+        if not relevant:
+            raise DataError(f"pos_text {truth!r} is not among the row's candidates (neg_text); the row cannot be "
+                            "scored", d.name, i, "pos_text")
+        query = Item(compose(instruction, video=True), video=_video_path(d, paths, str(r["video_id"])),
+                     instruction=instruction)
+        out.append(EvalRow(d.name, i, query, tuple(Item(label) for label in labels), relevant))
+    return _video_read(d, paths, rows=out)
+
+
+def _option_text(option: str, d: V2Dataset, row: int, name: str) -> str:
+    """`o[o.find('. '):].strip('. ')` (videomme/egoschema): the option without its "A. " letter, trailing
+    periods and spaces removed. An option without ". " is refused (the reference would keep its last character)."""
+    cut = option.find(". ")
+    if cut < 0:
+        raise DataError(f"option {option!r} has no '<letter>. ' prefix", d.name, row, name)
+    return option[cut:].strip(". ")
+
+
+def _multiple_choice(d: V2Dataset, i: int, question: str, video: str, options: list[str], answer: int,
+                     cand_texts: list[str]) -> EvalRow:
+    query = Item(compose(VIDEO_QA_PROMPT, question, video=True), video=video, instruction=VIDEO_QA_PROMPT)
+    return EvalRow(d.name, i, query, tuple(Item(t) for t in cand_texts), (answer,))
+
+
+def read_videomme(d: V2Dataset, paths: SuitePaths, max_rows: int | None) -> EvalRead:
+    """Video-MME (`videomme_dataset.py`): the question + "\\n" + the lettered options one per line; candidates =
+    the options without their letters; correct = the option of the `answer` letter (A-D)."""
+    rows = _records(_table(d, paths, d.subset or "default", ("question", "videoID", "options", "answer")),
+                    _sample_limit(d, max_rows))
+    out = []
+    for i, r in enumerate(rows):
+        options = _str_list(r["options"], d, i, "options")
+        if r["answer"] not in LETTER_OPTIONS[: len(options)]:
+            raise DataError(f"answer must be one of {list(LETTER_OPTIONS[:len(options)])}, got {r['answer']!r}",
+                            d.name, i, "answer")
+        question = _str(r["question"], d, i, "question") + "\n" + "\n".join(options)
+        cands = [_option_text(o, d, i, f"options[{k}]") for k, o in enumerate(options)]
+        out.append(_multiple_choice(d, i, question, _video_path(d, paths, str(r["videoID"])), options,
+                                    LETTER_OPTIONS.index(r["answer"]), cands))
+    return _video_read(d, paths, rows=out)
+
+
+def read_egoschema(d: V2Dataset, paths: SuitePaths, max_rows: int | None) -> EvalRead:
+    """EgoSchema (`egoschema_dataset.py`): the question immediately followed by the options joined by " " (no
+    separator after the question, as the reference); candidates = the options without letters; correct =
+    `int(answer)`."""
+    rows = _records(_table(d, paths, d.subset or "default", ("video_idx", "question", "answer", "option")),
+                    _sample_limit(d, max_rows))
+    out = []
+    for i, r in enumerate(rows):
+        options = _str_list(r["option"], d, i, "option")
+        try:
+            answer = int(r["answer"])
+        except (TypeError, ValueError):
+            answer = -1
+        if not 0 <= answer < len(options):
+            raise DataError(f"answer must be an option index 0..{len(options) - 1}, got {r['answer']!r}",
+                            d.name, i, "answer")
+        question = _str(r["question"], d, i, "question") + " ".join(options)
+        cands = [_option_text(o, d, i, f"option[{k}]") for k, o in enumerate(options)]
+        out.append(_multiple_choice(d, i, question, _video_path(d, paths, str(r["video_idx"])), options, answer,
+                                    cands))
+    return _video_read(d, paths, rows=out)
+
+
+def read_activitynetqa(d: V2Dataset, paths: SuitePaths, max_rows: int | None) -> EvalRead:
+    """ActivityNetQA (`activitynetqa_dataset.py`): question + "? (A) yes; (B) no."; candidates "yes", "no";
+    video `v_<video_name>`."""
+    rows = _records(_table(d, paths, d.subset or "default", ("video_name", "question", "answer")),
+                    _sample_limit(d, max_rows))
+    out = []
+    for i, r in enumerate(rows):
+        if r["answer"] not in YES_NO:
+            raise DataError(f"answer must be 'yes' or 'no', got {r['answer']!r}", d.name, i, "answer")
+        question = _str(r["question"], d, i, "question") + "? (A) yes; (B) no."
+        video = _video_path(d, paths, f"v_{_str(r['video_name'], d, i, 'video_name')}")
+        out.append(_multiple_choice(d, i, question, video, list(YES_NO), YES_NO.index(r["answer"]), list(YES_NO)))
+    return _video_read(d, paths, rows=out)
+
+
+def read_mvbench(d: V2Dataset, paths: SuitePaths, max_rows: int | None) -> EvalRead:
+    """MVBench (`mvbench_dataset.py`): the 20 configs concatenated in the reference's order; the question with
+    `qa_template` options "(A) c"; candidates = those "(A) c" strings; correct = the candidate equal to `answer`
+    (the last one, as the reference's loop). Frames `<frame_root>/<config>/<video>`, else the video (or, for
+    `episodic_reasoning`, the frame folder) `<video_root>/<config's folder>/<video>`."""
+    limit = _sample_limit(d, max_rows)
+    frame_root, video_root = d.media.get("frame_root"), d.media.get("video_root")
+    out: list[EvalRow] = []
+    for subset, (folder, _is_frames) in MVBENCH_SUBSETS.items():
+        if limit is not None and len(out) >= limit:
+            break
+        ds = _table(d, paths, subset, ("video", "question", "candidates", "answer"))
+        for r in _records(ds, None if limit is None else limit - len(out)):
+            i = len(out)
+            cands = r["candidates"]
+            if not isinstance(cands, (list, tuple)) or not cands:
+                raise DataError(f"expected a non-empty list of candidates, got {cands!r:.60}", d.name, i, "candidates")
+            matches = [k for k, c in enumerate(cands) if c == r["answer"]]
+            if not matches:
+                raise DataError(f"answer {r['answer']!r} is not among the candidates {list(cands)!r:.120}", d.name, i,
+                                "answer")
+            video = _str(r["video"], d, i, "video")
+            options = [f"({chr(ord('A') + k)}) {c}" for k, c in enumerate(cands)]
+            question = qa_template(compose(VIDEO_QA_PROMPT, _str(r["question"], d, i, "question"), video=True),
+                                   [str(c) for c in cands])
+            frames = f"{frame_root}/{subset}/{video}"
+            path = frames if paths.media(frames).is_dir() else f"{video_root}/{folder}{video}"
+            query = Item(question, video=path, instruction=VIDEO_QA_PROMPT)
+            out.append(EvalRow(d.name, i, query, tuple(Item(o) for o in options), (matches[-1],)))
+    return _video_read(d, paths, rows=out)
+
+
+def _read_text_to_video(d: V2Dataset, paths: SuitePaths, max_rows: int | None, columns: tuple[str, ...],
+                        fields) -> EvalRead:
+    """A caption ranked against the corpus of every video of the dataset (the reference's global ranking keys
+    candidates by video name, so a video named by several rows is one corpus item). `fields(row, i)` gives
+    (video name, video file under video_root, caption)."""
+    rows = _records(_table(d, paths, d.subset or "default", columns), _sample_limit(d, max_rows))
+    instruction = T2V_QUERY[d.parser]
+    queries, qids, qrels, corpus = [], [], {}, {}
+    for i, r in enumerate(rows):
+        name, file_name, caption = fields(r, i)
+        queries.append(Item(compose(instruction, caption), instruction=instruction))
+        qids.append(str(i))
+        qrels[str(i)] = {name: 1.0}
+        corpus.setdefault(name, Item(compose(VIDEO_TARGET, video=True), video=_video_path(d, paths, name, file_name),
+                                     instruction=VIDEO_TARGET))
+    task = CorpusTask(tuple(queries), tuple(qids), tuple(corpus.values()), tuple(corpus), qrels)
+    return _video_read(d, paths, task=task)
+
+
+def read_didemo(d: V2Dataset, paths: SuitePaths, max_rows: int | None) -> EvalRead:
+    """DiDeMo (`didemo_dataset.py`): columns video (a path), caption; video name = the file's stem."""
+    def fields(r, i):
+        base = os.path.basename(_str(r["video"], d, i, "video"))
+        return os.path.splitext(base)[0], base, _str(r["caption"], d, i, "caption")
+    return _read_text_to_video(d, paths, max_rows, ("video", "caption"), fields)
+
+
+def read_msvd(d: V2Dataset, paths: SuitePaths, max_rows: int | None) -> EvalRead:
+    """MSVD (`msvd_dataset.py`): columns video_id, video, caption (a list: the first caption is the query)."""
+    def fields(r, i):
+        return (_str(r["video_id"], d, i, "video_id"), _str(r["video"], d, i, "video"),
+                _str_list(r["caption"], d, i, "caption")[0])
+    return _read_text_to_video(d, paths, max_rows, ("video_id", "video", "caption"), fields)
+
+
+def read_vatex(d: V2Dataset, paths: SuitePaths, max_rows: int | None) -> EvalRead:
+    """VATEX (`vatex_dataset.py`): columns videoID, enCap (a list: the first English caption is the query)."""
+    def fields(r, i):
+        name = _str(r["videoID"], d, i, "videoID")
+        return name, name + ".mp4", _str_list(r["enCap"], d, i, "enCap")[0]
+    return _read_text_to_video(d, paths, max_rows, ("videoID", "enCap"), fields)
+
+
+def read_youcook2(d: V2Dataset, paths: SuitePaths, max_rows: int | None) -> EvalRead:
+    """YouCook2 (`youcook2_dataset.py`, lmms-lab/YouCook2 val): columns id (the segment: one video each),
+    video_path (its file name is looked up under video_root), sentence."""
+    def fields(r, i):
+        return (str(r["id"]), os.path.basename(_str(r["video_path"], d, i, "video_path")),
+                _str(r["sentence"], d, i, "sentence"))
+    return _read_text_to_video(d, paths, max_rows, ("id", "video_path", "sentence"), fields)
+
+
+def momentseeker_clip_dir(path: str) -> str:
+    """`momentseeker_dataset.py`: a clip's frame folder name, `path.replace("/", "_").split(".mp4")[0]`."""
+    return path.replace("/", "_").split(".mp4")[0]
+
+
+def read_momentseeker(d: V2Dataset, paths: SuitePaths, max_rows: int | None) -> EvalRead:
+    """MomentSeeker (`momentseeker_dataset.py`): the query is a text, a text with an image
+    (`input_frames` *.jpg: `<frame_root>/query_<input_frames>`) or a text with a video (*.mp4: frames in
+    `<frame_root>/video_frames/<name>`); candidates = the positive clips then the negative ones (frames in
+    `<frame_root>/video_frames/<clip name>`); every positive clip is correct (`label_name` is their list)."""
+    rows = _records(_table(d, paths, d.subset or "default",
+                           ("query", "positive_frames", "negative_frames", "input_frames")),
+                    _sample_limit(d, max_rows))
+    frame_root = d.media["frame_root"]
+    target = Item(compose(MOMENTSEEKER_TARGET, video=True), instruction=MOMENTSEEKER_TARGET)
+
+    def clips(value, i: int, name: str) -> list[str]:
+        if not isinstance(value, (list, tuple)):
+            raise DataError(f"expected a list of clips, got {type(value).__name__}", d.name, i, name)
+        out = []
+        for k, entry in enumerate(value):
+            path = entry.get("output_path") if isinstance(entry, Mapping) else None
+            out.append(_str(path, d, i, f"{name}[{k}].output_path"))
+        return out
+
+    out = []
+    for i, r in enumerate(rows):
+        text = _str(r["query"], d, i, "query")
+        source = r["input_frames"] or ""
+        if not isinstance(source, str):
+            raise DataError(f"expected a file name or nothing, got {source!r:.60}", d.name, i, "input_frames")
+        if source.endswith(".mp4"):
+            name = source.split(".mp4")[0].replace("/", "_")
+            query = Item(compose(MOMENTSEEKER_QUERY_VIDEO, text, video=True), instruction=MOMENTSEEKER_QUERY_VIDEO,
+                         video=f"{frame_root}/video_frames/{name}")
+        elif source.endswith(".jpg"):
+            query = Item(compose(MOMENTSEEKER_QUERY_IMAGE, text, image=True), instruction=MOMENTSEEKER_QUERY_IMAGE,
+                         image=f"{frame_root}/query_{source}")
+        else:
+            query = Item(compose(MOMENTSEEKER_QUERY_TEXT, text), instruction=MOMENTSEEKER_QUERY_TEXT)
+        positive = clips(r["positive_frames"], i, "positive_frames")
+        if not positive:
+            raise DataError("no positive clip; the row cannot be scored", d.name, i, "positive_frames")
+        names = [f"{frame_root}/video_frames/{momentseeker_clip_dir(p)}"
+                 for p in positive + clips(r["negative_frames"], i, "negative_frames")]
+        cands = tuple(Item(target.text, video=n, instruction=target.instruction) for n in names)
+        out.append(EvalRow(d.name, i, query, cands, tuple(range(len(positive)))))
+    return _video_read(d, paths, rows=out)
+
+
 # ------------------------------------------------------------------------------------------------ visdoc
 def visrag_image_name(corpus_id: str) -> str:
     """VisRAG corpus ids can be very long file names: the reference's shortened name (`visrag_dataset.py`)."""
@@ -299,6 +587,9 @@ READERS = {
     "image_t2i": read_image_task, "image_i2i_vg": read_image_task,
     "video_classification": read_video_classification, "nextqa": read_nextqa, "msrvtt": read_msrvtt,
     "moment_retrieval": read_moment_retrieval, "vidore": read_beir, "visrag": read_beir,
+    "ssv2": read_ssv2, "videomme": read_videomme, "mvbench": read_mvbench, "egoschema": read_egoschema,
+    "activitynetqa": read_activitynetqa, "didemo": read_didemo, "msvd": read_msvd, "vatex": read_vatex,
+    "youcook2": read_youcook2, "momentseeker": read_momentseeker,
 }
 
 

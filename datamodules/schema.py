@@ -55,12 +55,16 @@ class SkipRow(Exception):
 class Item:
     """One side of a pair: text (may hold placeholders) and its visual input — a relative image path, a video
     (file or frame folder, `<|video_1|>` in the text), or several images (`pages`, `<|image_1|>`..`<|image_n|>`) —
-    or none."""
+    or none. `instruction` (MMEB-V2 readers) is the task instruction that `text` holds in the reference's
+    composition `[<visual placeholder> ]instruction[ rest]` (VLM2Vec `process_input_text`): prompts that put the
+    instruction elsewhere (Qwen3-VL-Embedding's system message, `prompt.instruction_as_system`) take it out of
+    the text; every other prompt reads `text` as it is."""
 
     text: str
     image: str | None = None
     video: str | None = None
     pages: tuple[str, ...] = ()
+    instruction: str | None = None
 
     def __post_init__(self):
         if sum(bool(x) for x in (self.image, self.video, self.pages)) > 1:
@@ -74,6 +78,8 @@ class Item:
         ident = f"{self.text}\x00{self.image or ''}"
         if self.video or self.pages:  # image-only items keep the keys they always had
             ident += f"\x00{self.video or ''}\x00{'|'.join(self.pages)}"
+        if self.instruction is not None:
+            ident += f"\x00instruction\x00{self.instruction}"
         h = hashlib.blake2b(ident.encode(), digest_size=8).digest()
         return int.from_bytes(h, "little") & 0x7FFF_FFFF_FFFF_FFFF
 
@@ -101,10 +107,23 @@ class TrainPair:
 
 @dataclass(frozen=True)
 class EvalRow:
+    """A query and its own candidates. `relevant`: the indices of the correct candidates (the ground truth is
+    index 0 in MMEB; MMEB-V2's MomentSeeker has several positive clips, SSv2 may repeat its label); a row is a
+    hit when its top-ranked candidate is any of them (VLM2Vec `eval.py`: `label_name` may be a list, hit@1 =
+    the first prediction is in it)."""
+
     dataset: str
     row: int
     query: Item
     candidates: tuple[Item, ...]
+    relevant: tuple[int, ...] = (0,)
+
+    def __post_init__(self):
+        rel = tuple(int(i) for i in self.relevant)
+        if not rel or len(set(rel)) != len(rel) or not all(0 <= i < len(self.candidates) for i in rel):
+            raise ValueError(f"dataset {self.dataset!r}, row {self.row}: relevant must be distinct candidate indices "
+                             f"in 0..{len(self.candidates) - 1}, got {self.relevant!r}")
+        object.__setattr__(self, "relevant", tuple(sorted(rel)))
 
 
 @dataclass(frozen=True)
