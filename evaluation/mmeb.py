@@ -4,7 +4,7 @@ Datasets are evaluated one after another. Every unique query and candidate (text
 per side — queries and candidates are formatted differently; a dataset may have its candidates formatted
 as queries (`candidate_side="query"`) — and reused by every row and every later dataset that holds it
 (kept only while a later dataset still needs it). A row scores a hit when its highest-cosine candidate
-is the ground truth, index 0 (ties as in the reference evaluators: the first maximum wins;
+is the ground truth, index 0 (or any of the row's `relevant` candidates, MMEB-V2's MomentSeeker) (ties as in the reference evaluators: the first maximum wins;
 `tie_rule="strict"` counts ties as misses). Scores are percentages; Overall is the mean over datasets,
 not over meta-task means.
 
@@ -293,7 +293,13 @@ def _score_dataset(ds: EvalDataset, q_ids: torch.Tensor, c_ids: torch.Tensor,
                     "/".join(f"{embedding_spread(m[r]):.2g}" for m, r in ((q_mat, q_rows), (c_mat, c_rows))),
                     settings.collapse_tolerance)
     scores = score_rows(q_mat, c_mat, q_idx, c_idx)
-    out = row_outcomes(scores, c_idx, settings.tie_rule, settings.tie_tolerance, ties_are_misses=bool(collapsed))
+    relevant = None
+    if any(r.relevant != (0,) for r in ds.rows):  # several correct candidates (MomentSeeker, SSv2's repeats)
+        relevant = torch.zeros(scores.shape, dtype=torch.bool)
+        for k, r in enumerate(ds.rows):
+            relevant[k, list(r.relevant)] = True
+    out = row_outcomes(scores, c_idx, settings.tie_rule, settings.tie_tolerance, ties_are_misses=bool(collapsed),
+                       relevant=relevant)
     n = len(ds.rows)
     entry = {
         "precision@1": float(out.hit.float().mean() * 100) if n else 0.0,
@@ -304,6 +310,9 @@ def _score_dataset(ds: EvalDataset, q_ids: torch.Tensor, c_ids: torch.Tensor,
     predictions = [{"row": r, "pred": p, "score_gt": g, "score_pred": s, "hit": h}
                    for r, p, g, s, h in zip([r.row for r in ds.rows], out.pred.tolist(), out.score_gt.tolist(),
                                             out.score_pred.tolist(), out.hit.tolist())]
+    if relevant is not None:
+        for p, r in zip(predictions, ds.rows):
+            p["relevant"] = list(r.relevant)
     if ds.modality is not None:  # MMEB-V2: the reference's score keys (fractions) and the headline score
         entry.update(modality=ds.modality, metric=ds.metric, metrics={"hit@1": entry["precision@1"] / 100},
                      score=entry["precision@1"])
@@ -363,7 +372,7 @@ def aggregate(per_dataset: Mapping[str, Mapping]) -> dict:
 
 def chance_level(suite: Sequence[EvalDataset]) -> float | None:
     """Expected Overall of a random ranker: mean over datasets of mean(1/#candidates), in percent."""
-    per = [sum(1.0 / len(r.candidates) for r in ds.rows) / len(ds.rows) for ds in suite if ds.rows]
+    per = [sum(len(r.relevant) / len(r.candidates) for r in ds.rows) / len(ds.rows) for ds in suite if ds.rows]
     return 100.0 * sum(per) / len(per) if per else None
 
 

@@ -101,11 +101,16 @@ def dataset_fingerprint(ds) -> str:
         h.update(json.dumps(["v2", ds.modality, ds.metric, ds.num_frames, ds.max_frames_saved]).encode())
 
     def item(it) -> list:
-        return [it.text, it.image, it.video, list(it.pages)] if v2 else [it.text, it.image]
+        if not v2:
+            return [it.text, it.image]
+        out = [it.text, it.image, it.video, list(it.pages)]
+        return out + [it.instruction] if it.instruction is not None else out
 
     for r in ds.rows:
-        h.update(json.dumps([r.row, *item(r.query), [item(c) for c in r.candidates]],
-                            ensure_ascii=False).encode())
+        row = [r.row, *item(r.query), [item(c) for c in r.candidates]]
+        if r.relevant != (0,):  # several correct candidates (MMEB-V2); other rows keep their fingerprints
+            row.append(list(r.relevant))
+        h.update(json.dumps(row, ensure_ascii=False).encode())
         h.update(b"\n")
     task = getattr(ds, "task", None)
     if task is not None:
