@@ -60,14 +60,22 @@ class InputBuilder:
     def family(self) -> BackboneFamily:
         return get_family(self.family_name)
 
-    def format(self, texts: Sequence[str], images: Sequence[Any], side: str) -> list[str]:
-        return [format_text(t, im, side, self.prompt, self.family) for t, im in zip(texts, images)]
+    def format(self, texts: Sequence[str], images: Sequence[Any], side: str,
+               instructions: Sequence[str | None] | None = None) -> list[str]:
+        """`instructions`: each item's `Item.instruction` (None = none), for prompts that place it apart."""
+        instructions = list(instructions) if instructions is not None else [None] * len(texts)
+        if len(instructions) != len(texts):
+            raise ValueError(f"{len(texts)} texts but {len(instructions)} instructions")
+        return [format_text(t, im, side, self.prompt, self.family, ins)
+                for t, im, ins in zip(texts, images, instructions)]
 
-    def __call__(self, texts: Sequence[str], images: Sequence[Any] | None, side: str) -> dict[str, torch.Tensor]:
+    def __call__(self, texts: Sequence[str], images: Sequence[Any] | None, side: str,
+                 instructions: Sequence[str | None] | None = None) -> dict[str, torch.Tensor]:
         images = list(images) if images is not None else [None] * len(texts)
         if len(images) != len(texts):
             raise ValueError(f"{len(texts)} texts but {len(images)} images")
-        return self.family.prepare(self.processor, self.format(texts, images, side), images, self.max_length)
+        return self.family.prepare(self.processor, self.format(texts, images, side, instructions), images,
+                                   self.max_length)
 
 
 class Embedder(nn.Module):

@@ -28,6 +28,7 @@ RefCOCO-Matching candidates with the query prompt, `src/dataset.py:578`); evalua
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import asdict, dataclass, field, replace
 
 PLACEHOLDER = "<|image_1|>"
@@ -64,6 +65,10 @@ class PromptFormat:
     #: `image_token` | `literal` | `strip` | `error` | None (= the family's default).
     placeholder_without_image: str | None = None
     target_as_query: tuple[str, ...] = field(default_factory=tuple)
+    #: Qwen3-VL-Embedding: an item's task instruction (`Item.instruction`) becomes the system message (a final
+    #: punctuation mark added) and the user turn holds the visual, then the rest of the text; items without one
+    #: keep `system` and their text as it is. Needs `chat`.
+    instruction_as_system: bool = False
 
     def __post_init__(self):
         if self.image_layout is None:
@@ -78,6 +83,9 @@ class PromptFormat:
         if isinstance(self.target_as_query, str) or not all(isinstance(d, str) for d in self.target_as_query):
             raise ValueError(f"prompt.target_as_query must be a list of eval dataset names, got {self.target_as_query!r}")
         object.__setattr__(self, "target_as_query", tuple(self.target_as_query))
+        if self.instruction_as_system and not self.chat:
+            raise ValueError("prompt.instruction_as_system needs a chat prompt (chat: true): the instruction becomes "
+                             "the system message")
 
     @classmethod
     def plain(cls) -> PromptFormat:
@@ -116,6 +124,8 @@ class PromptFormat:
     def to_dict(self) -> dict:
         out = asdict(self)
         out["target_as_query"] = list(self.target_as_query)
+        if not self.instruction_as_system:  # prompts without it keep the specs (and model fingerprints) they had
+            del out["instruction_as_system"]
         return out
 
 
@@ -137,8 +147,10 @@ PRESETS: dict[str, PromptFormat] = {
     "llave": PromptFormat(name="llave", chat=True, system=LLAVE_SYSTEM, assistant="\n", image_layout="bare",
                           image_position="first_line", placeholder_without_image="literal"),
     # Qwen3-VL-Embedding (src/models/qwen3_vl_embedding.py, format_model_input): Qwen's ChatML, the default system
-    # message "Represent the user's input.", the visual before the text, the generation prompt pooled.
-    "qwen3vl_embedding": PromptFormat(name="qwen3vl_embedding", chat=True, system=QWEN3VL_EMBEDDING_SYSTEM),
+    # message "Represent the user's input." (an item's instruction instead when it has one), the visual before the
+    # text, the generation prompt pooled.
+    "qwen3vl_embedding": PromptFormat(name="qwen3vl_embedding", chat=True, system=QWEN3VL_EMBEDDING_SYSTEM,
+                                      instruction_as_system=True),
 }
 
 
@@ -248,9 +260,43 @@ def _pages_body(text: str, n: int, token: str) -> str:
     return text
 
 
-def format_text(text: str, visual, side: str, prompt: PromptFormat, family) -> str:
+def system_instruction(instruction: str) -> str:
+    """Qwen3-VL-Embedding `format_model_input`: the instruction stripped, "." added unless it ends with a
+    punctuation mark (Unicode category P*)."""
+    instruction = instruction.strip()
+    if instruction and not unicodedata.category(instruction[-1]).startswith("P"):
+        instruction += "."
+    return instruction
+
+
+def split_instruction(text: str, instruction: str) -> str:
+    """The text without its instruction: `text` is the reference's composition `[<visual placeholder> ]instruction
+    [" " rest]` (VLM2Vec `process_input_text`); returns `rest`."""
+    rest = text
+    for mark in (VIDEO_PLACEHOLDER, PLACEHOLDER):
+        if rest.startswith(mark):
+            rest = rest[len(mark):].removeprefix(" ")
+    if not rest.startswith(instruction):
+        raise ValueError(f"the text does not start with its instruction {instruction[:60]!r} (after a visual "
+                         f"placeholder): {text[:80]!r}; an item's `instruction` must be the text's own prefix")
+    return rest[len(instruction):].removeprefix(" ")
+
+
+def _visual_tokens(v: Visual, prompt: PromptFormat, family) -> str:
+    """Qwen3-VL-Embedding's user turn order: videos, then images (no separators, the chat template's rendering)."""
+    if v.images > max(1, getattr(family, "max_images_per_item", 1)):
+        raise ValueError(f"family {family.name!r} takes at most {getattr(family, 'max_images_per_item', 1)} "
+                         f"image(s) per item, got {v.images}")
+    image = image_token_for(prompt, family) if v.images else ""
+    if v.images and image is None:
+        raise ValueError("this backbone family takes no images, but an image was given")
+    return (video_token_for(prompt, family) if v.videos else "") + image * v.images
+
+
+def format_text(text: str, visual, side: str, prompt: PromptFormat, family, instruction: str | None = None) -> str:
     """The exact string the tokenizer sees for one query or target. `visual`: the row's visual input or a
-    description of it (`describe_visual`; a bool means one image or none)."""
+    description of it (`describe_visual`; a bool means one image or none). `instruction`: the item's task
+    instruction (`Item.instruction`, held inside `text`); only `prompt.instruction_as_system` uses it."""
     if side not in SIDES:
         raise ValueError(f"side must be one of {SIDES}, got {side!r}")
     if prompt.chat and not family.has_chat:
@@ -258,6 +304,15 @@ def format_text(text: str, visual, side: str, prompt: PromptFormat, family) -> s
                          "use prompt=plain")
     v = describe_visual(visual)
     has_image = bool(v.images or v.videos)
+    if prompt.instruction_as_system and instruction is not None:
+        # Qwen3VLEmbedder.format_model_input: system = the instruction; user = videos, images, then the text.
+        body = _visual_tokens(v, prompt, family) + split_instruction(text, instruction)
+        if side == "query":
+            body += prompt.query_suffix_image if has_image else prompt.query_suffix_text
+        system = system_instruction(instruction) or prompt.system
+        if prompt.assistant is None:
+            return family.chat(system, body)
+        return family.chat(system, body, assistant=prompt.assistant)
     if v.videos:
         if v.images:
             raise ValueError("an item with a video and images is not supported; give it one visual input")

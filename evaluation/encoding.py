@@ -82,6 +82,14 @@ def _tokenizer_of(processor):
     return tok if callable(tok) and hasattr(tok, "convert_tokens_to_ids") else None
 
 
+def instruction_kwargs(items: Sequence[Item]) -> dict:
+    """`instructions=` for the input builder when any item carries its instruction apart (MMEB-V2 readers);
+    nothing otherwise, so builders of MMEB (v1) items are called exactly as before."""
+    if any(it.instruction is not None for it in items):
+        return {"instructions": [it.instruction for it in items]}
+    return {}
+
+
 def visual_descriptor(item: Item):
     """What formatting needs to know of an item's visual input without loading it (`embedders.prompts.Visual`)."""
     from embedders.prompts import Visual
@@ -102,7 +110,8 @@ def length_keys(entries: Sequence[EncodeItem], input_builder, side: str) -> list
     processor = getattr(input_builder, "processor", None)
     texts = [e[0].text for e in entries]
     if hasattr(input_builder, "format"):
-        texts = input_builder.format(texts, [visual_descriptor(e[0]) for e in entries], side)
+        texts = input_builder.format(texts, [visual_descriptor(e[0]) for e in entries], side,
+                                     **instruction_kwargs([e[0] for e in entries]))
     tok = _tokenizer_of(processor)
     if tok is not None:
         text_len = []
@@ -144,13 +153,13 @@ class _ItemCollator:
         images = [load_visual(loader, it, ds, row, field) for it, ds, row, field, loader in batch]
         texts = [it.text for it, *_ in batch]
         try:
-            return self.input_builder(texts, images, self.side)
+            return self.input_builder(texts, images, self.side, **instruction_kwargs([it for it, *_ in batch]))
         except DataError:
             raise
         except Exception as err:
             for entry, text, image in zip(batch, texts, images):
                 try:
-                    self.input_builder([text], [image], self.side)
+                    self.input_builder([text], [image], self.side, **instruction_kwargs([entry[0]]))
                 except Exception as one:
                     _, ds, row, field, _ = entry
                     raise DataError(f"the processor refused this item ({type(one).__name__}: {one})", ds, row,

@@ -163,7 +163,7 @@ class _Plan:
             visual = (root, "pages", item.pages)
         else:
             visual = (root, item.image) if item.image else None
-        key = (item.text, visual)
+        key = (item.text, visual) if item.instruction is None else (item.text, visual, item.instruction)
         table = self.ids[side]
         index = table.get(key)
         if index is None:
