@@ -64,6 +64,16 @@ VISDOC_TARGET = "Understand the content of the provided document image."
 NO_RELEVANT = "no_relevant_document"
 
 
+def compose(instruction: str, text: str | None = None, video: bool = False, image: bool = False) -> str:
+    """VLM2Vec `process_input_text`: instruction [+ " " + text], the visual placeholder + " " in front."""
+    prompt = instruction + (" " + text if text else "")
+    if video:
+        prompt = f"{VIDEO_PLACEHOLDER} {prompt}"
+    if image:
+        prompt = f"{PLACEHOLDER} {prompt}"
+    return prompt
+
+
 @dataclass
 class EvalRead:
     """One dataset as read: `rows` (own candidates, ground truth at index 0) or `task` (whole corpus); `root` is
@@ -172,7 +182,7 @@ def read_video_classification(d: V2Dataset, paths: SuitePaths, max_rows: int | N
     queries, ids, qrels = [], [], {}
     for i, r in enumerate(rows):
         vid = str(r["video_id"])
-        queries.append(Item(f"{VIDEO_PLACEHOLDER} {instruction}", video=_video_path(d, paths, vid)))
+        queries.append(Item(compose(instruction, video=True), video=_video_path(d, paths, vid), instruction=instruction))
         ids.append(str(i))
         qrels[str(i)] = {str(r["pos_text"]): 1.0}
     corpus = tuple(Item(label) for label in labels)   # candidates: the bare label text, as the reference
@@ -196,8 +206,8 @@ def read_nextqa(d: V2Dataset, paths: SuitePaths, max_rows: int | None) -> EvalRe
         if not isinstance(answer, int) or not 0 <= answer < len(options):
             raise DataError(f"answer must be an option index 0..4, got {answer!r}", d.name, i, "answer")
         vid = str(r["video"])
-        query = Item(qa_template(f"{VIDEO_PLACEHOLDER} {VIDEO_QA_PROMPT} {r['question']}", options),
-                     video=_video_path(d, paths, vid))
+        query = Item(qa_template(compose(VIDEO_QA_PROMPT, str(r["question"]), video=True), options),
+                     video=_video_path(d, paths, vid), instruction=VIDEO_QA_PROMPT)
         order = [answer] + [k for k in range(len(options)) if k != answer]
         out.append(EvalRow(d.name, i, query, tuple(Item(options[k]) for k in order)))
     return _video_read(d, paths, rows=out)
@@ -209,11 +219,11 @@ def read_msrvtt(d: V2Dataset, paths: SuitePaths, max_rows: int | None) -> EvalRe
     queries, qids, qrels, corpus = [], [], {}, {}
     for i, r in enumerate(rows):
         vid = str(r["video_id"])
-        queries.append(Item(f"{VIDEO_RET_QUERY} {r['caption']}"))
+        queries.append(Item(compose(VIDEO_RET_QUERY, str(r["caption"])), instruction=VIDEO_RET_QUERY))
         qids.append(str(i))
         qrels[str(i)] = {vid: 1.0}
-        corpus.setdefault(vid, Item(f"{VIDEO_PLACEHOLDER} {VIDEO_TARGET}",
-                                    video=_video_path(d, paths, vid, str(r["video"]))))
+        corpus.setdefault(vid, Item(compose(VIDEO_TARGET, video=True), video=_video_path(d, paths, vid, str(r["video"])),
+                                    instruction=VIDEO_TARGET))
     task = CorpusTask(tuple(queries), tuple(qids), tuple(corpus.values()), tuple(corpus), qrels)
     return _video_read(d, paths, task=task)
 
@@ -235,10 +245,10 @@ def read_moment_retrieval(d: V2Dataset, paths: SuitePaths, max_rows: int | None)
         if len(positive) != 1:
             raise DataError(f"{base} holds {len(positive)} positive_* clip folders; exactly one is needed",
                             d.name, i, "video_path")
-        target = Item(f"{VIDEO_PLACEHOLDER} {VIDEO_TARGET}")
-        cands = [Item(target.text, video=f"{frame_root}/{video}/{c}") for c in positive + [c for c in clips
-                                                                                          if c not in positive]]
-        query = Item(f"{VIDEO_PLACEHOLDER} {MOMENT_QUERY} {r['query']}", video=f"{frame_root}/{video}/query")
+        cands = [Item(compose(VIDEO_TARGET, video=True), video=f"{frame_root}/{video}/{c}", instruction=VIDEO_TARGET)
+                 for c in positive + [c for c in clips if c not in positive]]
+        query = Item(compose(MOMENT_QUERY, str(r["query"]), video=True), video=f"{frame_root}/{video}/query",
+                     instruction=MOMENT_QUERY)
         out.append(EvalRow(d.name, i, query, tuple(cands)))
     return _video_read(d, paths, rows=out)
 
@@ -273,16 +283,6 @@ MOMENTSEEKER_QUERY_TEXT = "Find the clip that corresponds to the given text:"
 MOMENTSEEKER_QUERY_IMAGE = "Select the video clip that aligns with the given text and image:"
 MOMENTSEEKER_QUERY_VIDEO = "Find the clip that corresponds to the given sentence and video segment:"
 MOMENTSEEKER_TARGET = "Understand the content of the provided video clip."
-
-
-def compose(instruction: str, text: str | None = None, video: bool = False, image: bool = False) -> str:
-    """VLM2Vec `process_input_text`: instruction [+ " " + text], the visual placeholder + " " in front."""
-    prompt = instruction + (" " + text if text else "")
-    if video:
-        prompt = f"{VIDEO_PLACEHOLDER} {prompt}"
-    if image:
-        prompt = f"{PLACEHOLDER} {prompt}"
-    return prompt
 
 
 def _sample_limit(d: V2Dataset, max_rows: int | None) -> int | None:
@@ -564,14 +564,15 @@ def read_beir(d: V2Dataset, paths: SuitePaths, max_rows: int | None) -> EvalRead
             image.convert("RGB").save(tmp, format="PNG")
             os.replace(tmp, image_root / name_of(ids[k]))
         log.info("%s: wrote %d corpus page image(s) to %s", d.name, len(missing), image_root)
-    corpus = tuple(Item(f"{PLACEHOLDER} {VISDOC_TARGET}", image=name_of(cid)) for cid in ids)
+    corpus = tuple(Item(compose(VISDOC_TARGET, image=True), image=name_of(cid), instruction=VISDOC_TARGET)
+                   for cid in ids)
     queries, qids, skipped = [], [], Counter()
     for r in _records(queries_ds, None):
         qid = str(r["query-id"])
         if not qrels.get(qid):
             skipped[NO_RELEVANT] += 1
             continue
-        queries.append(Item(f"{VISDOC_QUERY} {r['query']}"))
+        queries.append(Item(compose(VISDOC_QUERY, str(r["query"])), instruction=VISDOC_QUERY))
         qids.append(qid)
     queries, qids = _limit(queries, max_rows), _limit(qids, max_rows)
     if skipped:
