@@ -215,8 +215,8 @@ hub_snapshots: null
 max_rows: null
 # Frames per video for every video dataset (null = each dataset's media.num_frames; Qwen3-VL-Embedding used 64).
 num_frames: null
-# JSON {dataset: [labels]} of the video-classification label sets (the reference keeps them in code,
-# video_classification_utils.VIDEOCLS_LABEL_MAPPING); null = the labels the dataset's rows use (logged).
+# JSON {dataset: [labels]} of the video-classification label sets; null = the reference's
+# (video_classification_utils.VIDEOCLS_LABEL_MAPPING), shipped in datamodules/assets/mmeb_v2_video_labels.json.
 video_labels: null
 bundled: null
 """

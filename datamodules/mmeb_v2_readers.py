@@ -165,19 +165,23 @@ def read_image_task(d: V2Dataset, paths: SuitePaths, max_rows: int | None) -> Ev
 
 # ------------------------------------------------------------------------------------------------ video
 def read_video_classification(d: V2Dataset, paths: SuitePaths, max_rows: int | None) -> EvalRead:
-    """HMDB51 / UCF101 / K700 / Breakfast: a video query ranked against the dataset's label set."""
-    rows = _records(_table(d, paths, d.subset or "default", ("video_id", "pos_text")), max_rows)
+    """HMDB51 / UCF101 / K700 / Breakfast: a video query ranked against the dataset's label set
+    (`video_classification_datasets.py`: the corpus is the union of every row's label and
+    `VIDEOCLS_LABEL_MAPPING[dataset]`, keyed by label, so a row label outside the set is still a candidate; it is
+    counted and logged here). Label sets: `eval_data.video_labels`, by default the reference's, shipped in
+    `datamodules/assets/mmeb_v2_video_labels.json`."""
+    rows = _records(_table(d, paths, d.subset or "default", ("video_id", "pos_text")), _sample_limit(d, max_rows))
     name = d.reference_name or d.name
     labels = list(paths.labels.get(d.name) or paths.labels.get(name) or [])
-    row_labels = [str(r["pos_text"]) for r in rows]
+    row_labels = [_str(r["pos_text"], d, i, "pos_text") for i, r in enumerate(rows)]
     if not labels:
-        labels = sorted(set(row_labels))
-        log.warning("%s: no label set given (eval_data.video_labels); ranking against the %d labels its rows use. "
-                    "The reference ranks its full label list (VIDEOCLS_LABEL_MAPPING)", d.name, len(labels))
-    unknown = sorted(set(row_labels) - set(labels))
-    if unknown:
-        raise DataError(f"{len(unknown)} row label(s) are not in the dataset's label set, e.g. {unknown[:3]}; fix the "
-                        "label set (eval_data.video_labels)", dataset=d.name, field="pos_text")
+        log.warning("%s: no label set given (eval_data.video_labels has none for it); ranking against the labels "
+                    "its rows use. The reference ranks its full label list (VIDEOCLS_LABEL_MAPPING)", d.name)
+    extra = [x for x in dict.fromkeys(row_labels) if x not in set(labels)]
+    if extra and labels:
+        log.warning("%s: %d row label(s) are not in the dataset's label set (e.g. %s); they join the corpus as the "
+                    "reference's union of candidates does", d.name, len(extra), extra[:3])
+    labels = list(dict.fromkeys(labels)) + extra
     instruction = VIDEO_CLS_INSTRUCTION.get(name, DEFAULT_VIDEO_CLS_INSTRUCTION)
     queries, ids, qrels = [], [], {}
     for i, r in enumerate(rows):
@@ -618,9 +622,24 @@ def v2_dataset_from_config(name: str, cfg: Mapping) -> V2Dataset:
     return d
 
 
+#: The reference's video-classification label sets (`VIDEOCLS_LABEL_MAPPING`), as data.
+VIDEO_LABELS_ASSET = Path(__file__).resolve().parent / "assets" / "mmeb_v2_video_labels.json"
+
+
 def load_labels(path: str | None) -> dict[str, list[str]]:
-    """Video label sets from a JSON file: {dataset: [labels]} or a bundled manifest with a `labels` key."""
-    if not path:
-        return {}
-    data = json.loads(Path(path).read_text())
-    return dict(data.get("labels", data))
+    """Video label sets from a JSON file: {dataset: [labels]} or a file with a `labels` key (the shipped asset,
+    a bundled manifest); no path = the reference's label sets (`VIDEO_LABELS_ASSET`)."""
+    path = Path(path) if path else VIDEO_LABELS_ASSET
+    if not path.is_file():
+        raise DataError(f"video label file {path} not found; set eval_data.video_labels to a JSON file "
+                        "{dataset: [labels]} or to null for the reference's label sets", field="video_labels")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise DataError(f"video label file {path} is not valid JSON ({err})", field="video_labels") from None
+    labels = data.get("labels", data) if isinstance(data, dict) else None
+    if not isinstance(labels, dict) or not all(isinstance(v, list) and all(isinstance(x, str) for x in v)
+                                               for v in labels.values()):
+        raise DataError(f"video label file {path} must map dataset names to lists of label strings",
+                        field="video_labels")
+    return dict(labels)

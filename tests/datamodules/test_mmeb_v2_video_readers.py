@@ -236,3 +236,40 @@ def test_a_video_file_row_loads(tmp_path):
     write_video(media / MMEB_V2["MSVD"].media["video_root"] / "m1.mp4", motion_frames("circle", "red", "left"))
     clip = MediaLoader(read.root, read.num_frames, read.max_frames_saved).load_visual(read.task.corpus[0])
     assert len(clip) == 8
+
+
+def test_shipped_label_sets_are_the_references():
+    # video_classification_utils.py:2-14 (VIDEOCLS_LABEL_MAPPING): sizes, and first entries copied by hand
+    from datamodules.mmeb_v2_readers import load_labels
+
+    labels = load_labels(None)
+    assert {k: len(v) for k, v in labels.items()} == {"Kinetics-700": 700, "SmthSmthV2": 174, "UCF101": 101,
+                                                       "HMDB51": 51, "Breakfast": 10}
+    assert labels["Breakfast"] == ["pancake", "cereal", "sandwich", "scrambledegg", "friedegg", "coffee", "milk",
+                                   "tea", "juice", "salad"]
+    assert [labels[k][0] for k in ("Kinetics-700", "SmthSmthV2", "UCF101", "HMDB51")] == [
+        "waiting_in_line", "Approaching something with your camera", "Kayaking", "ride_bike"]
+    assert all(len(set(v)) == len(v) for v in labels.values())
+
+
+def test_video_classification_ranks_the_label_set_plus_row_labels(tmp_path, caplog):
+    # video_classification_datasets.py:61-64: corpus = VIDEOCLS_LABEL_MAPPING[dataset] next to the rows' own labels
+    # (eval.py ranks the union, keyed by label); K700's reference name is Kinetics-700 (video.yaml).
+    from datamodules.mmeb_v2_readers import load_labels
+
+    d = MMEB_V2["Breakfast"]
+    rows = [{"video_id": "b1", "pos_text": "tea"}, {"video_id": "b2", "pos_text": "toast"}]
+    _repo(tmp_path / "hub", d.source, {"default": ("test", rows)})
+    paths = SuitePaths(str(tmp_path / "media"), str(tmp_path / "hub"), labels=load_labels(None))
+    with caplog.at_level("WARNING"):
+        task = read_v2_dataset(d, paths).task
+    assert list(task.corpus_ids) == load_labels(None)["Breakfast"] + ["toast"]
+    assert "1 row label(s) are not in the dataset's label set" in caplog.text
+    assert task.qrels == {"0": {"tea": 1.0}, "1": {"toast": 1.0}}
+    instr = "Recognize the breakfast type that the person is cooking in the video. "
+    assert task.queries[0].text == f"<|video_1|> {instr}" and [c.text for c in task.corpus[:2]] == ["pancake",
+                                                                                                   "cereal"]
+    bad = tmp_path / "labels.json"
+    bad.write_text('{"Breakfast": "tea"}')
+    with pytest.raises(DataError, match="field 'video_labels'.*lists of label strings"):
+        load_labels(str(bad))
