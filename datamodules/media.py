@@ -15,9 +15,10 @@ class MediaLoader(ImageLoader):
     """An `ImageLoader` that also opens videos (files or frame folders, sampled to `num_frames` as the reference
     does, `datamodules/video.py`) and page lists, all relative to the same `root`."""
 
-    def __init__(self, root: str | os.PathLike | None, num_frames: int = 8, max_frames_saved: int | None = 64):
+    def __init__(self, root: str | os.PathLike | None, num_frames: int = 8, max_frames_saved: int | None = 64,
+                 frame_saving: str = "spread"):
         super().__init__(root)
-        self.videos = VideoLoader(root, num_frames, max_frames_saved)
+        self.videos = VideoLoader(root, num_frames, max_frames_saved, frame_saving)
 
     @property
     def num_frames(self) -> int:

@@ -95,6 +95,7 @@ def _image() -> list[V2Dataset]:
 
 
 def _frames(kind: str, folder: str, **extra) -> dict:
+    # frame_saving "step": the video-QA parsers extract frames with their own OpenCV loop (datamodules/video.py)
     return {"video_root": f"video-tasks/videos/{kind}/{folder}", "frame_root": f"video-tasks/frames/{kind}/{folder}",
             "num_frames": NUM_FRAMES, "max_frames_saved": MAX_FRAMES_SAVED, **extra}
 
@@ -122,15 +123,15 @@ def _video() -> list[V2Dataset]:
         V2Dataset("Breakfast", "video", cls, "video_classification", v + "Breakfast", "test", "corpus",
                   media=_frames("video_cls", "Breakfast")),
         V2Dataset("MVBench", "video", qa, "mvbench", v + "MVBench", "train", "candidates",
-                  media=_frames("video_qa", "MVBench")),
+                  media=_frames("video_qa", "MVBench", frame_saving="step")),
         V2Dataset("Video-MME", "video", qa, "videomme", v + "Video-MME", "test", "candidates",
-                  media=_frames("video_qa", "Video-MME")),
+                  media=_frames("video_qa", "Video-MME", frame_saving="step")),
         V2Dataset("NExTQA", "video", qa, "nextqa", v + "NExTQA", "test", "candidates", subset="MC",
-                  media=_frames("video_qa", "NExTQA")),
+                  media=_frames("video_qa", "NExTQA", frame_saving="step")),
         V2Dataset("EgoSchema", "video", qa, "egoschema", v + "EgoSchema", "test", "candidates", subset="Subset",
-                  media=_frames("video_qa", "EgoSchema")),
+                  media=_frames("video_qa", "EgoSchema", frame_saving="step")),
         V2Dataset("ActivityNetQA", "video", qa, "activitynetqa", v + "ActivityNetQA", "test", "candidates",
-                  media=_frames("video_qa", "ActivityNetQA")),
+                  media=_frames("video_qa", "ActivityNetQA", frame_saving="step")),
         V2Dataset("DiDeMo", "video", ret, "didemo", v + "DiDeMo", "test", "corpus", media=_frames("video_ret", "DiDeMo/")),
         V2Dataset("MSR-VTT", "video", ret, "msrvtt", v + "MSR-VTT", "test", "corpus", subset="test_1k",
                   media=_frames("video_ret", "MSR-VTT/")),

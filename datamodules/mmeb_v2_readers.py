@@ -85,6 +85,7 @@ class EvalRead:
     skipped: dict[str, int] = field(default_factory=dict)
     num_frames: int = 8
     max_frames_saved: int | None = 64
+    frame_saving: str = "spread"
 
 
 @dataclass(frozen=True)
@@ -153,7 +154,8 @@ def _video_path(d: V2Dataset, paths: SuitePaths, video_id: str, file_name: str |
 
 def _video_read(d: V2Dataset, paths: SuitePaths, **kw) -> EvalRead:
     num_frames, saved = _frames(d, paths)
-    return EvalRead(str(Path(paths.data_basedir)), num_frames=num_frames, max_frames_saved=saved, **kw)
+    return EvalRead(str(Path(paths.data_basedir)), num_frames=num_frames, max_frames_saved=saved,
+                    frame_saving=d.media.get("frame_saving", "spread"), **kw)
 
 
 # ------------------------------------------------------------------------------------------------ image

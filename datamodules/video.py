@@ -41,15 +41,27 @@ class VideoClip:
         return len(self.frames)
 
 
-def sample_indices(total: int, num_frames: int, max_frames_saved: int | None = None) -> list[int]:
-    """Source frame indices the reference keeps: (optionally) `max_frames_saved` evenly spaced frames, then
-    `num_frames` picked uniformly from those; all frames when there are fewer than `num_frames`."""
+#: How a video file is first reduced to `max_frames_saved` frames: `spread` = `save_frames` (floor(i * total / max),
+#: most parsers); `step` = the OpenCV loop of the video-QA parsers (NExTQA, Video-MME, MVBench, EgoSchema,
+#: ActivityNetQA: step = max(1, total // max), frames 0, step, 2 step, ... while < total, at most max of them).
+FRAME_SAVING = ("spread", "step")
+
+
+def sample_indices(total: int, num_frames: int, max_frames_saved: int | None = None,
+                   saving: str = "spread") -> list[int]:
+    """Source frame indices the reference keeps: (optionally) `max_frames_saved` frames by the `saving` rule,
+    then `num_frames` picked uniformly from those; all frames when there are fewer than `num_frames`."""
     if num_frames < 1:
         raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+    if saving not in FRAME_SAVING:
+        raise ValueError(f"frame saving must be one of {FRAME_SAVING}, got {saving!r}")
     if total < 1:
         return []
     saved = list(range(total))
-    if max_frames_saved is not None and total > max_frames_saved:
+    if max_frames_saved is not None and saving == "step":
+        step = max(1, total // max_frames_saved)
+        saved = [k * step for k in range(max_frames_saved) if k * step < total]
+    elif max_frames_saved is not None and total > max_frames_saved:
         step = total / max_frames_saved
         saved = [math.floor(i * step) for i in range(max_frames_saved)]
     if num_frames > len(saved):
@@ -64,12 +76,16 @@ def _natural_key(name: str):
 class VideoLoader:
     """Opens video paths (relative to `root`) as `VideoClip`s of at most `num_frames` RGB frames."""
 
-    def __init__(self, root: str | os.PathLike | None, num_frames: int = 8, max_frames_saved: int | None = 64):
+    def __init__(self, root: str | os.PathLike | None, num_frames: int = 8, max_frames_saved: int | None = 64,
+                 saving: str = "spread"):
         if int(num_frames) < 1:
             raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+        if saving not in FRAME_SAVING:
+            raise ValueError(f"frame saving must be one of {FRAME_SAVING}, got {saving!r}")
         self.root = Path(root) if root is not None else None
         self.num_frames = int(num_frames)
         self.max_frames_saved = None if max_frames_saved is None else int(max_frames_saved)
+        self.saving = saving
 
     def resolve(self, rel_path: str) -> Path:
         p = Path(rel_path)
@@ -116,7 +132,7 @@ class VideoLoader:
                     stream = container.streams.video[0]
                     size = (int(stream.codec_context.width), int(stream.codec_context.height))
                 if total > 0 and size[0] > 0:
-                    return len(sample_indices(total, self.num_frames, self.max_frames_saved)), size
+                    return len(sample_indices(total, self.num_frames, self.max_frames_saved, self.saving)), size
             except (av.FFmpegError, OSError, ValueError, EOFError, IndexError):
                 pass
         clip = self.load(rel_path, dataset, row, field)  # raises the named error (or decodes a odd file)
@@ -153,7 +169,7 @@ class VideoLoader:
             total, fps = self._probe(path)
             if total == 0:
                 raise DataError(f"video file {path} has no video frames; re-download or re-encode it", **where)
-            keep = sample_indices(total, self.num_frames, self.max_frames_saved)
+            keep = sample_indices(total, self.num_frames, self.max_frames_saved, self.saving)
             frames, decoded = self._decode(path, keep)
             if decoded != total:
                 # The container's frame count was wrong: sample again from the frames that really decode.
@@ -161,7 +177,7 @@ class VideoLoader:
                     raise DataError(f"video file {path} has no decodable video frames; re-download or re-encode it",
                                     **where)
                 total = decoded
-                keep = sample_indices(total, self.num_frames, self.max_frames_saved)
+                keep = sample_indices(total, self.num_frames, self.max_frames_saved, self.saving)
                 frames, _ = self._decode(path, keep)
         except av.FFmpegError as e:
             raise fail(e) from None

@@ -66,6 +66,8 @@ class EvalDataset:
     #: Frames fed per video, and frames first kept per video file (the reference's two sampling steps).
     num_frames: int = 8
     max_frames_saved: int | None = 64
+    #: How a video file is reduced to `max_frames_saved` frames (`datamodules.video.FRAME_SAVING`).
+    frame_saving: str = "spread"
 
     def __post_init__(self):
         if self.candidate_side not in SIDES:
@@ -141,7 +143,7 @@ class _Plan:
         self.last_use: dict[str, list[int]] = {s: [] for s in SIDES}
         self.rows: list[tuple[torch.Tensor, torch.Tensor]] = []
         for i, ds in enumerate(suite):
-            loader = MediaLoader(ds.image_root, ds.num_frames, ds.max_frames_saved)
+            loader = MediaLoader(ds.image_root, ds.num_frames, ds.max_frames_saved, ds.frame_saving)
             root = str(ds.image_root) if ds.image_root is not None else None
             if ds.task is not None:  # corpus ranking: the corpus is one shared "candidate row"
                 q = [self._id("query", it, ds, j, "query", loader, root, i) for j, it in enumerate(ds.task.queries)]
@@ -158,7 +160,7 @@ class _Plan:
         # Identity = text + visual path(s) under the dataset's root (no filesystem call per occurrence); a video's
         # frame sampling is part of it (another num_frames is another input).
         if item.video:
-            visual = (root, "video", item.video, ds.num_frames, ds.max_frames_saved)
+            visual = (root, "video", item.video, ds.num_frames, ds.max_frames_saved, ds.frame_saving)
         elif item.pages:
             visual = (root, "pages", item.pages)
         else:

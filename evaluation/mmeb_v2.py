@@ -69,7 +69,8 @@ def load_v2_suite(cfg: Mapping) -> list[EvalDataset]:
             suite.append(EvalDataset(**common, error=f"{type(err).__name__}: {err}"))
             continue
         suite.append(EvalDataset(**{**common, "rows": read.rows}, image_root=read.root, skipped=read.skipped,
-                                 task=read.task, num_frames=read.num_frames, max_frames_saved=read.max_frames_saved))
+                                 task=read.task, num_frames=read.num_frames, max_frames_saved=read.max_frames_saved,
+                                 frame_saving=read.frame_saving))
     return suite
 
 

@@ -99,6 +99,8 @@ def dataset_fingerprint(ds) -> str:
     v2 = getattr(ds, "modality", None) is not None
     if v2:  # MMEB v1 fingerprints stay as they were
         h.update(json.dumps(["v2", ds.modality, ds.metric, ds.num_frames, ds.max_frames_saved]).encode())
+        if getattr(ds, "frame_saving", "spread") != "spread":
+            h.update(json.dumps(["frame_saving", ds.frame_saving]).encode())
 
     def item(it) -> list:
         if not v2:

@@ -273,3 +273,25 @@ def test_video_classification_ranks_the_label_set_plus_row_labels(tmp_path, capl
     bad.write_text('{"Breakfast": "tea"}')
     with pytest.raises(DataError, match="field 'video_labels'.*lists of label strings"):
         load_labels(str(bad))
+
+
+def test_step_frame_saving_of_the_video_qa_parsers(tmp_path):
+    # videomme_dataset.py:42-55 (and nextqa, mvbench, egoschema, activitynetqa): step = max(1, total // 64), frames
+    # 0, step, 2 step, ... while readable, at most 64; then process_video_frames -> np.linspace(0, n - 1, 8, int).
+    # vision_utils.py:299-302 (save_frames, the other parsers): floor(i * total / 64).
+    from datamodules.video import VideoLoader, sample_indices
+
+    assert sample_indices(200, 8, 64, "step") == [0, 27, 54, 81, 108, 135, 162, 189]
+    assert sample_indices(200, 8, 64, "spread") == [0, 28, 56, 84, 112, 140, 168, 196]
+    assert sample_indices(100, 8, 64, "step") == [0, 9, 18, 27, 36, 45, 54, 63]  # the first 64 frames only
+    assert sample_indices(30, 8, 64, "step") == [0, 4, 8, 12, 16, 20, 24, 29]
+    with pytest.raises(ValueError, match="frame saving must be one of"):
+        sample_indices(30, 8, 64, "even")
+    write_video(tmp_path / "v.mp4", motion_frames("circle", "red", "left", n=20))
+    assert VideoLoader(tmp_path, 4, 8, "step").load("v.mp4").indices == (0, 4, 8, 14)
+    assert VideoLoader(tmp_path, 4, 8).load("v.mp4").indices == (0, 5, 10, 17)
+    step = {n for n, d in MMEB_V2.items() if d.media.get("frame_saving") == "step"}
+    assert step == {"NExTQA", "Video-MME", "MVBench", "EgoSchema", "ActivityNetQA"}
+    read, _ = _read(tmp_path / "r", "ActivityNetQA", [{"video_name": "a", "question": "q", "answer": "no",
+                                                       "question_id": "1"}])
+    assert read.frame_saving == "step"

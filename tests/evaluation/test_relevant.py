@@ -93,3 +93,6 @@ def test_relevant_is_validated_and_fingerprinted():
     one = EvalDataset("D", "MomentRetrieval", "-", [EvalRow("D", 0, Item("q"), cands)], modality="video")
     two = EvalDataset("D", "MomentRetrieval", "-", [EvalRow("D", 0, Item("q"), cands, (0, 1))], modality="video")
     assert dataset_fingerprint(one) != dataset_fingerprint(two)
+    step = EvalDataset("D", "MomentRetrieval", "-", [EvalRow("D", 0, Item("q"), cands)], modality="video",
+                       frame_saving="step")
+    assert dataset_fingerprint(step) != dataset_fingerprint(one)
