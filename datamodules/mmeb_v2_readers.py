@@ -35,6 +35,7 @@ from .errors import DataError
 from .mmeb import load_split, read_eval_dataset
 from .mmeb_v2 import V2Dataset
 from .schema import PLACEHOLDER, CorpusTask, EvalRow, Item
+from .video import FRAME_EXTENSIONS
 
 log = logging.getLogger(__name__)
 
@@ -143,11 +144,17 @@ def _frames(d: V2Dataset, paths: SuitePaths) -> tuple[int, int | None]:
     return int(n), d.media.get("max_frames_saved", 64)
 
 
+def _has_frames(folder: Path) -> bool:
+    """A frame folder the reference reads instead of the video: it exists and holds a frame image (an empty one
+    makes the reference extract the frames from the video again)."""
+    return folder.is_dir() and any(p.suffix.lower() in FRAME_EXTENSIONS for p in folder.iterdir())
+
+
 def _video_path(d: V2Dataset, paths: SuitePaths, video_id: str, file_name: str | None = None) -> str:
-    """The frame folder `<frame_root>/<video id>` when it exists, else `<video_root>/<file>` (relative to
+    """The frame folder `<frame_root>/<video id>` when it holds frames, else `<video_root>/<file>` (relative to
     data_basedir)."""
     frame_root, video_root = d.media.get("frame_root"), d.media.get("video_root")
-    if frame_root and paths.media(f"{frame_root}/{video_id}").is_dir():
+    if frame_root and _has_frames(paths.media(f"{frame_root}/{video_id}")):
         return f"{frame_root}/{video_id}"
     return f"{video_root}/{file_name or video_id + '.mp4'}"
 
@@ -426,7 +433,7 @@ def read_mvbench(d: V2Dataset, paths: SuitePaths, max_rows: int | None) -> EvalR
             question = qa_template(compose(VIDEO_QA_PROMPT, _str(r["question"], d, i, "question"), video=True),
                                    [str(c) for c in cands])
             frames = f"{frame_root}/{subset}/{video}"
-            path = frames if paths.media(frames).is_dir() else f"{video_root}/{folder}{video}"
+            path = frames if _has_frames(paths.media(frames)) else f"{video_root}/{folder}{video}"
             query = Item(question, video=path, instruction=VIDEO_QA_PROMPT)
             out.append(EvalRow(d.name, i, query, tuple(Item(o) for o in options), (matches[-1],)))
     return _video_read(d, paths, rows=out)

@@ -295,3 +295,11 @@ def test_step_frame_saving_of_the_video_qa_parsers(tmp_path):
     read, _ = _read(tmp_path / "r", "ActivityNetQA", [{"video_name": "a", "question": "q", "answer": "no",
                                                        "question_id": "1"}])
     assert read.frame_saving == "step"
+
+
+def test_an_empty_frame_folder_falls_back_to_the_video(tmp_path):
+    # save_frames (vision_utils.py:291) and load_frames-based parsers extract again when the folder holds no frame
+    (tmp_path / "media/video-tasks/frames/video_qa/ActivityNetQA/v_a").mkdir(parents=True)
+    read, _ = _read(tmp_path, "ActivityNetQA", [{"video_name": "a", "question": "q", "answer": "no",
+                                                 "question_id": "1"}])
+    assert read.rows[0].query.video == "video-tasks/videos/video_qa/ActivityNetQA/v_a.mp4"
