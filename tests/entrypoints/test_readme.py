@@ -128,6 +128,7 @@ COMMANDS: dict[str, Run | Compose | Make] = {
     # MMEB-V2
     "python evaluate.py eval_data=mmeb_v2_bundled": Run(SMALL_EVAL),
     "python evaluate.py eval_data=mmeb_v2_bundled model=tiny_qwen3vl": Run(SMALL_EVAL),
+    "python evaluate.py eval_data=mmeb_v2_bundled model=tiny_qwen3vl prompt=qwen3vl_embedding": Run(SMALL_EVAL),
     "python train.py data=bundled_v2 eval_data=mmeb_v2_bundled sampler=homogeneous trainer.max_steps=300": Run(TRAIN),
     "python train.py data=bundled_v2 eval_data=mmeb_v2_bundled sampler=homogeneous 'sampler.weights={ShapeCls: 1, "
     "ShapeVideoCaption: 2, ShapeVideoQA: 2, ShapeDocRet: 2}'": Run(TRAIN),
