@@ -182,11 +182,17 @@ class Embedder(nn.Module):
         side: str = "query",
         batch_size: int = 32,
         progress: bool = False,
+        instructions: Sequence[str | None] | None = None,
     ) -> torch.Tensor:
-        """Embed texts (with optional PIL images, None where a row has none) → float32 [N, d] on CPU."""
+        """Embed texts (with optional PIL images, None where a row has none) → float32 [N, d] on CPU.
+        `instructions`: per text its task instruction held inside it (`Item.instruction`), for prompts that place
+        it apart (`prompt.instruction_as_system`); None = none."""
         images = list(images) if images is not None else [None] * len(texts)
         if len(images) != len(texts):
             raise ValueError(f"{len(texts)} texts but {len(images)} images")
+        instructions = list(instructions) if instructions is not None else [None] * len(texts)
+        if len(instructions) != len(texts):
+            raise ValueError(f"{len(texts)} texts but {len(instructions)} instructions")
         was_training = self.training
         self.eval()
         out = []
@@ -197,7 +203,8 @@ class Embedder(nn.Module):
             starts = tqdm(starts, desc=f"encode {side}", unit="batch")
         try:
             for s in starts:
-                inputs = self.input_builder(texts[s : s + batch_size], images[s : s + batch_size], side)
+                inputs = self.input_builder(texts[s : s + batch_size], images[s : s + batch_size], side,
+                                            instructions[s : s + batch_size])
                 out.append(self(move_to(inputs, self.device)).float().cpu())
         finally:
             self.train(was_training)

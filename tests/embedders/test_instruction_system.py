@@ -99,3 +99,10 @@ def test_tokens_through_the_input_builder_and_the_eval_collator():
                                                                     chat("Represent the user's input.", "a cat"))]
     assert got == want
     assert want[0] != tok(chat("Represent the user's input.", items[0].text), add_special_tokens=False)["input_ids"]
+    # Embedder.encode passes instructions the same way: the embedding of the collated batch, not of the text alone
+    with torch.no_grad():
+        batch_emb = emb(batch)
+    got = emb.encode([it.text for it in items], instructions=[it.instruction for it in items])
+    assert torch.allclose(got, batch_emb.float(), atol=1e-5)
+    assert not torch.allclose(emb.encode([items[0].text]), got[:1], atol=1e-3)
+
