@@ -500,7 +500,9 @@ def read_momentseeker(d: V2Dataset, paths: SuitePaths, max_rows: int | None) -> 
     """MomentSeeker (`momentseeker_dataset.py`): the query is a text, a text with an image
     (`input_frames` *.jpg: `<frame_root>/query_<input_frames>`) or a text with a video (*.mp4: frames in
     `<frame_root>/video_frames/<name>`); candidates = the positive clips then the negative ones (frames in
-    `<frame_root>/video_frames/<clip name>`); every positive clip is correct (`label_name` is their list)."""
+    `<frame_root>/video_frames/<clip name>`); every positive clip is correct (`label_name` is their list). The
+    reference feeds every frame of these folders (`load_frames`; it saves at most `num_video_frames` = 8 per clip);
+    here `num_frames` (8) are sampled from them, the same frames for folders of at most 8."""
     rows = _records(_table(d, paths, d.subset or "default",
                            ("query", "positive_frames", "negative_frames", "input_frames")),
                     _sample_limit(d, max_rows))
