@@ -12,6 +12,7 @@ import torch
 
 from .errors import DataError
 from .images import ImageLoader
+from .media import load_visual
 from .schema import Item, TrainPair
 
 log = logging.getLogger(__name__)
@@ -38,9 +39,10 @@ class PairCollator:
         self.max_negatives_per_pair = max_negatives_per_pair
 
     def _image(self, item: Item, pair: TrainPair, field: str):
-        if item.image is None:
-            return None
-        return self.image_loader.load(item.image, pair.subset, pair.row, field)
+        # The visual input: an image, or (MediaLoader) a sampled video clip or a page list.
+        if item.video:
+            field = field.replace("_image_path", "_video_path")
+        return load_visual(self.image_loader, item, pair.subset, pair.row, field)
 
     def _encode(self, items: Sequence[tuple[Item, TrainPair, str]], side: str) -> list[dict[str, torch.Tensor]]:
         texts = [it.text for it, _, _ in items]
@@ -62,8 +64,9 @@ class PairCollator:
             try:
                 self.input_builder(texts[i : i + 1], images[i : i + 1], side)
             except ValueError as row_err:
-                what = f"image {self.image_loader.resolve(item.image)}" if item.image else "text"
-                size = f" ({images[i].width}x{images[i].height} px)" if images[i] is not None else ""
+                what = f"image {self.image_loader.resolve(item.image)}" if item.image else \
+                    f"video {self.image_loader.resolve(item.video)}" if item.video else "text"
+                size = f" ({images[i].width}x{images[i].height} px)" if item.image and images[i] is not None else ""
                 return DataError(f"cannot build model inputs from its {what}{size}: {row_err}", pair.subset,
                                  pair.row, field)
         rows = [p.row for _, p, _ in items]

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .collate import PairCollator
 from .errors import DataError
-from .images import ImageLoader
+from .media import MediaLoader
 from .mmeb import describe_source, image_paths_missing, read_train_subset
 from .samplers import EpochBatchSampler, RandomBatchSampler, ValidationBatchSampler
 from .schema import TrainPair, rows_fingerprint
@@ -132,6 +132,8 @@ class MMEBDataModule(L.LightningDataModule):
         bundled: Mapping[str, Any] | None = None,
         check_images: bool = True,
         on_missing_image: str = "error",
+        num_frames: int = 8,
+        max_frames_saved: int | None = 64,
     ):
         super().__init__()
         if on_missing_image not in ("error", "skip"):
@@ -146,7 +148,8 @@ class MMEBDataModule(L.LightningDataModule):
         self.caps = _subset_caps(subsets, max_per_subset)
         if not self.caps:
             raise ValueError("data.subsets is empty: name at least one training subset")
-        self.image_loader = ImageLoader(image_root)
+        # Images, and (video subsets) videos sampled to `num_frames` as the MMEB-V2 reference does.
+        self.image_loader = MediaLoader(image_root, num_frames, max_frames_saved)
         self.use_hard_negatives, self.max_negatives_per_pair = use_hard_negatives, max_negatives_per_pair
         self.val_per_subset = int(val_per_subset)
         self.batch_size, self.val_batch_size = int(batch_size), int(val_batch_size or batch_size)

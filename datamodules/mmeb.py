@@ -281,13 +281,14 @@ def read_train_pairs(source: str, subset: str, split: str = "original", max_rows
     return read_train_subset(source, subset, split, max_rows, use_negatives).rows
 
 
-def compose_instruction_row(row: dict, dataset: str) -> dict:
+def compose_instruction_row(row: dict, dataset: str, parser: str | None = None) -> dict:
     """A row of the V2 image-task copy (separate instruction columns) as the MMEB-eval row that VLM2Vec-V2
     builds from it, with `<|image_1|>` where V2 puts the model's image token, so every prompt format then
     renders it (VLM2Vec main, src/data/eval_dataset/image_{cls,qa,i2t,t2i,i2i_vg}*.py and
     src/model/processor.py:process_input_text). V2 ignores `tgt_inst` for the cls/qa/i2t parsers and the query
-    image of the t2i parser; so does this function (logged once per dataset by the reader)."""
-    parser = INSTRUCTION_PARSERS.get(dataset)
+    image of the t2i parser; so does this function (logged once per dataset by the reader). `parser` defaults to
+    the dataset's V2 parser (MMEB-V2 catalog datasets name theirs)."""
+    parser = parser or INSTRUCTION_PARSERS.get(dataset)
     if parser is None:
         raise DataError(f"dataset has instruction columns {list(INSTRUCTION_COLUMNS)} but no known V2 parser; known "
                         f"datasets: {sorted(INSTRUCTION_PARSERS)}", dataset=dataset)
@@ -318,13 +319,14 @@ def compose_instruction_row(row: dict, dataset: str) -> dict:
     return {"qry_text": query, "qry_img_path": q_path, "tgt_text": cands, "tgt_img_path": t_paths}
 
 
-def read_eval_dataset(source: str, name: str, split: str = "test", max_rows: int | None = None) -> ReadResult:
+def read_eval_dataset(source: str, name: str, split: str = "test", max_rows: int | None = None,
+                      parser: str | None = None) -> ReadResult:
     """Parse an eval dataset (MMEB-eval schema, or the V2 copy with instruction columns), counting skipped rows.
     `rows` are EvalRows with the ground truth at candidate index 0."""
     ds = load_split(source, name, split, EVAL_COLUMNS, "MMEB-eval")
     instruct = all(c in ds.column_names for c in INSTRUCTION_COLUMNS)
     if instruct:
-        parser = INSTRUCTION_PARSERS.get(name)
+        parser = parser or INSTRUCTION_PARSERS.get(name)
         ignored = {"image_cls": "tgt_inst", "image_qa": "tgt_inst", "image_i2t": "tgt_inst",
                    "image_t2i": "qry_img_path"}.get(parser or "")
         log.info("dataset %s: instruction columns composed as VLM2Vec-V2's %s parser does%s", name, parser,
@@ -337,9 +339,9 @@ def read_eval_dataset(source: str, name: str, split: str = "test", max_rows: int
     for i, raw in _rows(ds, max_rows):
         total += 1
         if instruct:
-            if INSTRUCTION_PARSERS.get(name) == "image_t2i" and (raw.get("qry_img_path") or "").strip():
+            if parser == "image_t2i" and (raw.get("qry_img_path") or "").strip():
                 notes["query_image_not_used"] += 1  # V2 does not use the query image of a text-to-image dataset
-            raw = compose_instruction_row(raw, name)
+            raw = compose_instruction_row(raw, name, parser)
         try:
             row = parse_eval_row(raw, name, i)
         except SkipRow as s:

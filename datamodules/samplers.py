@@ -318,7 +318,8 @@ class HomogeneousBatchSampler(GroupedBatchSampler):
 class ModalityBatchSampler(GroupedBatchSampler):
     """Modality grouping (LLaVE): device batches of image queries and of text-only queries, never mixed.
 
-    Groups are "image" and "text" (by the query side); `weights` may weight them like subsets.
+    Groups are "image" and "text" (by the query side; "video" and "visdoc" for video and multi-page queries);
+    `weights` may weight them like subsets.
     """
 
     group_kind = "modality"
@@ -331,7 +332,8 @@ class ModalityBatchSampler(GroupedBatchSampler):
                          weights=weights, sub_batches_per_epoch=sub_batches_per_epoch)
 
     def group_of(self, pair) -> str:
-        return "image" if pair.query.image else "text"
+        query = pair.query
+        return "video" if query.video else "visdoc" if query.pages else "image" if query.image else "text"
 
 
 # ------------------------------------------------------------------------------------------------

@@ -53,20 +53,43 @@ class SkipRow(Exception):
 
 @dataclass(frozen=True)
 class Item:
-    """One side of a pair: text (may hold the image placeholder) and a relative image path or None."""
+    """One side of a pair: text (may hold placeholders) and its visual input — a relative image path, a video
+    (file or frame folder, `<|video_1|>` in the text), or several images (`pages`, `<|image_1|>`..`<|image_n|>`) —
+    or none. `instruction` (MMEB-V2 readers) is the task instruction that `text` holds in the reference's
+    composition `[<visual placeholder> ]instruction[ rest]` (VLM2Vec `process_input_text`): prompts that put the
+    instruction elsewhere (Qwen3-VL-Embedding's system message, `prompt.instruction_as_system`) take it out of
+    the text; every other prompt reads `text` as it is."""
 
     text: str
     image: str | None = None
+    video: str | None = None
+    pages: tuple[str, ...] = ()
+    instruction: str | None = None
+
+    def __post_init__(self):
+        if sum(bool(x) for x in (self.image, self.video, self.pages)) > 1:
+            raise ValueError(f"an item has one visual input (image, video or pages), got image={self.image!r}, "
+                             f"video={self.video!r}, pages={self.pages!r}")
+        object.__setattr__(self, "pages", tuple(self.pages))
 
     @property
     def key(self) -> int:
-        """Stable 63-bit identity of (text, image): equal keys mean identical targets."""
-        h = hashlib.blake2b(f"{self.text}\x00{self.image or ''}".encode(), digest_size=8).digest()
+        """Stable 63-bit identity of (text, visual): equal keys mean identical targets."""
+        ident = f"{self.text}\x00{self.image or ''}"
+        if self.video or self.pages:  # image-only items keep the keys they always had
+            ident += f"\x00{self.video or ''}\x00{'|'.join(self.pages)}"
+        if self.instruction is not None:
+            ident += f"\x00instruction\x00{self.instruction}"
+        h = hashlib.blake2b(ident.encode(), digest_size=8).digest()
         return int.from_bytes(h, "little") & 0x7FFF_FFFF_FFFF_FFFF
 
     @property
+    def has_visual(self) -> bool:
+        return bool(self.image or self.video or self.pages)
+
+    @property
     def placeholder_without_image(self) -> bool:
-        return self.image is None and PLACEHOLDER in self.text
+        return not self.has_visual and PLACEHOLDER in self.text
 
 
 @dataclass(frozen=True)
@@ -84,10 +107,43 @@ class TrainPair:
 
 @dataclass(frozen=True)
 class EvalRow:
+    """A query and its own candidates. `relevant`: the indices of the correct candidates (the ground truth is
+    index 0 in MMEB; MMEB-V2's MomentSeeker has several positive clips, SSv2 may repeat its label); a row is a
+    hit when its top-ranked candidate is any of them (VLM2Vec `eval.py`: `label_name` may be a list, hit@1 =
+    the first prediction is in it)."""
+
     dataset: str
     row: int
     query: Item
     candidates: tuple[Item, ...]
+    relevant: tuple[int, ...] = (0,)
+
+    def __post_init__(self):
+        rel = tuple(int(i) for i in self.relevant)
+        if not rel or len(set(rel)) != len(rel) or not all(0 <= i < len(self.candidates) for i in rel):
+            raise ValueError(f"dataset {self.dataset!r}, row {self.row}: relevant must be distinct candidate indices "
+                             f"in 0..{len(self.candidates) - 1}, got {self.relevant!r}")
+        object.__setattr__(self, "relevant", tuple(sorted(rel)))
+
+
+@dataclass(frozen=True)
+class CorpusTask:
+    """A corpus-level retrieval task (MMEB-V2 `eval_type: global`): every query is ranked against the whole
+    corpus and scored against graded relevance judgements (`qrels[query_id][corpus_id] = grade`, relevant when
+    > 0), by `evaluation.retrieval.evaluate_corpus_retrieval`."""
+
+    queries: tuple[Item, ...]
+    query_ids: tuple[str, ...]
+    corpus: tuple[Item, ...]
+    corpus_ids: tuple[str, ...]
+    qrels: dict[str, dict[str, float]]
+
+    def __post_init__(self):
+        if len(self.queries) != len(self.query_ids) or len(self.corpus) != len(self.corpus_ids):
+            raise ValueError(f"{len(self.queries)} queries for {len(self.query_ids)} ids, {len(self.corpus)} corpus "
+                             f"items for {len(self.corpus_ids)} ids")
+        if len(set(self.corpus_ids)) != len(self.corpus_ids):
+            raise ValueError("corpus ids must be unique")
 
 
 def check_columns(columns: Sequence[str], required: Sequence[str], dataset: str, schema: str) -> None:
@@ -126,11 +182,19 @@ def check_reserved(text: str, dataset: str, row: int, field: str) -> None:
 
 
 def make_item(text, image, dataset: str, row: int, text_field: str, image_field: str,
-              skip_reason: str | None = None, nan_text_is_missing: bool = False) -> Item | None:
-    """The item of one (text, image path) cell pair. An item with neither text nor image raises `SkipRow`
-    (counted under `skip_reason`) when given, else returns None."""
+              skip_reason: str | None = None, nan_text_is_missing: bool = False, video=None,
+              video_field: str | None = None) -> Item | None:
+    """The item of one (text, image path[, video path]) cell group. An item with neither text nor a visual raises
+    `SkipRow` (counted under `skip_reason`) when given, else returns None."""
     text = _as_str(text, dataset, row, text_field, nan_is_missing=nan_text_is_missing)
     image = _as_str(image, dataset, row, image_field, nan_is_missing=True).strip() or None
+    video = _as_str(video, dataset, row, video_field or "video", nan_is_missing=True).strip() or None
+    if image is not None and video is not None:
+        raise DataError("a row side has both an image and a video; give it one of them", dataset, row,
+                        f"{image_field}/{video_field}")
+    if video is not None:
+        check_reserved(text, dataset, row, text_field)
+        return Item(text, video=video)
     if not text.strip() and image is None:
         if skip_reason is None:
             return None
@@ -163,10 +227,12 @@ def _negative_items(row: dict, dataset: str, index: int) -> tuple[Item, ...]:
 
 def parse_train_row(row: dict, dataset: str, index: int, use_negatives: bool = True) -> TrainPair:
     """A TrainPair; raises `SkipRow` for a row the reference skips (empty query or positive)."""
+    # Video subsets (MMEB-V2 training mixes) add `qry_video_path` / `pos_video_path` (a file or a frame folder).
     query = make_item(row.get("qry"), row.get("qry_image_path"), dataset, index, "qry", "qry_image_path",
-                      skip_reason=EMPTY_QUERY)
+                      skip_reason=EMPTY_QUERY, video=row.get("qry_video_path"), video_field="qry_video_path")
     positive = make_item(row.get("pos_text"), row.get("pos_image_path"), dataset, index, "pos_text",
-                         "pos_image_path", skip_reason=EMPTY_POSITIVE)
+                         "pos_image_path", skip_reason=EMPTY_POSITIVE, video=row.get("pos_video_path"),
+                         video_field="pos_video_path")
     negatives = _negative_items(row, dataset, index) if use_negatives else ()
     return TrainPair(dataset, index, query, positive, negatives)
 

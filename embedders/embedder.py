@@ -60,14 +60,22 @@ class InputBuilder:
     def family(self) -> BackboneFamily:
         return get_family(self.family_name)
 
-    def format(self, texts: Sequence[str], images: Sequence[Any], side: str) -> list[str]:
-        return [format_text(t, im is not None, side, self.prompt, self.family) for t, im in zip(texts, images)]
+    def format(self, texts: Sequence[str], images: Sequence[Any], side: str,
+               instructions: Sequence[str | None] | None = None) -> list[str]:
+        """`instructions`: each item's `Item.instruction` (None = none), for prompts that place it apart."""
+        instructions = list(instructions) if instructions is not None else [None] * len(texts)
+        if len(instructions) != len(texts):
+            raise ValueError(f"{len(texts)} texts but {len(instructions)} instructions")
+        return [format_text(t, im, side, self.prompt, self.family, ins)
+                for t, im, ins in zip(texts, images, instructions)]
 
-    def __call__(self, texts: Sequence[str], images: Sequence[Any] | None, side: str) -> dict[str, torch.Tensor]:
+    def __call__(self, texts: Sequence[str], images: Sequence[Any] | None, side: str,
+                 instructions: Sequence[str | None] | None = None) -> dict[str, torch.Tensor]:
         images = list(images) if images is not None else [None] * len(texts)
         if len(images) != len(texts):
             raise ValueError(f"{len(texts)} texts but {len(images)} images")
-        return self.family.prepare(self.processor, self.format(texts, images, side), images, self.max_length)
+        return self.family.prepare(self.processor, self.format(texts, images, side, instructions), images,
+                                   self.max_length)
 
 
 class Embedder(nn.Module):
@@ -174,11 +182,17 @@ class Embedder(nn.Module):
         side: str = "query",
         batch_size: int = 32,
         progress: bool = False,
+        instructions: Sequence[str | None] | None = None,
     ) -> torch.Tensor:
-        """Embed texts (with optional PIL images, None where a row has none) → float32 [N, d] on CPU."""
+        """Embed texts (with optional PIL images, None where a row has none) → float32 [N, d] on CPU.
+        `instructions`: per text its task instruction held inside it (`Item.instruction`), for prompts that place
+        it apart (`prompt.instruction_as_system`); None = none."""
         images = list(images) if images is not None else [None] * len(texts)
         if len(images) != len(texts):
             raise ValueError(f"{len(texts)} texts but {len(images)} images")
+        instructions = list(instructions) if instructions is not None else [None] * len(texts)
+        if len(instructions) != len(texts):
+            raise ValueError(f"{len(texts)} texts but {len(instructions)} instructions")
         was_training = self.training
         self.eval()
         out = []
@@ -189,7 +203,8 @@ class Embedder(nn.Module):
             starts = tqdm(starts, desc=f"encode {side}", unit="batch")
         try:
             for s in starts:
-                inputs = self.input_builder(texts[s : s + batch_size], images[s : s + batch_size], side)
+                inputs = self.input_builder(texts[s : s + batch_size], images[s : s + batch_size], side,
+                                            instructions[s : s + batch_size])
                 out.append(self(move_to(inputs, self.device)).float().cpu())
         finally:
             self.train(was_training)

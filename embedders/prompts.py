@@ -28,9 +28,11 @@ RefCOCO-Matching candidates with the query prompt, `src/dataset.py:578`); evalua
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import asdict, dataclass, field, replace
 
 PLACEHOLDER = "<|image_1|>"
+VIDEO_PLACEHOLDER = "<|video_1|>"
 
 HIERARCHICAL_SYSTEM = (
     "Given an image, summarize the provided image in one word. Given only text, describe the text in one word."
@@ -38,6 +40,7 @@ HIERARCHICAL_SYSTEM = (
 HIERARCHICAL_QUERY_SUFFIX_IMAGE = "\nRepresent the given text/image in one word."
 HIERARCHICAL_QUERY_SUFFIX_TEXT = "\nRepresent the given text in one word."
 LLAVE_SYSTEM = "You are a helpful assistant."
+QWEN3VL_EMBEDDING_SYSTEM = "Represent the user's input."
 
 SIDES = ("query", "target")
 IMAGE_LAYOUTS = ("bare", "wrapped")
@@ -62,6 +65,10 @@ class PromptFormat:
     #: `image_token` | `literal` | `strip` | `error` | None (= the family's default).
     placeholder_without_image: str | None = None
     target_as_query: tuple[str, ...] = field(default_factory=tuple)
+    #: Qwen3-VL-Embedding: an item's task instruction (`Item.instruction`) becomes the system message (a final
+    #: punctuation mark added) and the user turn holds the visual, then the rest of the text; items without one
+    #: keep `system` and their text as it is. Needs `chat`.
+    instruction_as_system: bool = False
 
     def __post_init__(self):
         if self.image_layout is None:
@@ -76,6 +83,9 @@ class PromptFormat:
         if isinstance(self.target_as_query, str) or not all(isinstance(d, str) for d in self.target_as_query):
             raise ValueError(f"prompt.target_as_query must be a list of eval dataset names, got {self.target_as_query!r}")
         object.__setattr__(self, "target_as_query", tuple(self.target_as_query))
+        if self.instruction_as_system and not self.chat:
+            raise ValueError("prompt.instruction_as_system needs a chat prompt (chat: true): the instruction becomes "
+                             "the system message")
 
     @classmethod
     def plain(cls) -> PromptFormat:
@@ -114,6 +124,8 @@ class PromptFormat:
     def to_dict(self) -> dict:
         out = asdict(self)
         out["target_as_query"] = list(self.target_as_query)
+        if not self.instruction_as_system:  # prompts without it keep the specs (and model fingerprints) they had
+            del out["instruction_as_system"]
         return out
 
 
@@ -134,6 +146,11 @@ PRESETS: dict[str, PromptFormat] = {
     # system message, image first + newline, a closing assistant turn "\n", text-only rows left as they are.
     "llave": PromptFormat(name="llave", chat=True, system=LLAVE_SYSTEM, assistant="\n", image_layout="bare",
                           image_position="first_line", placeholder_without_image="literal"),
+    # Qwen3-VL-Embedding (src/models/qwen3_vl_embedding.py, format_model_input): Qwen's ChatML, the default system
+    # message "Represent the user's input." (an item's instruction instead when it has one), the visual before the
+    # text, the generation prompt pooled.
+    "qwen3vl_embedding": PromptFormat(name="qwen3vl_embedding", chat=True, system=QWEN3VL_EMBEDDING_SYSTEM,
+                                      instruction_as_system=True),
 }
 
 
@@ -186,15 +203,128 @@ def replace_placeholder(text: str, has_image: bool, image_token: str | None, pos
     return text.replace(PLACEHOLDER, image_token)
 
 
-def format_text(text: str, has_image: bool, side: str, prompt: PromptFormat, family) -> str:
-    """The exact string the tokenizer sees for one query or target."""
+@dataclass(frozen=True)
+class Visual:
+    """What a row's visual input is, for formatting: how many images (pages) and videos."""
+
+    images: int = 0
+    videos: int = 0
+
+
+def describe_visual(visual) -> Visual:
+    """None/False (no visual), True or a PIL image (one image), a list of images (pages), a video clip (an object
+    with `frames`), or a `Visual` already."""
+    if isinstance(visual, Visual):
+        return visual
+    if visual is None or visual is False:
+        return Visual()
+    if isinstance(visual, (list, tuple)):
+        videos = sum(1 for v in visual if hasattr(v, "frames"))
+        return Visual(images=len(visual) - videos, videos=videos)
+    if hasattr(visual, "frames"):
+        return Visual(videos=1)
+    return Visual(images=1)
+
+
+def video_token_for(prompt: PromptFormat, family) -> str:
+    token = family.chat_video_token if prompt.image_layout == "wrapped" and family.chat_video_token else \
+        family.video_token
+    if not getattr(family, "takes_videos", False) or token is None:
+        raise ValueError(f"family {family.name!r} takes no videos; score video datasets with a video family "
+                         "(qwen2_vl, qwen3_vl)")
+    return token
+
+
+def _video_body(text: str, token: str) -> str:
+    """`<|video_1|>` becomes the family's video token; a text without it gets the token prepended with the
+    reference's " " separator (VLM2Vec `process_input_text`: video_token + " " + prompt)."""
+    count = text.count(VIDEO_PLACEHOLDER)
+    if count > 1:
+        raise ValueError(f"text holds {count} video placeholders; one video per item is supported: {text[:80]!r}")
+    if count == 0:
+        return token + " " + text if text else token
+    return text.replace(VIDEO_PLACEHOLDER, token)
+
+
+def _pages_body(text: str, n: int, token: str) -> str:
+    """`<|image_1|>`..`<|image_n|>` become one image token each; a text with none of them gets n tokens prepended."""
+    marks = [f"<|image_{k}|>" for k in range(1, n + 1)]
+    found = [m for m in marks if m in text]
+    if not found:
+        return token * n + " " + text if text else token * n
+    if len(found) != n or any(text.count(m) != 1 for m in marks):
+        raise ValueError(f"an item with {n} images needs the placeholders <|image_1|>..<|image_{n}|> once each (or "
+                         f"none): {text[:80]!r}")
+    for m in marks:
+        text = text.replace(m, token)
+    return text
+
+
+def system_instruction(instruction: str) -> str:
+    """Qwen3-VL-Embedding `format_model_input`: the instruction stripped, "." added unless it ends with a
+    punctuation mark (Unicode category P*)."""
+    instruction = instruction.strip()
+    if instruction and not unicodedata.category(instruction[-1]).startswith("P"):
+        instruction += "."
+    return instruction
+
+
+def split_instruction(text: str, instruction: str) -> str:
+    """The text without its instruction: `text` is the reference's composition `[<visual placeholder> ]instruction
+    [" " rest]` (VLM2Vec `process_input_text`); returns `rest`."""
+    rest = text
+    for mark in (VIDEO_PLACEHOLDER, PLACEHOLDER):
+        if rest.startswith(mark):
+            rest = rest[len(mark):].removeprefix(" ")
+    if not rest.startswith(instruction):
+        raise ValueError(f"the text does not start with its instruction {instruction[:60]!r} (after a visual "
+                         f"placeholder): {text[:80]!r}; an item's `instruction` must be the text's own prefix")
+    return rest[len(instruction):].removeprefix(" ")
+
+
+def _visual_tokens(v: Visual, prompt: PromptFormat, family) -> str:
+    """Qwen3-VL-Embedding's user turn order: videos, then images (no separators, the chat template's rendering)."""
+    if v.images > max(1, getattr(family, "max_images_per_item", 1)):
+        raise ValueError(f"family {family.name!r} takes at most {getattr(family, 'max_images_per_item', 1)} "
+                         f"image(s) per item, got {v.images}")
+    image = image_token_for(prompt, family) if v.images else ""
+    if v.images and image is None:
+        raise ValueError("this backbone family takes no images, but an image was given")
+    return (video_token_for(prompt, family) if v.videos else "") + image * v.images
+
+
+def format_text(text: str, visual, side: str, prompt: PromptFormat, family, instruction: str | None = None) -> str:
+    """The exact string the tokenizer sees for one query or target. `visual`: the row's visual input or a
+    description of it (`describe_visual`; a bool means one image or none). `instruction`: the item's task
+    instruction (`Item.instruction`, held inside `text`); only `prompt.instruction_as_system` uses it."""
     if side not in SIDES:
         raise ValueError(f"side must be one of {SIDES}, got {side!r}")
     if prompt.chat and not family.has_chat:
         raise ValueError(f"prompt {prompt.name!r} uses a chat layout, but family {family.name!r} has none; "
                          "use prompt=plain")
-    body = replace_placeholder(text, has_image, image_token_for(prompt, family), prompt.image_position,
-                               placeholder_mode(prompt, family), stray_ok=family.embeds_stray_image_tokens)
+    v = describe_visual(visual)
+    has_image = bool(v.images or v.videos)
+    if prompt.instruction_as_system and instruction is not None:
+        # Qwen3VLEmbedder.format_model_input: system = the instruction; user = videos, images, then the text.
+        body = _visual_tokens(v, prompt, family) + split_instruction(text, instruction)
+        if side == "query":
+            body += prompt.query_suffix_image if has_image else prompt.query_suffix_text
+        system = system_instruction(instruction) or prompt.system
+        if prompt.assistant is None:
+            return family.chat(system, body)
+        return family.chat(system, body, assistant=prompt.assistant)
+    if v.videos:
+        if v.images:
+            raise ValueError("an item with a video and images is not supported; give it one visual input")
+        body = _video_body(text, video_token_for(prompt, family))
+    elif v.images > 1:
+        if getattr(family, "max_images_per_item", 1) < v.images:
+            raise ValueError(f"family {family.name!r} takes at most {getattr(family, 'max_images_per_item', 1)} "
+                             f"image(s) per item, got {v.images}")
+        body = _pages_body(text, v.images, image_token_for(prompt, family))
+    else:
+        body = replace_placeholder(text, has_image, image_token_for(prompt, family), prompt.image_position,
+                                   placeholder_mode(prompt, family), stray_ok=family.embeds_stray_image_tokens)
     if not prompt.chat:
         return body
     if side == "query":

@@ -1,9 +1,10 @@
-"""Inference over many items: encode a list of unique (text, image) items into one embedding matrix, in
-length-sorted batches (least padding), with image decoding in DataLoader workers, sharded over the ranks
+"""Inference over many items: encode a list of unique (text, visual) items into one embedding matrix, in
+length-sorted batches (least padding), with image/video decoding in DataLoader workers, sharded over the ranks
 of a process group, and returned in the caller's order. Shared by MMEB evaluation and hard-negative mining.
 
-Items are `(Item, dataset, row, field, ImageLoader)` tuples: the dataset/row/field name the item in every
-error (a missing image, a batch the processor refuses, a non-finite embedding).
+Items are `(Item, dataset, row, field, loader)` tuples, the loader an `ImageLoader` or a `MediaLoader` (videos,
+document pages; `datamodules/media.py`): the dataset/row/field name the item in every error (a missing image
+or video, a batch the processor refuses, a non-finite embedding).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from torch.utils.data import DataLoader
 
 from datamodules.errors import DataError
 from datamodules.images import ImageLoader
+from datamodules.media import MediaLoader, load_visual
 from datamodules.schema import Item
 
 log = logging.getLogger(__name__)
@@ -35,28 +37,64 @@ class NonFiniteEmbeddingError(ValueError):
 
 def describe_item(entry: EncodeItem, side: str) -> str:
     item, dataset, row, field, _ = entry
-    image = f", image {item.image!r}" if item.image else ""
+    image = f", image {item.image!r}" if item.image else f", video {item.video!r}" if item.video else \
+        f", {len(item.pages)} pages" if item.pages else ""
     return f"dataset {dataset!r}, row {row} ({side} side, field {field!r}{image}, text {item.text[:60]!r})"
 
 
 # ------------------------------------------------------------------------------------------- lengths
+def _header_size(loader: ImageLoader, path: str, dataset: str, row: int, field: str) -> tuple[int, int]:
+    try:
+        with Image.open(loader.resolve(path)) as im:
+            return im.size
+    except Exception:
+        loader.load(path, dataset, row, field)  # raises the named error
+        raise
+
+
 def _image_size(entry: EncodeItem) -> tuple[int, int] | None:
     """(width, height) from the image header (no decoding); a missing/unreadable file raises the loader's
     DataError, which names the dataset, row, field and resolved path."""
     item, dataset, row, field, loader = entry
     if not item.image:
         return None
-    try:
-        with Image.open(loader.resolve(item.image)) as im:
-            return im.size
-    except Exception:
-        loader.load(item.image, dataset, row, field)  # raises the named error
-        raise
+    return _header_size(loader, item.image, dataset, row, field)
+
+
+def _visual_sizes(entry: EncodeItem) -> list[tuple[int, int]] | None:
+    """One (width, height) per image the item feeds the model: its image, each page, or each sampled video frame
+    (a video is probed — frame count and the first frame's size — not decoded whole)."""
+    item, dataset, row, field, loader = entry
+    if item.image:
+        return [_image_size(entry)]
+    if item.pages:
+        return [_header_size(loader, p, dataset, row, field) for p in item.pages]
+    if item.video:
+        if not isinstance(loader, MediaLoader):
+            load_visual(loader, item, dataset, row, field)  # raises the named error
+        frames, size = loader.videos.probe(item.video, dataset, row, field)
+        return [size] * frames
+    return None
 
 
 def _tokenizer_of(processor):
     tok = getattr(processor, "tokenizer", None) or processor
     return tok if callable(tok) and hasattr(tok, "convert_tokens_to_ids") else None
+
+
+def instruction_kwargs(items: Sequence[Item]) -> dict:
+    """`instructions=` for the input builder when any item carries its instruction apart (MMEB-V2 readers);
+    nothing otherwise, so builders of MMEB (v1) items are called exactly as before."""
+    if any(it.instruction is not None for it in items):
+        return {"instructions": [it.instruction for it in items]}
+    return {}
+
+
+def visual_descriptor(item: Item):
+    """What formatting needs to know of an item's visual input without loading it (`embedders.prompts.Visual`)."""
+    from embedders.prompts import Visual
+
+    return Visual(images=len(item.pages) or int(bool(item.image)), videos=int(bool(item.video)))
 
 
 def length_keys(entries: Sequence[EncodeItem], input_builder, side: str) -> list[tuple[int, int]]:
@@ -68,11 +106,12 @@ def length_keys(entries: Sequence[EncodeItem], input_builder, side: str) -> list
     if not entries:
         return []
     with ThreadPoolExecutor(max_workers=min(16, 4 * (os.cpu_count() or 1))) as pool:
-        sizes = list(pool.map(_image_size, entries))
+        all_sizes = list(pool.map(_visual_sizes, entries))
     processor = getattr(input_builder, "processor", None)
     texts = [e[0].text for e in entries]
     if hasattr(input_builder, "format"):
-        texts = input_builder.format(texts, [True if s else None for s in sizes], side)
+        texts = input_builder.format(texts, [visual_descriptor(e[0]) for e in entries], side,
+                                     **instruction_kwargs([e[0] for e in entries]))
     tok = _tokenizer_of(processor)
     if tok is not None:
         text_len = []
@@ -82,12 +121,13 @@ def length_keys(entries: Sequence[EncodeItem], input_builder, side: str) -> list
         text_len = [len(t) for t in texts]
     image_processor = getattr(processor, "image_processor", None)
     count = getattr(image_processor, "get_number_of_image_patches", None)
-    if count is not None and hasattr(image_processor, "merge_size"):  # Qwen2-VL / Qwen2.5-VL processors
-        # The formatted text holds one image token, which the processor expands to the image's tokens.
+    if count is not None and hasattr(image_processor, "merge_size"):  # Qwen-VL processors
+        # The formatted text holds one token per image, which the processor expands to the image's tokens; a
+        # video's frames are counted as images (an upper bound: frame pairs share a temporal patch).
         merge = int(getattr(image_processor, "merge_size", 1) or 1) ** 2
-        return [(n + (count(h, w) // merge - 1 if size else 0), 0) for n, size in zip(text_len, sizes)
-                for w, h in [size or (0, 0)]]
-    return [((size[0] * size[1]) if size else 0, n) for n, size in zip(text_len, sizes)]
+        return [(n + sum(count(h, w) // merge - 1 for w, h in (sizes or ())), 0)
+                for n, sizes in zip(text_len, all_sizes)]
+    return [(sum(w * h for w, h in (sizes or ())), n) for n, sizes in zip(text_len, all_sizes)]
 
 
 # ------------------------------------------------------------------------------------------ batching
@@ -110,16 +150,16 @@ class _ItemCollator:
         self.input_builder, self.side = input_builder, side
 
     def __call__(self, batch: list[EncodeItem]):
-        images = [loader.load(it.image, ds, row, field) if it.image else None for it, ds, row, field, loader in batch]
+        images = [load_visual(loader, it, ds, row, field) for it, ds, row, field, loader in batch]
         texts = [it.text for it, *_ in batch]
         try:
-            return self.input_builder(texts, images, self.side)
+            return self.input_builder(texts, images, self.side, **instruction_kwargs([it for it, *_ in batch]))
         except DataError:
             raise
         except Exception as err:
             for entry, text, image in zip(batch, texts, images):
                 try:
-                    self.input_builder([text], [image], self.side)
+                    self.input_builder([text], [image], self.side, **instruction_kwargs([entry[0]]))
                 except Exception as one:
                     _, ds, row, field, _ = entry
                     raise DataError(f"the processor refused this item ({type(one).__name__}: {one})", ds, row,
@@ -140,7 +180,7 @@ def effective_workers(num_workers: int, shard: Sequence[EncodeItem], batches: in
     the CPUs this process may use (one runs the model), and none below two batches per worker or without
     any image to decode: there they cannot pay for themselves, so encoding stays in-process."""
     workers = min(num_workers, (available_cpus() if cpus is None else cpus) - 1)
-    if workers <= 0 or batches < 2 * workers or not any(it.image for it, *_ in shard):
+    if workers <= 0 or batches < 2 * workers or not any(it.has_visual for it, *_ in shard):
         return 0
     return workers
 

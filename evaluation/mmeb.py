@@ -4,7 +4,7 @@ Datasets are evaluated one after another. Every unique query and candidate (text
 per side — queries and candidates are formatted differently; a dataset may have its candidates formatted
 as queries (`candidate_side="query"`) — and reused by every row and every later dataset that holds it
 (kept only while a later dataset still needs it). A row scores a hit when its highest-cosine candidate
-is the ground truth, index 0 (ties as in the reference evaluators: the first maximum wins;
+is the ground truth, index 0 (or any of the row's `relevant` candidates, MMEB-V2's MomentSeeker) (ties as in the reference evaluators: the first maximum wins;
 `tie_rule="strict"` counts ties as misses). Scores are percentages; Overall is the mean over datasets,
 not over meta-task means.
 
@@ -27,12 +27,13 @@ import torch
 import torch.distributed as dist
 
 from datamodules.errors import DataError
-from datamodules.images import ImageLoader
+from datamodules.media import MediaLoader
 from datamodules.mmeb import META_TASKS, read_eval_dataset
-from datamodules.schema import EvalRow, Item
+from datamodules.schema import CorpusTask, EvalRow, Item
 
 from .diagnostics import embedding_spread, is_collapsed
 from .encoding import encode_unique, gather_strided  # noqa: F401  (re-exported: mining and tests import them here)
+from .retrieval import evaluate_corpus_retrieval
 from .scoring import pad_candidates, precision_at_1, row_outcomes, score_rows  # noqa: F401
 from .store import EvalSettings, atomic_write
 
@@ -56,15 +57,44 @@ class EvalDataset:
     candidate_side: str = "target"
     #: Why the dataset could not be read (then `rows` is empty and the dataset is reported as failed).
     error: str | None = None
+    #: MMEB-V2 (`evaluation/mmeb_v2.py`): image | video | visdoc; None for an MMEB (v1) dataset.
+    modality: str | None = None
+    #: The headline metric of the dataset (a key of the score dict, a fraction; tables show it x 100).
+    metric: str = "hit@1"
+    #: A corpus-level task (`ranking: corpus`): every query ranked against the whole corpus; `rows` stays empty.
+    task: CorpusTask | None = None
+    #: Frames fed per video, and frames first kept per video file (the reference's two sampling steps).
+    num_frames: int = 8
+    max_frames_saved: int | None = 64
+    #: How a video file is reduced to `max_frames_saved` frames (`datamodules.video.FRAME_SAVING`).
+    frame_saving: str = "spread"
 
     def __post_init__(self):
         if self.candidate_side not in SIDES:
             raise ValueError(f"eval dataset {self.name!r}: candidate_side must be 'query' or 'target', "
                              f"got {self.candidate_side!r}")
 
+    def items(self):
+        """Every item the dataset encodes (queries and candidates, or queries and corpus)."""
+        if self.task is not None:
+            yield from self.task.queries
+            yield from self.task.corpus
+        for r in self.rows:
+            yield r.query
+            yield from r.candidates
+
     @property
     def needs_images(self) -> bool:
-        return any(r.query.image or any(c.image for c in r.candidates) for r in self.rows)
+        """Any visual input (image, pages or video): what a text-only model cannot score."""
+        return any(it.has_visual for it in self.items())
+
+    @property
+    def needs_videos(self) -> bool:
+        return any(it.video for it in self.items())
+
+    @property
+    def num_queries(self) -> int:
+        return len(self.task.queries) if self.task is not None else len(self.rows)
 
 
 def load_eval_suite(source: str, datasets: Mapping[str, Mapping] | Sequence[str], split: str = "test",
@@ -113,17 +143,29 @@ class _Plan:
         self.last_use: dict[str, list[int]] = {s: [] for s in SIDES}
         self.rows: list[tuple[torch.Tensor, torch.Tensor]] = []
         for i, ds in enumerate(suite):
-            loader = ImageLoader(ds.image_root)
+            loader = MediaLoader(ds.image_root, ds.num_frames, ds.max_frames_saved, ds.frame_saving)
             root = str(ds.image_root) if ds.image_root is not None else None
-            q = [self._id("query", r.query, ds, r.row, "qry_img_path", loader, root, i) for r in ds.rows]
-            c = [[self._id(ds.candidate_side, it, ds, r.row, "tgt_img_path", loader, root, i) for it in r.candidates]
-                 for r in ds.rows]
+            if ds.task is not None:  # corpus ranking: the corpus is one shared "candidate row"
+                q = [self._id("query", it, ds, j, "query", loader, root, i) for j, it in enumerate(ds.task.queries)]
+                c = [[self._id(ds.candidate_side, it, ds, j, "corpus", loader, root, i)
+                      for j, it in enumerate(ds.task.corpus)]]
+            else:
+                q = [self._id("query", r.query, ds, r.row, "qry_img_path", loader, root, i) for r in ds.rows]
+                c = [[self._id(ds.candidate_side, it, ds, r.row, "tgt_img_path", loader, root, i)
+                      for it in r.candidates] for r in ds.rows]
             self.rows.append((torch.tensor(q, dtype=torch.long), pad_candidates(c)))
 
-    def _id(self, side: str, item: Item, ds: EvalDataset, row: int, fld: str, loader: ImageLoader, root: str | None,
+    def _id(self, side: str, item: Item, ds: EvalDataset, row: int, fld: str, loader: MediaLoader, root: str | None,
             i: int) -> int:
-        # Identity = text + image path under the dataset's image root (no filesystem call per occurrence).
-        key = (item.text, (root, item.image) if item.image else None)
+        # Identity = text + visual path(s) under the dataset's root (no filesystem call per occurrence); a video's
+        # frame sampling is part of it (another num_frames is another input).
+        if item.video:
+            visual = (root, "video", item.video, ds.num_frames, ds.max_frames_saved, ds.frame_saving)
+        elif item.pages:
+            visual = (root, "pages", item.pages)
+        else:
+            visual = (root, item.image) if item.image else None
+        key = (item.text, visual) if item.instruction is None else (item.text, visual, item.instruction)
         table = self.ids[side]
         index = table.get(key)
         if index is None:
@@ -217,8 +259,8 @@ def evaluate_embedder(embedder, suite: Sequence[EvalDataset], batch_size: int = 
                 local[side] = (ids, caches[side].lookup(ids, encode))
             entry, predictions = _score_dataset(ds, q_ids, c_ids, local, settings)
             per_dataset[ds.name] = entry
-            log.info("[%d/%d] %s: precision@1 %.2f over %d rows", i + 1, len(runnable), ds.name,
-                     entry["precision@1"], entry["num_queries"])
+            log.info("[%d/%d] %s: %s %.2f over %d queries", i + 1, len(runnable), ds.name, ds.metric,
+                     entry.get("score", entry["precision@1"]), entry["num_queries"])
             if on_result is not None:
                 on_result(ds, entry, predictions)
         except Exception as err:  # one dataset's failure must not cost the others their scores
@@ -236,6 +278,8 @@ def _score_dataset(ds: EvalDataset, q_ids: torch.Tensor, c_ids: torch.Tensor,
                    local: Mapping[str, tuple[list[int], torch.Tensor]], settings: EvalSettings) -> tuple[dict, list]:
     """Score one dataset from its rows' global ids and the embeddings of its unique items (`local`: per side,
     the sorted unique ids and their [len, d] embeddings)."""
+    if ds.task is not None:
+        return _score_corpus(ds, q_ids, c_ids, local, settings)
     q_order, q_mat = local["query"]
     c_order, c_mat = local[ds.candidate_side]
     q_idx = torch.searchsorted(torch.tensor(q_order, dtype=torch.long), q_ids)
@@ -251,7 +295,13 @@ def _score_dataset(ds: EvalDataset, q_ids: torch.Tensor, c_ids: torch.Tensor,
                     "/".join(f"{embedding_spread(m[r]):.2g}" for m, r in ((q_mat, q_rows), (c_mat, c_rows))),
                     settings.collapse_tolerance)
     scores = score_rows(q_mat, c_mat, q_idx, c_idx)
-    out = row_outcomes(scores, c_idx, settings.tie_rule, settings.tie_tolerance, ties_are_misses=bool(collapsed))
+    relevant = None
+    if any(r.relevant != (0,) for r in ds.rows):  # several correct candidates (MomentSeeker, SSv2's repeats)
+        relevant = torch.zeros(scores.shape, dtype=torch.bool)
+        for k, r in enumerate(ds.rows):
+            relevant[k, list(r.relevant)] = True
+    out = row_outcomes(scores, c_idx, settings.tie_rule, settings.tie_tolerance, ties_are_misses=bool(collapsed),
+                       relevant=relevant)
     n = len(ds.rows)
     entry = {
         "precision@1": float(out.hit.float().mean() * 100) if n else 0.0,
@@ -262,6 +312,44 @@ def _score_dataset(ds: EvalDataset, q_ids: torch.Tensor, c_ids: torch.Tensor,
     predictions = [{"row": r, "pred": p, "score_gt": g, "score_pred": s, "hit": h}
                    for r, p, g, s, h in zip([r.row for r in ds.rows], out.pred.tolist(), out.score_gt.tolist(),
                                             out.score_pred.tolist(), out.hit.tolist())]
+    if relevant is not None:
+        for p, r in zip(predictions, ds.rows):
+            p["relevant"] = list(r.relevant)
+    if ds.modality is not None:  # MMEB-V2: the reference's score keys (fractions) and the headline score
+        entry.update(modality=ds.modality, metric=ds.metric, metrics={"hit@1": entry["precision@1"] / 100},
+                     score=entry["precision@1"])
+    return entry, predictions
+
+
+def _score_corpus(ds: EvalDataset, q_ids: torch.Tensor, c_ids: torch.Tensor,
+                  local: Mapping[str, tuple[list[int], torch.Tensor]], settings: EvalSettings) -> tuple[dict, list]:
+    """A corpus-level dataset: every query ranked against the whole corpus (`evaluation/retrieval.py`), scored
+    against the graded qrels. The entry holds the reference's metric keys as fractions under `metrics`, the
+    headline metric x 100 as `score`, and hit@1 x 100 as `precision@1` (so V1 tools read it too)."""
+    task = ds.task
+    q_order, q_mat = local["query"]
+    c_order, c_mat = local[ds.candidate_side]
+    q_idx = torch.searchsorted(torch.tensor(q_order, dtype=torch.long), q_ids)
+    c_idx = torch.searchsorted(torch.tensor(c_order, dtype=torch.long), c_ids[0])
+    queries, corpus = q_mat[q_idx], c_mat[c_idx]
+    collapsed = [side for side, mat in (("queries", queries), ("candidates", corpus))
+                 if is_collapsed(mat, settings.collapse_tolerance)]
+    if collapsed:
+        log.warning("%s: the model's %s embeddings have collapsed: the corpus order among ties decides the ranking "
+                    "(ascending corpus index), so its metrics do not measure the model", ds.name, " and ".join(collapsed))
+    result = evaluate_corpus_retrieval(queries, corpus, list(task.query_ids), list(task.corpus_ids), task.qrels)
+    metrics = result.metrics
+    entry = {
+        "precision@1": metrics["hit@1"] * 100, "num_queries": len(task.queries), "meta_task": ds.meta_task,
+        "split": ds.split, "corpus_size": len(task.corpus), "collapsed": collapsed, "skipped": dict(ds.skipped),
+        "modality": ds.modality, "metric": ds.metric, "metrics": metrics, "score": metrics[ds.metric] * 100,
+    }
+    # The reference's <dataset>_pred.jsonl keys: prediction (ranked ids), label (relevant ids), rel_scores.
+    predictions = []
+    for qid, ranked, scores in zip(task.query_ids, result.ranked_ids, result.ranked_scores):
+        relevant = {d: g for d, g in task.qrels[qid].items() if g > 0}
+        predictions.append({"query_id": qid, "prediction": ranked, "scores": scores, "label": list(relevant),
+                            "rel_scores": list(relevant.values())})
     return entry, predictions
 
 
@@ -286,7 +374,7 @@ def aggregate(per_dataset: Mapping[str, Mapping]) -> dict:
 
 def chance_level(suite: Sequence[EvalDataset]) -> float | None:
     """Expected Overall of a random ranker: mean over datasets of mean(1/#candidates), in percent."""
-    per = [sum(1.0 / len(r.candidates) for r in ds.rows) / len(ds.rows) for ds in suite if ds.rows]
+    per = [sum(len(r.relevant) / len(r.candidates) for r in ds.rows) / len(ds.rows) for ds in suite if ds.rows]
     return 100.0 * sum(per) / len(per) if per else None
 
 
@@ -312,6 +400,10 @@ def dataset_notes(d: Mapping, tie_flag_share: float = 0.01) -> list[str]:
 
 def render_table(results: Mapping, label: str = "model", tie_flag_share: float = 0.01) -> str:
     """Markdown: the papers' summary columns, one row per dataset (with notes), then the failed datasets."""
+    if "modalities" in results:  # an MMEB-V2 result (e.g. read back from results.json by the model card)
+        from .mmeb_v2 import render_table_v2
+
+        return render_table_v2(results, label)
     mt = results["meta_tasks"]
     head = "| Model | Cls | VQA | Ret | Grd | IND | OOD | Overall |\n|---|---|---|---|---|---|---|---|\n"
     row = (f"| {label} | " + " | ".join(_fmt(mt.get(m)) for m in META_TASKS)

@@ -23,6 +23,7 @@ from .mmeb import (
     render_table,
     write_results,
 )
+from .mmeb_v2 import aggregate_v2, is_v2_suite, load_v2_suite, render_table_v2, write_results_v2
 from .store import EvalSettings, ScoreStore, dataset_fingerprint, model_fingerprint
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,8 @@ class EvaluationFailed(RuntimeError):
 
 def build_suite(eval_data: DictConfig | Mapping) -> list[EvalDataset]:
     cfg = OmegaConf.to_container(eval_data, resolve=True) if isinstance(eval_data, DictConfig) else dict(eval_data)
+    if cfg.get("suite") == "mmeb_v2":  # MMEB-V2 (image, video, visual documents): evaluation/mmeb_v2.py
+        return load_v2_suite(cfg)
     if cfg.get("bundled"):
         from datamodules.offline import ensure_offline
 
@@ -50,9 +53,18 @@ def build_suite(eval_data: DictConfig | Mapping) -> list[EvalDataset]:
 
 
 def compatible(suite: list[EvalDataset], embedder, skip: bool) -> tuple[list[EvalDataset], list[str]]:
-    """Datasets the embedder can score; image datasets are skipped (and named) for text-only models."""
+    """Datasets the embedder can score; image datasets are skipped (and named) for text-only models, video
+    datasets for families that take no videos."""
     if embedder.family.takes_images:
-        return suite, []
+        if getattr(embedder.family, "takes_videos", False):
+            return suite, []
+        needs = [ds.name for ds in suite if ds.needs_videos]
+        if needs and not skip:
+            raise ValueError(f"the {embedder.family.name} model takes no videos, but eval datasets {needs} have "
+                             "videos; select other datasets or set eval.skip_incompatible=true")
+        if needs:
+            log.warning("skipped %d eval dataset(s) that need videos (model takes none): %s", len(needs), needs)
+        return [ds for ds in suite if not ds.needs_videos], needs
     needs = [ds.name for ds in suite if ds.needs_images]
     if needs and not skip:
         raise ValueError(f"the {embedder.family.name} model takes no images, but eval datasets {needs} have images; "
@@ -127,27 +139,32 @@ def score(embedder, suite: list[EvalDataset], eval_cfg: Mapping, label: str, out
                               sort=bool(eval_cfg.get("sort_by_length", True)), on_result=save)
     per_dataset = {ds.name: reused.get(ds.name) or fresh["datasets"][ds.name]
                    for ds in suite if ds.name in reused or ds.name in fresh["datasets"]}
-    results = {**aggregate(per_dataset), "failed": fresh["failed"]}
+    v2 = is_v2_suite(suite)
+    results = {**(aggregate_v2 if v2 else aggregate)(per_dataset), "failed": fresh["failed"]}
     chance = chance_level([ds for ds in suite if ds.name in per_dataset])
     extra = {"_chance": chance, "_skipped": skipped, "_reused": sorted(reused)}
     if main_rank:
-        notes = f"Chance level (mean of 1/#candidates): {_fmt_chance(chance)}\n"
+        notes = (f"Chance level (mean of 1/#candidates{' over the datasets that rank their own candidates' if v2 else ''}"
+                 f"): {_fmt_chance(chance)}\n")
         if skipped:
-            notes += f"Skipped (need images, model takes none): {', '.join(skipped)}\n"
+            notes += f"Skipped (visual inputs the model does not take): {', '.join(skipped)}\n"
         if reused:
             notes += f"Taken from earlier score files in this directory (same model, data, settings): {', '.join(sorted(reused))}\n"
         notes += (f"Ties: a row's tie is decided by the tie rule ({settings.tie_rule}) when the ground truth shares the "
                   f"top score (within {settings.tie_tolerance:g}); datasets where that holds for ≥ "
                   f"{100 * settings.tie_flag_share:g} % of rows are flagged.\n")
-        table = render_table(results, label, settings.tie_flag_share)
-        print(f"\n== MMEB-style evaluation: {label} ==\n{table}{notes}", flush=True)
+        table = render_table_v2(results, label, suite) if v2 else render_table(results, label, settings.tie_flag_share)
+        print(f"\n== {'MMEB-V2' if v2 else 'MMEB-style'} evaluation: {label} ==\n{table}{notes}", flush=True)
         collapsed = [n for n, d in results["datasets"].items() if d.get("collapsed")]
         if collapsed:
             log.warning("the model's embeddings collapsed on %d of %d dataset(s) (%s): those scores count ties as "
                         "misses and are not a measure of the model", len(collapsed), len(results["datasets"]),
                         ", ".join(collapsed))
         if output_dir is not None:
-            write_results(results, output_dir, label, notes, settings.tie_flag_share)
+            if v2:
+                write_results_v2(results, output_dir, label, notes, suite)
+            else:
+                write_results(results, output_dir, label, notes, settings.tie_flag_share)
         if results["datasets"]:
             log_results(results, loggers, log_prefix)
     if results["failed"]:
@@ -160,6 +177,13 @@ def _fmt_chance(chance: float | None) -> str:
 
 
 def log_results(results: Mapping, loggers, prefix: str) -> None:
+    if "modalities" in results:  # MMEB-V2: per modality and per dataset headline scores
+        metrics = {f"{prefix}/overall": results["overall"]}
+        metrics.update({f"{prefix}/{m}": v["score"] for m, v in results["modalities"].items() if v["score"] is not None})
+        metrics.update({f"{prefix}/{n}": d["score"] for n, d in results["datasets"].items()})
+        for lg in loggers:
+            lg.log_metrics(metrics)
+        return
     metrics = {f"{prefix}/overall": results["overall"]}
     for key in ("IND", "OOD"):
         if results[key] is not None:

@@ -65,7 +65,7 @@ class RowOutcomes:
 
     hit: torch.Tensor  # bool, under the chosen tie rule
     pred: torch.Tensor  # int64, first index of the maximum score (the reference's argmax)
-    score_gt: torch.Tensor  # float32, score of the ground truth (index 0)
+    score_gt: torch.Tensor  # float32, score of the ground truth (index 0; the best correct one when several)
     score_pred: torch.Tensor  # float32, score of the prediction
     tied: torch.Tensor  # bool, ≥ 2 candidates within the tie tolerance of the top score
     tie_decided: torch.Tensor  # bool, tied and the ground truth is among the tied: the tie rule decides the row
@@ -73,30 +73,47 @@ class RowOutcomes:
 
 
 def row_outcomes(scores: torch.Tensor, candidate_ids: torch.Tensor | None = None, tie_rule: str = "first",
-                 tie_tolerance: float = DEFAULT_TIE_TOLERANCE, ties_are_misses: bool = False) -> RowOutcomes:
+                 tie_tolerance: float = DEFAULT_TIE_TOLERANCE, ties_are_misses: bool = False,
+                 relevant: torch.Tensor | None = None) -> RowOutcomes:
     """Decide every row of a padded [N, K] score matrix (-inf = no candidate). `candidate_ids` (same shape)
     identifies duplicated ground truths; `ties_are_misses` scores rows whose top is tied (within the
-    tolerance) as misses whatever `tie_rule` says (used for collapsed models)."""
+    tolerance) as misses whatever `tie_rule` says (used for collapsed models). `relevant` ([N, K] bool) marks the
+    correct candidates of rows with several (`EvalRow.relevant`); None = index 0 only. A row is a hit when its
+    first maximum is correct (`first`), or when its best correct candidate beats every other one (`strict`)."""
     if tie_rule not in TIE_RULES:
         raise ValueError(f"tie_rule must be 'first' or 'strict', got {tie_rule!r}")
     scores = scores.float()
     n = scores.shape[0]
-    if torch.isnan(scores).any() or (n and not torch.isfinite(scores[:, 0]).all()):
+    if relevant is None:
+        relevant = torch.zeros(scores.shape, dtype=torch.bool)
+        relevant[:, :1] = True
+    relevant = relevant.bool()
+    if relevant.shape != scores.shape or (n and not relevant.any(dim=1).all()):
+        raise ValueError(f"relevant must be a [N, K] mask with a correct candidate in every row, got shape "
+                         f"{tuple(relevant.shape)} for scores {tuple(scores.shape)}")
+    ninf = torch.tensor(float("-inf"))
+    if torch.isnan(scores).any() or (n and not torch.isfinite(scores.where(relevant, 0.0)).all()):
         raise ValueError("scores contain NaN or a ground truth without a finite score; non-finite embeddings "
                          "must be refused before scoring")
     pred = scores.argmax(dim=1)  # the first maximal index, as the reference's argmax
     top = scores.gather(1, pred.unsqueeze(1)).squeeze(1)
-    gt = scores[:, 0]
-    others = scores[:, 1:].max(dim=1).values if scores.shape[1] > 1 else torch.full_like(gt, float("-inf"))
-    hit = pred == 0 if tie_rule == "first" else gt > others
+    gt = scores.where(relevant, ninf).max(dim=1).values
+    others = scores.where(~relevant, ninf).max(dim=1).values if scores.shape[1] > 1 else torch.full_like(gt, -torch.inf)
+    hit = relevant.gather(1, pred.unsqueeze(1)).squeeze(1) if tie_rule == "first" else gt > others
     tol = tie_tolerance * top.abs().clamp(min=1.0)
     near = scores >= (top - tol).unsqueeze(1)  # -inf padding is never near a finite top
     tied = near.sum(dim=1) >= 2
-    tie_decided = tied & near[:, 0]
+    near_gt = (near & relevant).any(dim=1)
+    tie_decided = tied & near_gt
     if ties_are_misses:
-        hit = near[:, 0] & ~tied
+        hit = near_gt & ~(near & ~relevant).any(dim=1)
     if candidate_ids is not None and candidate_ids.shape[1] > 1:
-        duplicate_gt = (candidate_ids[:, 1:] == candidate_ids[:, :1]).any(dim=1)
+        # a correct candidate's item appears again among the wrong ones
+        r = int(relevant.sum(dim=1).max())
+        first = relevant.to(torch.int8).argsort(dim=1, descending=True, stable=True)[:, :r]  # correct ones first
+        gt_ids = candidate_ids.gather(1, first).where(relevant.gather(1, first), -2)  # [N, R], -2 = none
+        wrong = ~relevant & (candidate_ids >= 0)
+        duplicate_gt = ((candidate_ids.unsqueeze(2) == gt_ids.unsqueeze(1)) & wrong.unsqueeze(2)).flatten(1).any(1)
     else:
         duplicate_gt = torch.zeros(n, dtype=torch.bool)
     return RowOutcomes(hit, pred, gt, top, tied, tie_decided, duplicate_gt)

@@ -7,7 +7,9 @@ produced it, so a re-run into the same directory scores only what is missing or 
   norm weight or another inference dtype all change it) and its spec (family, pooling, normalisation,
   prompt, max_length, image settings);
 - data: the dataset's name, meta-task, split, candidate side, image root and every row's query and
-  candidates (text and image path) — `max_rows` or a fixed row changes it;
+  candidates (text and image path) — `max_rows` or a fixed row changes it; for MMEB-V2 datasets also the
+  modality, headline metric, frame sampling, videos/pages of every item, and a corpus task's queries, corpus
+  and graded qrels;
 - settings: what decides a score from embeddings (tie rule, tie and collapse tolerances, the scoring
   version). Batch size, workers, devices and sorting change no score and are not part of it.
 Any difference re-scores the dataset (and says which part differed); nothing is reused on a guess.
@@ -94,10 +96,30 @@ def dataset_fingerprint(ds) -> str:
     h = hashlib.sha256()
     root = str(Path(ds.image_root).resolve()) if ds.image_root else ""
     h.update(json.dumps([ds.name, ds.meta_task, ds.split, ds.candidate_side, root]).encode())
+    v2 = getattr(ds, "modality", None) is not None
+    if v2:  # MMEB v1 fingerprints stay as they were
+        h.update(json.dumps(["v2", ds.modality, ds.metric, ds.num_frames, ds.max_frames_saved]).encode())
+        if getattr(ds, "frame_saving", "spread") != "spread":
+            h.update(json.dumps(["frame_saving", ds.frame_saving]).encode())
+
+    def item(it) -> list:
+        if not v2:
+            return [it.text, it.image]
+        out = [it.text, it.image, it.video, list(it.pages)]
+        return out + [it.instruction] if it.instruction is not None else out
+
     for r in ds.rows:
-        h.update(json.dumps([r.row, r.query.text, r.query.image, [[c.text, c.image] for c in r.candidates]],
-                            ensure_ascii=False).encode())
+        row = [r.row, *item(r.query), [item(c) for c in r.candidates]]
+        if r.relevant != (0,):  # several correct candidates (MMEB-V2); other rows keep their fingerprints
+            row.append(list(r.relevant))
+        h.update(json.dumps(row, ensure_ascii=False).encode())
         h.update(b"\n")
+    task = getattr(ds, "task", None)
+    if task is not None:
+        h.update(json.dumps([list(task.query_ids), [item(q) for q in task.queries], list(task.corpus_ids),
+                             [item(c) for c in task.corpus], {q: dict(sorted(g.items())) for q, g in
+                                                              sorted(task.qrels.items())}],
+                            ensure_ascii=False).encode())
     return h.hexdigest()[:32]
 
 
@@ -167,7 +189,8 @@ class ScoreStore:
         record = {
             # The reference evaluators' keys (fractions): VLM2Vec v1 `acc`, V2 `hit@1`.
             "acc": correct / n if n else 0.0, "hit@1": correct / n if n else 0.0,
-            "num_correct": correct, "num_pred": n,
+            "num_correct": correct, "num_pred": n, "num_data": n,
+            **dict(result.get("metrics") or {}),   # MMEB-V2: every metric of the reference's score file
             "dataset": dataset, "model": label, "result": dict(result),
             "fingerprint": dict(fingerprint), "scored_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }

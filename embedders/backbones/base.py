@@ -46,6 +46,13 @@ class BackboneFamily:
     #: rule) rather than by token id as stock transformers does: the `bare` layout then ships with a documented
     #: difference (`embedders/shipping.py`).
     reference_image_positions: bool = False
+    #: Whether the family takes videos (`<|video_1|>` becomes `video_token`, or `chat_video_token` in the wrapped
+    #: layout); video eval datasets are skipped (and listed) for families that do not.
+    takes_videos: bool = False
+    video_token: str | None = None
+    chat_video_token: str | None = None
+    #: Images (document pages) one item may carry.
+    max_images_per_item: int = 1
     default_pooling: str = "last"
     #: Pooling modes the family supports ("model" = the model's own pooling head, e.g. dual encoders).
     pooling_modes: tuple[str, ...] = ("last", "mean", "cls")

@@ -39,8 +39,19 @@ from .base import (
     resize_image,
     torchvision_usable,
 )
+from .qwen_video import has_video_or_pages, is_video, qwen_processor_inputs, save_video_processor, with_video
 
 MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl")
+#: Processor outputs that carry visual features (values, grids), in pairs.
+VISUAL_KEYS = ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw")
+
+
+def _resize_visual(visual, policy):
+    """`model.image.resize` applied to an image or to each page of a page list (video frames keep their size:
+    the video processor sizes them)."""
+    if isinstance(visual, (list, tuple)):
+        return [resize_image(v, policy) if not is_video(v) else v for v in visual]
+    return visual if is_video(visual) else resize_image(visual, policy)
 
 
 class ImageOnlyQwen2VLProcessor(Qwen2VLProcessor):
@@ -67,20 +78,28 @@ def _image_processor_kwargs(image: dict | None) -> dict:
     return kwargs
 
 
-def reference_mm_token_type_ids(input_ids: torch.Tensor, image_rows: torch.Tensor, image_token_id: int,
-                                vision_start_id: int) -> torch.Tensor:
-    """1 where a token is an image slot by the reference rule — an image token of a row that has an image, in a run
-    of image tokens that directly follows `<|vision_start|>` — else 0."""
-    is_img = input_ids == image_token_id
+def _wrapped_runs(input_ids: torch.Tensor, token_id: int, vision_start_id: int) -> torch.Tensor:
+    """True at `token_id` tokens in a run of them that directly follows `<|vision_start|>`."""
+    is_tok = input_ids == token_id
     prev = torch.nn.functional.pad(input_ids[:, :-1], (1, 0), value=-1)
-    prev_img = torch.nn.functional.pad(is_img[:, :-1], (1, 0), value=False)
-    run_start = is_img & ~prev_img
+    prev_tok = torch.nn.functional.pad(is_tok[:, :-1], (1, 0), value=False)
+    run_start = is_tok & ~prev_tok
     wrapped_start = run_start & (prev == vision_start_id)
     # Index of the latest run start at or before each position (forward fill), then that start's flag.
     idx = torch.where(run_start, torch.arange(input_ids.shape[1]).expand_as(input_ids), torch.zeros_like(input_ids))
     last_start = idx.cummax(dim=1).values
-    wrapped = wrapped_start.gather(1, last_start)
-    return (is_img & wrapped & image_rows[:, None]).to(torch.int32)
+    return is_tok & wrapped_start.gather(1, last_start)
+
+
+def reference_mm_token_type_ids(input_ids: torch.Tensor, image_rows: torch.Tensor, image_token_id: int,
+                                vision_start_id: int, video_token_id: int | None = None) -> torch.Tensor:
+    """1 (image) or 2 (video) where a token is a visual slot by the reference rule — an image/video token of a row
+    that has a visual input, in a run of such tokens that directly follows `<|vision_start|>` — else 0. Videos follow
+    the image rule (VLM2Vec-V2's Qwen2-VL code types both by the token after `<|vision_start|>`)."""
+    types = _wrapped_runs(input_ids, image_token_id, vision_start_id).to(torch.int32)
+    if video_token_id is not None:
+        types = types + 2 * _wrapped_runs(input_ids, video_token_id, vision_start_id).to(torch.int32)
+    return types * image_rows[:, None].to(torch.int32)
 
 
 def tiny_qwen2vl_config(tokenizer, text: dict | None = None, vision: dict | None = None):
@@ -124,6 +143,11 @@ class Qwen2VLFamily(BackboneFamily):
     # (VLM2Vec v1 src/dataset.py:83,130, Gen2Embed src/dataset.py:591), which this family embeds as a token.
     embeds_stray_image_tokens = True
     reference_image_positions = True
+    takes_videos = True
+    video_token = "<|video_pad|>"
+    chat_video_token = "<|vision_start|><|video_pad|><|vision_end|>"
+    #: Images (pages) one item may carry; the processor has no hard limit, the context length does.
+    max_images_per_item = 16
     default_pooling = "last"
     padding_side = "left"
     lora_target_modules = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -143,8 +167,10 @@ class Qwen2VLFamily(BackboneFamily):
         return model.to(dtype) if dtype is not None else model
 
     def load_processor(self, path, config, image):
+        image = dict(image or {})
+        video = image.pop("video", None)  # model.image.video: the video processor's pixel budget (qwen_video.py)
         kwargs = _image_processor_kwargs(image)
-        resize = check_resize((image or {}).get("resize"))
+        resize = check_resize(image.get("resize"))
         if path is None:
             from transformers.models.qwen2_vl import Qwen2VLImageProcessorPil
 
@@ -153,7 +179,7 @@ class Qwen2VLFamily(BackboneFamily):
             processor = ImageOnlyQwen2VLProcessor(image_processor=Qwen2VLImageProcessorPil(**kwargs),
                                                   tokenizer=tiny_qwen_tokenizer())
             processor.embedlab_resize = resize
-            return processor
+            return with_video(processor, self.name, None, video)
         path = processor_source(path)
         if torchvision_usable():
             processor = AutoProcessor.from_pretrained(path, **kwargs)
@@ -164,26 +190,31 @@ class Qwen2VLFamily(BackboneFamily):
             )
         processor.tokenizer.padding_side = self.padding_side
         processor.embedlab_resize = resize
-        return processor
+        return with_video(processor, self.name, path, video)
 
     def prepare(self, processor, texts, images, max_length):
         policy = getattr(processor, "embedlab_resize", None)
-        images = [resize_image(im, policy) for im in images]
-        inputs = processor_inputs(processor, texts, images, max_length)
-        image_rows = torch.tensor([im is not None for im in images])
+        images = [_resize_visual(im, policy) for im in images]
+        if has_video_or_pages(images):  # rows with a video clip or several images (qwen_video.py)
+            inputs = qwen_processor_inputs(processor, texts, images, self.max_images_per_item, max_length)
+        else:
+            inputs = processor_inputs(processor, texts, images, max_length)
+        visual_rows = torch.tensor([im is not None for im in images])
         ids = processor.tokenizer.convert_tokens_to_ids
         inputs["mm_token_type_ids"] = reference_mm_token_type_ids(
-            inputs["input_ids"], image_rows, processor.image_token_id, ids("<|vision_start|>"))
-        inputs["image_rows"] = image_rows
+            inputs["input_ids"], visual_rows, processor.image_token_id, ids("<|vision_start|>"),
+            ids(self.video_token))
+        inputs["image_rows"] = visual_rows  # rows with a visual input (image, pages or video)
         return inputs
 
     def rope_positions(self, model, inputs) -> torch.Tensor:
         """[3, B, T] M-RoPE positions from the reference-rule `mm_token_type_ids` (1D for everything else)."""
         mask = inputs["attention_mask"]
         types = inputs["mm_token_type_ids"]
-        if inputs.get("image_grid_thw") is not None and bool((types == 1).any()):
+        grids = {k: inputs.get(k) for k in ("image_grid_thw", "video_grid_thw")}
+        if any(g is not None for g in grids.values()) and bool((types > 0).any()):
             positions, _ = model.get_rope_index(input_ids=inputs["input_ids"], mm_token_type_ids=types,
-                                                image_grid_thw=inputs["image_grid_thw"], attention_mask=mask)
+                                                attention_mask=mask, **grids)
             return positions
         return (mask.long().cumsum(-1) - 1).clamp_min(0).unsqueeze(0).expand(3, -1, -1)
 
@@ -196,7 +227,7 @@ class Qwen2VLFamily(BackboneFamily):
         mask = inputs["attention_mask"]
         image_rows = image_rows.to(mask.device)
         stray = ((inputs["input_ids"] == model.config.image_token_id) & ~image_rows[:, None]).any(dim=1)
-        if "pixel_values" in inputs and bool(stray.any()):
+        if any(k in inputs for k in VISUAL_KEYS[::2]) and bool(stray.any()):
             # Image tokens in text-only rows keep their token embedding (the reference feeds image features only
             # into rows with an image); the model scatters features into every image token of its batch, so the
             # rows with images run apart from the others.
@@ -204,7 +235,7 @@ class Qwen2VLFamily(BackboneFamily):
             for rows, with_images in ((image_rows.nonzero().squeeze(1), True), ((~image_rows).nonzero().squeeze(1), False)):
                 sub = {k: v[rows] for k, v in inputs.items() if k in ("input_ids", "attention_mask", "mm_token_type_ids")}
                 if with_images:
-                    sub.update({k: v for k, v in inputs.items() if k in ("pixel_values", "image_grid_thw")})
+                    sub.update({k: v for k, v in inputs.items() if k in VISUAL_KEYS})
                 hidden = model(**sub, position_ids=positions[:, rows], use_cache=False).last_hidden_state
                 parts.append((rows, pool(hidden, sub["attention_mask"], pooling)))
             out = parts[0][1].new_empty(mask.shape[0], parts[0][1].shape[-1])
@@ -223,6 +254,7 @@ class Qwen2VLFamily(BackboneFamily):
         # Saved as its parts so that AutoImageProcessor/AutoTokenizer (and AutoProcessor) reload it.
         processor.image_processor.save_pretrained(str(directory))
         processor.tokenizer.save_pretrained(str(directory))
+        save_video_processor(processor, directory)
 
 
 register_family(Qwen2VLFamily())

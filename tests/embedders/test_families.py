@@ -12,8 +12,9 @@ from PIL import Image
 from embedders import Embedder
 from embedders.backbones import UnknownFamilyError, get_family
 
-FAMILIES = ("llava_onevision", "clip", "siglip")
-TINY_CONFIGS = {"llava_onevision": "tiny_llava_ov", "clip": "tiny_clip", "siglip": "tiny_siglip"}
+FAMILIES = ("llava_onevision", "clip", "siglip", "qwen3_vl")
+TINY_CONFIGS = {"llava_onevision": "tiny_llava_ov", "clip": "tiny_clip", "siglip": "tiny_siglip",
+                "qwen3_vl": "tiny_qwen3vl"}
 HUB_CONFIGS = {
     "llava_ov_0.5b": ("llava_onevision", "llava-hf/llava-onevision-qwen2-0.5b-ov-hf"),
     "llava_ov_7b": ("llava_onevision", "llava-hf/llava-onevision-qwen2-7b-ov-hf"),
@@ -21,6 +22,10 @@ HUB_CONFIGS = {
     "clip_vit_l14": ("clip", "openai/clip-vit-large-patch14"),
     "siglip_so400m": ("siglip", "google/siglip-so400m-patch14-384"),
     "qwen25vl_3b": ("qwen2_vl", "Qwen/Qwen2.5-VL-3B-Instruct"),
+    "qwen3vl_2b": ("qwen3_vl", "Qwen/Qwen3-VL-2B-Instruct"),
+    "qwen3vl_8b": ("qwen3_vl", "Qwen/Qwen3-VL-8B-Instruct"),
+    "qwen3vl_embedding_2b": ("qwen3_vl", "Qwen/Qwen3-VL-Embedding-2B"),
+    "qwen3vl_embedding_8b": ("qwen3_vl", "Qwen/Qwen3-VL-Embedding-8B"),
 }
 
 

@@ -125,6 +125,15 @@ COMMANDS: dict[str, Run | Compose | Make] = {
     "python train.py trainer.precision=bf16-mixed": Run(TRAIN),
     "python train.py model=qwen2vl_2b trainer=gpu": Compose(f"{HUB}, a GPU"),
     "python train.py model=qwen2vl_2b trainer=gpu model.trainable_dtype=bfloat16": Compose(f"{HUB}, a GPU"),
+    # MMEB-V2
+    "python evaluate.py eval_data=mmeb_v2_bundled": Run(SMALL_EVAL),
+    "python evaluate.py eval_data=mmeb_v2_bundled model=tiny_qwen3vl": Run(SMALL_EVAL),
+    "python evaluate.py eval_data=mmeb_v2_bundled model=tiny_qwen3vl prompt=qwen3vl_embedding": Run(SMALL_EVAL),
+    "python train.py data=bundled_v2 eval_data=mmeb_v2_bundled sampler=homogeneous trainer.max_steps=300": Run(TRAIN),
+    "python train.py data=bundled_v2 eval_data=mmeb_v2_bundled sampler=homogeneous 'sampler.weights={ShapeCls: 1, "
+    "ShapeVideoCaption: 2, ShapeVideoQA: 2, ShapeDocRet: 2}'": Run(TRAIN),
+    "python evaluate.py experiment=qwen3vl_embedding_8b eval_data=mmeb_v2 eval_data.data_basedir=/data/MMEB-V2 "
+    "eval_data.num_frames=64 device=cuda dtype=bfloat16": Compose(f"the MMEB-V2 data, {HUB}, a GPU"),
     # Hard negatives
     "python mine.py data=bundled": Run(MINE),
     "python train.py sampler=saha": Run((*TRAIN, "data.max_per_subset=16")),

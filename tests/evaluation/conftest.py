@@ -33,7 +33,7 @@ class FakeEmbedder(torch.nn.Module):
         outer = self
 
         class Builder:
-            def __call__(self, texts, images, side):
+            def __call__(self, texts, images, side, instructions=None):
                 outer.calls[side] += len(texts)
                 outer.encoded[side] += list(texts)
                 rows = []
