@@ -55,13 +55,16 @@ def step_of(path: Path) -> int:
 
 def test_ctrl_c_saves_the_current_step_and_exits_130(compose_cfg, tiny_cfg, tmp_path):
     cfg = compose_cfg("train", tiny_cfg([*QUICK, *signal_at(3, "SIGINT")]))
+    # What the process had before (Python's default handler, or SIG_IGN when a non-interactive shell started it
+    # in the background): the run must put back exactly that.
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
     with pytest.raises(RunInterrupted) as err:
         train.run(cfg)
     assert err.value.exit_code == 130  # 128 + SIGINT
     assert "Stopped by SIGINT at step 4: checkpoint saved to" in err.value.message
     assert "Resume with:\n  python train.py resume=" in err.value.message
     assert step_of(tmp_path / "run" / "checkpoints" / "last.ckpt") == 4  # the step it was on, not the periodic 2
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored after the run
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before  # handlers restored
 
 
 def test_second_ctrl_c_stops_at_once_without_saving(compose_cfg, tiny_cfg, tmp_path):
