@@ -25,7 +25,6 @@ tgt_text (list[str]), tgt_img_path (list[str]); the ground-truth candidate is al
 from __future__ import annotations
 
 import argparse
-import fcntl
 import json
 import math
 import os
@@ -35,7 +34,6 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -1048,41 +1046,15 @@ def ensure_bundled(
     if not force and _is_complete(root, expected):
         return root
 
-    root.parent.mkdir(parents=True, exist_ok=True)
-    with open(str(root) + ".lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            # Another process may have finished the same build while we waited for the lock.
-            if not force and _is_complete(root, expected):
-                return root
-            if root.exists() and not root.is_dir():
-                raise FileExistsError(f"{root} exists and is not a directory; pass another bundled root")
-            if root.is_dir() and any(root.iterdir()) and not (root / "bundled.json").exists():
-                raise FileExistsError(
-                    f"{root} is not empty and holds no bundled.json, so it is not a bundled dataset; "
-                    "refusing to replace it. Point `root` at an empty or new directory, or delete it."
-                )
-            # Leftovers of builds that crashed are safe to delete: we hold the lock.
-            for stale in root.parent.glob(f".{root.name}.building-*"):
-                shutil.rmtree(stale, ignore_errors=True)
-            for stale in root.parent.glob(f".{root.name}.old-*"):
-                shutil.rmtree(stale, ignore_errors=True)
+    n_workers = workers if workers is not None else _default_workers(
+        train_per_subset * len(TRAIN_SUBSETS) + eval_per_dataset * len(EVAL_DATASETS)
+    )
+    # Imported here: the build workers run this file as a plain script, outside the package.
+    from datamodules.atomic import build_directory
 
-            n_workers = workers if workers is not None else _default_workers(
-                train_per_subset * len(TRAIN_SUBSETS) + eval_per_dataset * len(EVAL_DATASETS)
-            )
-            tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.building-", dir=root.parent))
-            try:
-                _generate(tmp, seed, train_per_subset, eval_per_dataset, n_workers)
-                # Imported here: the build workers run this file as a plain script, outside the package.
-                from datamodules.atomic import swap_in_directory
-
-                swap_in_directory(tmp, root)
-            finally:
-                if tmp.exists():
-                    shutil.rmtree(tmp, ignore_errors=True)
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    build_directory(root, lambda: not force and _is_complete(root, expected),
+                    lambda tmp: _generate(tmp, seed, train_per_subset, eval_per_dataset, n_workers),
+                    marker="bundled.json", what="bundled dataset")
     return root
 
 

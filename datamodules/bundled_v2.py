@@ -35,11 +35,8 @@ in the manifest under `labels`. `conf/eval_data/mmeb_v2_bundled.yaml` is generat
 from __future__ import annotations
 
 import argparse
-import fcntl
 import json
 import random
-import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -435,30 +432,11 @@ def ensure_bundled_v2(root, *, queries_per_dataset: int = 24, seed: int = 0, tra
     expected = _manifest(seed, queries_per_dataset, train_rows_per_subset)
     if not force and _is_complete(root, expected):
         return root
-    root.parent.mkdir(parents=True, exist_ok=True)
-    with open(str(root) + ".lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            if not force and _is_complete(root, expected):
-                return root
-            if root.exists() and not root.is_dir():
-                raise FileExistsError(f"{root} exists and is not a directory; pass another bundled_v2 root")
-            if root.is_dir() and any(root.iterdir()) and not (root / MANIFEST).exists():
-                raise FileExistsError(f"{root} is not empty and holds no {MANIFEST}, so it is not a bundled V2 suite; "
-                                      "refusing to replace it. Point `root` at an empty or new directory.")
-            for stale in (*root.parent.glob(f".{root.name}.building-*"), *root.parent.glob(f".{root.name}.old-*")):
-                shutil.rmtree(stale, ignore_errors=True)
-            tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.building-", dir=root.parent))
-            try:
-                _generate(tmp, seed, queries_per_dataset, train_rows_per_subset)
-                from .atomic import swap_in_directory
+    from .atomic import build_directory
 
-                swap_in_directory(tmp, root)
-            finally:
-                if tmp.exists():
-                    shutil.rmtree(tmp, ignore_errors=True)
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    build_directory(root, lambda: not force and _is_complete(root, expected),
+                    lambda tmp: _generate(tmp, seed, queries_per_dataset, train_rows_per_subset),
+                    marker=MANIFEST, what="bundled V2 suite")
     return root
 
 

@@ -50,17 +50,14 @@ from __future__ import annotations
 
 import argparse
 import ast
-import fcntl
 import hashlib
 import importlib.metadata
 import json
 import logging
 import random
 import re
-import shutil
 import sys
 import sysconfig
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -447,30 +444,19 @@ def ensure_docstrings(root, *, train_libraries: Sequence[str] = TRAIN_LIBRARIES,
 
     if usable(_read_manifest(root)):
         return root
-    root.parent.mkdir(parents=True, exist_ok=True)
-    with open(str(root) + ".lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            if usable(_read_manifest(root)):  # another process finished the same build meanwhile
-                return root
-            if root.exists() and (not root.is_dir() or (any(root.iterdir()) and not (root / MANIFEST).exists())):
-                raise FileExistsError(f"{root} exists and is not a docstrings dataset (no {MANIFEST}); refusing to "
-                                      "replace it. Point root at an empty or new directory")
-            for stale in root.parent.glob(f".{root.name}.building-*"):
-                shutil.rmtree(stale, ignore_errors=True)
-            tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.building-", dir=root.parent))
-            try:
-                manifest = build(tmp, settings)
-                _check_fingerprint(manifest, fingerprint, root)
-                from .atomic import swap_in_directory
+    built: dict = {}
 
-                swap_in_directory(tmp, root)
-            finally:
-                if tmp.exists():
-                    shutil.rmtree(tmp, ignore_errors=True)
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-    log.info("docstrings dataset built at %s (fingerprint %s)", root, manifest["fingerprint"])
+    def build_checked(tmp: Path) -> None:
+        built.update(build(tmp, settings))
+        _check_fingerprint(built, fingerprint, root)  # a refused build is never swapped in
+
+    from .atomic import build_directory
+
+    # usable(): another process may have finished the same build while we waited for the lock.
+    if not build_directory(root, lambda: usable(_read_manifest(root)), build_checked, marker=MANIFEST,
+                           what="docstrings dataset"):
+        return root
+    log.info("docstrings dataset built at %s (fingerprint %s)", root, built["fingerprint"])
     return root
 
 
