@@ -8,40 +8,25 @@ Target: ratio ≤ 1.15.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _timing import side_by_side  # noqa: E402
 
 from losses import HardnessWeightedInfoNCE, InfoNCE  # noqa: E402
 
 TARGET = 1.15
 
 
-def time_once(loss_fn, q, t) -> float:
-    q = q.detach().requires_grad_()
-    t = t.detach().requires_grad_()
-    start = time.perf_counter()
-    loss_fn(q, t).backward()
-    return time.perf_counter() - start
-
-
 def measure(b: int, d: int, repeats: int, symmetric: bool) -> tuple[float, float]:
-    g = torch.Generator().manual_seed(b)
-    q = torch.nn.functional.normalize(torch.randn(b, d, generator=g), dim=-1)
-    t = torch.nn.functional.normalize(torch.randn(b, d, generator=g), dim=-1)
     plain = InfoNCE(temperature=0.02, symmetric=symmetric)
     weighted = HardnessWeightedInfoNCE(temperature=0.02, alpha=9.0, symmetric=symmetric)
-    time_once(plain, q, t), time_once(weighted, q, t)  # warm-up
-    a, w = [], []
-    for _ in range(repeats):  # interleaved so that machine noise hits both alike
-        a.append(time_once(plain, q, t))
-        w.append(time_once(weighted, q, t))
-    return statistics.median(a), statistics.median(w)
+    return side_by_side(plain, weighted, b, d, repeats)
 
 
 def main(argv=None) -> int:

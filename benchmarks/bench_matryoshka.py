@@ -11,40 +11,25 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _timing import side_by_side  # noqa: E402
 
 from losses import InfoNCE  # noqa: E402
 
 TARGET = 1.5
 
 
-def time_once(loss_fn, q, t) -> float:
-    q = q.detach().requires_grad_()
-    t = t.detach().requires_grad_()
-    start = time.perf_counter()
-    loss_fn(q, t).backward()
-    return time.perf_counter() - start
-
-
 def measure(b: int, d: int, dims: list[int], repeats: int, symmetric: bool) -> tuple[float, float]:
-    g = torch.Generator().manual_seed(b)
-    q = torch.nn.functional.normalize(torch.randn(b, d, generator=g), dim=-1)
-    t = torch.nn.functional.normalize(torch.randn(b, d, generator=g), dim=-1)
     plain = InfoNCE(temperature=0.02, symmetric=symmetric)
     nested = InfoNCE(temperature=0.02, symmetric=symmetric, matryoshka_dims=dims)
-    time_once(plain, q, t), time_once(nested, q, t)  # warm-up
-    a, m = [], []
-    for _ in range(repeats):  # interleaved so that machine noise hits both alike
-        a.append(time_once(plain, q, t))
-        m.append(time_once(nested, q, t))
-    return statistics.median(a), statistics.median(m)
+    return side_by_side(plain, nested, b, d, repeats)
 
 
 def main(argv=None) -> int:
