@@ -112,6 +112,27 @@ def _run_group(default: str) -> str:
     return default
 
 
+def compose_config(config_name: str, overrides: list[str], output_dir: str | os.PathLike) -> DictConfig:
+    """Compose `conf/<config_name>.yaml` with `overrides` outside an app run (tests, benchmarks), as the app
+    would: the Hydra runtime is set (output dir `output_dir`, job 0) so `${hydra:…}` resolves, and
+    `paths.output_dir` points there too. The returned config has no `hydra` node, like an app's."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(Path(__file__).resolve().parent / "conf"), version_base="1.3"):
+        cfg = compose(config_name=config_name, overrides=list(overrides), return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(output_dir)
+        cfg.hydra.job.num = 0
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(output_dir)
+        del cfg["hydra"]
+    return cfg
+
+
 def register_resolvers() -> None:
     for name, fn in (("embedlab_run_name", _run_name), ("embedlab_eval_run_name", _eval_run_name),
                      ("embedlab_run_group", _run_group), ("embedlab_short_overrides", short_overrides),

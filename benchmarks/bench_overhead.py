@@ -27,27 +27,11 @@ SHAPES = ["circle", "square", "triangle", "star"]
 
 
 def compose(out: Path):
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import open_dict
+    import runtime
 
-    import runtime  # noqa: F401  (registers the resolvers)
-
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = hydra_compose(config_name="train", overrides=[
-            "trainer.enable_progress_bar=false", "trainer.val_check_interval=null", "trainer.limit_val_batches=0",
-            "callbacks.model_checkpoint.every_n_train_steps=100000"], return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = str(out)
-        cfg.hydra.job.num = 0
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(out)
-        del cfg["hydra"]
-    return cfg
+    return runtime.compose_config("train", [
+        "trainer.enable_progress_bar=false", "trainer.val_check_interval=null", "trainer.limit_val_batches=0",
+        "callbacks.model_checkpoint.every_n_train_steps=100000"], out)
 
 
 def make_batches(module, n: int, batch: int) -> list[dict]:

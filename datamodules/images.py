@@ -28,8 +28,8 @@ def set_max_image_pixels(limit=_UNSET) -> None:
     Image.MAX_IMAGE_PIXELS = limit
 
 
-class ImageLoader:
-    """Opens MMEB image paths (relative to `root`) as RGB PIL images."""
+class MediaRoot:
+    """Media paths as the data files write them: relative to `root` (None: as given), or absolute."""
 
     def __init__(self, root: str | os.PathLike | None):
         self.root = Path(root) if root is not None else None
@@ -39,6 +39,10 @@ class ImageLoader:
         if p.is_absolute() or self.root is None:
             return p
         return self.root / p
+
+
+class ImageLoader(MediaRoot):
+    """Opens MMEB image paths (relative to `root`) as RGB PIL images."""
 
     def exists(self, rel_path: str) -> bool:
         return self.resolve(rel_path).is_file()

@@ -21,6 +21,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from .errors import DataError
+from .images import MediaRoot
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm")
 FRAME_EXTENSIONS = (".jpg", ".jpeg", ".png")
@@ -73,7 +74,7 @@ def _natural_key(name: str):
     return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", name)]
 
 
-class VideoLoader:
+class VideoLoader(MediaRoot):
     """Opens video paths (relative to `root`) as `VideoClip`s of at most `num_frames` RGB frames."""
 
     def __init__(self, root: str | os.PathLike | None, num_frames: int = 8, max_frames_saved: int | None = 64,
@@ -82,16 +83,10 @@ class VideoLoader:
             raise ValueError(f"num_frames must be >= 1, got {num_frames}")
         if saving not in FRAME_SAVING:
             raise ValueError(f"frame saving must be one of {FRAME_SAVING}, got {saving!r}")
-        self.root = Path(root) if root is not None else None
+        super().__init__(root)
         self.num_frames = int(num_frames)
         self.max_frames_saved = None if max_frames_saved is None else int(max_frames_saved)
         self.saving = saving
-
-    def resolve(self, rel_path: str) -> Path:
-        p = Path(rel_path)
-        if p.is_absolute() or self.root is None:
-            return p
-        return self.root / p
 
     def exists(self, rel_path: str) -> bool:
         p = self.resolve(rel_path)

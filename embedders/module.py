@@ -299,6 +299,14 @@ class EmbeddingModule(L.LightningModule):
         for name, value in stats.items():
             self.log(f"val/{name}", value, sync_dist=True, reduce_fx="max")
 
+    # ------------------------------------------------------------------ fitting
+    def on_fit_start(self) -> None:
+        """Every submodule in train mode, as the references' trainers set it (the HF Trainer calls `model.train()`).
+        `from_pretrained` returns the backbone in eval mode and Lightning keeps submodule modes as it finds them:
+        without this, dropout stayed off and transformers' gradient checkpointing (active only while `training`)
+        was silently skipped. Validation and `Embedder.encode` switch to eval and restore this mode."""
+        self.train()
+
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self):
         if self.hparams.optimizer is None:

