@@ -300,12 +300,14 @@ class EmbeddingModule(L.LightningModule):
             self.log(f"val/{name}", value, sync_dist=True, reduce_fx="max")
 
     # ------------------------------------------------------------------ fitting
-    def on_fit_start(self) -> None:
-        """Every submodule in train mode, as the references' trainers set it (the HF Trainer calls `model.train()`).
-        `from_pretrained` returns the backbone in eval mode and Lightning keeps submodule modes as it finds them:
-        without this, dropout stayed off and transformers' gradient checkpointing (active only while `training`)
-        was silently skipped. Validation and `Embedder.encode` switch to eval and restore this mode."""
-        self.train()
+    def setup(self, stage: str) -> None:
+        """Fitting: every submodule in train mode, as the references' trainers set it (the HF Trainer calls
+        `model.train()`). `from_pretrained` returns the backbone in eval mode and Lightning keeps submodule modes as
+        it finds them: without this, dropout stayed off and transformers' gradient checkpointing (active only while
+        `training`) was silently skipped. Set here, before the strategy wraps the model and the model summary counts
+        modes; validation and `Embedder.encode` switch to eval and restore this mode."""
+        if stage == "fit":
+            self.train()
 
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self):

@@ -1,6 +1,6 @@
 """Fitting trains the backbone in train mode, as the references' trainers do (HF Trainer calls `model.train()`):
 `from_pretrained` returns a model in eval mode and Lightning keeps submodule modes as it finds them, so without
-`EmbeddingModule.on_fit_start` dropout stayed off and transformers' gradient checkpointing (active only while
+`EmbeddingModule.setup` dropout stayed off and transformers' gradient checkpointing (active only while
 `training`) was silently skipped. Checked on the real all-MiniLM-L6-v2 (dropout 0.1), loaded as users load it."""
 
 from __future__ import annotations
