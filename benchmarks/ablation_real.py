@@ -16,8 +16,8 @@ similarity overlap (share of in-library negatives scoring above the 10th-percent
 arm, the whole `mine.py` process) and of training (sum of the logged optimizer-step times, per run), and
 their sum: the cost of one model trained with that method.
 
-    python benchmarks/ablation_real.py [--seeds 1,2,3] [--steps 40] [--out logs/ablation_real] [Hydra overrides…]
-    python benchmarks/ablation_real.py --losses infonce_sym,hw9 --batches random,saha   # a subset of the arms
+    python benchmarks/ablation_real.py [--seeds 1,2,3] [--steps 20] [--out logs/ablation_real] [Hydra overrides…]
+    python benchmarks/ablation_real.py --losses infonce_sym,hw9 --batches random,mined_top   # a subset of the arms
     python benchmarks/ablation_real.py --report logs/ablation_real/<sweep>              # re-aggregate only
     python benchmarks/ablation_real.py --smoke --out /tmp/smoke    # every arm, one step, tiny data (a test)
 
