@@ -72,6 +72,7 @@ def worker(rank: int, out: str, init_file: str, lora: bool) -> None:
                         "state_keys": sorted(state)}, Path(out) / "result.pt")
         else:
             torch.save({"state_keys": sorted(state)}, Path(out) / "rank1.pt")
+        dist.barrier()  # both ranks past every collective before either tears gloo down
     finally:
         dist.destroy_process_group()
 

@@ -31,6 +31,7 @@ def worker(rank: int, world: int, totals: list[int], dim: int, out: str, init_fi
             local = torch.tensor(rows, dtype=torch.float32).unsqueeze(1).repeat(1, dim) if rows else torch.empty(0)
             gathered = gather_strided(local, total, torch.device("cpu"))
             torch.save(gathered, Path(out) / f"rank{rank}_total{total}.pt")
+        dist.barrier()  # both ranks past every collective before either tears gloo down
     finally:
         dist.destroy_process_group()
 

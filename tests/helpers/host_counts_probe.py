@@ -29,6 +29,10 @@ def main(out: Path, rank: int, world: int, init: str) -> None:
         dist.get_backend = real
     torch.save({"results": [(g.queries, g.negatives, g.offset, g.local) for g in results],
                 "side_group_size": dist.get_world_size(side)}, out / f"rank{rank}.pt")
+    # Both ranks past every collective before either tears gloo down: a rank that destroys its groups while the
+    # other still talks on them aborts the other ("terminate called without an active exception").
+    dist.barrier(group=side)
+    dist.barrier()
     dist.destroy_process_group()
 
 

@@ -55,6 +55,7 @@ def main(out: Path, rank: int, world: int, init: str) -> None:
     ddp = torch.nn.parallel.DistributedDataParallel(ref, find_unused_parameters=True)
     ddp(x, rank).backward()
     torch.save({"ours": ours, "ddp": grads(ref), "calls": calls, "c_moved": c_moved}, out / f"rank{rank}.pt")
+    dist.barrier()  # both ranks past every collective before either tears gloo down
     dist.destroy_process_group()
 
 
