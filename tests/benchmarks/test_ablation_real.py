@@ -171,6 +171,9 @@ def test_script_smoke_end_to_end(tmp_path):
     subprocess.run([sys.executable, "benchmarks/ablation_real.py", "--smoke", "--out", str(tmp_path),
                     f"docstrings.root={tmp_path / 'docstrings'}"], cwd=ROOT, check=True, timeout=1800)
     (sweep,) = [p for p in tmp_path.iterdir() if (p / "ablation_real.md").is_file()]
-    rows = [line for line in (sweep / "ablation_real.md").read_text().splitlines() if line.startswith("| ")][2:]
+    lines = (sweep / "ablation_real.md").read_text().splitlines()
+    assert lines[0].startswith("| loss | batches |") and lines[1].startswith("|---|")
+    rows = [line for line in lines[2:] if line.startswith("| ")]
+    assert rows[0].startswith("| zero-shot |")
     assert len(rows) == 1 + len(ar.LOSS_ARMS) * len(ar.BATCH_ARMS)
     assert (sweep / "ablation_real.png").is_file()
