@@ -33,9 +33,15 @@ method of such a class, in every `.py` file of a library (`python` = the standar
 
 Split (deterministic, independent of file order): each library's pairs are ordered by the SHA-256 of
 (library, qualified name, summary, body), so a function keeps its place when other functions change.
-Training library: the first `eval_per_library` pairs are its IND eval rows (held-out functions), the
-next `train_per_library` (null = all the rest) its training rows. Held-out library: the first
-`eval_per_library` are its OOD eval rows; none of it is ever trained on. Each eval row's candidates
+Walking that order, a pair becomes an eval row until `eval_per_library` are chosen; a pair that is a
+near-duplicate of a chosen eval row — the same qualified name (a property's getter and setter), or a
+body whose word 3-gram set has Jaccard similarity ≥ NEAR_DUP_JACCARD (0.3) with the eval row's body
+(templated docstrings: numpy.ma's "masked array version of …", an nn module and its functional twin) —
+is dropped (counted per library in the manifest, `near_duplicates_of_eval_dropped`, and logged), so no
+eval row has a near-duplicate among the training rows or the other eval rows. Training library: the
+eval rows are its IND eval set (held-out functions), the next `train_per_library` (null = all the rest)
+of the pairs left its training rows. Held-out library: the eval rows are its OOD eval set; none of it is
+ever trained on. Each eval row's candidates
 are its own body (index 0) and up to `eval_candidates − 1` bodies of other eval rows of the same
 library, so every negative is a docstring of the same library (hard). Queries carry no instruction.
 
@@ -74,7 +80,7 @@ from .schema import RESERVED_TOKENS
 log = logging.getLogger(__name__)
 
 # Bump whenever anything that changes generated rows changes (filters, split, layout).
-DOCSTRINGS_VERSION = 2
+DOCSTRINGS_VERSION = 3
 MANIFEST = "docstrings.json"
 TRAIN_SPLIT, EVAL_SPLIT = "original", "test"
 #: The standard library's name here; its version is the Python version.
@@ -92,6 +98,8 @@ SUMMARY_WORDS = (4, 40)
 SUMMARY_MAX_CHARS = 200
 SUMMARY_MAX_LINES = 3
 BODY_MIN_WORDS = 15
+#: Near-duplicate bodies (templated docstrings): Jaccard similarity of their word 3-gram sets at least this.
+NEAR_DUP_JACCARD = 0.3
 
 _EXAMPLES_HEADING = re.compile(r"^\s*(examples?|usage)\s*:?\s*$", re.IGNORECASE)
 _RULE = re.compile(r"^\s*([-=~^*])\1{2,}\s*$")
@@ -271,26 +279,56 @@ def train_rows(pairs: Sequence[DocPair]) -> list[dict]:
              "neg_image_path": ""} for p in pairs]
 
 
+def shingles(text: str) -> frozenset[tuple[str, ...]]:
+    """Word 3-grams of the normalised text (the whole text when it has fewer than 3 words)."""
+    words = normalise(text).split()
+    return frozenset(tuple(words[i:i + 3]) for i in range(max(1, len(words) - 2)))
+
+
+def near_duplicates(a: DocPair, b: DocPair, a_shingles: frozenset, b_shingles: frozenset) -> bool:
+    """Two docstrings of one function (a property's getter and setter) or two instances of one template:
+    the same qualified name, or a Jaccard similarity of the bodies' word 3-grams ≥ NEAR_DUP_JACCARD."""
+    if a.qualname == b.qualname:
+        return True
+    shared = len(a_shingles & b_shingles)
+    return shared >= NEAR_DUP_JACCARD * (len(a_shingles) + len(b_shingles) - shared)
+
+
 def split_pairs(pairs: Sequence[DocPair], train_libraries: Sequence[str], ood_libraries: Sequence[str],
-                eval_per_library: int, train_per_library: int | None) -> tuple[dict, dict]:
-    """({train library: training pairs}, {eval dataset: pairs}) — module docstring, "Split"."""
+                eval_per_library: int, train_per_library: int | None) -> tuple[dict, dict, dict]:
+    """({train library: training pairs}, {eval dataset: pairs}, {library: near-duplicates of eval rows
+    dropped}) — module docstring, "Split"."""
     by_library: dict[str, list[DocPair]] = {lib: [] for lib in (*train_libraries, *ood_libraries)}
     for p in pairs:
         by_library[p.library].append(p)
-    train, evaluation = {}, {}
+    train, evaluation, dropped = {}, {}, {}
     for lib, lib_pairs in by_library.items():
         ordered = sorted(lib_pairs, key=lambda p: p.order_key)
         if len(ordered) < 2:
             raise DataError(f"only {len(ordered)} docstring pair(s) survive the filters in library {lib!r}; "
                             "choose another library", dataset=lib)
-        evaluation[lib] = ordered[:eval_per_library]
+        chosen: list[tuple[DocPair, frozenset]] = []
+        rest: list[DocPair] = []
+        dropped[lib] = 0
+        for p in ordered:
+            sh = shingles(p.body)
+            if any(near_duplicates(p, e, sh, esh) for e, esh in chosen):
+                dropped[lib] += 1  # a sibling of an eval row: neither a second eval row nor a training leak
+            elif len(chosen) < eval_per_library:
+                chosen.append((p, sh))
+            else:
+                rest.append(p)
+        evaluation[lib] = [p for p, _ in chosen]
         if lib in train_libraries:
-            rest = ordered[eval_per_library:]
             train[lib] = rest if train_per_library is None else rest[:train_per_library]
             if not train[lib]:
                 raise DataError(f"library {lib!r} has {len(ordered)} pairs, all taken by eval_per_library="
-                                f"{eval_per_library}: none left to train on", dataset=lib)
-    return train, evaluation
+                                f"{eval_per_library} or dropped as their near-duplicates: none left to train on",
+                                dataset=lib)
+        if dropped[lib]:
+            log.info("docstrings: %s: %d pair(s) dropped as near-duplicates of its %d eval rows", lib,
+                     dropped[lib], len(chosen))
+    return train, evaluation, dropped
 
 
 def rows_fingerprint(train: dict[str, list[dict]], evaluation: dict[str, list[dict]]) -> str:
@@ -344,8 +382,10 @@ def build(out: Path, settings: dict) -> dict:
     kept = Counter(p.library for p in unique)
     for lib in libraries:
         infos[lib]["kept_after_dedup"] = kept[lib]
-    train, evaluation = split_pairs(unique, settings["train_libraries"], settings["ood_libraries"],
-                                    settings["eval_per_library"], settings["train_per_library"])
+    train, evaluation, dropped = split_pairs(unique, settings["train_libraries"], settings["ood_libraries"],
+                                             settings["eval_per_library"], settings["train_per_library"])
+    for lib in libraries:
+        infos[lib]["near_duplicates_of_eval_dropped"] = dropped[lib]
     train_tables = {lib: train_rows(pairs) for lib, pairs in train.items()}
     eval_tables = {lib: eval_rows(pairs, settings["eval_candidates"], settings["seed"])
                    for lib, pairs in evaluation.items()}

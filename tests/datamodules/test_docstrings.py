@@ -75,14 +75,57 @@ def test_split_docstring_hand_worked():
     ("Only a summary line, no body at all here.", "no body"),
     ("Too short.\n\n" + "word " * 20, "summary under 4 words"),
     ("A summary that is long enough to pass.\n\nToo short a body.", "body under 15 words"),
-    ("Return the value.\n\nReturn the value. " + "More words follow to reach the minimum length " * 2,
-     "summary inside the body"),
+    ("Return the stored value unchanged.\n\nReturn the stored value unchanged. "
+     + "More words follow to reach the minimum length " * 2, "summary inside the body"),
     ("1. Numbered summary lines are not prose.\n\n" + "word " * 20, "summary not starting with a letter"),
     ("One\ntwo\nthree\nfour lines of summary text.\n\n" + "word " * 20, "summary over 3 lines"),
-    (">>> f(1)\n\n" + "word " * 20, "doctest summary"),
+    (">>> f(1) gives the same value back\n\n" + "word " * 20, "doctest summary"),
 ])
 def test_split_docstring_rejects(doc, why):
     assert ds.split_docstring(doc, 300) is None, why
+
+
+def test_the_rejected_summaries_pass_every_other_rule():
+    """Controls for the two cases above that must fail on their own rule, not on the word count."""
+    body = "More words follow to reach the minimum length " * 2
+    assert ds.split_docstring("Return the stored value unchanged.\n\n" + body, 300) is not None
+    assert ds.split_docstring("f(1) gives the same value back\n\n" + body, 300) is not None
+
+
+def test_shingle_jaccard_hand_worked():
+    a = ds.DocPair("x", "m.a", "s", "one two three four")       # 3-grams: (one two three), (two three four)
+    b = ds.DocPair("x", "m.b", "s", "One, two three FOUR five")  # (one two three), (two three four), (three four five)
+    sa, sb = ds.shingles(a.body), ds.shingles(b.body)
+    assert len(sa & sb) == 2 and len(sa | sb) == 3               # Jaccard 2/3 ≥ 0.3
+    assert ds.near_duplicates(a, b, sa, sb)
+    c = ds.DocPair("x", "m.c", "s", "four three two one zero")
+    assert not ds.near_duplicates(a, c, sa, ds.shingles(c.body))  # same words, no shared 3-gram
+    getter = ds.DocPair("x", "m.C.prop", "s", "alpha beta gamma delta")
+    setter = ds.DocPair("x", "m.C.prop", "s", "omega psi chi phi")
+    assert ds.near_duplicates(getter, setter, ds.shingles(getter.body), ds.shingles(setter.body))
+
+
+def test_split_drops_near_duplicates_of_eval_rows():
+    """A templated sibling of an eval row is neither a training row nor a second eval row; others are kept."""
+    words = [f"w{i}" for i in range(400)]
+    template = " ".join(words[:20])
+    pairs = [ds.DocPair("lib", f"m.f{i}", f"summary {i}", f"{template} variant {i}") for i in range(6)]
+    pairs += [ds.DocPair("lib", f"m.g{i}", f"other {i}", " ".join(words[20 + 20 * i:40 + 20 * i])) for i in range(6)]
+    train, evaluation, dropped = ds.split_pairs(pairs, ["lib"], [], eval_per_library=3, train_per_library=None)
+    ordered = sorted(pairs, key=lambda p: p.order_key)
+    # Naive reference: walk in order; an eval row's template siblings (the other f's) are dropped.
+    expected_eval, expected_drop, expected_train = [], 0, []
+    for p in ordered:
+        family = p.qualname.startswith("m.f")
+        if any(family and e.qualname.startswith("m.f") for e in expected_eval):
+            expected_drop += 1
+        elif len(expected_eval) < 3:
+            expected_eval.append(p)
+        else:
+            expected_train.append(p)
+    assert evaluation["lib"] == expected_eval and train["lib"] == expected_train and dropped["lib"] == expected_drop
+    assert sum(p.qualname.startswith("m.f") for p in evaluation["lib"] + train["lib"]) <= 1
+    assert len(evaluation["lib"]) + len(train["lib"]) + dropped["lib"] == len(pairs)
 
 
 def test_deduplicate_drops_every_copy():
@@ -134,6 +177,13 @@ def test_no_pair_and_no_text_in_both_train_and_eval(small_root):
     assert not eval_pairs & train_pairs
     # Stronger: no eval query or candidate text occurs in training at all.
     assert not {ds.normalise(t) for r in eval_rows for t in (r["qry_text"], *r["tgt_text"])} & train_texts
+    # And no eval row's body is a near-duplicate (word 3-gram Jaccard ≥ 0.3) of a training body, by a naive loop.
+    train_bodies = [r["pos_text"] for rows in read_train(small_root).values() for r in rows]
+    for body in {r["tgt_text"][0] for r in eval_rows}:
+        a = set(zip(*(ds.normalise(body).split()[i:] for i in range(3))))
+        for other in train_bodies:
+            b = set(zip(*(ds.normalise(other).split()[i:] for i in range(3))))
+            assert len(a & b) / len(a | b) < ds.NEAR_DUP_JACCARD, (body, other)
 
 
 def test_held_out_libraries_are_held_out_and_candidates_come_from_one_library(small_root):
