@@ -206,10 +206,14 @@ def _row(job: Path, overrides: dict, res: dict, loss: str, batches: str) -> dict
     steps = metric_values(metrics, "perf/step_s") if metrics.is_file() else []
     overlap_file = job / "heldout_overlap.json"
     overlap = json.loads(overlap_file.read_text()) if overlap_file.is_file() else {}
+    # The run's wall time inside its process: Hydra writes .hydra/config.yaml when the job starts, the final
+    # evaluation writes eval/results.json last (model load, data, every step, evaluation, saving in between).
+    start, end = job / ".hydra" / "config.yaml", job / "eval" / "results.json"
+    run_s = end.stat().st_mtime - start.stat().st_mtime if start.is_file() and end.is_file() else None
     return {"loss": loss, "batches": batches, "seed": overrides.get("seed"), "overall": res["overall"],
             "IND": res["IND"], "OOD": res["OOD"],
             "overlap": 100 * overlap["sim_overlap"] if "sim_overlap" in overlap else None,
-            "train_s": sum(steps), "steps": len(steps), "dir": str(job)}
+            "train_s": sum(steps) if steps else None, "steps": len(steps), "run_s": run_s, "dir": str(job)}
 
 
 def collect(sweep: Path) -> tuple[list[dict], dict | None]:
@@ -224,7 +228,7 @@ def collect(sweep: Path) -> tuple[list[dict], dict | None]:
     for results in (job / "eval_untrained" / "results.json", job / "eval" / "results.json"):
         if results.is_file() and (job / ".hydra" / "overrides.yaml").is_file():
             zero_shot = _row(job, job_overrides(job), json.loads(results.read_text()), "zero-shot", "–")
-            zero_shot.update(train_s=0.0, steps=0)
+            zero_shot.update(train_s=None, steps=0, run_s=None)
             break
     return rows, zero_shot
 
@@ -234,8 +238,21 @@ def report(sweep: Path) -> str:
     if not rows:
         raise SystemExit(f"no finished runs (eval/results.json) under {sweep}")
     timing = json.loads((sweep / "timing.json").read_text()) if (sweep / "timing.json").is_file() else {}
-    def mining(rs: list[dict]) -> float:
-        return timing.get("mining_s", {}).get(rs[0]["batches"], 0.0)
+
+    def mining(rs: list[dict]) -> float | None:
+        """mine.py's wall time for this batch arm (whole process), 0 for random batches, None: not recorded."""
+        if rs[0]["batches"] == "random" or rs[0]["loss"] == "zero-shot":
+            return 0.0
+        return timing.get("mining_s", {}).get(rs[0]["batches"])
+
+    def fmt(value: float | None) -> str:
+        return "–" if value is None else f"{value:.0f}"
+
+    def total(rs: list[dict]) -> str:
+        runs = [r["run_s"] for r in rs if r["run_s"] is not None]
+        if rs[0]["loss"] == "zero-shot" or mining(rs) is None or not runs:
+            return "–"
+        return fmt(mining(rs) + statistics.mean(runs))
 
     order = {k: i for i, k in enumerate(LOSS_ARMS)}, {k: i for i, k in enumerate(BATCH_ARMS)}
     groups: dict[tuple, list[dict]] = {}
@@ -246,15 +263,21 @@ def report(sweep: Path) -> str:
         ("IND", lambda rs: mean_std([r["IND"] for r in rs])),
         ("OOD", lambda rs: mean_std([r["OOD"] for r in rs])),
         ("held-out overlap (%)", lambda rs: mean_std([r["overlap"] for r in rs])),
-        ("mining (s, once)", lambda rs: f"{mining(rs):.0f}"),
-        ("training (s/run)", lambda rs: mean_std([r["train_s"] for r in rs], 0)),
-        ("mining + training (s)", lambda rs: f"{mining(rs) + statistics.mean(r['train_s'] for r in rs):.0f}"),
+        ("mining (s, once)", lambda rs: "–" if rs[0]["loss"] == "zero-shot" else fmt(mining(rs))),
+        ("training steps (s/run)", lambda rs: mean_std([r["train_s"] for r in rs], 0)),
+        ("run wall (s/run)", lambda rs: mean_std([r["run_s"] for r in rs], 0)),
+        ("mining + run (s)", total),
     ]
     all_groups = {("zero-shot", "–"): [zero_shot]} if zero_shot else {}
     all_groups.update(groups)
     table = summary_table(all_groups, ("loss", "batches"), columns)
     manifest = _data_manifest(rows[0]["dir"])
-    notes = [f"sweep {sweep}; {rows[0]['steps']} optimizer steps per run"]
+    step_counts = sorted({r["steps"] for r in rows})
+    notes = [f"sweep {sweep}; {'/'.join(map(str, step_counts))} optimizer steps per run"
+             + ("" if len(step_counts) == 1 else " (runs differ: an unfinished or mixed sweep)")]
+    notes += incomplete(rows, zero_shot, timing)
+    for line in notes[1:]:
+        print(line, file=sys.stderr)
     if manifest:
         versions = ", ".join(f"{lib} {info['version']}" for lib, info in manifest["libraries"].items())
         notes.append(f"docstrings data fingerprint {manifest['fingerprint']} ({versions})")
@@ -272,6 +295,33 @@ def report(sweep: Path) -> str:
                  ("overlap", "held-out overlap (%, lower = better)"), ("train_s", "training time per run (s)")],
                 reference=reference, width=22)
     return text
+
+
+def incomplete(rows: list[dict], zero_shot: dict | None, timing: dict) -> list[str]:
+    """What the table lacks, one line each (a sweep still running, or runs whose outputs are missing)."""
+    lines = []
+    found = {(r["loss"], r["batches"]) for r in rows}
+    seeds = {r["seed"] for r in rows}
+    losses = [x for x in LOSS_ARMS if any(r["loss"] == x for r in rows)]
+    batches = [b for b in BATCH_ARMS if any(r["batches"] == b for r in rows)]
+    missing = [f"{x}/{b}" for x in losses for b in batches if (x, b) not in found]
+    if missing:
+        lines.append(f"INCOMPLETE: no finished run of {', '.join(missing)}")
+    for r in rows:
+        if {x["seed"] for x in rows if (x["loss"], x["batches"]) == (r["loss"], r["batches"])} != seeds:
+            lines.append(f"INCOMPLETE: {r['loss']}/{r['batches']} lacks seed(s) of {sorted(seeds)}")
+            break
+    for key, what in (("overlap", "heldout_overlap.json"), ("train_s", "csv/metrics.csv step times"),
+                      ("run_s", "a wall time")):
+        lacking = [r["dir"] for r in rows if r[key] is None]
+        if lacking:
+            lines.append(f"INCOMPLETE: {len(lacking)} run(s) without {what}, e.g. {lacking[0]}")
+    unmined = [b for b in batches if b != "random" and b not in timing.get("mining_s", {})]
+    if unmined:
+        lines.append(f"INCOMPLETE: no mining time recorded (timing.json) for {', '.join(unmined)}")
+    if zero_shot is None:
+        lines.append("INCOMPLETE: no zero-shot run")
+    return lines
 
 
 def _data_manifest(job_dir: str) -> dict | None:

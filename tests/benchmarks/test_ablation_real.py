@@ -5,6 +5,7 @@ script uses; the report aggregates finished runs; `--smoke` runs the whole scrip
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -135,12 +136,16 @@ def test_report_aggregates_a_sweep(tmp_path):
     """mean ± std per (loss, batches), the zero-shot line, timing columns, the plot."""
     sweep = tmp_path / "sweep"
 
-    def job(path: Path, overrides: list[str], overall: float, overlap: float, steps: list[float]):
+    def job(path: Path, overrides: list[str], overall: float, overlap: float, steps: list[float], wall: float = 0):
         (path / ".hydra").mkdir(parents=True)
         (path / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+        (path / ".hydra" / "config.yaml").write_text("seed: 1\n")
         (path / "eval").mkdir()
         (path / "eval" / "results.json").write_text(json.dumps({"overall": overall, "IND": overall + 1,
                                                                 "OOD": overall - 1}))
+        # The run's wall time: from its config (written at job start) to its scores (written last).
+        os.utime(path / ".hydra" / "config.yaml", (1_000_000, 1_000_000))
+        os.utime(path / "eval" / "results.json", (1_000_000 + wall, 1_000_000 + wall))
         (path / "heldout_overlap.json").write_text(json.dumps({"sim_overlap": overlap}))
         (path / "csv").mkdir()
         (path / "csv" / "metrics.csv").write_text("perf/step_s,step\n" + "".join(f"{s},{i}\n" for i, s in enumerate(steps)))
@@ -150,17 +155,22 @@ def test_report_aggregates_a_sweep(tmp_path):
     (sweep / "zero_shot" / "eval_untrained").mkdir()
     (sweep / "zero_shot" / "eval_untrained" / "results.json").write_text(json.dumps({"overall": 50.0, "IND": 51.0,
                                                                                      "OOD": 49.0}))
-    job(sweep / "saha" / "0_a", ["experiment=ablation_real_hw9", "seed=1"], 60.0, 0.10, [1.0, 2.0])
-    job(sweep / "saha" / "1_b", ["experiment=ablation_real_hw9", "seed=2"], 62.0, 0.12, [1.0, 4.0])
-    job(sweep / "random" / "0_c", ["experiment=ablation_real", "seed=1"], 55.0, 0.15, [1.0])
+    job(sweep / "saha" / "0_a", ["experiment=ablation_real_hw9", "seed=1"], 60.0, 0.10, [1.0, 2.0], wall=10)
+    job(sweep / "saha" / "1_b", ["experiment=ablation_real_hw9", "seed=2"], 62.0, 0.12, [1.0, 4.0], wall=14)
+    job(sweep / "random" / "0_c", ["experiment=ablation_real", "seed=1"], 55.0, 0.15, [1.0], wall=8)
     (sweep / "timing.json").write_text(json.dumps({"mining_s": {"saha": 42.0}, "total_s": 600}))
     text = ar.report(sweep)
     lines = text.splitlines()
-    assert lines[2] == "| zero-shot | – | 1 | 50.0 ± 0.0 | 51.0 ± 0.0 | 49.0 ± 0.0 | 20.0 ± 0.0 | 0 | 0 ± 0 | 0 |"
-    assert lines[3].startswith("| InfoNCE q→t | random | 1 | 55.0 ± 0.0 |")
-    # hw9/saha: Overall mean 61, std of (60, 62) = 1.414; overlap 11 ± 1.4 %; mining 42 s; training (3 + 5)/2 s.
+    assert lines[2] == "| zero-shot | – | 1 | 50.0 ± 0.0 | 51.0 ± 0.0 | 49.0 ± 0.0 | 20.0 ± 0.0 | – | – | – | – |"
+    # random: no mining; one step of 1 s; 8 s from job start to scores.
+    assert lines[3] == "| InfoNCE q→t | random | 1 | 55.0 ± 0.0 | 56.0 ± 0.0 | 54.0 ± 0.0 | 15.0 ± 0.0 | 0 | 1 ± 0 | 8 ± 0 | 8 |"
+    # hw9/saha: Overall mean 61, std of (60, 62) = 1.414; overlap 11 ± 1.4 %; mining 42 s; training steps
+    # (3 + 5)/2 = 4 ± 1.4 s; run wall (10 + 14)/2 = 12 ± 2.8 s; mining + run 42 + 12 = 54 s.
     assert lines[4] == ("| hardness-weighted α=9 | saha | 2 | 61.0 ± 1.4 | 62.0 ± 1.4 | 60.0 ± 1.4 | 11.0 ± 1.4 | 42 | "
-                        "4 ± 1 | 46 |")
+                        "4 ± 1 | 12 ± 3 | 54 |")
+    # This fake sweep is a partial grid: the notes say what is missing.
+    assert "INCOMPLETE: no finished run of infonce_qt/saha, hw9/random" in text
+    assert "INCOMPLETE: infonce_qt/random lacks seed(s) of ['1', '2']" in text
     assert (sweep / "ablation_real.png").stat().st_size > 0
     assert json.loads((sweep / "ablation_real.json").read_text())["zero_shot"]["overall"] == 50.0
 
@@ -176,4 +186,5 @@ def test_script_smoke_end_to_end(tmp_path):
     rows = [line for line in lines[2:] if line.startswith("| ")]
     assert rows[0].startswith("| zero-shot |")
     assert len(rows) == 1 + len(ar.LOSS_ARMS) * len(ar.BATCH_ARMS)
+    assert "INCOMPLETE" not in "\n".join(lines), "a complete sweep's notes list nothing missing"
     assert (sweep / "ablation_real.png").is_file()
