@@ -144,3 +144,47 @@ def keep_trainable_in(model: nn.Module, dtype: str | torch.dtype | None = "float
     if cast:
         log.info("kept %d trainable parameter tensor(s) in %s (frozen weights stay in the loaded dtype)", cast, target)
     return cast
+
+
+#: Plain float attributes through which transformers' layers hold a dropout probability outside nn.Dropout
+#: (BERT's SDPA attention: dropout_prob; Llama/Qwen2/Qwen3-VL/SigLIP/CLIP attention: attention_dropout or dropout).
+_DROPOUT_ATTRIBUTES = ("dropout_prob", "attention_dropout", "attn_dropout", "dropout", "hidden_dropout",
+                       "activation_dropout")
+
+
+def set_dropout(model: nn.Module, p: float) -> int:
+    """Set every dropout probability of a loaded backbone to `p`: nn.Dropout modules, the float attributes
+    attention layers read (`_DROPOUT_ATTRIBUTES`) and every `*dropout*` float of its (sub-)configs, so a saved
+    model records it. LoRA's own dropout (peft's lora_dropout, set by model.lora.dropout) is left alone.
+    Returns how many modules and attributes were changed; raises when `p` is not in [0, 1)."""
+    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= float(p) < 1.0:
+        raise ValueError(f"model.dropout must be a probability in [0, 1) or null, got {p!r}")
+    p = float(p)
+    changed = 0
+    seen_configs: set[int] = set()
+
+    def set_config(config) -> None:
+        if config is None or id(config) in seen_configs or not hasattr(config, "to_dict"):
+            return
+        seen_configs.add(id(config))
+        for key, value in list(vars(config).items()):
+            if "dropout" in key and isinstance(value, float):
+                setattr(config, key, p)
+            elif hasattr(value, "to_dict") and hasattr(value, "model_type"):  # a sub-config (text_config, …)
+                set_config(value)
+
+    for name, module in model.named_modules():
+        if "lora_" in name:
+            continue
+        set_config(getattr(module, "config", None))
+        if isinstance(module, nn.modules.dropout._DropoutNd):
+            module.p = p
+            changed += 1
+            continue
+        for attribute in _DROPOUT_ATTRIBUTES:
+            value = module.__dict__.get(attribute)  # plain attributes only; submodules live in _modules
+            if isinstance(value, float):
+                setattr(module, attribute, p)
+                changed += 1
+    log.info("dropout set to %g in %d backbone modules/attributes", p, changed)
+    return changed

@@ -39,7 +39,7 @@ from losses import ContrastiveLoss, similarity_fp32
 from losses.gather import gather_rows, local_only
 
 from .embedder import Embedder, move_to
-from .finetune import keep_trainable_in
+from .finetune import keep_trainable_in, set_dropout
 from .gradcache import RngState, all_reduce_gradients
 
 log = logging.getLogger(__name__)
@@ -64,6 +64,7 @@ class EmbeddingModule(L.LightningModule):
         lora: dict | None = None,
         freeze_vision: bool = False,
         gradient_checkpointing: bool = False,
+        dropout: float | None = None,
         gradcache: dict | None = None,
         optimizer: Callable[..., torch.optim.Optimizer] | None = None,
         scheduler: Callable[..., Any] | None = None,
@@ -87,6 +88,10 @@ class EmbeddingModule(L.LightningModule):
             max_length=max_length, dtype=dtype, image=image, lora=lora, freeze_vision=freeze_vision,
             gradient_checkpointing=gradient_checkpointing,
         )
+        if dropout is not None:
+            # Every dropout probability of the backbone (null: the checkpoint's own, e.g. 0.1 for BERT-like
+            # encoders, 0 for Qwen2-VL's language model). Dropout costs time on CPUs (MiniLM: ~1.4x per step).
+            set_dropout(self.embedder, dropout)
         if loss is not None:
             # Built to train: trainable weights in trainable_dtype (fp32 master weights by default); `dtype` then
             # applies to frozen weights only. Without a loss (evaluation, export) every weight stays in `dtype`.

@@ -48,6 +48,23 @@ def mined(batch: str, workdir: Path, compose_cfg) -> Path | None:
 
         out = workdir / "mined" / batch
         mine.run(compose_cfg("mine", ar.mine_overrides(batch, common(workdir), out, smoke=True)))
+        # The arm's miner really produced its output: clusters per training library, or mined negatives
+        # selected by the arm's rule on (nearly) every row.
+        libraries = ar.SMOKE_LIBRARIES["train"]
+        if batch == "saha":
+            for lib in libraries:
+                clusters = json.loads((out / f"{lib}.saha.json").read_text())
+                assert clusters["format"] == "embedlab.saha_clusters.v1" and clusters["num_rows"] > 0
+        else:
+            import pyarrow.parquet as pq
+
+            meta = json.loads((out / "mined.json").read_text())
+            assert meta["settings"]["select"] == batch.removeprefix("mined_")
+            assert meta["settings"]["relative"] == 0.95
+            for lib in libraries:
+                rows = pq.read_table(out / lib / "original-00000-of-00001.parquet").to_pylist()
+                assert sum(bool(r["neg_text"]) for r in rows) >= 0.8 * len(rows), (batch, lib)
+                assert all(r["neg_text"] != r["pos_text"] for r in rows)
         _MINED[batch] = out
     return _MINED[batch]
 
@@ -71,6 +88,11 @@ def test_the_fast_arms_cover_every_loss_and_every_batch_arm():
 def test_every_arm_trains_one_step(loss, batch, compose_cfg, workdir, tmp_path):
     arm = [f"experiment={ar.LOSS_ARMS[loss]}", *ar.batch_overrides(batch, mined(batch, workdir, compose_cfg)),
            "trainer.max_steps=1", "trainer.val_check_interval=1", "seed=1"]
+    cfg = compose_cfg("train", [*ar.train_overrides(common(workdir), smoke=True, overlap_rows=4), *arm])
+    expected_loss = {"infonce_qt": ("losses.InfoNCE", False, None), "infonce_sym": ("losses.InfoNCE", True, None),
+                     "hw0.5": ("losses.HardnessWeightedInfoNCE", True, 0.5),
+                     "hw9": ("losses.HardnessWeightedInfoNCE", True, 9)}[loss]
+    assert (cfg.loss._target_, cfg.loss.symmetric, cfg.loss.get("alpha")) == expected_loss, cfg.loss
     out = run_arm(compose_cfg, workdir, arm)
     assert set(out["after"]["datasets"]) == {*ar.SMOKE_LIBRARIES["train"], *ar.SMOKE_LIBRARIES["ood"]}
     run_dir = tmp_path / "run"
