@@ -240,8 +240,11 @@ def report(sweep: Path) -> str:
     timing = json.loads((sweep / "timing.json").read_text()) if (sweep / "timing.json").is_file() else {}
 
     def mining(rs: list[dict]) -> float | None:
-        """mine.py's wall time for this batch arm (whole process), 0 for random batches, None: not recorded."""
-        if rs[0]["batches"] == "random" or rs[0]["loss"] == "zero-shot":
+        """mine.py's wall time for this batch arm (whole process), 0 for random batches, None: not recorded
+        (and for the zero-shot row, which neither mines nor trains)."""
+        if rs[0]["loss"] == "zero-shot":
+            return None
+        if rs[0]["batches"] == "random":
             return 0.0
         return timing.get("mining_s", {}).get(rs[0]["batches"])
 
@@ -250,7 +253,7 @@ def report(sweep: Path) -> str:
 
     def total(rs: list[dict]) -> str:
         runs = [r["run_s"] for r in rs if r["run_s"] is not None]
-        if rs[0]["loss"] == "zero-shot" or mining(rs) is None or not runs:
+        if mining(rs) is None or not runs:
             return "–"
         return fmt(mining(rs) + statistics.mean(runs))
 
@@ -263,7 +266,7 @@ def report(sweep: Path) -> str:
         ("IND", lambda rs: mean_std([r["IND"] for r in rs])),
         ("OOD", lambda rs: mean_std([r["OOD"] for r in rs])),
         ("held-out overlap (%)", lambda rs: mean_std([r["overlap"] for r in rs])),
-        ("mining (s, once)", lambda rs: "–" if rs[0]["loss"] == "zero-shot" else fmt(mining(rs))),
+        ("mining (s, once)", lambda rs: fmt(mining(rs))),
         ("training steps (s/run)", lambda rs: mean_std([r["train_s"] for r in rs], 0)),
         ("run wall (s/run)", lambda rs: mean_std([r["run_s"] for r in rs], 0)),
         ("mining + run (s)", total),

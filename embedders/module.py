@@ -90,7 +90,7 @@ class EmbeddingModule(L.LightningModule):
         )
         if dropout is not None:
             # Every dropout probability of the backbone (null: the checkpoint's own, e.g. 0.1 for BERT-like
-            # encoders, 0 for Qwen2-VL's language model). Dropout costs time on CPUs (MiniLM: ~1.4x per step).
+            # encoders, 0 for Qwen2-VL's language model). Dropout costs time on CPUs (MiniLM: ~1.3x per step).
             set_dropout(self.embedder, dropout)
         if loss is not None:
             # Built to train: trainable weights in trainable_dtype (fp32 master weights by default); `dtype` then
