@@ -328,13 +328,20 @@ def incomplete(rows: list[dict], zero_shot: dict | None, timing: dict) -> list[s
 
 
 def _data_manifest(job_dir: str) -> dict | None:
-    """The docstrings manifest of the data a run trained on (its resolved config names the root)."""
-    import yaml
+    """The docstrings manifest of the data a run trained on. Its saved config names the root as an interpolation
+    (`${paths.data_dir}/docstrings`, from the directory the sweep started in), resolved here against the run's
+    own `.hydra/hydra.yaml`; None when the config or the manifest is missing."""
+    from omegaconf import OmegaConf
 
-    cfg_file = Path(job_dir) / ".hydra" / "config.yaml"
-    if not cfg_file.is_file():
+    from embedders.shipping import load_run_config
+
+    if not (Path(job_dir) / ".hydra" / "config.yaml").is_file():
         return None
-    root = (yaml.safe_load(cfg_file.read_text()).get("docstrings") or {}).get("root")
+    try:
+        root = OmegaConf.select(load_run_config(Path(job_dir)), "docstrings.root")
+    except Exception as exc:  # an unresolvable root: the report says so rather than guessing a directory
+        print(f"note: cannot resolve docstrings.root of {job_dir}: {exc}", file=sys.stderr)
+        return None
     manifest = Path(str(root)) / "docstrings.json" if root else None
     return json.loads(manifest.read_text()) if manifest and manifest.is_file() else None
 

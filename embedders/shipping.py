@@ -995,14 +995,15 @@ def _run_steps(run_dir: Path, checkpoint: str | Path | None = None) -> int | Non
 def load_run_config(run_dir: Path):
     """A run's saved `.hydra/config.yaml`, with its `${hydra:…}` interpolations pointed at the run's own
     `.hydra/hydra.yaml` (the working directory the paths derive from, for instance), so that they resolve outside
-    the Hydra app that wrote them."""
+    the Hydra app that wrote them. `${embedlab_cwd:}` (paths.root_dir) is the run's `hydra.runtime.cwd` there too,
+    not the directory of the process reading it."""
     from omegaconf import OmegaConf
 
     text = (run_dir / ".hydra" / "config.yaml").read_text()
     hydra_file = run_dir / ".hydra" / "hydra.yaml"
     if not hydra_file.is_file():
         return OmegaConf.create(text)
-    cfg = OmegaConf.create(text.replace("${hydra:", "${hydra."))
+    cfg = OmegaConf.create(text.replace("${hydra:", "${hydra.").replace("${embedlab_cwd:}", "${hydra.runtime.cwd}"))
     runtime = OmegaConf.load(hydra_file)
     OmegaConf.set_struct(cfg, False)
     cfg.hydra = runtime.hydra

@@ -201,6 +201,34 @@ def test_report_aggregates_a_sweep(tmp_path):
     assert json.loads((sweep / "ablation_real.json").read_text())["zero_shot"]["overall"] == 50.0
 
 
+def test_report_names_the_data_fingerprint_of_a_run_saved_elsewhere(tmp_path, monkeypatch):
+    """A run's saved config names the data root by interpolation from the directory the sweep started in
+    (`${embedlab_cwd:}` → `${paths.data_dir}/docstrings`); the report resolves it against the run's own
+    hydra.yaml, from any directory, and quotes the manifest's fingerprint and library versions."""
+    started_in = tmp_path / "clone"
+    manifest = {"fingerprint": "f00d", "libraries": {"numpy": {"version": "9.9"}, "torch": {"version": "8.8"}}}
+    (started_in / "data" / "docstrings").mkdir(parents=True)
+    (started_in / "data" / "docstrings" / "docstrings.json").write_text(json.dumps(manifest))
+    run_dir = tmp_path / "sweep" / "random" / "0_x"
+    (run_dir / ".hydra").mkdir(parents=True)
+    (run_dir / ".hydra" / "config.yaml").write_text(
+        "paths:\n  root_dir: ${oc.env:EMBEDLAB_ROOT,${embedlab_cwd:}}\n"
+        "  data_dir: ${oc.env:EMBEDLAB_DATA,${paths.root_dir}/data}\n"
+        "  output_dir: ${hydra:runtime.output_dir}\n"
+        "docstrings:\n  root: ${paths.data_dir}/docstrings\n")
+    (run_dir / ".hydra" / "hydra.yaml").write_text(
+        f"hydra:\n  runtime:\n    cwd: {started_in}\n    output_dir: {run_dir}\n")
+    monkeypatch.delenv("EMBEDLAB_ROOT", raising=False)
+    monkeypatch.delenv("EMBEDLAB_DATA", raising=False)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert ar._data_manifest(str(run_dir)) == manifest
+    # Without the manifest (data deleted since) there is nothing to quote, rather than another directory's.
+    (started_in / "data" / "docstrings" / "docstrings.json").unlink()
+    assert ar._data_manifest(str(run_dir)) is None
+
+
 @pytest.mark.slow
 def test_script_smoke_end_to_end(tmp_path):
     """`python benchmarks/ablation_real.py --smoke`: mining, four multiruns, zero-shot, table and plot."""
@@ -213,4 +241,5 @@ def test_script_smoke_end_to_end(tmp_path):
     assert rows[0].startswith("| zero-shot |")
     assert len(rows) == 1 + len(ar.LOSS_ARMS) * len(ar.BATCH_ARMS)
     assert "INCOMPLETE" not in "\n".join(lines), "a complete sweep's notes list nothing missing"
+    assert any(line.startswith("docstrings data fingerprint ") for line in lines), "the report names its data"
     assert (sweep / "ablation_real.png").is_file()
