@@ -8,6 +8,7 @@ from __future__ import annotations
 import hydra
 import pytest
 import torch
+from PIL import Image
 from torch import nn
 
 from embedders import EmbeddingModule
@@ -73,3 +74,38 @@ def test_the_config_option_reaches_the_module(compose_cfg, minilm_path):
     cfg = compose_cfg("train", ["model=minilm", f"model.path={minilm_path}", "model.dropout=0"])
     module = hydra.utils.instantiate(cfg.model, loss=None, _convert_="partial")
     assert module.embedder.backbone.config.hidden_dropout_prob == 0.0
+
+
+# ----------------------------------------------------------------------------- the multimodal families
+def _solid(color: str, size) -> Image.Image:
+    im = Image.new("RGB", size, color)
+    im.paste((10, 10, 10), (0, 0, size[0] // 3, size[1] // 3))
+    return im
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen3_vl", "llava_onevision", "clip", "siglip"])
+def test_multimodal_families_dropout_reaches_text_and_vision_and_zero_removes_it(family):
+    """On tiny random models of the real architectures (their own configs carry no or little dropout): with
+    every probability at 0.5, train-mode passes over an image-only row and over a text row are random (for the
+    dual encoders CLIP and SigLIP the image-only row goes through the vision tower alone, so the setting reaches
+    what both towers' forwards read); set back to 0, a train-mode pass over the same rows is the eval-mode pass
+    exactly."""
+    from embedders import Embedder
+
+    torch.manual_seed(0)
+    embedder = Embedder.build(family, config={})
+    texts = ["<|image_1|>", "a red circle on the left"]
+    images = [_solid("red", (56, 56)), None]
+
+    def forward(train: bool, seed: int) -> torch.Tensor:
+        embedder.train(train)
+        torch.manual_seed(seed)
+        with torch.no_grad():
+            return embedder(embedder.input_builder(texts, images, "query")).float()
+
+    assert set_dropout(embedder, 0.5) > 0
+    noisy_a, noisy_b = forward(True, 1), forward(True, 2)
+    for row, what in ((0, "the image row"), (1, "the text row")):
+        assert not torch.allclose(noisy_a[row], noisy_b[row]), f"{family}: dropout 0.5 changed nothing on {what}"
+    set_dropout(embedder, 0.0)
+    assert torch.equal(forward(True, 1), forward(False, 1)), f"{family}: randomness left at dropout 0"
