@@ -162,6 +162,14 @@ def build_trainer(cfg: DictConfig, module, callbacks, loggers) -> L.Trainer:
         algorithm = tcfg.pop("gradient_clip_algorithm", "norm") or "norm"
         if clip:
             module.manual_gradient_clip = (float(clip), algorithm)
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    if "enable_checkpointing" not in tcfg and not any(isinstance(c, ModelCheckpoint) for c in callbacks or ()):
+        # callbacks.model_checkpoint=null means no checkpoints: without this Lightning would add its default
+        # ModelCheckpoint and write a full checkpoint (weights + optimizer state) into the logger's directory.
+        tcfg["enable_checkpointing"] = False
+        log.info("callbacks.model_checkpoint is null: no checkpoint is saved (only one when a signal stops the run), "
+                 "so a finished or killed run restarts from step 0")
     strategy = tcfg.get("strategy")
     if isinstance(strategy, dict) and strategy.get("_partial_"):
         # Strategies that need the model (FSDP's wrap policy) are partials completed here.

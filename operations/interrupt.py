@@ -144,7 +144,8 @@ class GracefulStop:
 
 class _SaveOnStop(L.Callback):
     """Saves `last.ckpt` at the current step when the fit stops on a signal, and at the end of training
-    when the last periodic checkpoint is older than the final step (a finished run resumes as finished)."""
+    when the last periodic checkpoint is older than the final step (a finished run resumes as finished) unless
+    the run saves no checkpoints (callbacks.model_checkpoint=null)."""
 
     def __init__(self, stop: GracefulStop):
         self.stop = stop
@@ -196,5 +197,7 @@ class _SaveOnStop(L.Callback):
         if self.stop.phase == "stopped":  # the stop came at the last step
             raise StopRequested(f"stop requested, checkpoint saved at step {self.stop.saved[1]}")
         self.stop.phase = "after training"
+        if trainer.checkpoint_callback is None:  # callbacks.model_checkpoint=null: only a signal's stop saves one
+            return
         if trainer.global_step > 0 and self.last_saved_step != trainer.global_step:
             trainer.save_checkpoint(self._path(trainer), weights_only=False)

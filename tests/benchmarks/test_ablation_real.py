@@ -106,6 +106,7 @@ def test_every_arm_trains_one_step(loss, batch, compose_cfg, workdir, tmp_path):
     overlap = json.loads((run_dir / "heldout_overlap.json").read_text())
     n = len(ar.SMOKE_LIBRARIES["train"]) + len(ar.SMOKE_LIBRARIES["ood"])
     assert overlap["positives"] == 4 * n and overlap["negatives"] == 4 * 3 * n and 0 <= overlap["sim_overlap"] <= 1
+    assert not list(run_dir.rglob("*.ckpt")), "the ablation's runs save no checkpoint (48 × ~260 MB)"
 
 
 def test_zero_shot_arm_scores_and_probes_the_model_before_its_step(compose_cfg, workdir, tmp_path):

@@ -22,6 +22,8 @@ def test_train_then_evaluate(compose_cfg, tiny_cfg, tmp_path):
         assert set(d) == {"precision@1", "num_queries", "meta_task", "split", "tied_rows", "tie_decided", "duplicate_gt", "collapsed", "skipped"} and d["split"] in ("IND", "OOD")
     assert (out / "eval" / "results.md").read_text().startswith("| Model | Cls | VQA | Ret | Grd | IND | OOD | Overall |")
     assert (out / "checkpoints" / "last.ckpt").is_file()
+    # The configured ModelCheckpoint is the only one: Lightning adds no default one under the logger's directory.
+    assert {p.relative_to(out).parts[0] for p in out.rglob("*.ckpt")} == {"checkpoints"}
     assert (out / "csv" / "metrics.csv").read_text().count("train/loss") == 1
     assert list((out / "similarity").glob("*.png"))
 
@@ -32,3 +34,13 @@ def test_train_then_evaluate(compose_cfg, tiny_cfg, tmp_path):
                                         f"{cfg.bundled.eval_per_dataset}", f"{key}={value}"])
         r = evaluate.run(ecfg)
         assert r["overall"] == outcome["after"]["overall"], key
+
+
+def test_model_checkpoint_null_saves_no_checkpoint(compose_cfg, tiny_cfg, tmp_path):
+    """callbacks.model_checkpoint=null (the real-text ablation's 48 runs): no checkpoint is written anywhere,
+    not even Lightning's default one (a full copy of weights + optimizer state in the logger's directory)."""
+    cfg = compose_cfg("train", tiny_cfg(["callbacks.model_checkpoint=null", "~eval_data", "trainer.max_steps=2"]))
+    train.run(cfg)
+    out = tmp_path / "run"
+    assert (out / "csv" / "metrics.csv").read_text().count("train/loss") == 1  # it trained and logged
+    assert not list(out.rglob("*.ckpt"))
