@@ -53,7 +53,7 @@ sweep: $(STAMP) ## SLURM sweep of the two losses: make sweep ARGS='hydra.launche
 ablation: $(STAMP) ## loss × sampler × 3 seeds on the bundled data; table + plot (CPU, ~45 min)
 	$(PY) benchmarks/ablation.py $(ARGS)
 
-ablation-real: $(STAMP) ## pretrained MiniLM on docstrings: 4 losses × 4 batch arms × 3 seeds; table + plots (CPU, ~90–100 min)
+ablation-real: $(STAMP) ## pretrained MiniLM on docstrings: 4 losses × 4 batch arms × 3 seeds; table + plots (CPU, ~50 min)
 	$(PY) benchmarks/ablation_real.py $(ARGS)
 
 readme-figures: $(STAMP) ## rerun the default run (python train.py) and write its tables into README.md
