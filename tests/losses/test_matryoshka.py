@@ -124,17 +124,18 @@ def test_matches_sentence_transformers_matryoshka_loss():
     """sentence-transformers' MatryoshkaLoss around MultipleNegativesRankingLoss (cosine, scale = 1/τ, anchor →
     [positives; negatives]) is InfoNCE with one explicit hard negative per row; both sum over the dims."""
     st_losses = pytest.importorskip("sentence_transformers.sentence_transformer.losses")
+    from sentence_transformers import SentenceTransformer
 
-    class Precomputed(torch.nn.Module):  # stands in for a SentenceTransformer that already embedded the columns
+    class Precomputed(torch.nn.Module):  # the only module of a real SentenceTransformer: columns come embedded
         def forward(self, features):
-            return {"sentence_embedding": features["emb"]}
+            return {**features, "sentence_embedding": features["emb"]}
 
         def get_embedding_dimension(self):
             return 32
 
     q, pos, neg = _normed(8, 32, 6, torch.float32), _normed(8, 32, 7, torch.float32), _normed(8, 32, 8, torch.float32)
     dims, weights, tau = [32, 16, 8, 4], [1.0, 1.0, 0.5, 2.0], 0.05
-    model = Precomputed()
+    model = SentenceTransformer(modules=[Precomputed()], device="cpu")
     reference = st_losses.MatryoshkaLoss(model, st_losses.MultipleNegativesRankingLoss(model, scale=1 / tau),
                                          matryoshka_dims=dims, matryoshka_weights=weights)
     want = reference([{"emb": q}, {"emb": pos}, {"emb": neg}], labels=None)
