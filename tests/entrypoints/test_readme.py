@@ -66,7 +66,8 @@ SMALL_EVAL = ("eval_data.max_rows=4",)
 TRAIN = ("trainer.max_steps=2", "trainer.val_check_interval=2", "callbacks.model_checkpoint.every_n_train_steps=2",
          "data.batch_size=8", "data.val_batch_size=10", "data.val_per_subset=4", "trainer.enable_progress_bar=false",
          "evaluate_before=false", *SMALL_EVAL)
-MINE = ("data.max_per_subset=16", "data.val_per_subset=4", "mining.progress=false", "device=cpu")
+MINE = ("data.max_per_subset=16", "data.val_per_subset=4", "mining.progress=false", "device=cpu",
+        "mining.k=7")  # clusters of ≤ k + 1 = 8 rows fit TRAIN's data.batch_size=8
 
 COMMANDS: dict[str, Run | Compose | Make] = {
     # Two commands
