@@ -476,7 +476,9 @@ def run_command(command: str, kind: Run, sandbox: dict, cwd: Path = ROOT, env: d
         extra = [*sandbox["bundled"], *extra]
     if argv[1] == "export.py":
         extra = []
-    line = f"{command} {' '.join(shlex.quote(e) for e in extra)}"
+    # Overrides go before Hydra's `--cfg <part>` flag, which ends the overrides (argparse refuses any after it).
+    head, flag, tail = command.partition(" --cfg ")
+    line = f"{head} {' '.join(shlex.quote(e) for e in extra)}{flag}{tail}"
     proc = subprocess.run(["bash", "-c", line], cwd=cwd, env={**(env or sandbox["env"]), **env_vars},
                           capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, f"README command failed: {line}\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
