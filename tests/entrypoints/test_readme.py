@@ -140,7 +140,7 @@ COMMANDS: dict[str, Run | Compose | Make] = {
     "python train.py sampler=saha": Run((*TRAIN, "data.max_per_subset=16")),
     "python train.py sampler=saha callbacks=saha_refresh trainer.max_epochs=3 trainer.max_steps=-1": Run(
         (*[o for o in TRAIN if not o.startswith("trainer.max_steps")], "data.max_per_subset=16",
-         "+trainer.limit_train_batches=1", "callbacks.saha_refresh.progress=false")),
+         "+trainer.limit_train_batches=1", "callbacks.saha_refresh.progress=false", "callbacks.saha_refresh.k=7")),
     "python train.py sampler=homogeneous sampler.sub_batch_size=8": Run(TRAIN),
     "python train.py sampler=modality": Run(TRAIN),
     "python mine.py mining.method=negatives mining.select=simans mining.num_negatives=2 "
