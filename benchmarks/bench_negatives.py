@@ -1,4 +1,4 @@
-"""Benchmark of negative mining without the model (mining/negatives.py + datamodules/negatives.py): exact top-N
+"""Benchmark of negative mining without the model (mining/negatives.py + mining/selection.py): exact top-N
 retrieval with faiss, the positive-aware filter and each selector, at 10K and 50K queries; and the
 approximate IVF retrieval (`mining.index=ivf`, nprobe 32) side by side with the exact one: its speed-up and
 its recall of the exact top-100.
@@ -28,8 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import faiss  # noqa: E402
 import numpy as np  # noqa: E402
 
-from datamodules.negatives import positive_aware_mask, select_negatives  # noqa: E402
 from mining.negatives import retrieve  # noqa: E402
+from mining.selection import positive_aware_mask, select_negatives  # noqa: E402
 
 DIM = 256
 POOL = 100

@@ -27,7 +27,7 @@ SHAPES = ["circle", "square", "triangle", "star"]
 
 
 def compose(out: Path):
-    import runtime
+    from operations import hydra_app as runtime
 
     return runtime.compose_config("train", [
         "trainer.enable_progress_bar=false", "trainer.val_check_interval=null", "trainer.limit_val_batches=0",
@@ -76,8 +76,8 @@ class StepTimes:
 def framework_steps(cfg, batches) -> list[float]:
     import lightning as L
 
-    import train
-    from runtime import instantiate_group
+    from operations.hydra_app import instantiate_group
+    from training import job as train
 
     module = build_module(cfg)
     times = StepTimes()

@@ -1,4 +1,4 @@
-"""Benchmark of SaHa mining (datamodules/saha.py): time and peak memory at 10K, 100K and 1M queries.
+"""Benchmark of SaHa mining (mining/saha.py): time and peak memory at 10K, 100K and 1M queries.
 
 Each size runs in a fresh subprocess so that its peak resident memory (``ru_maxrss``) is its own. A size
 C means C candidates and C queries (d = 256, random unit vectors, seeded) with a random permutation as the
@@ -73,7 +73,7 @@ def run_one_size(size: int) -> dict:
     import torch
 
     sys.path.insert(0, str(REPO_ROOT))
-    from datamodules.saha import _mine_saha_clusters, _TopCandidateRetriever, saha_cluster_stats
+    from mining.saha import _TopCandidateRetriever, mine_saha_clusters, saha_cluster_stats
 
     faiss.omp_set_num_threads(THREADS)
     torch.set_num_threads(THREADS)
@@ -89,7 +89,7 @@ def run_one_size(size: int) -> dict:
 
     index = "ivf" if size >= IVF_FROM_SIZE else "flat"
     start = time.perf_counter()
-    clusters, report = _mine_saha_clusters(queries, cands, positives, K, POOL_MULT, False, index=index)
+    clusters, report = mine_saha_clusters(queries, cands, positives, K, POOL_MULT, False, index=index)
     seconds = time.perf_counter() - start
     peak_gb = peak_rss_gb()
     stats = saha_cluster_stats(clusters, size)

@@ -40,7 +40,7 @@ def candidates_per_dataset() -> dict[str, str]:
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict
 
-    import runtime  # noqa: F401  (registers the resolvers)
+    import operations.hydra_app  # noqa: F401  (registers the resolvers)
     from evaluation.runner import build_suite
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):

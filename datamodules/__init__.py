@@ -1,5 +1,5 @@
-"""MMEB data: row schemas and readers, image loading, collation, batch samplers, the training
-DataModule, the bundled offline dataset, and SaHa clustering. Knows nothing of models.
+"""MMEB data: row schemas and readers, image and video loading, collation, batch samplers, the training
+DataModule; the offline datasets' generators in `builders/`. Knows nothing of models.
 
 `MMEBDataModule` is imported lazily: it pulls in Lightning, which the light modules
 (schema, readers, the bundled generator's workers) do not need."""

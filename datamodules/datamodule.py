@@ -20,6 +20,7 @@ from .collate import PairCollator
 from .errors import DataError
 from .media import MediaLoader
 from .mmeb import describe_source, image_paths_missing, read_train_subset
+from .offline import ensure_offline
 from .samplers import EpochBatchSampler, RandomBatchSampler, ValidationBatchSampler
 from .schema import TrainPair, rows_fingerprint
 
@@ -177,8 +178,6 @@ class MMEBDataModule(L.LightningDataModule):
 
     def prepare_data(self) -> None:
         if self.bundled is not None:
-            from .offline import ensure_offline
-
             ensure_offline(self.bundled)
 
     # ------------------------------------------------------------------ data

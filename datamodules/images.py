@@ -28,6 +28,12 @@ def set_max_image_pixels(limit=_UNSET) -> None:
     Image.MAX_IMAGE_PIXELS = limit
 
 
+def apply_image_limits(cfg) -> None:
+    """Set the image-size limit of a command's config (`image_max_pixels`) for every image this process opens."""
+    if "image_max_pixels" in cfg:
+        set_max_image_pixels(cfg.image_max_pixels)
+
+
 class MediaRoot:
     """Media paths as the data files write them: relative to `root` (None: as given), or absolute."""
 

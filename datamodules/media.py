@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 
+from .errors import DataError
 from .images import ImageLoader
 from .schema import Item
 from .video import VideoLoader
@@ -48,8 +49,6 @@ def load_visual(loader: ImageLoader, item: Item, dataset: str | None = None, row
     if isinstance(loader, MediaLoader):
         return loader.load_visual(item, dataset, row, field)
     if item.video:
-        from .errors import DataError
-
         raise DataError(f"item has a video ({item.video}) but its loader opens images only; read the dataset with "
                         "a MediaLoader (a V2 suite or a video training subset)", dataset, row, field)
     if item.pages:

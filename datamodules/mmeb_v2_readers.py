@@ -32,9 +32,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import DataError
-from .mmeb import load_split, read_eval_dataset
+from .mmeb import load_split, local_cache_dir, read_eval_dataset
 from .mmeb_v2 import V2Dataset
-from .schema import PLACEHOLDER, CorpusTask, EvalRow, Item
+from .schema import PLACEHOLDER, CorpusTask, EvalRow, Item, check_columns
 from .video import FRAME_EXTENSIONS
 
 log = logging.getLogger(__name__)
@@ -117,9 +117,6 @@ def _table(d: V2Dataset, paths: SuitePaths, config: str, columns, split: str | N
     source, split = paths.source(d), split or d.split
     if Path(source).is_dir() and not (Path(source) / config).is_dir() and (Path(source) / "data").is_dir():
         import datasets
-
-        from .mmeb import local_cache_dir
-        from .schema import check_columns
 
         try:
             ds = datasets.load_dataset(source, split=split, cache_dir=local_cache_dir(source, "data"))

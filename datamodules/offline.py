@@ -7,7 +7,7 @@ import importlib
 from collections.abc import Mapping
 from pathlib import Path
 
-DEFAULT_BUILDER = "datamodules.bundled.ensure_bundled"
+DEFAULT_BUILDER = "datamodules.builders.bundled.ensure_bundled"
 
 
 def ensure_offline(spec: Mapping) -> Path:
@@ -19,5 +19,5 @@ def ensure_offline(spec: Mapping) -> Path:
         builder = getattr(importlib.import_module(module_name), name)
     except (ImportError, AttributeError, ValueError):
         raise ValueError(f"bundled.builder={target!r} is not an importable function (module.function), e.g. "
-                         f"{DEFAULT_BUILDER} or datamodules.docstrings.ensure_docstrings") from None
+                         f"{DEFAULT_BUILDER} or datamodules.builders.docstrings.ensure_docstrings") from None
     return builder(**kwargs)

@@ -35,7 +35,8 @@ from typing import Any
 
 import numpy as np
 
-from .atomic import respect_umask
+from operations.atomic import respect_umask
+
 from .errors import DataError
 
 log = logging.getLogger(__name__)

@@ -25,7 +25,9 @@ import torch
 from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from datamodules.atomic import respect_umask
+from operations.atomic import respect_umask
+
+from .module import EmbeddingModule
 
 log = logging.getLogger(__name__)
 
@@ -170,8 +172,6 @@ def clean_orphans(directory: str | os.PathLike) -> list[Path]:
 
 def load_trained_module(path: str | os.PathLike):
     """The EmbeddingModule of a training checkpoint file (without its loss), on CPU, for export or scoring."""
-    from .module import EmbeddingModule
-
     path = Path(path)
     if is_sharded_checkpoint(path):
         raise ValueError(f"{path} is a sharded FSDP checkpoint directory; consolidate it into one file first: "

@@ -5,7 +5,7 @@ images into vectors, with the prompt formatting and processor call that go with 
 `encode(texts, images)` is the inference API; `save_pretrained`/`from_pretrained` write and read a
 directory that is an ordinary Hugging Face model directory (weights, config, tokenizer, image
 processor) plus `embedder.json` (family, pooling, normalisation, prompt, truncation), loadable without any of
-this repository's training code — and, through `embedders/shipping.py`, also a sentence-transformers and vLLM
+this repository's training code — and, through `embedders/saving.py`, also a sentence-transformers and vLLM
 model with a model card.
 
 `truncate_dim` keeps the first N dimensions of the pooled vector before the L2 normalisation (Matryoshka
@@ -14,6 +14,7 @@ embeddings): encoding, evaluation (`evaluate.py eval.dim=N`) and the shipped con
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 from collections.abc import Sequence
@@ -25,27 +26,16 @@ import torch
 from torch import nn
 
 from .backbones import BackboneFamily, get_family
+from .dtypes import resolve_dtype
 from .finetune import apply_finetuning
 from .pooling import POOLING_MODES
 from .prompts import PromptFormat, format_text
+from .saving import EMBEDDER_FILE, save_embedder
 
 log = logging.getLogger(__name__)
 
-EMBEDDER_FILE = "embedder.json"
 #: 2: prompts record `image_layout` and `placeholder_without_image` (whose defaults changed: see `_upgrade_spec`).
 FORMAT_VERSION = 2
-
-_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-           "float16": torch.float16, "fp16": torch.float16}
-
-
-def resolve_dtype(dtype) -> torch.dtype | None:
-    if dtype is None or isinstance(dtype, torch.dtype):
-        return dtype
-    if str(dtype) not in _DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}; choose one of {sorted(_DTYPES)} or null")
-    return _DTYPES[str(dtype)]
-
 
 @dataclass
 class InputBuilder:
@@ -162,13 +152,15 @@ class Embedder(nn.Module):
         return nn.functional.normalize(emb, dim=-1) if self.normalize else emb
 
     def truncated(self, dim: int | None) -> Embedder:
-        """Keep the first `dim` dimensions of every embedding (re-normalised); None leaves the Embedder as it is.
-        Returns self (in place), so that `evaluate.py eval.dim=N` is one call on the loaded model."""
-        if dim is not None:
-            self.truncate_dim = _check_truncate_dim(dim)
-            log.info("embeddings truncated to their first %d dimensions%s", self.truncate_dim,
-                     " and re-normalised" if self.normalize else "")
-        return self
+        """An Embedder sharing this one's weights whose embeddings keep their first `dim` dimensions (re-normalised);
+        None returns this Embedder itself. This one is left as it is."""
+        if dim is None:
+            return self
+        out = copy.copy(self)  # a new attribute dict; modules and parameters shared
+        out.truncate_dim = _check_truncate_dim(dim)
+        log.info("embeddings truncated to their first %d dimensions%s", out.truncate_dim,
+                 " and re-normalised" if self.normalize else "")
+        return out
 
     @property
     def device(self) -> torch.device:
@@ -228,9 +220,7 @@ class Embedder(nn.Module):
 
     def save_pretrained(self, directory: str | Path) -> Path:
         """Write a standalone directory (LoRA merged) that embedlab, transformers, sentence-transformers and vLLM
-        load, with a model card: see embedders/shipping.py."""
-        from .shipping import save_embedder
-
+        load (embedders/saving.py); `shipping.save_embedder` adds the Hub model card."""
         return save_embedder(self, directory)
 
     @classmethod

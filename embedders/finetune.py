@@ -9,6 +9,8 @@ import warnings
 import torch
 from torch import nn
 
+from .dtypes import resolve_dtype
+
 log = logging.getLogger(__name__)
 
 
@@ -127,8 +129,6 @@ def keep_trainable_in(model: nn.Module, dtype: str | torch.dtype | None = "float
     `trainer.precision=bf16-mixed` still computes in bf16 (autocast), as AMP / DeepSpeed keep an fp32 master copy.
     `dtype` bfloat16/float16 is an explicit opt-in to pure low-precision training and warns; None keeps the
     loaded dtype."""
-    from .embedder import resolve_dtype
-
     target = resolve_dtype(dtype)
     if target is None:
         return 0

@@ -38,9 +38,10 @@ from torchmetrics.retrieval import RetrievalRecall
 from losses import ContrastiveLoss, similarity_fp32
 from losses.gather import gather_rows, local_only
 
+from .diagnostics import similarity_overlap
 from .embedder import Embedder, move_to
 from .finetune import keep_trainable_in, set_dropout
-from .gradcache import RngState, all_reduce_gradients
+from .gradcache import RngState, all_reduce_gradients, check_gradcache_config
 
 log = logging.getLogger(__name__)
 
@@ -99,9 +100,7 @@ class EmbeddingModule(L.LightningModule):
         self.loss = loss
         # LoRA checkpoints hold only trainable weights (the frozen base reloads from model.path).
         self.strict_loading = not lora
-        chunk = (gradcache or {}).get("chunk_size")
-        if chunk is not None and (not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < 1):
-            raise ValueError(f"model.gradcache.chunk_size must be a positive integer or null, got {chunk!r}")
+        chunk = check_gradcache_config((gradcache or {}).get("chunk_size"))
         self.chunk_size: int | None = chunk
         self.automatic_optimization = chunk is None
         #: Set by the entry point when GradCache takes clipping over from the Trainer.
@@ -293,8 +292,6 @@ class EmbeddingModule(L.LightningModule):
         for j, k in enumerate(self.val_recall, start=2):
             self.log(f"val/recall@{k[1:]}", float(sums[j] / total) * 100, prog_bar=k == "r1", sync_dist=True,
                      reduce_fx="max")
-        from evaluation.diagnostics import similarity_overlap
-
         pos, neg = self._gather_in_batch_order(self._val_pos), self._gather_in_batch_order(self._val_neg)
         self._val_pos, self._val_neg = [], []
         if pos.numel() == 0:

@@ -17,7 +17,7 @@ its tokens and chat layout. Steps for one text (with or without an image):
    "\\nRepresent the given text in one word." without one) and close with `assistant` when set (LLaVE: "\\n").
 
 `plain` is the default, in the model's own layout: a model trained with it ships exactly (sentence-transformers and
-plain transformers format and position its inputs as embedlab does; `embedders/shipping.py`). `vlm2vec`,
+plain transformers format and position its inputs as embedlab does; `embedders/saving.py`). `vlm2vec`,
 `hierarchical` (Gen2Embed) and `llave` reproduce published checkpoints' preprocessing, bare image tokens and stray
 placeholder tokens included; where stock loaders cannot follow (Qwen2-VL's bare tokens get other positions there),
 the shipped directory's model card says what differs and how to reproduce it.

@@ -9,7 +9,7 @@ from pathlib import Path
 import lightning as L
 from lightning.pytorch.loggers import WandbLogger
 
-from .diagnostics import plot_similarity_histogram
+from embedders.diagnostics import plot_similarity_histogram
 
 log = logging.getLogger(__name__)
 

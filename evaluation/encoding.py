@@ -25,6 +25,7 @@ from datamodules.errors import DataError
 from datamodules.images import ImageLoader
 from datamodules.media import MediaLoader, load_visual
 from datamodules.schema import Item
+from embedders.prompts import Visual
 
 log = logging.getLogger(__name__)
 
@@ -92,8 +93,6 @@ def instruction_kwargs(items: Sequence[Item]) -> dict:
 
 def visual_descriptor(item: Item):
     """What formatting needs to know of an item's visual input without loading it (`embedders.prompts.Visual`)."""
-    from embedders.prompts import Visual
-
     return Visual(images=len(item.pages) or int(bool(item.image)), videos=int(bool(item.video)))
 
 

@@ -22,11 +22,12 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
+from datamodules.builders.bundled_v2 import ensure_bundled_v2
 from datamodules.errors import DataError
 from datamodules.mmeb_v2 import META_TASKS, MODALITIES, MODALITY_METRIC
 from datamodules.mmeb_v2_readers import SuitePaths, load_labels, read_v2_dataset, v2_dataset_from_config
 
-from .mmeb import EvalDataset, dataset_notes
+from .engine import EvalDataset, dataset_notes
 from .store import atomic_write, safe_name
 
 log = logging.getLogger(__name__)
@@ -47,8 +48,6 @@ def load_v2_suite(cfg: Mapping) -> list[EvalDataset]:
     """Every dataset of the config, read with its parser; a dataset that cannot be read is returned with its
     `error` (scored as failed, the others go on), as `load_eval_suite(isolate_errors=True)` does for MMEB."""
     if cfg.get("bundled_v2"):
-        from datamodules.bundled_v2 import ensure_bundled_v2
-
         ensure_bundled_v2(**cfg["bundled_v2"])
     paths = SuitePaths(str(cfg["data_basedir"]), cfg.get("hub_snapshots"), cfg.get("num_frames"),
                        load_labels(cfg.get("video_labels")))

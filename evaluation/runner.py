@@ -1,4 +1,4 @@
-"""Glue shared by the entry points: build the eval suite from config, filter what a model can
+"""Scoring a model on a configured eval suite, as evaluate.py and the evaluations inside train.py do: build the suite from config, filter what a model can
 score, resume what an earlier run into the same directory already scored, run the protocol, and
 print/write/log the result table. A run with failed datasets writes everything it scored, then raises
 `EvaluationFailed` listing the failures (the entry points exit non-zero)."""
@@ -14,15 +14,10 @@ from pathlib import Path
 import torch.distributed
 from omegaconf import DictConfig, OmegaConf
 
-from .mmeb import (
-    EvalDataset,
-    aggregate,
-    chance_level,
-    evaluate_embedder,
-    load_eval_suite,
-    render_table,
-    write_results,
-)
+from datamodules.offline import ensure_offline
+
+from .engine import EvalDataset, load_eval_suite, run_protocol
+from .mmeb import aggregate, chance_level, render_table, write_results
 from .mmeb_v2 import aggregate_v2, is_v2_suite, load_v2_suite, render_table_v2, write_results_v2
 from .store import EvalSettings, ScoreStore, dataset_fingerprint, model_fingerprint
 
@@ -45,8 +40,6 @@ def build_suite(eval_data: DictConfig | Mapping) -> list[EvalDataset]:
     if cfg.get("suite") == "mmeb_v2":  # MMEB-V2 (image, video, visual documents): evaluation/mmeb_v2.py
         return load_v2_suite(cfg)
     if cfg.get("bundled"):
-        from datamodules.offline import ensure_offline
-
         ensure_offline(cfg["bundled"])
     return load_eval_suite(cfg["source"], cfg["datasets"], cfg.get("split", "test"), cfg.get("image_root"),
                            cfg.get("max_rows"), isolate_errors=True)
@@ -133,10 +126,10 @@ def score(embedder, suite: list[EvalDataset], eval_cfg: Mapping, label: str, out
             store.save(ds.name, entry, predictions, fingerprints[ds.name], label)
 
     todo = [ds for ds in suite if ds.name not in reused]
-    fresh = evaluate_embedder(embedder, todo, batch_size=int(eval_cfg.get("batch_size", 64)),
-                              num_workers=int(eval_cfg.get("num_workers", 0)), progress=_progress(eval_cfg),
-                              distributed=distributed, settings=settings,
-                              sort=bool(eval_cfg.get("sort_by_length", True)), on_result=save)
+    fresh = run_protocol(embedder, todo, batch_size=int(eval_cfg.get("batch_size", 64)),
+                         num_workers=int(eval_cfg.get("num_workers", 0)), progress=_progress(eval_cfg),
+                         distributed=distributed, settings=settings,
+                         sort=bool(eval_cfg.get("sort_by_length", True)), on_result=save)
     per_dataset = {ds.name: reused.get(ds.name) or fresh["datasets"][ds.name]
                    for ds in suite if ds.name in reused or ds.name in fresh["datasets"]}
     v2 = is_v2_suite(suite)

@@ -30,7 +30,8 @@ from pathlib import Path
 
 import torch
 
-from .diagnostics import DEFAULT_COLLAPSE_TOLERANCE
+from embedders.diagnostics import DEFAULT_COLLAPSE_TOLERANCE
+
 from .scoring import DEFAULT_TIE_TOLERANCE, TIE_RULES
 
 log = logging.getLogger(__name__)

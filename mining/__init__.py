@@ -1,9 +1,8 @@
-"""Hard-negative mining that needs both a model and an index: SaHa clusters (`saha_mining`), mined
-negatives for the explicit-negative path (`negatives`) and the in-training SaHa refresh (`refresh`).
-
-It sits outside `datamodules` because it runs an embedder; the pure parts it builds on stay there
-(`datamodules.saha` clustering, `datamodules.negatives` selection rules, `datamodules.samplers` cluster
-files). Entry point: `python mine.py` (conf/mine.yaml).
+"""Hard-negative mining with a model and an index: SaHa clustering (`saha`, pure numpy/faiss) and its cluster files
+(`saha_mining`), negative-selection rules (`selection`: positive-aware filters, SimANS) and mined negatives for the
+explicit-negative path (`negatives`), the in-training SaHa refresh (`refresh`), and the job `python mine.py` runs
+(`job`, conf/mine.yaml). The cluster file format that `sampler=saha` reads is the data side's
+(`datamodules.samplers`).
 """
 
 from .embed import SubsetEmbeddings, embed_subset

@@ -9,7 +9,7 @@ import numpy as np
 
 from datamodules.images import ImageLoader
 from datamodules.schema import Item, TrainPair
-from evaluation.mmeb import encode_unique
+from evaluation.encoding import encode_unique
 
 
 @dataclass

@@ -4,7 +4,7 @@ For each training subset: embed every query (one per row) and every unique posit
 query the top `pool` positives of *other* rows (inner-product search with faiss, exact by default, an
 approximate IVF index with `index="ivf"` for millions of positives; the query's own
 positive, and therefore anything identical to it, is never a candidate), filter them relative to the
-query's own positive score and pick `num_negatives` with the chosen selector (`datamodules.negatives`).
+query's own positive score and pick `num_negatives` with the chosen selector (`mining.selection`).
 
 The result is a local dataset in the exact MMEB-train layout (`<out>/<subset>/<split>-00000-of-00001.parquet`,
 README.md with a `configs:` header) holding the original rows with `neg_text`/`neg_image_path` replaced by
@@ -31,12 +31,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from datamodules.atomic import swap_in_directory
 from datamodules.images import ImageLoader
 from datamodules.mmeb import TRAIN_COLUMNS, load_split
-from datamodules.negatives import positive_aware_mask, select_negatives
-from datamodules.saha import build_ivf_index
 from datamodules.schema import TRAIN_NEGATIVE_COLUMNS, Item, TrainPair
+from mining.saha import build_ivf_index
+from mining.selection import positive_aware_mask, select_negatives
+from operations.atomic import swap_in_directory
 
 from .embed import embed_subset
 

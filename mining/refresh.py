@@ -33,8 +33,8 @@ from pathlib import Path
 
 import lightning as L
 
-from datamodules.atomic import respect_umask
 from datamodules.samplers import SaHaBatchSampler
+from operations.atomic import respect_umask
 
 from .saha_mining import mine_saha
 

@@ -1,7 +1,7 @@
 """SaHa mining with a model (METHODS §6): embed each training subset, cluster it with
-`datamodules.saha`, and write one cluster file per subset for `sampler=saha`.
+`mining.saha`, and write one cluster file per subset for `sampler=saha`.
 
-The clustering itself (pure numpy/faiss) lives in `datamodules/saha.py`, the cluster file format in
+The clustering itself (pure numpy/faiss) lives in `mining/saha.py`, the cluster file format in
 `datamodules/samplers.py`; this module joins them to an embedder.
 """
 
@@ -16,10 +16,9 @@ from typing import Any
 
 import torch.distributed as dist
 
-from datamodules.bundled import EVAL_DATASETS as BUNDLED_DATASETS
+from datamodules.builders.bundled import EVAL_DATASETS as BUNDLED_DATASETS
 from datamodules.images import ImageLoader
 from datamodules.mmeb import CLASSIFICATION_SUBSETS
-from datamodules.saha import _mine_saha_clusters, saha_cluster_stats
 from datamodules.samplers import (
     CLUSTER_MATCH_FIELDS,
     cluster_file_header,
@@ -28,6 +27,7 @@ from datamodules.samplers import (
     write_cluster_file,
 )
 from datamodules.schema import TrainPair
+from mining.saha import mine_saha_clusters, saha_cluster_stats
 
 from .embed import embed_subset
 
@@ -54,7 +54,7 @@ def cluster_rows(embedder, pairs: Sequence[TrainPair], image_loader: ImageLoader
         return None
     # The private entry point also reports the phase-1 count, which the sampler needs to tell
     # SaHa's deliberate phase-2 reuse of a row from a corrupt file.
-    clusters, report = _mine_saha_clusters(emb.query, emb.candidates, emb.positive_of_query, k, pool_mult,
+    clusters, report = mine_saha_clusters(emb.query, emb.candidates, emb.positive_of_query, k, pool_mult,
                                            classification, index=index, nprobe=nprobe, progress=progress)
     return [[pairs[i].row for i in cluster] for cluster in clusters], report.phase1_clusters
 

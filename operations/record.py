@@ -28,7 +28,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from .hydra_app import parsed_override_value
 
 log = logging.getLogger(__name__)
 
@@ -241,7 +243,8 @@ def pin_recorded_choices(argv: list[str]) -> list[str]:
     for arg in argv[1:]:
         key, _, value = arg.partition("=")
         if key in ("resume", "hydra.run.dir") and value and value != "null":
-            run_dir = Path(value.strip("'\"")).expanduser()
+            parsed = parsed_override_value(arg)
+            run_dir = Path(parsed if isinstance(parsed, str) else value).expanduser()
     records = attempt_dirs(run_dir) if run_dir is not None else []
     if not records:
         return argv
@@ -294,3 +297,46 @@ def restore_hydra_files(run_dir: str | os.PathLike, hydra_dir: str | os.PathLike
         src = records[-1] / name
         if src.is_file():
             _atomic_write(Path(hydra_dir) / name, src.read_text())
+
+
+def lenient_container(cfg) -> dict:
+    """A saved Hydra config as plain containers, resolving what resolves outside the run (`${hydra:…}` does not:
+    such values stay as their raw interpolation strings)."""
+    def walk(node):
+        if isinstance(node, DictConfig):
+            out = {}
+            for key in node.keys():
+                try:
+                    value = node[key]
+                except Exception:
+                    value = node._get_node(key)._value()
+                out[str(key)] = walk(value)
+            return out
+        if isinstance(node, ListConfig):
+            out = []
+            for i in range(len(node)):
+                try:
+                    value = node[i]
+                except Exception:
+                    value = node._get_node(i)._value()
+                out.append(walk(value))
+            return out
+        return node
+
+    return walk(cfg)
+
+
+def load_run_config(run_dir: Path):
+    """A run's saved `.hydra/config.yaml`, with its `${hydra:…}` interpolations pointed at the run's own
+    `.hydra/hydra.yaml` (the working directory the paths derive from, for instance), so that they resolve outside
+    the Hydra app that wrote them. `${embedlab_cwd:}` (paths.root_dir) is the run's `hydra.runtime.cwd` there too,
+    not the directory of the process reading it."""
+    text = (run_dir / ".hydra" / "config.yaml").read_text()
+    hydra_file = run_dir / ".hydra" / "hydra.yaml"
+    if not hydra_file.is_file():
+        return OmegaConf.create(text)
+    cfg = OmegaConf.create(text.replace("${hydra:", "${hydra.").replace("${embedlab_cwd:}", "${hydra.runtime.cwd}"))
+    runtime = OmegaConf.load(hydra_file)
+    OmegaConf.set_struct(cfg, False)
+    cfg.hydra = runtime.hydra
+    return cfg

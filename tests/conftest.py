@@ -16,7 +16,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import runtime  # noqa: E402  (registers the Hydra resolvers the configs use; compose_config)
+from operations import hydra_app as runtime  # noqa: E402  (registers the Hydra resolvers the configs use; compose_config)
 
 SMALL_BUNDLED = {"train_per_subset": 60, "eval_per_dataset": 12, "seed": 0}
 
@@ -24,7 +24,7 @@ SMALL_BUNDLED = {"train_per_subset": 60, "eval_per_dataset": 12, "seed": 0}
 @pytest.fixture(scope="session")
 def bundled_root(tmp_path_factory) -> Path:
     """A small bundled dataset shared by the whole session."""
-    from datamodules.bundled import ensure_bundled
+    from datamodules.builders.bundled import ensure_bundled
 
     root = tmp_path_factory.mktemp("bundled")
     ensure_bundled(root, **SMALL_BUNDLED)

@@ -44,7 +44,7 @@ class BackboneFamily:
     embeds_stray_image_tokens: bool = False
     #: Whether image tokens get image positions only after the wrapped form's opening token (Qwen2-VL's reference
     #: rule) rather than by token id as stock transformers does: the `bare` layout then ships with a documented
-    #: difference (`embedders/shipping.py`).
+    #: difference (`embedders/saving.py`).
     reference_image_positions: bool = False
     #: Whether the family takes videos (`<|video_1|>` becomes `video_token`, or `chat_video_token` in the wrapped
     #: layout); video eval datasets are skipped (and listed) for families that do not.

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 from transformers import AutoModel, AutoProcessor
 
+from ..tiny import tiny_clip_tokenizer, tiny_siglip_tokenizer
 from .base import BackboneFamily, register_family, require_model_type
 
 TINY_TEXT = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4)
@@ -150,8 +151,6 @@ class ClipFamily(DualEncoderFamily):
     text_positions = 77
 
     def tiny_tokenizer(self, model_max_length):
-        from ..tiny import tiny_clip_tokenizer
-
         return tiny_clip_tokenizer(model_max_length)
 
     def tiny_model(self, tokenizer, text, vision, config):
@@ -180,8 +179,6 @@ class SiglipFamily(DualEncoderFamily):
     text_positions = 64
 
     def tiny_tokenizer(self, model_max_length):
-        from ..tiny import tiny_siglip_tokenizer
-
         return tiny_siglip_tokenizer(model_max_length)
 
     def tiny_model(self, tokenizer, text, vision, config):

@@ -15,6 +15,7 @@ from torch import nn
 from transformers import AutoProcessor, LlavaOnevisionProcessor
 
 from ..pooling import pool
+from ..tiny import tiny_llava_qwen_tokenizer
 from .base import (
     BackboneFamily,
     load_pretrained,
@@ -104,8 +105,6 @@ def tiny_llava_onevision_processor(config: dict | None = None) -> ImageOnlyLlava
     """The real image processor (PIL backend) with the tiny tiling, the tiny tokenizer, matching settings."""
     from transformers.models.llava_onevision import LlavaOnevisionImageProcessorPil
 
-    from ..tiny import tiny_llava_qwen_tokenizer
-
     spec = _tiny_spec(config)
     tile, patch = int(spec["vision"]["image_size"]), int(spec["vision"]["patch_size"])
     image_processor = LlavaOnevisionImageProcessorPil(size={"height": tile, "width": tile},
@@ -140,8 +139,6 @@ class LlavaOnevisionFamily(BackboneFamily):
                 "lmms-lab/*: model_type 'llava'/'qwen2'/'llava_qwen') must first be converted to the Hugging Face "
                 "format with transformers' convert_llava_onevision_weights_to_hf.py (llava-hf/* are converted)."))
         from transformers import LlavaOnevisionModel
-
-        from ..tiny import tiny_llava_qwen_tokenizer
 
         model = LlavaOnevisionModel(tiny_llava_onevision_config(tiny_llava_qwen_tokenizer(), config))
         return model.to(dtype) if dtype is not None else model

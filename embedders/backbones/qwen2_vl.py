@@ -8,7 +8,7 @@ image tokens by id, so a bare `<|image_pad|>` layout (VLM2Vec, Gen2Embed) would 
 never saw. `prepare` writes `mm_token_type_ids` by the reference rule and `encode_inputs` passes the positions
 computed from them. In the default `wrapped` layout (`<|vision_start|><|image_pad|><|vision_end|>`, Qwen's own)
 both rules give the same positions, so stock loaders reproduce a shipped model exactly; with the bare layout they
-do not (`reference_image_positions`; the model card says so, embedders/shipping.py). A text-only row may hold
+do not (`reference_image_positions`; the model card says so, embedders/saving.py). A text-only row may hold
 `<|image_pad|>` as an ordinary token (the references' rendering of `<|image_1|>` without an image): it keeps its
 token embedding and 1D position.
 
@@ -29,6 +29,7 @@ from torch import nn
 from transformers import AutoImageProcessor, AutoProcessor, AutoTokenizer, Qwen2VLProcessor
 
 from ..pooling import pool
+from ..tiny import tiny_qwen_tokenizer
 from .base import (
     BackboneFamily,
     check_resize,
@@ -160,8 +161,6 @@ class Qwen2VLFamily(BackboneFamily):
             return load_pretrained(self, path, dtype)  # the model type is checked before any weight is read
         from transformers import Qwen2VLModel
 
-        from ..tiny import tiny_qwen_tokenizer
-
         cfg = tiny_qwen2vl_config(tiny_qwen_tokenizer(), (config or {}).get("text"), (config or {}).get("vision"))
         model = Qwen2VLModel(cfg)
         return model.to(dtype) if dtype is not None else model
@@ -173,8 +172,6 @@ class Qwen2VLFamily(BackboneFamily):
         resize = check_resize(image.get("resize"))
         if path is None:
             from transformers.models.qwen2_vl import Qwen2VLImageProcessorPil
-
-            from ..tiny import tiny_qwen_tokenizer
 
             processor = ImageOnlyQwen2VLProcessor(image_processor=Qwen2VLImageProcessorPil(**kwargs),
                                                   tokenizer=tiny_qwen_tokenizer())

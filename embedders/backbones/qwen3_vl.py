@@ -16,6 +16,7 @@ from torch import nn
 from transformers import AutoImageProcessor, AutoProcessor, AutoTokenizer, Qwen3VLProcessor
 
 from ..pooling import pool
+from ..tiny import tiny_qwen_tokenizer
 from .base import BackboneFamily, load_pretrained, register_family, torchvision_usable
 from .qwen2_vl import Qwen2VLFamily, _image_processor_kwargs, qwen_vision_token_ids
 from .qwen_video import qwen_processor_inputs, save_video_processor, with_video
@@ -89,8 +90,6 @@ class Qwen3VLFamily(BackboneFamily):
             return load_pretrained(self, path, dtype)  # type checked before any weight is read; adapters merged
         from transformers import Qwen3VLModel
 
-        from ..tiny import tiny_qwen_tokenizer
-
         cfg = tiny_qwen3vl_config(tiny_qwen_tokenizer(), (config or {}).get("text"), (config or {}).get("vision"))
         model = Qwen3VLModel(cfg)
         return model.to(dtype) if dtype is not None else model
@@ -101,8 +100,6 @@ class Qwen3VLFamily(BackboneFamily):
         kwargs = _image_processor_kwargs(image)
         if path is None:
             from transformers.models.qwen2_vl import Qwen2VLImageProcessorPil
-
-            from ..tiny import tiny_qwen_tokenizer
 
             vision = (config or {}).get("vision") or {}
             image_processor = Qwen2VLImageProcessorPil(

@@ -29,6 +29,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .base import truncate_text_tokens
+
 VIDEO_CONFIG_FILE = "video_preprocessor_config.json"
 RULES = ("qwen2_vl", "qwen3_vl")
 #: Stock defaults per rule (transformers' Qwen2VLVideoProcessor / Qwen3VLVideoProcessor class attributes).
@@ -382,8 +384,6 @@ def _truncate_text(processor, out: dict, max_length: int) -> dict:
     truncation side): image/video slots and their `<|vision_start|>`/`<|vision_end|>` brackets stay, so every
     visual keeps its features and M-RoPE grouping; a row whose visual tokens alone exceed `max_length` is refused
     by name. Rows are padded again and `mm_token_type_ids` rebuilt (Qwen3-VL-Embedding truncates at 8192)."""
-    from .base import truncate_text_tokens
-
     tokenizer = processor.tokenizer
     ids = tokenizer.convert_tokens_to_ids
     keep = {int(processor.image_token_id), int(processor.video_token_id), ids("<|vision_start|>"), ids("<|vision_end|>")}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from transformers import AutoModel, AutoTokenizer
 
+from ..tiny import tiny_bert_tokenizer
 from .base import BackboneFamily, register_family, require_model_type
 
 
@@ -31,8 +32,6 @@ class TextEncoderFamily(BackboneFamily):
             return AutoModel.from_pretrained(path, dtype=dtype)
         from transformers import BertModel
 
-        from ..tiny import tiny_bert_tokenizer
-
         model = BertModel(tiny_bert_config(tiny_bert_tokenizer(), config), add_pooling_layer=False)
         return model.to(dtype) if dtype is not None else model
 
@@ -40,8 +39,6 @@ class TextEncoderFamily(BackboneFamily):
         if image:
             raise ValueError("model.image options were given, but text encoders take no images")
         if path is None:
-            from ..tiny import tiny_bert_tokenizer
-
             return tiny_bert_tokenizer()
         tok = AutoTokenizer.from_pretrained(path)
         tok.padding_side = self.padding_side

@@ -14,7 +14,7 @@ import hydra
 import pytest
 from omegaconf import OmegaConf
 
-import train
+from training import job as train
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
@@ -44,7 +44,7 @@ def mined(batch: str, workdir: Path, compose_cfg) -> Path | None:
     if ar.BATCH_ARMS[batch] is None:
         return None
     if batch not in _MINED:
-        import mine
+        from mining import job as mine
 
         out = workdir / "mined" / batch
         mine.run(compose_cfg("mine", ar.mine_overrides(batch, common(workdir), out, smoke=True)))
@@ -133,7 +133,7 @@ def test_heldout_overlap_against_a_naive_loop(monkeypatch):
     """The probe's positives are the diagonal, its negatives the other rows' targets of the same set only."""
     import torch
 
-    from evaluation.diagnostics import similarity_overlap
+    from embedders.diagnostics import similarity_overlap
 
     class Row:
         def __init__(self, q, t):

@@ -14,8 +14,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from datamodules import bundled
-from datamodules.bundled import (
+from datamodules.builders import bundled
+from datamodules.builders.bundled import (
     EVAL_DATASETS,
     IMAGE_TOKEN,
     TRAIN_SUBSETS,

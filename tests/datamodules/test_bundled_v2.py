@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from datamodules.bundled_v2 import (
+from datamodules.builders.bundled_v2 import (
     BUNDLED_V2,
     MANIFEST,
     MOTION_LABELS,
@@ -45,7 +45,7 @@ def test_catalog_manifest_and_config(suite):
     assert {d.ranking for d in BUNDLED_V2.values()} == {"candidates", "corpus"}
     assert manifest["labels"]["ShapeMotionCls"] == list(MOTION_LABELS)
     assert (CONF / "eval_data" / "mmeb_v2_bundled.yaml").read_text() == eval_config(), (
-        "conf/eval_data/mmeb_v2_bundled.yaml is stale: run `python -m datamodules.bundled_v2 --write-config "
+        "conf/eval_data/mmeb_v2_bundled.yaml is stale: run `python -m datamodules.builders.bundled_v2 --write-config "
         "conf/eval_data`")
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from datamodules import MMEBDataModule
-from datamodules.bundled_v2 import TRAIN_SUBSETS, _is_complete, _manifest, ensure_bundled_v2
+from datamodules.builders.bundled_v2 import TRAIN_SUBSETS, _is_complete, _manifest, ensure_bundled_v2
 from datamodules.errors import DataError
 from datamodules.samplers import ModalityBatchSampler
 from datamodules.schema import parse_train_row

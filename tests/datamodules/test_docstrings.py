@@ -1,4 +1,4 @@
-"""The docstrings retrieval dataset (datamodules/docstrings.py): filters on hand-written docstrings, a
+"""The docstrings retrieval dataset (datamodules/builders/docstrings.py): filters on hand-written docstrings, a
 deterministic build, no pair in both train and eval, held-out libraries never trained on, IND candidates
 from one library, and refusal (or rebuild) when installed library sources or the row fingerprint differ.
 Built from three small installed libraries so a build takes about a second."""
@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from datamodules import docstrings as ds
+from datamodules.builders import docstrings as ds
 from datamodules.errors import DataError
 
 CONF = Path(__file__).resolve().parents[2] / "conf"

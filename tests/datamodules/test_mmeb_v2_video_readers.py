@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from datamodules.bundled_v2 import motion_frames, write_video
+from datamodules.builders.bundled_v2 import motion_frames, write_video
 from datamodules.errors import DataError
 from datamodules.media import MediaLoader
 from datamodules.mmeb_v2 import MMEB_V2

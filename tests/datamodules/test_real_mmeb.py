@@ -137,7 +137,7 @@ def test_train_and_evaluate_a_snapshot_in_the_hub_layouts(tmp_path, write_repo, 
     """The run below, in process (the composed config and `train.run` are what `python train.py` runs)."""
     import logging
 
-    import train
+    from training import job as train
 
     monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf_cache"))
     train_root = build_train_snapshot(tmp_path / "MMEB-train", write_repo)

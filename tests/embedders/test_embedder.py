@@ -116,7 +116,7 @@ def test_unknown_family():
 
 
 def test_tiny_vocabulary_covers_bundled_texts():
-    from datamodules.bundled import bundled_vocabulary
+    from datamodules.builders.bundled import bundled_vocabulary
     from embedders.tiny import tiny_qwen_tokenizer
 
     tok = tiny_qwen_tokenizer()

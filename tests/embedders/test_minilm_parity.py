@@ -28,7 +28,7 @@ def test_mean_pooling_matches_sentence_transformers(minilm_path):
 
 
 def test_evaluate_text_only_with_minilm(compose_cfg, bundled_root, minilm_path):
-    import evaluate
+    from evaluation import job as evaluate
 
     cfg = compose_cfg("evaluate", [f"bundled.root={bundled_root}", "bundled.train_per_subset=60",
                                    "bundled.eval_per_dataset=12", "model=text_encoder", f"model.path={minilm_path}"])

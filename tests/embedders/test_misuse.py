@@ -6,10 +6,10 @@ import lightning as L
 import pytest
 import torch
 
-import train
 from embedders import EmbeddingModule
 from embedders.module import NonFiniteLossError
 from losses import InfoNCE
+from training import job as train
 
 OPT = {"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 1e-3}
 

@@ -18,10 +18,10 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
-import train
 from embedders import Embedder
-from evaluation.mmeb import EvalDataset
+from evaluation.engine import EvalDataset
 from evaluation.runner import score
+from training import job as train
 
 G2E_SYSTEM = "Given an image, summarize the provided image in one word. Given only text, describe the text in one word."
 G2E_HEAD = f"<|im_start|>system\n{G2E_SYSTEM}<|im_end|>\n<|im_start|>user\n"

@@ -8,7 +8,7 @@ import pytest
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 
-import train
+from training import job as train
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))

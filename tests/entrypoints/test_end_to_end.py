@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-import evaluate
-import train
+from evaluation import job as evaluate
+from training import job as train
 
 
 def test_train_then_evaluate(compose_cfg, tiny_cfg, tmp_path):

@@ -10,8 +10,9 @@ import lightning
 import pytest
 import torch
 
-import evaluate
 from embedders import EmbeddingModule
+from embedders.loading import load_embedder
+from evaluation import job as evaluate
 
 TINY = {"text": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
                  "num_key_value_heads": 1}, "vision": {"depth": 1, "embed_dim": 32, "num_heads": 2}}
@@ -45,7 +46,7 @@ def test_a_checkpoint_with_a_model_or_prompt_is_refused(compose_cfg, saved, conf
 def test_dtype_applies_to_every_source(compose_cfg, saved):
     ckpt, embedder_dir = saved
     for source in (f"ckpt_path={ckpt}", f"embedder_dir={embedder_dir}", f"model.config={TINY}".replace("'", "")):
-        embedder = evaluate.load_embedder(compose_cfg("evaluate", [source, "dtype=bfloat16"]))
+        embedder = load_embedder(compose_cfg("evaluate", [source, "dtype=bfloat16"]))
         dtypes = {p.dtype for p in embedder.parameters()}
         assert dtypes == {torch.bfloat16}, (source, dtypes)
 

@@ -23,7 +23,6 @@ import pytest
 import torch
 from PIL import Image
 
-import train
 from embedders.checkpoint_io import (
     AtomicCheckpointIO,
     UnreadableCheckpointError,
@@ -33,6 +32,7 @@ from embedders.checkpoint_io import (
 from operations.config_types import ConfigTypeError
 from operations.interrupt import RunInterrupted
 from operations.lock import RunLock, RunLockedError
+from training import job as train
 
 ROOT = Path(__file__).resolve().parents[2]
 QUICK = ["evaluate_before=false", "evaluate_after=false", "save_embedder=false", "trainer.max_steps=6",
@@ -162,8 +162,8 @@ def test_unreadable_last_checkpoint_is_named_and_skipped(compose_cfg, tiny_cfg, 
 
 
 def test_orphan_temp_files_are_removed_and_files_respect_the_umask(tmp_path):
-    from datamodules.atomic import swap_in_directory
     from datamodules.samplers import write_cluster_file
+    from operations.atomic import swap_in_directory
 
     (tmp_path / ".last.ckpt.k3j2x9.tmp").write_bytes(b"half a checkpoint")
     (tmp_path / ".keep.me").write_text("not ours")

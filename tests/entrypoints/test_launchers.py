@@ -4,6 +4,7 @@ small multirun runs end to end with the basic launcher (readable job names, one 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -54,7 +55,8 @@ def test_basic_launcher_multirun_with_the_default_sweep_dir_from_another_directo
     jobs = sorted(p.name for p in sweep.iterdir() if p.is_dir())
     assert len(jobs) == 2 and jobs[0].startswith("0_") and jobs[1].startswith("1_")
     # readable: the swept value is in the name; path-valued and infrastructure overrides are not
-    assert "loss=infonce" in jobs[0] and "loss=hardness_weighted" in jobs[1]
+    assert "loss-infonce" in jobs[0] and "loss-hardness_weighted" in jobs[1]
+    assert all(re.fullmatch(r"[A-Za-z0-9._+-]+", j) for j in jobs), jobs  # paste-safe in a shell and in Hydra
     assert not any("bundled.root" in j or "callbacks." in j for j in jobs)
     for job in jobs:
         assert (sweep / job / "eval" / "results.json").is_file()

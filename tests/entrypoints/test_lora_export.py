@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-import export
-import train
 from embedders import Embedder, EmbeddingModule
 from embedders.finetune import is_peft_model
+from shipping.export import export_checkpoint
+from training import job as train
 
 
 def test_lora_checkpoint_export_and_reload(compose_cfg, tiny_cfg, tmp_path):
@@ -24,7 +24,7 @@ def test_lora_checkpoint_export_and_reload(compose_cfg, tiny_cfg, tmp_path):
 
     module = EmbeddingModule.load_from_checkpoint(str(ckpt), map_location="cpu", loss=None)
     assert is_peft_model(module.embedder.backbone)
-    out = export.export(ckpt, tmp_path / "exported")
+    out = export_checkpoint(ckpt, tmp_path / "exported")
     plain = Embedder.from_pretrained(out)
     assert not is_peft_model(plain.backbone)
     assert not any("lora" in k for k in plain.state_dict())
@@ -63,11 +63,11 @@ def test_sharded_fsdp_checkpoint_directories(compose_cfg, tiny_cfg, tmp_path):
         train.resolve_ckpt_path(cfg, tmp_path / "run")
     with pytest.raises(ValueError, match=r"consolidate it into one file first: python -m "
                                          r"lightning.pytorch.utilities.consolidate_checkpoint"):
-        export.export(sharded, tmp_path / "exported")
+        export_checkpoint(sharded, tmp_path / "exported")
     plain_dir = tmp_path / "not_a_checkpoint"
     plain_dir.mkdir()
     with pytest.raises(FileNotFoundError, match="is a directory without meta.pt"):
-        export.export(plain_dir, tmp_path / "exported")
+        export_checkpoint(plain_dir, tmp_path / "exported")
     with pytest.raises(FileNotFoundError, match="does not exist"):
         train.resolve_ckpt_path(compose_cfg("train", tiny_cfg([f"ckpt_path={tmp_path / 'missing.ckpt'}"])),
                                 tmp_path / "run")

@@ -8,8 +8,8 @@ import json
 
 import pytest
 
-import mine
 from datamodules.samplers import cluster_file_path
+from mining import job as mine
 
 
 def overrides(tiny_cfg, mined_root, extra=()):

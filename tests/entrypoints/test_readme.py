@@ -98,7 +98,7 @@ COMMANDS: dict[str, Run | Compose | Make] = {
     "python evaluate.py embedder_dir=<dir> eval_data=mmeb_eval eval_data.source=TIGER-Lab/MMEB-eval "
     "eval_data.image_root=<unzipped eval images> devices=8 dtype=bfloat16": Compose(f"{DATA} and 8 {GPU}"),
     # Real MMEB data
-    "python -m datamodules.bundled": Run(),
+    "python -m datamodules.builders.bundled": Run(),
     "python train.py data=mmeb_train data.source=data/bundled/train data.image_root=data/bundled/train "
     "'data.subsets=[ShapeCls,ShapeT2I]' data.max_per_subset=200 data.batch_size=16 data.num_workers=0 "
     "data.pin_memory=false trainer.max_steps=5 evaluate_before=false eval_data.max_rows=50": Run(
@@ -166,9 +166,9 @@ COMMANDS: dict[str, Run | Compose | Make] = {
         needs=("minilm",)),
     "python -c \"from embedders import Embedder; Embedder.build('qwen2_vl', config={}, prompt='vlm2vec')"
     ".save_pretrained('exported/tiny-vlm2vec')\"": Run(),
-    "python -m evaluation.mteb_model exported/my-model --tasks ShapeVQA ShapeT2I --mmeb-source data/bundled/eval": Run(
+    "python -m shipping.mteb exported/my-model --tasks ShapeVQA ShapeT2I --mmeb-source data/bundled/eval": Run(
         needs=("run",)),
-    "python -m evaluation.mteb_model exported/my-model --benchmark \"MIEB(lite)\" --output logs/mteb": Compose(
+    "python -m shipping.mteb exported/my-model --benchmark \"MIEB(lite)\" --output logs/mteb": Compose(
         "the MIEB-lite data from the hub"),
     "python train.py 'loss.matryoshka_dims=[128,64,32,16]'": Run(TRAIN),
     "python evaluate.py embedder_dir=logs/train/runs/<run>/embedder eval.dim=32": Run(SMALL_EVAL, needs=("run",)),
@@ -350,7 +350,7 @@ def compose_and_check(config: str, overrides: list[str], tmp_path: Path, runnabl
         del cfg["hydra"]
     OmegaConf.to_container(cfg, resolve=True, throw_on_missing=config != "evaluate")
     if config == "train":
-        import train
+        from training import job as train
 
         if runnable:
             train.validate_config(cfg)
@@ -523,7 +523,7 @@ def test_readme_sweep_runs_from_the_repository_root_with_the_default_sweep_dir(s
         (sweep,) = set(multiruns.iterdir()) - before
         jobs = sorted(p.name for p in sweep.iterdir() if p.is_dir())
         assert len(jobs) == 2 and jobs[0].startswith("0_") and jobs[1].startswith("1_"), jobs
-        assert "loss.temperature=0.02" in jobs[0] and "loss.temperature=0.05" in jobs[1]
+        assert "loss.temperature-0.02" in jobs[0] and "loss.temperature-0.05" in jobs[1]
         assert all((sweep / j / "checkpoints" / "last.ckpt").is_file() for j in jobs)
     finally:
         for new in (set(multiruns.iterdir()) if multiruns.is_dir() else set()) - before:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-import train
+from training import job as train
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 RECIPES = ["vlm2vec_qwen2vl_2b", "llave_0.5b", "llave_2b", "llave_7b", "saha_qwen2vl_2b"]
@@ -32,7 +32,7 @@ def test_recipe_runs_one_step(recipe, compose_cfg, tiny_cfg, tmp_path):
     if full.model.family == "qwen2_vl":  # the recipes' reference resolutions (1344², 448²) capped for the tiny model
         tiny += ["model.image.min_pixels=3136", "model.image.max_pixels=12544"]
     if full.get("sampler", {}).get("_target_", "").endswith("SaHaBatchSampler"):
-        import mine
+        from mining import job as mine
 
         mined = tmp_path / "mined"
         bundled = tiny_cfg()[:3]  # the bundled.* overrides of the session's small dataset

@@ -3,7 +3,7 @@ same directory logs into the same W&B run (same id)."""
 
 from __future__ import annotations
 
-import train
+from training import job as train
 
 
 def test_offline_wandb_run_and_resume_into_the_same_run(compose_cfg, tiny_cfg, tmp_path, monkeypatch):

@@ -6,14 +6,9 @@ import pytest
 import torch
 
 from datamodules.schema import EvalRow, Item
-from evaluation.mmeb import (
-    EvalDataset,
-    aggregate,
-    chance_level,
-    evaluate_embedder,
-    precision_at_1,
-    render_table,
-)
+from evaluation.engine import EvalDataset
+from evaluation.mmeb import aggregate, chance_level, evaluate_embedder, render_table
+from evaluation.scoring import precision_at_1
 
 
 def test_precision_at_1_ties():
@@ -89,7 +84,7 @@ def test_protocol_encodes_unique_items_once_and_scores_index_0():
 
 
 def test_an_item_shared_by_the_first_and_last_dataset_is_encoded_once_and_then_dropped(fake_embedder):
-    from evaluation.mmeb import _Cache
+    from evaluation.engine import _Cache
 
     rows = {name: [EvalRow(name, 0, Item(f"q-{name}"), (Item(gt), Item(f"other-{name}")))]
             for name, gt in (("X", "shared"), ("Y", "own"), ("Z", "shared"))}

@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 
 from datamodules.mmeb_v2 import MODALITIES
 from embedders import Embedder
-from evaluation.mmeb import EvalDataset
+from evaluation.engine import EvalDataset
 from evaluation.mmeb_v2 import aggregate_v2, report
 from evaluation.retrieval import ranking_metrics
 from evaluation.runner import EvaluationFailed, build_suite, compatible, score

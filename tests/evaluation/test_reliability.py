@@ -10,8 +10,10 @@ import pytest
 import torch
 
 from datamodules.schema import EvalRow, Item
-from evaluation.mmeb import EvalDataset, evaluate_embedder, precision_at_1, render_table
+from evaluation.engine import EvalDataset
+from evaluation.mmeb import evaluate_embedder, render_table
 from evaluation.runner import EvaluationFailed, score
+from evaluation.scoring import precision_at_1
 
 
 def _suite():
@@ -24,8 +26,8 @@ def test_nan_weights_are_refused_not_scored(compose_cfg, tiny_cfg, tmp_path):
     """The issue's reproduction: a `norm.weight` of a saved Embedder's model.safetensors set to NaN."""
     from safetensors.torch import load_file, save_file
 
-    import evaluate
     from embedders import Embedder
+    from evaluation import job as evaluate
 
     torch.manual_seed(0)
     saved = Embedder.build("qwen2_vl", config={}, image={"min_pixels": 56 * 56, "max_pixels": 56 * 56})

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from datamodules.schema import EvalRow, Item
-from evaluation.mmeb import EvalDataset
+from evaluation.engine import EvalDataset
 from evaluation.runner import EvaluationFailed, build_suite, score
 from evaluation.store import ScoreStore
 
@@ -173,7 +173,7 @@ def _break_shapecls(source: Path) -> tuple[Path, Path]:
 
 def test_evaluate_run_with_a_broken_dataset_raises_after_scoring_the_others(compose_cfg, bundled_root, tmp_path):
     """The fast, in-process twin of the subprocess test below (evaluate.run lets EvaluationFailed propagate)."""
-    import evaluate
+    from evaluation import job as evaluate
 
     source = _snapshot(bundled_root, tmp_path)
     image, hidden = _break_shapecls(source)

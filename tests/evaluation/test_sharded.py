@@ -36,7 +36,7 @@ def test_gather_strided_restores_the_original_order(tmp_path, world, totals):
 def test_gather_strided_refuses_a_wrong_shard():
     import torch.distributed as dist
 
-    from evaluation.mmeb import gather_strided
+    from evaluation.encoding import gather_strided
 
     store = dist.HashStore()
     dist.init_process_group("gloo", store=store, rank=0, world_size=1)
@@ -76,7 +76,7 @@ def test_two_processes_score_exactly_like_one(tiny_cfg, tmp_path):
 def test_bad_devices_are_refused(devices, device, message):
     from omegaconf import OmegaConf
 
-    from evaluate import launch
+    from evaluation.job import launch
 
     with pytest.raises(ValueError, match=message):
         launch(OmegaConf.create({"devices": devices, "device": device}))

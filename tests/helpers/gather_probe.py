@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 
 def worker(rank: int, world: int, totals: list[int], dim: int, out: str, init_file: str) -> None:
-    from evaluation.mmeb import gather_strided
+    from evaluation.encoding import gather_strided
 
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:

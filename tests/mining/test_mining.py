@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import mine
 import mining.negatives as mined_negatives
-import train
+from mining import job as mine
+from training import job as train
 
 ROOT = Path(__file__).resolve().parents[2]
 from datamodules import MMEBDataModule  # noqa: E402

@@ -7,8 +7,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from datamodules.saha import build_saha_clusters
 from mining.negatives import retrieve
+from mining.saha import build_saha_clusters
 
 
 def _emb(n, d, seed):

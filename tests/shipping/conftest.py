@@ -12,6 +12,8 @@ import pytest
 import torch
 import yaml
 
+from shipping import save_embedder
+
 ROOT = Path(__file__).resolve().parents[2]
 _spec = importlib.util.spec_from_file_location("embedlab_tests_conftest", ROOT / "tests" / "conftest.py")
 base_conftest = importlib.util.module_from_spec(_spec)
@@ -37,7 +39,7 @@ def minilm_export(minilm_path, tmp_path_factory):
     from embedders import Embedder
 
     embedder = Embedder.build("text_encoder", path=str(minilm_path), pooling="mean", normalize=True, max_length=256)
-    return embedder, embedder.save_pretrained(tmp_path_factory.mktemp("minilm") / "export")
+    return embedder, save_embedder(embedder, tmp_path_factory.mktemp("minilm") / "export")
 
 
 @pytest.fixture(scope="session")
@@ -98,10 +100,10 @@ def trained_run(tmp_path_factory, bundled_root):
     (with `.hydra/config.yaml` as Hydra writes it) and the outcome of train.run."""
     from omegaconf import OmegaConf
 
-    import train
+    from training import job as train
 
     root = tmp_path_factory.mktemp("shipping_run")
-    base = build_tiny("qwen2_vl").save_pretrained(root / "base")
+    base = save_embedder(build_tiny("qwen2_vl"), root / "base")
     run_dir = root / "run"
     overrides = base_conftest.tiny_overrides(bundled_root, [
         f"model.path={base}", "model.config=null", "model.lora={r:4,alpha:8}",

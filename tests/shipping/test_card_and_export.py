@@ -49,7 +49,7 @@ def test_card_written_after_training(trained_run, card_snippet):
     from sentence_transformers import SentenceTransformer
 
     from embedders import Embedder
-    from embedders.shipping import EXAMPLE_DOCUMENTS, EXAMPLE_QUERY_TEXT
+    from shipping.usage import EXAMPLE_DOCUMENTS, EXAMPLE_QUERY_TEXT
 
     run_dir, outcome = trained_run
     results = json.loads((run_dir / "eval" / "results.json").read_text())
@@ -88,7 +88,7 @@ def test_export_of_the_lora_checkpoint(trained_run, tmp_path, capsys, caplog):
     from embedders import Embedder
 
     run_dir, _ = trained_run
-    with warnings.catch_warnings(record=True) as caught, caplog.at_level("WARNING", logger="embedders.shipping"):
+    with warnings.catch_warnings(record=True) as caught, caplog.at_level("WARNING", logger="embedders.saving"):
         warnings.simplefilter("always")
         assert export.main([str(run_dir / "checkpoints" / "last.ckpt"), str(tmp_path / "out")]) == 0
     assert not caplog.records   # the default prompt ships exactly: no stock-loader warning

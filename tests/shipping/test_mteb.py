@@ -13,8 +13,9 @@ DATASETS = {"ShapeVQA": {"meta_task": "VQA", "split": "IND"}, "ShapeT2I": {"meta
 
 def test_mteb_runs_local_mmeb_tasks_and_agrees_with_embedlab(trained_run, bundled_root, tmp_path):
     from embedders import Embedder
-    from evaluation.mmeb import evaluate_embedder, load_eval_suite
-    from evaluation.mteb_model import EmbedlabEncoder, mmeb_task
+    from evaluation.engine import load_eval_suite
+    from evaluation.mmeb import evaluate_embedder
+    from shipping.mteb import EmbedlabEncoder, mmeb_task
 
     run_dir, _ = trained_run
     embedder = Embedder.from_pretrained(run_dir / "embedder")
@@ -63,7 +64,7 @@ def test_encoder_sides_and_instructions(tiny_embedder):
     from mteb.types import PromptType
     from PIL import Image
 
-    from evaluation.mteb_model import EmbedlabEncoder
+    from shipping.mteb import EmbedlabEncoder
 
     embedder = tiny_embedder("qwen2_vl", "hierarchical")
     encoder = EmbedlabEncoder(embedder, name="embedlab/tiny", prompts_dict={"ShapeQA": {"query": "Answer the question"}})

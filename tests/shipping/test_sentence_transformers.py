@@ -13,6 +13,8 @@ import torch
 import yaml
 from PIL import Image
 
+from shipping import save_embedder
+
 ROOT = Path(__file__).resolve().parents[2]
 
 TOL = 1e-5
@@ -55,7 +57,7 @@ def _assert_parity(embedder, model, items, st_items=None):
 
 def test_minilm_directory_loads_in_sentence_transformers(minilm_export, minilm_path, card_snippet):
     from embedders import Embedder
-    from embedders.shipping import EXAMPLE_DOCUMENTS, EXAMPLE_TEXT_QUERY
+    from shipping.usage import EXAMPLE_DOCUMENTS, EXAMPLE_TEXT_QUERY
 
     embedder, out = minilm_export
     model = _st(out)
@@ -80,11 +82,11 @@ NATIVE_PROMPTS = {"plain": "plain", "hierarchical-wrapped": {"name": "hierarchic
 
 @pytest.mark.parametrize("prompt", NATIVE_PROMPTS.values(), ids=NATIVE_PROMPTS.keys())
 def test_tiny_qwen2vl_texts_images_and_mixed(tmp_path, tiny_embedder, card_snippet, caplog, prompt):
-    from embedders.shipping import EXAMPLE_DOCUMENTS, EXAMPLE_QUERY_TEXT
+    from shipping.usage import EXAMPLE_DOCUMENTS, EXAMPLE_QUERY_TEXT
 
     embedder = tiny_embedder("qwen2_vl", prompt)
-    with caplog.at_level("WARNING", logger="embedders.shipping"):
-        out = embedder.save_pretrained(tmp_path / "qwen")
+    with caplog.at_level("WARNING", logger="embedders.saving"):
+        out = save_embedder(embedder, tmp_path / "qwen")
     assert not caplog.records   # nothing to warn about: the stock loaders reproduce it
     assert "Differences from embedlab" not in (out / "README.md").read_text()
     model = _st(out)
@@ -110,11 +112,11 @@ def test_bare_layout_ships_with_its_differences_stated_and_measured(tmp_path, ti
     token): sentence-transformers gives other vectors for inputs with an image (transformers' image positions), and
     refuses a placeholder without an image. The card and a one-line warning say so; the card's transformers code
     reproduces embedlab; texts alone are exact."""
-    from embedders.shipping import EXAMPLE_DOCUMENTS, EXAMPLE_QUERY_TEXT
+    from shipping.usage import EXAMPLE_DOCUMENTS, EXAMPLE_QUERY_TEXT
 
     embedder = tiny_embedder("qwen2_vl", "hierarchical")
-    with caplog.at_level("WARNING", logger="embedders.shipping"):
-        out = embedder.save_pretrained(tmp_path / "bare")
+    with caplog.at_level("WARNING", logger="embedders.saving"):
+        out = save_embedder(embedder, tmp_path / "bare")
     (record,) = caplog.records
     assert "\n" not in record.getMessage()
     assert "bare <|image_pad|> image positions" in record.getMessage()
@@ -152,8 +154,8 @@ def test_image_resize_stated_and_reproduced(tmp_path, tiny_embedder, card_snippe
     image = {"min_pixels": 3136, "max_pixels": 12544,
              "resize": {"mode": "clamp", "max_aspect": 2, "min_side": 56, "max_side": 112, "resample": "lanczos"}}
     embedder = tiny_embedder("qwen2_vl", image=image)
-    with caplog.at_level("WARNING", logger="embedders.shipping"):
-        out = embedder.save_pretrained(tmp_path / "resized")
+    with caplog.at_level("WARNING", logger="embedders.saving"):
+        out = save_embedder(embedder, tmp_path / "resized")
     (record,) = caplog.records
     assert "images resized first (aspect ratio clamped to 2" in record.getMessage()
     assert "**Image resizing.**" in (out / "README.md").read_text()
@@ -178,7 +180,7 @@ def test_dual_encoder_card_sends_users_to_embedlab(tmp_path):
     from embedders import Embedder
 
     torch.manual_seed(0)
-    out = Embedder.build("clip", config={}).save_pretrained(tmp_path / "clip")
+    out = save_embedder(Embedder.build("clip", config={}), tmp_path / "clip")
     card = (out / "README.md").read_text()
     assert not (out / "modules.json").exists() and not (out / "chat_template.jinja").exists()
     assert "load it with embedlab" in card and "Embedder.from_pretrained" in card
@@ -188,7 +190,7 @@ def test_dual_encoder_card_sends_users_to_embedlab(tmp_path):
 
 def test_tiny_llava_onevision_hierarchical(tmp_path, tiny_embedder):
     embedder = tiny_embedder("llava_onevision", "hierarchical")
-    out = embedder.save_pretrained(tmp_path / "llava")
+    out = save_embedder(embedder, tmp_path / "llava")
     _assert_parity(embedder, _st(out), [*_mixed_inputs(), {"text": "a caption without image"}])
 
 
@@ -196,7 +198,7 @@ def test_truncate_dim_travels_in_the_config(tmp_path, tiny_embedder):
     from embedders import Embedder
 
     embedder = tiny_embedder("qwen2_vl", truncate_dim=32)
-    out = embedder.save_pretrained(tmp_path / "qwen32")
+    out = save_embedder(embedder, tmp_path / "qwen32")
     assert json.loads((out / "config_sentence_transformers.json").read_text())["truncate_dim"] == 32
     model = _st(out)
     items = _mixed_inputs()
@@ -242,7 +244,7 @@ def test_chat_template_renders_format_text(family, fmt):
 
     from embedders.backbones import get_family
     from embedders.prompts import PromptFormat, format_text
-    from embedders.shipping import chat_template
+    from embedders.saving import chat_template
 
     fam = get_family(family)
     prompt = PromptFormat.from_config(_prompt_config(fmt) if isinstance(fmt, str) else fmt)
@@ -273,13 +275,13 @@ def test_chat_template_renders_format_text(family, fmt):
 def test_config_files_name_the_prompts_and_pooling(tmp_path, tiny_embedder):
     from embedders.prompts import HIERARCHICAL_SYSTEM
 
-    out = tiny_embedder("qwen2_vl", "hierarchical").save_pretrained(tmp_path / "q")
+    out = save_embedder(tiny_embedder("qwen2_vl", "hierarchical"), tmp_path / "q")
     st = json.loads((out / "config_sentence_transformers.json").read_text())
     assert st["prompts"] == {"query": HIERARCHICAL_SYSTEM, "document": HIERARCHICAL_SYSTEM}
     assert st["similarity_fn_name"] == "cosine" and "truncate_dim" not in st
     bert = json.loads((out / "sentence_bert_config.json").read_text())
     assert set(bert["modality_config"]) == {"text", "image", "message"}
     assert bert["processing_kwargs"] == {"text": {"truncation": False}}
-    plain = tiny_embedder("qwen2_vl").save_pretrained(tmp_path / "p")
+    plain = save_embedder(tiny_embedder("qwen2_vl"), tmp_path / "p")
     assert json.loads((plain / "config_sentence_transformers.json").read_text())["prompts"] == {"query": "",
                                                                                                  "document": ""}

@@ -7,15 +7,21 @@ import pytest
 import torch
 from PIL import Image
 
+from shipping import save_embedder
+
 
 def test_truncation_is_the_renormalised_prefix(tiny_embedder):
     embedder = tiny_embedder("qwen2_vl")
     texts, images = ["a red circle", "<|image_1|>\nRepresent the given image."], [None, Image.new("RGB", (84, 84))]
     full = embedder.encode(texts, images)
-    short = embedder.truncated(16).encode(texts, images)
+    truncated = embedder.truncated(16)
+    short = truncated.encode(texts, images)
     assert short.shape == (2, 16)
     torch.testing.assert_close(short, torch.nn.functional.normalize(full[:, :16], dim=-1), rtol=1e-5, atol=1e-6)
-    assert embedder.truncated(None).truncate_dim == 16  # None leaves it as it is
+    # The original is left as it was (same weights, full dimension); None returns the Embedder itself.
+    assert embedder.truncate_dim is None and embedder.encode(texts[:1]).shape == (1, 128)
+    assert truncated.backbone is embedder.backbone
+    assert truncated.truncated(None) is truncated and truncated.truncate_dim == 16
     with pytest.raises(ValueError, match="exceeds the embedding dimension 128"):
         embedder.truncated(512).encode(texts[:1])
     with pytest.raises(ValueError, match="positive integer"):
@@ -23,12 +29,12 @@ def test_truncation_is_the_renormalised_prefix(tiny_embedder):
 
 
 def test_evaluate_eval_dim(compose_cfg, bundled_root, tiny_embedder, tmp_path):
-    import evaluate
     from embedders import Embedder
+    from evaluation import job as evaluate
     from evaluation.mmeb import evaluate_embedder
     from evaluation.runner import build_suite
 
-    directory = tiny_embedder("qwen2_vl").save_pretrained(tmp_path / "e")
+    directory = save_embedder(tiny_embedder("qwen2_vl"), tmp_path / "e")
     extra = [f"bundled.root={bundled_root}", "bundled.train_per_subset=60", "bundled.eval_per_dataset=12",
              f"embedder_dir={directory}", "device=cpu", "eval_data.max_rows=6"]
     truncated = evaluate.run(compose_cfg("evaluate", [*extra, "eval.dim=8"]))

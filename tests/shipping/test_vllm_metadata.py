@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from shipping import save_embedder
+
 #: Architectures vLLM serves with its pooling runner (registry entries and `as_embedding_model` conversions) that
 #: embedlab's families produce.
 VLLM_POOLING_ARCHITECTURES = {"Qwen2VLForConditionalGeneration", "Qwen2_5_VLForConditionalGeneration",
@@ -54,7 +56,7 @@ def test_decoder_directories_for_vllm(tmp_path, tiny_embedder, family, architect
 
     from embedders import Embedder
 
-    out = tiny_embedder(family).save_pretrained(tmp_path / "first")
+    out = save_embedder(tiny_embedder(family), tmp_path / "first")
     config = json.loads((out / "config.json").read_text())
     assert config["architectures"] == [architecture] and architecture in VLLM_POOLING_ARCHITECTURES
     assert vllm_legacy_pooling(out) == ("LAST", True)
@@ -67,7 +69,7 @@ def test_decoder_directories_for_vllm(tmp_path, tiny_embedder, family, architect
     assert not info["missing_keys"] and not info["unexpected_keys"]
     assert not any("lm_head" in k for k in _weight_names(out))
     # The architecture survives a reload and re-save (what a LoRA merge or an export of a loaded model does).
-    again = Embedder.from_pretrained(out).save_pretrained(tmp_path / "second")
+    again = save_embedder(Embedder.from_pretrained(out), tmp_path / "second")
     assert json.loads((again / "config.json").read_text())["architectures"] == [architecture]
     assert _weight_names(again) == _weight_names(out)
 
@@ -80,6 +82,6 @@ def test_text_encoder_directory_for_vllm(minilm_export):
 
 
 def test_unnormalised_mean_pooling(tmp_path, tiny_embedder):
-    out = tiny_embedder("qwen2_vl", pooling="mean", normalize=False).save_pretrained(tmp_path / "m")
+    out = save_embedder(tiny_embedder("qwen2_vl", pooling="mean", normalize=False), tmp_path / "m")
     assert vllm_legacy_pooling(out) == ("MEAN", False)
     assert json.loads((out / "config_sentence_transformers.json").read_text())["similarity_fn_name"] == "dot"

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from datamodules import saha
-from datamodules.saha import (
-    _mine_saha_clusters,
+from mining import saha
+from mining.saha import (
     _TopCandidateRetriever,
     build_saha_clusters,
+    mine_saha_clusters,
     saha_cluster_stats,
 )
 
@@ -166,7 +166,7 @@ def test_invariants(seed, classification):
 @pytest.mark.parametrize("seed", [20, 21])
 def test_phase1_clusters_are_disjoint(seed, classification):
     queries, cands, positives = random_corpus(seed, 300, 100, 8)
-    clusters, report = _mine_saha_clusters(queries, cands, positives, 4, 2, classification)
+    clusters, report = mine_saha_clusters(queries, cands, positives, 4, 2, classification)
     phase1, phase2 = naive_saha_phases(queries, cands, positives, 4, 2, classification)
     assert report.phase1_clusters == len(phase1)
     assert report.phase2_clusters == len(phase2)

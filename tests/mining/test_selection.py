@@ -9,7 +9,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from datamodules.negatives import (
+from mining.selection import (
     positive_aware_mask,
     select_negatives,
     simans_log_weights,

@@ -2,8 +2,8 @@
 queries on the query side and documents on the target side of the Embedder's prompt — and MMEB-format eval datasets
 (the bundled ones, or MMEB-eval) as local mteb retrieval tasks that re-rank each row's candidates.
 
-    python -m evaluation.mteb_model EMBEDDER_DIR --benchmark "MIEB(lite)"       # the public MIEB-lite run (downloads)
-    python -m evaluation.mteb_model EMBEDDER_DIR --tasks ShapeVQA ShapeT2I --mmeb-source data/bundled/eval \
+    python -m shipping.mteb EMBEDDER_DIR --benchmark "MIEB(lite)"       # the public MIEB-lite run (downloads)
+    python -m shipping.mteb EMBEDDER_DIR --tasks ShapeVQA ShapeT2I --mmeb-source data/bundled/eval \
         --image-root data/bundled/eval                                            # local MMEB-format tasks, offline
 """
 
@@ -23,6 +23,10 @@ from mteb.abstasks.task_metadata import TaskMetadata
 from mteb.models.abs_encoder import AbsEncoder
 from mteb.models.model_meta import ModelMeta, ScoringFunction
 from mteb.types import PromptType
+
+from datamodules.images import ImageLoader
+from embedders import Embedder
+from evaluation.engine import load_eval_suite
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +53,6 @@ class EmbedlabEncoder(AbsEncoder):
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, **kwargs) -> EmbedlabEncoder:
-        from embedders import Embedder
-
         return cls(Embedder.from_pretrained(directory), name=kwargs.pop("name", None) or _name(directory), **kwargs)
 
     def encode(self, inputs, *, task_metadata: TaskMetadata, hf_split: str, hf_subset: str,
@@ -104,8 +106,6 @@ def mmeb_task(dataset) -> AbsTaskRetrieval:
     candidates (`top_ranked`), the ground truth (index 0) being the one relevant document: mteb's precision_at_1 is
     then MMEB's Precision@1 (as a fraction). Identical candidates (same text and image) are one document."""
     from datasets import Dataset
-
-    from datamodules.images import ImageLoader
 
     loader = ImageLoader(dataset.image_root)
     q_kind = _kind([r.query for r in dataset.rows], dataset.name, "queries")
@@ -170,8 +170,6 @@ def run(embedder_dir: str, benchmark: str | None = None, tasks: Sequence[str] = 
 
     encoder = EmbedlabEncoder.from_pretrained(embedder_dir, batch_size=batch_size)
     if mmeb_source:
-        from evaluation.mmeb import load_eval_suite
-
         if not tasks:
             raise ValueError("--mmeb-source needs --tasks: the dataset names to read from it")
         datasets = {t: {"meta_task": "Retrieval", "split": "IND"} for t in tasks}

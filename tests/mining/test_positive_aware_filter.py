@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from datamodules.negatives import positive_aware_mask
+from mining.selection import positive_aware_mask
 
 # Candidate scores around each positive score; thresholds worked by hand below.
 CASES = {

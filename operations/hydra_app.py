@@ -1,12 +1,14 @@
-"""Glue shared by the entry points (train.py, evaluate.py, mine.py): Hydra resolvers for run names,
-run directories and W&B groups, rank detection before Lightning starts, instantiation of
-loggers/callbacks, and silencing of known, harmless log noise."""
+"""What every Hydra entry point shares: resolvers for run names, run directories and W&B groups (importing this
+module registers them), composing a config outside an app, rank detection before Lightning starts, instantiation
+of loggers/callbacks, resume commands, and silencing of known, harmless log noise."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
+import shlex
 import sys
 import uuid
 import warnings
@@ -25,6 +27,11 @@ _GENERIC_DIRS = {"model", "models", "weights", "checkpoint", "checkpoints", "sna
 _TIME_PREFIX = re.compile(r"^\d{4}-\d{2}-\d{2}_\d{2}-\d{2}-\d{2}_")
 
 
+#: Characters a run directory's name keeps: a name needs no quoting in a shell or in a Hydra override
+#: (`resume=<run dir>` pastes bare). Anything else becomes "_"; `key=value` is written `key-value`.
+_UNSAFE = re.compile(r"[^A-Za-z0-9._+-]+")
+
+
 def _name_part(item: str, skip_groups: tuple[str, ...] = ()) -> str | None:
     """One override as it appears in a run name, or None when it says nothing about what ran: infrastructure
     keys, path-valued overrides (a '/' would nest directories) and group choices already in the name."""
@@ -35,15 +42,37 @@ def _name_part(item: str, skip_groups: tuple[str, ...] = ()) -> str | None:
     return item.lstrip("+")
 
 
+def safe_name(text: str) -> str:
+    """`text` with every run of characters that a shell or a Hydra override would need quoted replaced by "_"."""
+    return _UNSAFE.sub("_", str(text)).strip("_") or "_"
+
+
+def join_overrides(parts: list[str], max_len: int) -> str:
+    """Overrides in a short, stable, paste-safe form: `loss.alpha=9`, `seed=2` → `loss.alpha-9_seed-2`. When
+    characters had to be replaced (`data.subsets=[A,B]` → `data.subsets-A_B`) or the name is cut to `max_len`, a
+    6-character digest of the exact overrides keeps different settings apart. The exact list is in the run's
+    .hydra/overrides.yaml."""
+    readable = []
+    for part in parts:
+        key, sep, value = part.partition("=")
+        readable.append(safe_name(key) + ("-" + safe_name(value) if sep and value else "-" if sep else ""))
+    name = "_".join(readable)
+    exact = "_".join(p.replace("=", "-", 1) for p in parts)
+    if name != exact or len(name) > max_len:
+        digest = hashlib.sha1("\0".join(parts).encode()).hexdigest()[:6]
+        name = name[: max(0, max_len - 7)].rstrip("_") + "_" + digest
+    return name
+
+
 def short_overrides(override_dirname: str, max_len: int = 120) -> str:
-    """A job name from its overrides (Hydra's override_dirname): infrastructure keys and path-valued overrides
-    dropped, truncated. The complete list is in the job's .hydra/overrides.yaml."""
-    kept = [p for p in (_name_part(item) for item in override_dirname.split(",")) if p]
-    name = ",".join(kept)
-    return name[:max_len] if name else "job"
+    """A multirun job's directory name from its overrides (infrastructure keys and path-valued overrides dropped;
+    `join_overrides`' paste-safe form). `override_dirname` (Hydra's, comma-separated) is used outside a Hydra job."""
+    items = task_overrides() or [i for i in str(override_dirname).split(",") if i]
+    kept = [p for p in (_name_part(item) for item in items) if p]
+    return join_overrides(kept, max_len) if kept else "job"
 
 
-def _task_overrides() -> list[str]:
+def task_overrides() -> list[str]:
     from hydra.core.hydra_config import HydraConfig
 
     if not HydraConfig.initialized():
@@ -53,12 +82,15 @@ def _task_overrides() -> list[str]:
 
 def _run_name(prefix: str, named_groups: str = "", max_len: int = 150) -> str:
     """`prefix` (the model/loss/sampler choices) plus every command-line override that changes what runs
-    (`loss.alpha=9`, `seed=2`, `trainer=ddp_cpu`), so runs of different settings never share a name.
-    `named_groups` ("model/loss/sampler"): group choices already spelled in `prefix`."""
+    (`loss.alpha=9`, `seed=2`, `trainer=ddp_cpu` → `…_loss.alpha-9_seed-2_trainer-ddp_cpu`), so runs of different
+    settings never share a name; paste-safe (`join_overrides`). `named_groups` ("model/loss/sampler"): group
+    choices already spelled in `prefix`."""
     skip = tuple(g for g in str(named_groups).split("/") if g)
-    parts = [p for p in (_name_part(o, skip) for o in _task_overrides()) if p]
-    name = "_".join([str(prefix), ",".join(parts)]) if parts else str(prefix)
-    return name[:max_len]
+    parts = [p for p in (_name_part(o, skip) for o in task_overrides()) if p]
+    prefix = safe_name(prefix)
+    if not parts:
+        return prefix[:max_len]
+    return prefix + "_" + join_overrides(parts, max(8, max_len - len(prefix) - 1))
 
 
 def scored_name(embedder_dir: str | None, ckpt_path: str | None, model_choice: str | None,
@@ -74,7 +106,7 @@ def scored_name(embedder_dir: str | None, ckpt_path: str | None, model_choice: s
         run = p.parent.parent if p.parent.name == "checkpoints" else p.parent
         return f"ckpt-{_TIME_PREFIX.sub('', run.name)}-{p.stem}"
     name = str(model_choice)
-    if model_path and any(o.lstrip("+").startswith("model.path=") for o in _task_overrides()):
+    if model_path and any(o.lstrip("+").startswith("model.path=") for o in task_overrides()):
         p = Path(str(model_path).rstrip("/"))
         # A generic last part (…/all-MiniLM-L6-v2/model) says nothing: keep its parent's name too.
         name += "-" + (f"{p.parent.name}-{p.name}" if p.name in _GENERIC_DIRS and p.parent.name else p.name)
@@ -82,7 +114,7 @@ def scored_name(embedder_dir: str | None, ckpt_path: str | None, model_choice: s
 
 
 def _eval_run_name(embedder_dir, ckpt_path, model_choice, model_path, prompt_choice, max_len: int = 150) -> str:
-    name = scored_name(embedder_dir, ckpt_path, model_choice, model_path)
+    name = safe_name(scored_name(embedder_dir, ckpt_path, model_choice, model_path))
     if not (embedder_dir or ckpt_path):
         name += f"_{prompt_choice}"  # a saved Embedder or checkpoint carries its own prompt
     return _run_name(name, "model/prompt", max_len)
@@ -121,7 +153,7 @@ def compose_config(config_name: str, overrides: list[str], output_dir: str | os.
     from hydra.core.hydra_config import HydraConfig
 
     GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(Path(__file__).resolve().parent / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(Path(__file__).resolve().parents[1] / "conf"), version_base="1.3"):
         cfg = compose(config_name=config_name, overrides=list(overrides), return_hydra_config=True)
     with open_dict(cfg):
         cfg.hydra.runtime.output_dir = str(output_dir)
@@ -165,33 +197,6 @@ def quiet_known_noise() -> None:
 quiet_known_noise()
 
 
-def check_embedder_source(cfg: DictConfig) -> None:
-    """evaluate.py / mine.py score one model: refuse a command line that names two sources, or a model/prompt
-    that the given source would silently ignore (a saved Embedder or a checkpoint brings its own)."""
-    given = [k for k in ("embedder_dir", "ckpt_path") if cfg.get(k)]
-    if len(given) > 1:
-        raise ValueError(f"both embedder_dir={cfg.embedder_dir} and ckpt_path={cfg.ckpt_path} are set: give one "
-                         "model to score")
-    if not given:
-        return
-    ignored = [o for o in _task_overrides()
-               if o.lstrip("+~").split("=")[0].split(".")[0].split("@")[0] in ("model", "prompt")]
-    if ignored:
-        key = given[0]
-        raise ValueError(
-            f"{key}={cfg[key]} scores the model saved there, with the prompt it was trained with; "
-            f"{', '.join(ignored)} would be ignored. Drop {' '.join(ignored)}, or drop {key}= to score "
-            "model=… zero-shot (dtype= applies to every source)")
-
-
-def apply_image_limits(cfg: DictConfig) -> None:
-    """Set the image-size limit (`image_max_pixels`) for every image this process opens."""
-    from datamodules.images import set_max_image_pixels
-
-    if "image_max_pixels" in cfg:
-        set_max_image_pixels(cfg.image_max_pixels)
-
-
 def resume_command(script: str, run_dir: str | os.PathLike) -> str:
     """The command that continues the run in `run_dir` (relative to the current directory when inside it)."""
     run_dir = Path(run_dir).absolute()
@@ -199,14 +204,46 @@ def resume_command(script: str, run_dir: str | os.PathLike) -> str:
         shown = run_dir.relative_to(Path.cwd())
     except ValueError:
         shown = run_dir
-    return f"python {script} resume={shown}"
+    return f"python {script} {shell_argument('resume', shown)}"
+
+
+def shell_argument(key: str, value) -> str:
+    """`key=value` as a command line the project prints should hold it: pasted into a shell it reaches the entry
+    point as typed (shell-quoted only when the value needs it; quote_path_arguments then reads it for Hydra)."""
+    return shlex.quote(f"{key}={value}")
+
+
+def parsed_override_value(arg: str):
+    """The value Hydra reads from the override `arg` (quotes removed), or None when Hydra cannot parse it."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        (override,) = OverridesParser.create().parse_overrides([arg])
+    except Exception:
+        return None
+    return None if override.is_sweep_override() else override.value()
+
+
+def quote_path_arguments(argv: list[str]) -> list[str]:
+    """Command-line overrides whose value is an existing file or directory pass as typed: a path that Hydra's
+    override grammar cannot read bare (`resume=logs/train/runs/<time>_…_loss.alpha=9`, a space, brackets) is quoted
+    for Hydra here, so a printed path pastes without quoting. Anything Hydra reads already is left alone."""
+    out = list(argv[:1])
+    for arg in argv[1:]:
+        key, sep, value = arg.partition("=")
+        if (sep and value and not arg.startswith("-") and parsed_override_value(arg) is None
+                and Path(value).expanduser().exists()):
+            arg = f"{key}='" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+        out.append(arg)
+    return out
 
 
 def refuse_missing_resume(argv: list[str]) -> None:
     """`resume=<dir>` of a directory that does not exist: say so before Hydra creates it as a new run."""
     for arg in argv[1:]:
         if arg.startswith("resume=") and arg != "resume=null":
-            path = Path(arg.partition("=")[2]).expanduser()
+            value = parsed_override_value(arg)
+            path = Path(str(value if isinstance(value, str) else arg.partition("=")[2])).expanduser()
             if not path.is_dir():
                 print(f"error: {arg}: no such run directory ({path.absolute()}). Run directories are "
                       "logs/<task>/runs/<time>_<name>", file=sys.stderr)

@@ -125,7 +125,7 @@ def build_saha_clusters(
         Clusters of query indices: anchor first, then its kept owners. Phase-1 clusters in creation order,
         then phase-2 clusters. Queries in no cluster (leftovers) are not listed.
     """
-    clusters, _ = _mine_saha_clusters(
+    clusters, _ = mine_saha_clusters(
         query_emb,
         cand_emb,
         positive_of_query,
@@ -173,7 +173,7 @@ def saha_cluster_stats(clusters: Sequence[Sequence[int]], num_queries: int) -> d
     }
 
 
-def _mine_saha_clusters(
+def mine_saha_clusters(
     query_emb: Any,
     cand_emb: Any,
     positive_of_query: Any,

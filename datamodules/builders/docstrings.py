@@ -73,9 +73,11 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from operations.atomic import build_directory
+
+from ..errors import DataError
+from ..schema import RESERVED_TOKENS
 from .bundled import EVAL_SCHEMA, TRAIN_SCHEMA
-from .errors import DataError
-from .schema import RESERVED_TOKENS
 
 log = logging.getLogger(__name__)
 
@@ -361,7 +363,7 @@ def _readme(title: str, names: Sequence[str], split: str) -> str:
         lines += [f"- config_name: {name}", "  data_files:", f"  - split: {split}",
                   f"    path: {name}/{split}-*.parquet"]
     lines += ["---", f"# {title}", "", "Docstring pairs (summary → body) of installed Python libraries, built "
-              f"offline by `datamodules/docstrings.py` (version {DOCSTRINGS_VERSION}); see ../{MANIFEST}.", ""]
+              f"offline by `datamodules/builders/docstrings.py` (version {DOCSTRINGS_VERSION}); see ../{MANIFEST}.", ""]
     return "\n".join(lines)
 
 
@@ -489,8 +491,6 @@ def ensure_docstrings(root, *, train_libraries: Sequence[str] = TRAIN_LIBRARIES,
     def build_checked(tmp: Path) -> None:
         built.update(build(tmp, settings))
         _check_fingerprint(built, fingerprint, root)  # a refused build is never swapped in
-
-    from .atomic import build_directory
 
     # usable(): another process may have finished the same build while we waited for the lock.
     if not build_directory(root, lambda: usable(_read_manifest(root)), build_checked, marker=MANIFEST,
