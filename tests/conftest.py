@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 from pathlib import Path
 
@@ -87,3 +88,32 @@ def compose_cfg(tmp_path):
 def tiny_cfg(bundled_root):
     """tiny_cfg(extra) -> the override list for a few-step CPU run on the session's small dataset."""
     return lambda extra=None: tiny_overrides(bundled_root, extra)
+
+
+@pytest.fixture
+def offline_auto_processor(monkeypatch):
+    """`AutoProcessor.from_pretrained` falls back, where the stock processor cannot be built because its video
+    processor needs torchvision, to the same processor without video support that embedlab's families build
+    (image processor, tokenizer and chat template read from the directory). Where torchvision works, nothing
+    changes. sentence-transformers and the card's transformers snippet call AutoProcessor."""
+    from transformers import AutoProcessor
+
+    from embedders.backbones.llava_onevision import ImageOnlyLlavaOnevisionProcessor
+    from embedders.backbones.qwen2_vl import ImageOnlyQwen2VLProcessor
+
+    stock = AutoProcessor.from_pretrained
+    image_only = {"qwen2_vl": ImageOnlyQwen2VLProcessor, "qwen2_5_vl": ImageOnlyQwen2VLProcessor,
+                  "llava_onevision": ImageOnlyLlavaOnevisionProcessor}
+
+    def from_pretrained(path, *args, **kwargs):
+        try:
+            return stock(path, *args, **kwargs)
+        except ImportError as err:
+            if "torchvision" not in str(err).lower():
+                raise
+            model_type = json.loads((Path(path) / "config.json").read_text()).get("model_type")
+            if model_type not in image_only:
+                raise
+            return image_only[model_type].from_pretrained(path, *args, **kwargs)
+
+    monkeypatch.setattr(AutoProcessor, "from_pretrained", from_pretrained)

@@ -1,7 +1,8 @@
-"""The README cannot rot: every fenced command in it is classified here, and checked.
+"""The README and the reference pages cannot rot: every command in them is classified here, and checked.
 
-Every line of a ```bash block of README.md (continuation lines joined, the trailing comment dropped) must
-be a key of COMMANDS, which says what kind of command it is:
+Every line of a ```bash block of README.md and docs/*.md (continuation lines joined, the trailing comment dropped),
+and every `python …` / `make …` / `WANDB_MODE=… python …` in inline code of a table row, must be a key of COMMANDS,
+which says what kind of command it is:
 
 - `Run`: runs on CPU. `make test-all` runs it for real, from the repository root, verbatim plus small
   overrides appended (a small bundled dataset, a few steps) and with `<placeholders>` replaced by real
@@ -32,6 +33,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
+#: The documents whose commands are classified and checked: the front door and every reference page.
+DOCUMENTS = [README, *sorted((ROOT / "docs").glob("*.md"))]
 SHELL_LANGS = ("bash", "sh", "shell", "console")
 
 
@@ -77,8 +80,18 @@ COMMANDS: dict[str, Run | Compose | Make] = {
     "python train.py loss=hardness_weighted loss.alpha=9": Run(TRAIN),
     "python train.py loss.symmetric=true loss.temperature=0.05": Run(TRAIN),
     "python train.py loss.learnable_temperature=true model.temperature_lr=1e-3": Run(TRAIN),
-    "python train.py -m loss.temperature=0.02,0.05 trainer.max_steps=5": Run((*TRAIN, "evaluate_after=false"),
-                                                                             fast=True),
+    "python train.py -m debug=fast loss.temperature=0.02,0.05": Run((*TRAIN, "evaluate_after=false"), fast=True),
+    "python train.py trainer=ddp_cpu trainer.devices=2": Run((*TRAIN, "evaluate_after=false")),
+    "python mine.py": Run(MINE),
+    "python mine.py mining.method=negatives": Run(MINE),
+    "python train.py sampler=homogeneous": Run(TRAIN),
+    "python train.py experiment=llave_0.5b": Compose(f"{HUB}, {GPU}"),
+    "make bench": Make("the benchmarks (`make bench ARGS=--quick` is their smoke run)"),
+    "make ablation": Make("3 seeds × losses × samplers on the bundled data (~45 min on CPU)"),
+    "make sweep": Make(SLURM),
+    "python benchmarks/bench_eval.py --repeats 2 --workers 4": Compose("a benchmark (make bench runs its code path)"),
+    "python benchmarks/bench_eval.py --repeats 2": Compose("a benchmark (make bench runs its code path)"),
+    "python benchmarks/bench_eval.py --repeats 2 --varied-images": Compose("a benchmark (make bench runs its code path)"),
     "python train.py -m loss=infonce,hardness_weighted seed=1,2,3": Run((*TRAIN, "evaluate_after=false")),
     "python train.py debug=fast": Run(("trainer.enable_progress_bar=false", "evaluate_before=false", *SMALL_EVAL)),
     # Evaluate
@@ -244,10 +257,16 @@ def readme_blocks(text: str) -> list[tuple[str, str, int]]:
     return blocks
 
 
+TABLE_COMMAND = re.compile(r"`((?:WANDB_MODE=\S+ )?python [^`]+|make [^`]+)`")
+
+
 def readme_commands(text: str | None = None) -> list[tuple[str, int]]:
-    """Every command of the README's shell blocks (continuations joined, comments dropped), with its line."""
+    """Every command of a document's shell blocks (continuations joined, comments dropped) and of its table rows'
+    inline code, with its line. Without `text`: the commands of every document (README.md, docs/*.md)."""
+    if text is None:
+        return [(cmd, line) for cmd, line, _ in document_commands()]
     commands = []
-    for lang, body, start in readme_blocks(text if text is not None else README.read_text()):
+    for lang, body, start in readme_blocks(text):
         if lang not in SHELL_LANGS:
             continue
         current, first = "", 0
@@ -262,11 +281,24 @@ def readme_commands(text: str | None = None) -> list[tuple[str, int]]:
             if current:
                 commands.append((" ".join(current.split()), first))
             current = ""
-    return commands
+    in_block = False
+    for n, line in enumerate(text.splitlines(), 1):
+        if line.startswith("```"):
+            in_block = not in_block
+        elif not in_block and line.lstrip().startswith("|"):
+            commands += [(" ".join(m.group(1).split()), n) for m in TABLE_COMMAND.finditer(line)]
+    return sorted(commands, key=lambda c: c[1])
 
 
-def python_snippets() -> list[tuple[str, int]]:
-    return [(body, start) for lang, body, start in readme_blocks(README.read_text()) if lang == "python"]
+def document_commands() -> list[tuple[str, int, Path]]:
+    """(command, line, document) of every document, README first."""
+    return [(cmd, line, doc) for doc in DOCUMENTS for cmd, line in readme_commands(doc.read_text())]
+
+
+def python_snippets() -> list[tuple[str, str]]:
+    """(code, "<document>:<line>") of every ```python block of every document."""
+    return [(body, f"{doc.relative_to(ROOT)}:{start}") for doc in DOCUMENTS
+            for lang, body, start in readme_blocks(doc.read_text()) if lang == "python"]
 
 
 # ------------------------------------------------------------------------------------------------ composing
@@ -373,12 +405,12 @@ def make_target_command(target_line: str) -> tuple[str, list[str]]:
 
 # ------------------------------------------------------------------------------------------------ fast tests
 def test_every_readme_command_is_classified():
-    found = readme_commands()
-    unknown = [f"README.md:{line}: {cmd}" for cmd, line in found if cmd not in COMMANDS]
-    assert not unknown, ("README commands with no entry in COMMANDS of tests/entrypoints/test_readme.py "
+    found = document_commands()
+    unknown = [f"{doc.relative_to(ROOT)}:{line}: {cmd}" for cmd, line, doc in found if cmd not in COMMANDS]
+    assert not unknown, ("commands with no entry in COMMANDS of tests/entrypoints/test_readme.py "
                          "(classify each as Run, Compose or Make):\n  " + "\n  ".join(unknown))
-    gone = sorted(set(COMMANDS) - {cmd for cmd, _ in found})
-    assert not gone, "COMMANDS entries no longer in README.md (remove them):\n  " + "\n  ".join(gone)
+    gone = sorted(set(COMMANDS) - {cmd for cmd, _, _ in found})
+    assert not gone, "COMMANDS entries no longer in README.md or docs/ (remove them):\n  " + "\n  ".join(gone)
 
 
 def test_the_harness_parses_what_the_readme_can_hold():
@@ -387,6 +419,8 @@ def test_the_harness_parses_what_the_readme_can_hold():
            "```python\nx = 1\n```\n```\nnot a command\n```\n"
     assert readme_commands(text) == [("python train.py a=1 'b=[x, y]'", 2),
                                      ('python evaluate.py p=$(python -c "print(1) # not a comment")', 4)]
+    table = "| what | how |\n|---|---|\n| a | `python train.py x=1` then `make test` |\n| b | `x = 1` |\n"
+    assert readme_commands(table) == [("python train.py x=1", 3), ("make test", 3)]
     unknown = readme_commands("```bash\npython train.py something_new=1\n```\n")
     assert unknown[0][0] not in COMMANDS  # what test_every_readme_command_is_classified reports
 
@@ -419,15 +453,25 @@ def test_readme_make_command_exists_and_composes(command, tmp_path):
 
 
 def test_readme_python_snippets_compile():
-    for code, line in python_snippets():
-        compile(code, f"README.md:{line}", "exec")
+    for code, where in python_snippets():
+        compile(code, where, "exec")
 
 
-def test_readme_cites_documents_that_exist():
-    text = README.read_text()
-    assert "METHODS §" not in text  # the methods reference is docs/methods.md, in the repository
+@pytest.mark.parametrize("doc", DOCUMENTS, ids=lambda d: str(d.relative_to(ROOT)))
+def test_documents_cite_documents_that_exist(doc):
+    text = doc.read_text()
+    if doc == README:
+        assert "METHODS §" not in text  # the methods reference is docs/methods.md, in the repository
+    for name in ("ENVIRONMENT.md", "DESIGN.md", "DEVELOPERS.md"):
+        assert name not in text, f"{doc.name} cites {name}, which is not in the repository"
     for target in re.findall(r"\]\(((?!https?:|#)[^)#]+)", text):
-        assert (ROOT / target).exists(), f"README links to {target}, which is not in the repository"
+        assert (doc.parent / target).exists(), f"{doc.name} links to {target}, which is not in the repository"
+    assert not re.search(r"\b(issue|branch) #?\d+|\bissue \d+", text, flags=re.I), \
+        f"{doc.name} names an issue or a branch: documents describe the project, not its planning"
+
+
+def test_readme_is_a_front_door():
+    assert len(README.read_text().splitlines()) <= 400
 
 
 def readme_test_references(text: str) -> list[tuple[int, str, str | None]]:
@@ -449,11 +493,13 @@ def test_tests_the_readme_names_exist():
     assert readme_test_references("a `tests/x/test_a.py::test_b`, `::test_c` and tests/y.py") == [
         (1, "tests/x/test_a.py", "test_b"), (1, "tests/x/test_a.py", "test_c"), (1, "tests/y.py", None)]
     missing = []
-    for n, path, name in readme_test_references(README.read_text()):
-        if not (ROOT / path).is_file():
-            missing.append(f"README.md:{n}: {path}")
-        elif name and not re.search(rf"^def {name}\(", (ROOT / path).read_text(), flags=re.M):
-            missing.append(f"README.md:{n}: {path}::{name}")
+    for doc in DOCUMENTS:
+        for n, path, name in readme_test_references(doc.read_text()):
+            where = f"{doc.relative_to(ROOT)}:{n}"
+            if not (ROOT / path).is_file():
+                missing.append(f"{where}: {path}")
+            elif name and not re.search(rf"^def {name}\(", (ROOT / path).read_text(), flags=re.M):
+                missing.append(f"{where}: {path}::{name}")
     assert not missing, "README names tests that do not exist:\n  " + "\n  ".join(missing)
 
 
@@ -533,8 +579,11 @@ def test_readme_sweep_runs_from_the_repository_root_with_the_default_sweep_dir(s
 @pytest.mark.slow
 def test_every_cpu_command_of_the_readme_runs(sandbox):
     """All Run commands in README order (mine.py before sampler=saha), each verbatim plus small overrides."""
-    failures = []
+    failures, seen = [], set()
     for command, _ in readme_commands():
+        if command in seen:
+            continue
+        seen.add(command)
         kind = COMMANDS[command]
         if not isinstance(kind, Run) or kind.fast:
             continue
@@ -547,11 +596,12 @@ def test_every_cpu_command_of_the_readme_runs(sandbox):
 
 
 @pytest.mark.slow
-def test_readme_python_snippets_run(sandbox):
+def test_readme_python_snippets_run(sandbox, offline_auto_processor, monkeypatch):
     values = artifacts(sandbox, ("run",))
-    for code, line in python_snippets():
+    monkeypatch.chdir(sandbox["root"])  # where the commands before wrote exported/ (their relative paths)
+    for code, where in python_snippets():
         code = code.replace("logs/train/runs/<run>", values["<run>"])
-        exec(compile(code, f"README.md:{line}", "exec"), {})
+        exec(compile(code, where, "exec"), {})
 
 
 @pytest.mark.slow

@@ -1,11 +1,11 @@
 """Fixtures for the shipping tests: real all-MiniLM-L6-v2 weights, tiny multimodal Embedders, one short LoRA training
 run on the bundled data (shared by the card, export, Hub and MTEB tests), and a stand-in for `AutoProcessor` on
-machines where torchvision is unusable (as on the CPU machines of this project, see ENVIRONMENT.md)."""
+machines where torchvision is unusable (as on the CPU machines of this project: the registry's torchvision is a
+CUDA build that fails to import next to the CPU build of torch)."""
 
 from __future__ import annotations
 
 import importlib.util
-import json
 from pathlib import Path
 
 import pytest
@@ -65,32 +65,8 @@ def tiny_embedder():
 
 
 @pytest.fixture(autouse=True)
-def offline_auto_processor(monkeypatch):
-    """`AutoProcessor.from_pretrained` falls back, where the stock processor cannot be built because its video
-    processor needs torchvision, to the same processor without video support that embedlab's families build
-    (image processor, tokenizer and chat template read from the directory). Where torchvision works, nothing
-    changes. sentence-transformers and the card's transformers snippet call AutoProcessor."""
-    from transformers import AutoProcessor
-
-    from embedders.backbones.llava_onevision import ImageOnlyLlavaOnevisionProcessor
-    from embedders.backbones.qwen2_vl import ImageOnlyQwen2VLProcessor
-
-    stock = AutoProcessor.from_pretrained
-    image_only = {"qwen2_vl": ImageOnlyQwen2VLProcessor, "qwen2_5_vl": ImageOnlyQwen2VLProcessor,
-                  "llava_onevision": ImageOnlyLlavaOnevisionProcessor}
-
-    def from_pretrained(path, *args, **kwargs):
-        try:
-            return stock(path, *args, **kwargs)
-        except ImportError as err:
-            if "torchvision" not in str(err).lower():
-                raise
-            model_type = json.loads((Path(path) / "config.json").read_text()).get("model_type")
-            if model_type not in image_only:
-                raise
-            return image_only[model_type].from_pretrained(path, *args, **kwargs)
-
-    monkeypatch.setattr(AutoProcessor, "from_pretrained", from_pretrained)
+def _stock_processor_or_image_only(offline_auto_processor):
+    """Every shipping test loads saved directories the way sentence-transformers does (tests/conftest.py)."""
 
 
 @pytest.fixture(scope="session")
