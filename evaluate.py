@@ -11,16 +11,24 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from operations.hydra_app import adapt_cfg_with_multirun, quote_path_arguments
+from operations.hydra_app import (  # also registers the Hydra resolvers the configs use
+    adapt_cfg_with_multirun,
+    print_help_and_exit,
+    quote_path_arguments,
+    refuse_bad_command,
+)
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
 def main(cfg: DictConfig) -> float:
-    from evaluation.job import run
+    source_given = bool(cfg.get("embedder_dir") or cfg.get("ckpt_path"))  # it brings its own model config
+    refuse_bad_command(cfg, ("logger",) if source_given else ("model", "logger"))
+    from evaluation.job import run  # torch, Lightning, transformers: only for a command that runs
 
     return run(cfg)["overall"]
 
 
 if __name__ == "__main__":
+    print_help_and_exit(sys.argv, "evaluate.py", __doc__)
     sys.argv = adapt_cfg_with_multirun(quote_path_arguments(sys.argv))
     main()

@@ -23,17 +23,22 @@ from omegaconf import DictConfig
 
 from operations.hydra_app import (  # also registers the Hydra resolvers the configs use
     adapt_cfg_with_multirun,
+    print_help_and_exit,
     quote_path_arguments,
+    refuse_bad_command,
 )
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="mine")
 def main(cfg: DictConfig) -> None:
-    from mining.job import run
+    source_given = bool(cfg.get("embedder_dir") or cfg.get("ckpt_path"))  # it brings its own model config
+    refuse_bad_command(cfg, ("data",) if source_given else ("model", "data"))
+    from mining.job import run  # torch, Lightning, transformers: only for a command that runs
 
     run(cfg)
 
 
 if __name__ == "__main__":
+    print_help_and_exit(sys.argv, "mine.py", __doc__)
     sys.argv = adapt_cfg_with_multirun(quote_path_arguments(sys.argv))
     main()

@@ -10,9 +10,13 @@ from .schema import EvalRow, Item, TrainPair
 __all__ = ["DataError", "EvalRow", "Item", "MMEBDataModule", "TrainPair"]
 
 
-def __getattr__(name: str):
-    if name == "MMEBDataModule":
-        from .datamodule import MMEBDataModule
+#: Exports imported on first use (a config's `_target_` names them; operations.static_signatures reads this too).
+LAZY_EXPORTS = {"MMEBDataModule": ".datamodule"}
 
-        return MMEBDataModule
+
+def __getattr__(name: str):
+    if name in LAZY_EXPORTS:
+        import importlib
+
+        return getattr(importlib.import_module(LAZY_EXPORTS[name], __name__), name)
     raise AttributeError(f"module 'datamodules' has no attribute {name!r}")

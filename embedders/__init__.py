@@ -1,8 +1,25 @@
-"""Backbones, pooling, prompt formatting, the Embedder and the LightningModule that trains it."""
+"""Backbones, pooling, prompt formatting, the Embedder and the LightningModule that trains it.
 
-from .embedder import Embedder, InputBuilder
-from .module import EmbeddingModule
-from .pooling import last_token_pool, mean_pool, pool
-from .prompts import PromptFormat
+The exports are imported on first use, so that `import embedders.<module>` of a light module (the config rules of
+`settings`) does not pull in torch, transformers and Lightning."""
 
-__all__ = ["Embedder", "EmbeddingModule", "InputBuilder", "PromptFormat", "last_token_pool", "mean_pool", "pool"]
+#: Exports imported on first use (a config's `_target_` names them; operations.static_signatures reads this too).
+LAZY_EXPORTS = {
+    "Embedder": ".embedder",
+    "InputBuilder": ".embedder",
+    "EmbeddingModule": ".module",
+    "PromptFormat": ".prompts",
+    "last_token_pool": ".pooling",
+    "mean_pool": ".pooling",
+    "pool": ".pooling",
+}
+
+__all__ = sorted(LAZY_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in LAZY_EXPORTS:
+        import importlib
+
+        return getattr(importlib.import_module(LAZY_EXPORTS[name], __name__), name)
+    raise AttributeError(f"module 'embedders' has no attribute {name!r}")

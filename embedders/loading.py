@@ -7,30 +7,9 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from operations.hydra_app import task_overrides
-
 from .checkpoint_io import load_trained_module
 from .dtypes import resolve_dtype
 from .embedder import Embedder
-
-
-def check_embedder_source(cfg: DictConfig) -> None:
-    """evaluate.py / mine.py score one model: refuse a command line that names two sources, or a model/prompt
-    that the given source would silently ignore (a saved Embedder or a checkpoint brings its own)."""
-    given = [k for k in ("embedder_dir", "ckpt_path") if cfg.get(k)]
-    if len(given) > 1:
-        raise ValueError(f"both embedder_dir={cfg.embedder_dir} and ckpt_path={cfg.ckpt_path} are set: give one "
-                         "model to score")
-    if not given:
-        return
-    ignored = [o for o in task_overrides()
-               if o.lstrip("+~").split("=")[0].split(".")[0].split("@")[0] in ("model", "prompt")]
-    if ignored:
-        key = given[0]
-        raise ValueError(
-            f"{key}={cfg[key]} scores the model saved there, with the prompt it was trained with; "
-            f"{', '.join(ignored)} would be ignored. Drop {' '.join(ignored)}, or drop {key}= to score "
-            "model=… zero-shot (dtype= applies to every source)")
 
 
 def load_embedder(cfg: DictConfig):

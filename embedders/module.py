@@ -41,7 +41,8 @@ from losses.gather import gather_rows, local_only
 from .diagnostics import similarity_overlap
 from .embedder import Embedder, move_to
 from .finetune import keep_trainable_in, set_dropout
-from .gradcache import RngState, all_reduce_gradients, check_gradcache_config
+from .gradcache import RngState, all_reduce_gradients
+from .settings import check_gradcache_config
 
 log = logging.getLogger(__name__)
 

@@ -12,9 +12,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from datamodules.images import apply_image_limits
-from embedders.loading import check_embedder_source, load_embedder, pick_device
+from embedders.loading import load_embedder, pick_device
 from operations.config_types import check_config_types
-from operations.hydra_app import finish_loggers, instantiate_group, quiet_known_noise
+from operations.hydra_app import check_embedder_source, finish_loggers, instantiate_group, quiet_known_noise
 
 from .runner import build_suite, score
 

@@ -22,6 +22,8 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from .static_signatures import TensorLike, Unknown, static_signature
+
 
 class ConfigTypeError(TypeError):
     """One or more config values have the wrong type (the message lists them all)."""
@@ -61,6 +63,8 @@ def _matches(value, ann) -> bool | None:
         return isinstance(value, str)
     if ann in (os.PathLike, PurePath) or (isinstance(ann, type) and issubclass(ann, PurePath)):
         return isinstance(value, str)
+    if ann is TensorLike:
+        return _is_number(value)
     if isinstance(ann, type) and origin is None and isinstance(value, (str, int, float, bool)):
         import enum
         import numbers
@@ -97,6 +101,8 @@ def _matches(value, ann) -> bool | None:
 def _describe(ann) -> str:
     if ann is inspect.Parameter.empty:
         return "?"
+    if ann is TensorLike:
+        return "Tensor"
     origin, args = typing.get_origin(ann), typing.get_args(ann)
     if origin is typing.Union or (hasattr(types, "UnionType") and isinstance(ann, types.UnionType)):
         names = [_describe(a) for a in args if a is not type(None)]
@@ -126,7 +132,9 @@ def _kind(value) -> str:
     return f"{'an' if name[0] in 'aeiou' else 'a'} {name}"
 
 
-def _signature(target: str):
+def _signature(target: str, static: bool = False):
+    if static:
+        return static_signature(target), None
     from hydra._internal.utils import _locate
 
     try:
@@ -145,6 +153,8 @@ def _signature(target: str):
 
 def _expected(param: inspect.Parameter):
     """The parameter's annotation, or the type implied by a numeric/boolean default; None = not checked."""
+    if param.annotation is Unknown:
+        return None
     if param.annotation is not inspect.Parameter.empty and not isinstance(param.annotation, str):
         return param.annotation
     default = param.default
@@ -157,9 +167,9 @@ def _expected(param: inspect.Parameter):
     return None
 
 
-def _check_node(node: dict, key: str, problems: list[str]) -> None:
+def _check_node(node: dict, key: str, problems: list[str], static: bool = False) -> None:
     target = node.get("_target_")
-    sig, _ = _signature(str(target)) if target else (None, None)
+    sig, _ = _signature(str(target), static) if target else (None, None)
     if sig is not None:
         params = sig.parameters
         takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
@@ -184,7 +194,7 @@ def _check_node(node: dict, key: str, problems: list[str]) -> None:
                                 f"({_kind(value)}).{hint}")
     for name, value in node.items():
         full = f"{key}.{name}" if key else name
-        _walk(value, full, problems)
+        _walk(value, full, problems, static)
 
 
 def _is_numeric_text(text: str) -> bool:
@@ -195,25 +205,27 @@ def _is_numeric_text(text: str) -> bool:
     return True
 
 
-def _walk(value, key: str, problems: list[str]) -> None:
+def _walk(value, key: str, problems: list[str], static: bool = False) -> None:
     if isinstance(value, dict):
         if "_target_" in value:
-            _check_node(value, key, problems)
+            _check_node(value, key, problems, static)
         else:
             for name, v in value.items():
-                _walk(v, f"{key}.{name}" if key else str(name), problems)
+                _walk(v, f"{key}.{name}" if key else str(name), problems, static)
     elif isinstance(value, list):
         for i, v in enumerate(value):
-            _walk(v, f"{key}.{i}", problems)
+            _walk(v, f"{key}.{i}", problems, static)
 
 
-def check_config_types(cfg: DictConfig | dict, keys: typing.Iterable[str] | None = None) -> None:
+def check_config_types(cfg: DictConfig | dict, keys: typing.Iterable[str] | None = None, static: bool = False) -> None:
     """Raise ConfigTypeError listing every value whose type does not fit the callable it configures.
-    `keys`: the top-level nodes to check (default: all)."""
+    `keys`: the top-level nodes to check (default: all). `static`: read the callables' signatures from their
+    source files without importing them (operations.static_signatures; seconds before torch is imported): what
+    it cannot settle is left to the full check."""
     plain = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False) if isinstance(cfg, (DictConfig, ListConfig)) else cfg
     problems: list[str] = []
     for name in keys if keys is not None else list(plain):
         if name in plain:
-            _walk(plain[name], name, problems)
+            _walk(plain[name], name, problems, static)
     if problems:
         raise ConfigTypeError("config values of the wrong type (nothing was run):\n  " + "\n  ".join(problems))

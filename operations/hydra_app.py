@@ -17,6 +17,10 @@ from pathlib import Path
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from .config_types import ConfigTypeError, check_config_types
+
+log = logging.getLogger("embedlab")
+
 #: Overrides that configure where/how a job runs rather than what it trains: left out of run names.
 _NAME_SKIP_PREFIXES = ("hydra.", "hydra/", "paths.", "bundled.", "callbacks.", "logger", "trainer.enable_progress_bar",
                        "trainer.log_every_n_steps", "evaluate_", "save_embedder", "eval.", "eval_data.max_rows",
@@ -195,6 +199,64 @@ def quiet_known_noise() -> None:
 
 
 quiet_known_noise()
+
+
+def check_embedder_source(cfg: DictConfig) -> None:
+    """evaluate.py / mine.py score one model: refuse a command line that names two sources, or a model/prompt
+    that the given source would silently ignore (a saved Embedder or a checkpoint brings its own)."""
+    given = [k for k in ("embedder_dir", "ckpt_path") if cfg.get(k)]
+    if len(given) > 1:
+        raise ValueError(f"both embedder_dir={cfg.embedder_dir} and ckpt_path={cfg.ckpt_path} are set: give one "
+                         "model to score")
+    if not given:
+        return
+    ignored = [o for o in task_overrides()
+               if o.lstrip("+~").split("=")[0].split(".")[0].split("@")[0] in ("model", "prompt")]
+    if ignored:
+        key = given[0]
+        raise ValueError(
+            f"{key}={cfg[key]} scores the model saved there, with the prompt it was trained with; "
+            f"{', '.join(ignored)} would be ignored. Drop {' '.join(ignored)}, or drop {key}= to score "
+            "model=… zero-shot (dtype= applies to every source)")
+
+
+def refuse_bad_command(cfg: DictConfig, keys: tuple[str, ...], check=None) -> None:
+    """The checks of a command line that need nothing heavy imported, run first by every entry point: one model
+    source (evaluate.py, mine.py), then the value types of `keys` with signatures read from source
+    (`check_config_types(static=True)`), then `check(cfg)` when given. A refusal prints `error: …` and exits 2
+    within seconds, before torch, Lightning and transformers are imported."""
+    try:
+        if "embedder_dir" in cfg:  # evaluate.py, mine.py
+            check_embedder_source(cfg)
+        check_config_types(cfg, keys=keys, static=True)
+        if check is not None:
+            check(cfg)
+    except (ConfigTypeError, ValueError) as e:
+        log.error("refused: %s", e)
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized():  # feedback before the imports of the job (seconds on a small machine)
+        log.info("command checked; run directory %s (loading torch, Lightning, transformers)",
+                 HydraConfig.get().runtime.output_dir)
+
+
+def print_help_and_exit(argv: list[str], script: str, doc: str) -> None:
+    """`--help`/`-h`: the script's usage and the config groups with their options, read from `conf/` (Hydra's own
+    help composes every group first, seconds per group on a small machine). `--hydra-help` is Hydra's."""
+    if not ({"--help", "-h"} & set(argv[1:])):
+        return
+    conf = Path(__file__).resolve().parents[1] / "conf"
+    groups = []
+    for group in sorted(p for p in conf.rglob("*") if p.is_dir() and p.relative_to(conf).parts[0] != "hydra"):
+        options = sorted(f.stem for f in group.glob("*.yaml"))
+        if options:
+            groups.append(f"  {group.relative_to(conf)}: {', '.join(options)}")
+    print(f"{doc.strip()}\n\nConfig groups (choose with group=option; each value with key=value):\n" + "\n".join(groups)
+          + f"\n\n  python {script} --cfg job      the composed config of this command line (add overrides before it)\n"
+          f"  python {script} --hydra-help   Hydra's own flags (multirun -m, --cfg, --package, ...)\n")
+    raise SystemExit(0)
 
 
 def resume_command(script: str, run_dir: str | os.PathLike) -> str:

@@ -3,31 +3,39 @@ gives no optimizer step."""
 
 from __future__ import annotations
 
-import lightning as L
-import torch
+from typing import TYPE_CHECKING
+
 from omegaconf import DictConfig, OmegaConf
 
-from embedders.gradcache import check_gradcache_config
+from embedders.settings import check_gradcache_config
 from operations.config_types import ConfigTypeError, check_config_types
+
+if TYPE_CHECKING:
+    import lightning as L
+
+
+#: The config nodes whose values are checked against what they configure.
+TRAIN_KEYS = ("model", "loss", "data", "sampler", "trainer", "callbacks", "logger")
 
 
 class RefusedToStart(ValueError):
     """A configuration that this run refuses before doing any work."""
 
 
-def validate_config(cfg: DictConfig) -> None:
+def validate_config(cfg: DictConfig, static: bool = False) -> None:
     """Refuse misconfigurations before anything expensive starts: value types (every key of every
-    `_target_` node), then combinations (RefusedToStart, a ValueError)."""
+    `_target_` node), then combinations (RefusedToStart, a ValueError). `static=True`: the checks that need
+    nothing imported (signatures read from the source; train.py runs them before torch is imported)."""
     try:
-        _validate_config(cfg)
+        _validate_config(cfg, static)
     except ValueError as e:
         if isinstance(e, RefusedToStart):
             raise
         raise RefusedToStart(str(e)) from None
 
 
-def _validate_config(cfg: DictConfig) -> None:
-    check_config_types(cfg, keys=("model", "loss", "data", "sampler", "trainer", "callbacks", "logger"))
+def _validate_config(cfg: DictConfig, static: bool = False) -> None:
+    check_config_types(cfg, keys=TRAIN_KEYS, static=static)
     for key, kind in (("seed", int), ("evaluate_before", bool), ("evaluate_after", bool), ("save_embedder", bool),
                       ("resume_allow_changes", bool)):
         value = cfg.get(key)
@@ -52,6 +60,10 @@ def _validate_config(cfg: DictConfig) -> None:
                              "the embedder outside the FSDP forward, whose parameters are sharded); use trainer=ddp, "
                              "or mine between runs with mine.py")
         accel = OmegaConf.select(cfg, "trainer.accelerator")
+        if static:
+            return  # whether CUDA is there is asked after the imports
+        import torch
+
         if accel == "cpu" or not torch.cuda.is_available():
             raise ValueError("trainer=fsdp needs GPUs (Lightning refuses FSDP on CPU); use trainer=ddp_cpu on CPU")
         if chunk is not None:

@@ -58,4 +58,4 @@ def test_evaluate_runs_are_named_after_what_they_score(compose_cfg, saved):
     assert compose_cfg("evaluate", ["model=minilm", "model.path=/opt/models/all-MiniLM-L6-v2"]).run_name == \
         "minilm-all-MiniLM-L6-v2_plain"
     assert compose_cfg("evaluate", ["model=qwen2vl_2b", "prompt=hierarchical", "dtype=bfloat16"]).run_name == \
-        "qwen2vl_2b_hierarchical_dtype=bfloat16"
+        "qwen2vl_2b_hierarchical_dtype-bfloat16"

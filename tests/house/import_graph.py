@@ -37,10 +37,7 @@ LAYERS = {
     **{name: 5 for name in ENTRY_SCRIPTS},
 }
 #: Deferred project imports that are not hiding an arrow, with the reason (checked: every other one fails).
-ALLOWED_DEFERRED = {
-    ("datamodules", "datamodules.datamodule"): "the package's lazy MMEBDataModule: `import datamodules.schema` stays "
-                                               "free of Lightning",
-}
+ALLOWED_DEFERRED: dict[tuple[str, str], str] = {}
 SKIP_DIRS = {"tests", "benchmarks", "conf", "docs", "build", "dist", "logs", "data", "outputs", "multirun"}
 
 
@@ -90,6 +87,16 @@ def build_graph(root: Path) -> Graph:
                 for inner in ast.walk(node):
                     if isinstance(inner, (ast.Import, ast.ImportFrom)):
                         in_function.add(id(inner))
+        for node in tree.body:  # a package's lazy exports ({"Name": ".module"}) are imports on first use
+            if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "LAZY_EXPORTS"
+                                                    for t in node.targets):
+                for relative in ast.literal_eval(node.value).values():
+                    level = len(relative) - len(relative.lstrip("."))
+                    base = ".".join(package[: len(package) - (level - 1)] + [relative.lstrip(".")]) if level \
+                        else relative
+                    resolved = _resolve(base, known)
+                    if resolved is not None and resolved != name:
+                        graph.edges[name].add(resolved)
         for node in ast.walk(tree):
             targets = []
             if isinstance(node, ast.Import):
