@@ -18,6 +18,7 @@ EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 def test_every_experiment_composes(compose_cfg, experiment):
     cfg = compose_cfg("train", [f"experiment={experiment}"])
     assert cfg.model._target_ and cfg.loss._target_ and cfg.data._target_
+    train.validate_config(cfg, static=True)  # what train.py checks before importing torch: no false refusal
     if "fsdp" in str(cfg.trainer.get("strategy", {}).get("_target_", "")):
         with pytest.raises(ValueError, match="FSDP"):  # validated: refused on this CPU-only machine
             train.validate_config(cfg)
@@ -40,8 +41,62 @@ def test_fsdp_config_builds_its_strategy(compose_cfg):
 
 @pytest.mark.parametrize("group", ["model", "loss", "data", "sampler", "trainer", "logger", "eval_data", "prompt"])
 def test_every_group_option_composes(compose_cfg, group):
+    from operations.config_types import ConfigTypeError, check_config_types
+    from training.checks import TRAIN_KEYS
+
     for option in sorted(p.stem for p in (CONF / group).glob("*.yaml")):
-        compose_cfg("train", [f"{group}={option}"])
+        cfg = compose_cfg("train", [f"{group}={option}"])
+        # The check before torch is imported refuses what the full check refuses, nothing more (trainer=slurm
+        # outside a SLURM job has devices=null: both refuse it).
+        found = []
+        for static in (True, False):
+            try:
+                check_config_types(cfg, keys=TRAIN_KEYS, static=static)
+                found.append(None)
+            except ConfigTypeError as e:
+                found.append(str(e))
+        assert found[0] == found[1], (option, found)
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("model.optimizer.lr=abc", "model.optimizer.lr must be float or Tensor (torch.optim.AdamW's `lr`), got 'abc'"),
+    ("+loss.alpah=9", "loss.alpah: losses.InfoNCE takes no parameter 'alpah'"),
+    ("trainer.max_steps=ten", "trainer.max_steps must be int (lightning.pytorch.Trainer's `max_steps`)"),
+    ("data.batch_size=3.5", "data.batch_size must be int (datamodules.MMEBDataModule's `batch_size`)"),
+    ("loss.temperature='0.05'", "Write it without quotes: loss.temperature=0.05"),
+    ("sampler=saha", None),
+])
+def test_static_check_finds_what_the_full_check_finds(compose_cfg, override, expected):
+    """Signatures read from source (no import) give the same refusal as the imported callables."""
+    import sys
+
+    from operations.config_types import ConfigTypeError, check_config_types
+    from training.checks import TRAIN_KEYS
+
+    cfg = compose_cfg("train", [override])
+    messages = []
+    for static in (True, False):
+        try:
+            check_config_types(cfg, keys=TRAIN_KEYS, static=static)
+            messages.append(None)
+        except ConfigTypeError as e:
+            messages.append(str(e))
+    assert messages[0] == messages[1]
+    assert (messages[0] is None) if expected is None else (expected in messages[0]), messages[0]
+    assert "torch" in sys.modules  # (the full check imported it; the static one is shown torch-free below)
+
+
+def test_static_signatures_import_nothing():
+    import subprocess
+    import sys
+
+    code = ("import sys; from operations.static_signatures import static_signature as s; "
+            "[s(t) for t in ('torch.optim.AdamW', 'embedders.EmbeddingModule', 'lightning.pytorch.Trainer', "
+            "'datamodules.MMEBDataModule', 'losses.HardnessWeightedInfoNCE')]; "
+            "assert s('embedders.EmbeddingModule').parameters['max_length'].default == 512; "
+            "print(sorted(m for m in ('torch', 'lightning', 'transformers') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=CONF.parent, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "[]", out.stderr[-2000:]
 
 
 def test_evaluate_config_composes(compose_cfg):
