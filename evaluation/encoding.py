@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -96,37 +97,56 @@ def visual_descriptor(item: Item):
     return Visual(images=len(item.pages) or int(bool(item.image)), videos=int(bool(item.video)))
 
 
-def length_keys(entries: Sequence[EncodeItem], input_builder, side: str) -> list[tuple[int, int]]:
-    """A sort key per item that orders items by how many tokens the processor will give them.
+#: Items whose formatted text is tokenised to calibrate the characters-per-token of the length keys.
+LENGTH_SAMPLE = 64
 
-    Text: tokens of the formatted text (characters when the processor has no tokenizer). Images: with a
-    Qwen-style image processor (`get_number_of_image_patches`, `merge_size`) the exact image-token count,
-    added to the text tokens; otherwise the image area as the primary key and text length second."""
+
+def length_keys(entries: Sequence[EncodeItem], input_builder, side: str) -> list[tuple[int, int]]:
+    """A sort key per item that orders items by how many tokens the processor will give them, without tokenising
+    every item (the processor tokenises each item again when it is encoded, so exact keys would cost a second
+    tokenisation of the whole set).
+
+    Text: characters of the formatted text, converted to tokens with the characters-per-token ratio of a
+    `LENGTH_SAMPLE`-item sample that is tokenised (so text and image tokens add up on one scale). Images: with a
+    Qwen-style image processor (`get_number_of_image_patches`, `merge_size`) the exact image-token count, added to
+    the text tokens; otherwise the image area as the primary key and text length second."""
     if not entries:
         return []
-    with ThreadPoolExecutor(max_workers=min(16, 4 * (os.cpu_count() or 1))) as pool:
-        all_sizes = list(pool.map(_visual_sizes, entries))
+    has_visual = [e[0].has_visual for e in entries]
+    if any(has_visual):
+        with ThreadPoolExecutor(max_workers=min(16, 4 * (os.cpu_count() or 1))) as pool:
+            all_sizes = list(pool.map(lambda e: _visual_sizes(e) if e[0].has_visual else None, entries))
+    else:
+        all_sizes = [None] * len(entries)
     processor = getattr(input_builder, "processor", None)
     texts = [e[0].text for e in entries]
     if hasattr(input_builder, "format"):
         texts = input_builder.format(texts, [visual_descriptor(e[0]) for e in entries], side,
                                      **instruction_kwargs([e[0] for e in entries]))
-    tok = _tokenizer_of(processor)
-    if tok is not None:
-        text_len = []
-        for s in range(0, len(texts), 4096):
-            text_len += [len(ids) for ids in tok(list(texts[s:s + 4096]), add_special_tokens=False)["input_ids"]]
-    else:
-        text_len = [len(t) for t in texts]
+    chars = [len(t) for t in texts]
     image_processor = getattr(processor, "image_processor", None)
     count = getattr(image_processor, "get_number_of_image_patches", None)
-    if count is not None and hasattr(image_processor, "merge_size"):  # Qwen-VL processors
-        # The formatted text holds one token per image, which the processor expands to the image's tokens; a
-        # video's frames are counted as images (an upper bound: frame pairs share a temporal patch).
-        merge = int(getattr(image_processor, "merge_size", 1) or 1) ** 2
-        return [(n + sum(count(h, w) // merge - 1 for w, h in (sizes or ())), 0)
-                for n, sizes in zip(text_len, all_sizes)]
-    return [(sum(w * h for w, h in (sizes or ())), n) for n, sizes in zip(text_len, all_sizes)]
+    if count is None or not hasattr(image_processor, "merge_size"):
+        return [(sum(w * h for w, h in (sizes or ())), n) for n, sizes in zip(chars, all_sizes)]
+    tok = _tokenizer_of(processor)
+    text_tokens = chars
+    if tok is not None:
+        # Added tokens (<|image_pad|>, <|im_start|>, …) are one token each however long their text; the rest is
+        # estimated at the characters per token of a spread sample of the items, tokenised.
+        special = sorted(getattr(tok, "get_added_vocab", dict)(), key=len, reverse=True)
+        pattern = re.compile("|".join(map(re.escape, special))) if special else None
+        counted = [len(pattern.findall(t)) if pattern else 0 for t in texts]
+        plain = [len(pattern.sub("", t)) if pattern else len(t) for t in texts]
+        step = max(1, len(texts) // LENGTH_SAMPLE)
+        sample = range(0, len(texts), step)[:LENGTH_SAMPLE]
+        tokens = tok([texts[i] for i in sample], add_special_tokens=False)["input_ids"]
+        per_token = max(sum(plain[i] for i in sample), 1) / max(sum(len(ids) - counted[i] for i, ids in zip(sample, tokens)), 1)
+        text_tokens = [c + round(n / per_token) for c, n in zip(counted, plain)]
+    # The formatted text holds one token per image, which the processor expands to the image's tokens; a video's
+    # frames are counted as images (an upper bound: frame pairs share a temporal patch).
+    merge = int(getattr(image_processor, "merge_size", 1) or 1) ** 2
+    return [(n + sum(count(h, w) // merge - 1 for w, h in (sizes or ())), c)
+            for n, c, sizes in zip(text_tokens, chars, all_sizes)]
 
 
 # ------------------------------------------------------------------------------------------ batching
@@ -174,11 +194,15 @@ def available_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def effective_workers(num_workers: int, shard: Sequence[EncodeItem], batches: int, cpus: int | None = None) -> int:
-    """Workers decode images while the model runs; starting them costs a process each. At most one fewer than
-    the CPUs this process may use (one runs the model), and none below two batches per worker or without
-    any image to decode: there they cannot pay for themselves, so encoding stays in-process."""
-    workers = min(num_workers, (available_cpus() if cpus is None else cpus) - 1)
+def effective_workers(num_workers: int, shard: Sequence[EncodeItem], batches: int, cpus: int | None = None,
+                      device: torch.device | None = None) -> int:
+    """Workers decode images while the model runs; starting them costs a process each, and every batch crosses a
+    process boundary. They pay only on cores the model leaves idle: on a GPU all CPUs but the main process's one;
+    on the CPU only those beyond torch's compute threads (on a 2-core machine with 2 torch threads: none — one
+    worker there halved the throughput). None below two batches per worker or without any image to decode."""
+    cpus = available_cpus() if cpus is None else cpus
+    busy = torch.get_num_threads() if device is None or device.type == "cpu" else 1
+    workers = min(num_workers, cpus - busy)
     if workers <= 0 or batches < 2 * workers or not any(it.has_visual for it, *_ in shard):
         return 0
     return workers
@@ -255,10 +279,13 @@ def encode_unique(embedder, items: list[EncodeItem], side: str, batch_size: int,
         batches = [list(range(s, min(s + batch_size, len(shard)))) for s in range(0, len(shard), batch_size)]
         device = embedder.device
         # Own generator: creating the iterator (and seeding workers) must not draw from the global RNG.
-        loader = DataLoader(_ItemDataset(shard), batch_sampler=batches,
-                            num_workers=effective_workers(num_workers, shard, len(batches)),
-                            collate_fn=_ItemCollator(builder, side), generator=torch.Generator(),
-                            pin_memory=device.type == "cuda")
+        collate = _ItemCollator(builder, side)
+        workers = effective_workers(num_workers, shard, len(batches), device=device)
+        if workers:
+            loader = DataLoader(_ItemDataset(shard), batch_sampler=batches, num_workers=workers, collate_fn=collate,
+                                generator=torch.Generator(), pin_memory=device.type == "cuda")
+        else:  # in this process: no DataLoader machinery per batch
+            loader = (collate([shard[j] for j in rows]) for rows in batches)
         label = (desc or f"encode {side}s") + (f" (rank 0 of {world})" if world > 1 else "")
         bar = _progress_bar(len(shard), label, progress and rank == 0)
         out = None

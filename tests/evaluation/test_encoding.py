@@ -51,7 +51,9 @@ def _tokens(embedder, entry, side):
 
 
 @pytest.mark.parametrize("prompt", ["plain", "hierarchical"])
-def test_length_keys_equal_the_processors_token_counts(tiny, items, prompt):
+def test_length_keys_follow_the_processors_token_counts(tiny, items, prompt):
+    """Keys are tokens estimated from characters (one sample tokenised) plus the exact image tokens: within a
+    few tokens of the processor's count, and ordering items as the counts do."""
     from embedders.prompts import PromptFormat
 
     builder = tiny.input_builder
@@ -59,8 +61,11 @@ def test_length_keys_equal_the_processors_token_counts(tiny, items, prompt):
     builder.prompt = PromptFormat.from_config(prompt)
     try:
         for side in ("query", "target"):
-            keys = length_keys(items, builder, side)
-            assert [k[0] for k in keys] == [_tokens(tiny, e, side) for e in items]
+            keys = [k[0] for k in length_keys(items, builder, side)]
+            exact = [_tokens(tiny, e, side) for e in items]
+            assert all(abs(k - n) <= max(3, 0.2 * n) for k, n in zip(keys, exact)), list(zip(keys, exact))
+            ranks = lambda xs: np.argsort(np.argsort(xs, kind="stable"), kind="stable")  # noqa: E731
+            assert np.corrcoef(ranks(keys), ranks(exact))[0, 1] > 0.9
     finally:
         builder.prompt = original
 
@@ -88,8 +93,13 @@ def test_workers_change_nothing_and_leave_the_global_rng_alone(tiny, items):
 
     if available_cpus() < 2:
         pytest.skip("one CPU: evaluation never starts a worker here")
-    assert effective_workers(2, items, -(-len(items) // 4)) > 0  # the run below really uses worker processes
-    with_workers = encode_unique(tiny, items, "target", 4, num_workers=2)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a CPU left idle by the model: the only place a worker runs on a CPU-only machine
+    try:
+        assert effective_workers(2, items, -(-len(items) // 4)) > 0  # the run below really uses worker processes
+        with_workers = encode_unique(tiny, items, "target", 4, num_workers=2)
+    finally:
+        torch.set_num_threads(threads)
     assert torch.equal(with_workers, baseline)
     assert torch.equal(torch.get_rng_state(), states[0])
     assert random.getstate() == states[1]
@@ -170,12 +180,22 @@ def test_workers_are_used_only_where_they_can_pay_for_themselves(items):
     from evaluation.encoding import effective_workers
 
     text_only = [e for e in items if not e[0].image]
-    assert effective_workers(2, items, 6, cpus=16) == 2
-    assert effective_workers(2, items, 3, cpus=16) == 0  # fewer than two batches per worker
-    assert effective_workers(2, text_only, 50, cpus=16) == 0  # nothing to decode
-    assert effective_workers(0, items, 50, cpus=16) == 0
-    assert effective_workers(4, items, 50, cpus=2) == 1  # one CPU stays with the model
-    assert effective_workers(4, items, 50, cpus=1) == 0
+    gpu, cpu = torch.device("cuda"), torch.device("cpu")
+    assert effective_workers(2, items, 6, cpus=16, device=gpu) == 2
+    assert effective_workers(2, items, 3, cpus=16, device=gpu) == 0  # fewer than two batches per worker
+    assert effective_workers(2, text_only, 50, cpus=16, device=gpu) == 0  # nothing to decode
+    assert effective_workers(0, items, 50, cpus=16, device=gpu) == 0
+    assert effective_workers(4, items, 50, cpus=2, device=gpu) == 1  # one CPU stays with the model's process
+    assert effective_workers(4, items, 50, cpus=1, device=gpu) == 0
+    # On the CPU the model's compute threads hold their cores: workers only get the rest.
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert effective_workers(4, items, 50, cpus=2, device=cpu) == 0  # 2 cores, 2 threads: a worker cannot pay
+        assert effective_workers(4, items, 50, cpus=8, device=cpu) == 4
+        assert effective_workers(8, items, 50, cpus=8, device=cpu) == 6
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_progress_is_on_for_users_and_off_under_pytest(monkeypatch):
