@@ -201,9 +201,18 @@ def overlap_callback_overrides(rows: int) -> list[str]:
 
 
 # ------------------------------------------------------------------------------- arms as overrides
+#: Config groups/keys only train.py has: extra overrides naming them are not passed to mine.py.
+TRAIN_ONLY = ("trainer", "loss", "sampler", "callbacks", "logger", "evaluate_before", "evaluate_after")
+
+
+def is_train_only(override: str) -> bool:
+    return override.lstrip("+~").split("=", 1)[0].split(".", 1)[0] in TRAIN_ONLY
+
+
 def common_overrides(model_path: str | Path, smoke: bool, extra: Sequence[str] = ()) -> list[str]:
-    """Overrides shared by mine.py and train.py: the weights, the (smoke) data, the user's extras."""
-    return [f"model.path={model_path}", *(SMOKE_DATA if smoke else []), *extra]
+    """Overrides shared by mine.py and train.py: the weights, the (smoke) data, the user's extras (those naming a
+    train-only group, e.g. trainer=gpu, are left to train_overrides)."""
+    return [f"model.path={model_path}", *(SMOKE_DATA if smoke else []), *(e for e in extra if not is_train_only(e))]
 
 
 def _override_value(value) -> str:
@@ -466,7 +475,7 @@ def main(argv=None) -> int:
         raise SystemExit(f"{sweep} already holds the batch arm(s) {done}: choose other --batches, or a new sweep")
     py = sys.executable
     common = common_overrides(args.model_path or minilm_path(), args.smoke, extra)
-    train_common = train_overrides(common, args.smoke, args.overlap_rows)
+    train_common = [*train_overrides(common, args.smoke, args.overlap_rows), *(e for e in extra if is_train_only(e))]
     steps = 1 if args.smoke and args.steps is None else args.steps
     train_steps = [] if steps is None else [f"trainer.max_steps={steps}", f"trainer.val_check_interval={steps}"]
     timing_file = sweep / "timing.json"
