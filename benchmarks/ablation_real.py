@@ -22,8 +22,9 @@ same-library within every loss — as B − A in percentage points with 95 % pai
 resampled, then queries within each dataset: evaluation/paired.py, as `python compare.py`), the detectable
 difference (80 % power, from the measured paired variance) and the claim the interval allows.
 
-One command runs the batch arms named by --batches (all loss arms × seeds each); a sweep directory grows over
-several commands (`--sweep DIR`), so the grid fits a 2-core machine one batch arm (15 runs) at a time:
+One command runs the batch arms named by --batches (every loss arm of --losses × seeds each); a sweep directory grows
+over several commands (`--sweep DIR`; a cell already run there is refused), so the grid fits a 2-core machine one
+batch arm (15 runs) at a time:
 
     python benchmarks/ablation_real.py --batches random [--sweep DIR] [--seeds 1,2,3,4,5] [Hydra overrides…]
     python benchmarks/ablation_real.py --batches saha --sweep DIR        # then same_library, into the same sweep
@@ -470,9 +471,12 @@ def main(argv=None) -> int:
     seeds = args.seeds or (SMOKE_GRID["seeds"] if args.smoke else DEFAULT_SEEDS)
     start, started = time.perf_counter(), time.strftime("%Y-%m-%d_%H-%M-%S")
     sweep = Path(args.sweep).absolute() if args.sweep else Path(args.out).absolute() / time.strftime("%Y-%m-%d_%H-%M-%S")
-    done = [b for b in batches if (sweep / b).exists()]
-    if done:
-        raise SystemExit(f"{sweep} already holds the batch arm(s) {done}: choose other --batches, or a new sweep")
+    if sweep.is_dir():   # a sweep grows command by command, never running a (loss, batches, seed) cell twice
+        have = {(r["loss"], r["batches"], str(r["seed"])) for r in collect(sweep)[0]}
+        again = sorted(c for c in have if c[0] in losses and c[1] in batches and c[2] in seeds.split(","))
+        if again:
+            raise SystemExit(f"{sweep} already holds finished runs of {len(again)} of these cells (loss, batches, "
+                             f"seed), e.g. {again[:3]}: choose other --losses/--batches/--seeds, or a new sweep")
     py = sys.executable
     common = common_overrides(args.model_path or minilm_path(), args.smoke, extra)
     train_common = [*train_overrides(common, args.smoke, args.overlap_rows), *(e for e in extra if is_train_only(e))]
@@ -498,8 +502,9 @@ def main(argv=None) -> int:
         timing["multirun_s"][batch] = run([
             py, "train.py", "-m", f"experiment={','.join(LOSS_ARMS[x] for x in losses)}", f"seed={seeds}",
             *batch_overrides(batch, mined), *train_common, *train_steps,
-            # job directories numbered only (the overrides would make long names, unreadable with --smoke's)
-            "hydra.sweep.subdir=${hydra.job.num}", f"hydra.sweep.dir={sweep / batch}"])
+            # job directories: this command's start time and the job number (the overrides would make long names,
+            # unreadable with --smoke's); a later command adds its own jobs beside them
+            f"hydra.sweep.subdir={started}_${{hydra.job.num}}", f"hydra.sweep.dir={sweep / batch}"])
         timing.setdefault("commands_s", {})[started] = time.perf_counter() - start   # this command so far
         timing["total_s"] = sum(timing["commands_s"].values())
         sweep.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,4 @@
-"""Paired statistics for comparing two models on the same eval rows (METHODS §13): the exact McNemar test,
+"""Paired statistics for comparing two models on the same eval rows (docs/evidence.md): the exact McNemar test,
 the paired bootstrap of a difference (per dataset, and for means over datasets), and the detectable difference.
 
 Pure functions over per-query outcomes; nothing here reads files (evaluation/outcomes.py does) or knows MMEB.

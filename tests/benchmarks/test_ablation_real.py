@@ -290,7 +290,7 @@ def test_report_gives_paired_contrasts_with_the_statistics_of_compare(tmp_path):
 def test_script_smoke_end_to_end(tmp_path):
     """`python benchmarks/ablation_real.py --smoke` (what `make test` runs of the ablation): the zero-shot run, two
     loss arms × random batches × two seeds for one step each on tiny data, then the table, the paired contrast
-    with its interval and the plots; a second command adds a batch arm to the same sweep."""
+    with its interval and the plots; a second command for the same cells is refused."""
     subprocess.run([sys.executable, "benchmarks/ablation_real.py", "--smoke", "--out", str(tmp_path),
                     f"docstrings.root={tmp_path / 'docstrings'}"], cwd=ROOT, check=True, timeout=900)
     (sweep,) = [p for p in tmp_path.iterdir() if (p / "ablation_real.md").is_file()]
@@ -304,7 +304,7 @@ def test_script_smoke_end_to_end(tmp_path):
     contrast = [x for x in lines if x.startswith("| hardness-weighted α=9 − InfoNCE symmetric | random | 2/2 paired |")]
     assert len(contrast) == 1 and "[" in contrast[0]
     assert (sweep / "ablation_real.png").is_file() and (sweep / "ablation_real_contrasts.png").is_file()
-    with pytest.raises(SystemExit, match="already holds the batch arm"):   # before anything runs
+    with pytest.raises(SystemExit, match="already holds finished runs of 4 of these cells"):   # before anything runs
         ar.main(["--smoke", "--sweep", str(sweep), f"docstrings.root={tmp_path / 'docstrings'}"])
 
 
