@@ -12,7 +12,7 @@ ARGS ?=
 export TOKENIZERS_PARALLELISM ?= false
 export HF_HUB_DISABLE_PROGRESS_BARS ?= 1
 
-.PHONY: help setup train evaluate test test-all bench lint sweep ablation ablation-real readme-figures clean
+.PHONY: help setup train evaluate compare test test-all bench lint sweep ablation ablation-real readme-figures clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -38,6 +38,9 @@ train: $(STAMP) ## train the default model (tiny Qwen2-VL, bundled data, CPU) an
 evaluate: $(STAMP) ## score a model: make evaluate ARGS='embedder_dir=logs/train/runs/…/embedder'
 	$(PY) evaluate.py $(ARGS)
 
+compare: $(STAMP) ## is B better than A? paired CIs: make compare ARGS='<eval dir A> <eval dir B> [--out cmp.json]'
+	$(PY) compare.py $(ARGS)
+
 test: $(STAMP) ## fast test suite (what CI runs)
 	$(PY) -m pytest -q $(ARGS)
 
@@ -50,11 +53,13 @@ bench: $(STAMP) ## benchmarks: measured ratios side by side (ARGS=--quick: a smo
 sweep: $(STAMP) ## SLURM sweep of the two losses: make sweep ARGS='hydra.launcher.partition=gpu …'
 	$(PY) train.py -m hydra/launcher=slurm trainer=slurm loss=infonce,hardness_weighted $(ARGS)
 
-ablation: $(STAMP) ## loss × sampler × 3 seeds on the bundled data; table + plot (CPU, ~45 min)
+ablation: $(STAMP) ## loss × sampler × 3 seeds on the bundled data; table, paired CIs + plot (CPU, ~45 min)
 	$(PY) benchmarks/ablation.py $(ARGS)
 
-ablation-real: $(STAMP) ## pretrained MiniLM on docstrings: 4 losses × 4 batch arms × 3 seeds; table + plots (CPU, ~50 min)
-	$(PY) benchmarks/ablation_real.py $(ARGS)
+# One batch arm per command on a 2-core CPU (docs/evidence.md): the default is the random-batch arm; add the others to
+# the same sweep with ARGS='--batches saha --sweep <dir>' and ARGS='--batches same_library --sweep <dir>'.
+ablation-real: $(STAMP) ## MiniLM on docstrings: 3 losses × 5 seeds per batch arm; table, paired CIs + plots (docs/evidence.md)
+	$(PY) benchmarks/ablation_real.py $(or $(ARGS),--batches random)
 
 readme-figures: $(STAMP) ## rerun the default run (python train.py) and write its tables into README.md
 	$(PY) benchmarks/default_run.py --update-readme

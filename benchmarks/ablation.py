@@ -10,8 +10,12 @@ SaHa clusters are mined first with the zero-shot (untrained) tiny model and the 
 as the method prescribes (`python mine.py data=bundled`); `--mine-with DIR` mines them with a saved
 Embedder instead (into <sweep>/clusters), e.g. one trained by an earlier run.
 
+Besides mean ± std over seeds, the report gives the paired differences (hardness-weighted − InfoNCE within each
+sampler, SaHa − random within each loss) with 95 % paired bootstrap intervals, seeds resampled then queries within
+each dataset — the statistics of `python compare.py` (evaluation/paired.py) — and the claim each interval allows.
+
 The sweep machinery below (running commands, reading finished multirun jobs, mean ± std tables, the
-per-arm scatter plot) is shared with `benchmarks/ablation_real.py`."""
+per-arm scatter plot, the paired contrasts) is shared with `benchmarks/ablation_real.py`."""
 
 from __future__ import annotations
 
@@ -26,6 +30,11 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from evaluation.comparison import compare, verdict  # noqa: E402
+from evaluation.outcomes import NotComparable, stack_runs  # noqa: E402
+from evaluation.paired import DEFAULT_DRAWS  # noqa: E402
+
 #: Eval sets whose candidate lists are built from compositional perturbations of the ground truth.
 HARD_SETS = ("ShapeT2I", "ShapeI2T", "CaptionParaphrase", "ShapeGrounding")
 
@@ -110,6 +119,78 @@ def plot_groups(groups: Mapping[tuple, list[dict]], path: Path, panels: Sequence
     plt.close(fig)
 
 
+def paired_contrasts(cells: Mapping[tuple, Sequence[Path]], pairs: Sequence[tuple[str, tuple, tuple]],
+                     draws: int = DEFAULT_DRAWS, seed: int = 0) -> list[dict]:
+    """B − A for every (label, cell A, cell B) of `pairs` whose cells both hold runs (`cells`: {cell: job
+    directories}, each job's final evaluation in <job>/eval): Overall (and IND / OOD) differences in percentage
+    points with their paired bootstrap intervals (evaluation/comparison.py), seeds paired when both cells ran the
+    same ones. A pair that cannot be compared (other eval data) is reported with its reason, not skipped."""
+    models: dict[tuple, object] = {}
+
+    def model(cell: tuple):
+        if cell not in models:
+            models[cell] = stack_runs([(job, job / "eval") for job in sorted(cells[cell])], "/".join(map(str, cell)))
+        return models[cell]
+
+    out = []
+    for label, a, b in pairs:
+        if a not in cells or b not in cells:
+            continue
+        try:
+            r = compare(model(a), model(b), draws=draws, seed=seed)
+        except NotComparable as err:
+            out.append({"contrast": label, "a": list(a), "b": list(b), "error": str(err)})
+            continue
+        out.append({"contrast": label, "a": list(a), "b": list(b), "seeds": [len(r["runs"]["a"]), len(r["runs"]["b"])],
+                    "paired_seeds": r["paired_seeds"], "overall": r["overall"], "splits": r.get("splits", {}),
+                    "claim": verdict(r["overall"], label.split(" | ")[0])})
+    return out
+
+
+def contrast_table(contrasts: Sequence[dict]) -> str:
+    """Markdown: one line per contrast; `*` marks an interval that excludes 0."""
+    def cell(entry: Mapping | None) -> str:
+        if not entry:
+            return "–"
+        lo, hi = entry["ci95"]
+        return f"{entry['delta']:+.2f}{' *' if lo > 0 or hi < 0 else ''} [{lo:+.2f}, {hi:+.2f}]"
+
+    lines = ["| B − A | seeds | Overall Δ [95 % CI] | detectable (80 %) | IND Δ [CI] | OOD Δ [CI] | claim |",
+             "|---|---|---|---|---|---|---|"]
+    for c in contrasts:
+        if "error" in c:
+            lines.append(f"| {c['contrast']} | – | not comparable: {c['error'].splitlines()[0]} | | | | |")
+            continue
+        seeds = f"{c['seeds'][0]}/{c['seeds'][1]}{' paired' if c['paired_seeds'] else ''}"
+        lines.append(f"| {c['contrast']} | {seeds} | {cell(c['overall'])} | {c['overall']['detectable']:.2f} | "
+                     f"{cell(c['splits'].get('IND'))} | {cell(c['splits'].get('OOD'))} | {c['claim']} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_contrasts(contrasts: Sequence[dict], path: Path) -> None:
+    """A forest plot: each contrast's Overall difference with its 95 % interval; a line at 0."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown = [c for c in contrasts if "error" not in c]
+    if not shown:
+        return
+    fig, ax = plt.subplots(figsize=(8, 0.35 * len(shown) + 1.2), dpi=100)
+    for i, c in enumerate(shown):
+        d, (lo, hi) = c["overall"]["delta"], c["overall"]["ci95"]
+        color = "tab:blue" if lo > 0 or hi < 0 else "tab:gray"
+        ax.errorbar(d, i, xerr=[[d - lo], [hi - d]], fmt="o", color=color, capsize=3, markersize=4)
+    ax.axvline(0, color="black", linewidth=0.8)
+    ax.set_yticks(range(len(shown)), [c["contrast"] for c in shown], fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel("B − A, Overall (percentage points; 95 % paired bootstrap CI)", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
 # ---------------------------------------------------------------------------------- the bundled ablation
 def collect(sweep: Path) -> list[dict]:
     rows = []
@@ -124,7 +205,7 @@ def collect(sweep: Path) -> list[dict]:
     return rows
 
 
-def report(sweep: Path) -> str:
+def report(sweep: Path, draws: int = DEFAULT_DRAWS) -> str:
     rows = collect(sweep)
     if not rows:
         raise SystemExit(f"no finished runs (eval/results.json) under {sweep}")
@@ -136,8 +217,19 @@ def report(sweep: Path) -> str:
         (f"hard-negative sets ({', '.join(HARD_SETS)})", lambda rs: mean_std([r["hard"] for r in rs])),
         ("val similarity overlap", lambda rs: mean_std([r["overlap"] for r in rs])),
     ])
+    cells: dict[tuple, list[Path]] = {}
+    for r in rows:
+        cells.setdefault((r["loss"], r["sampler"]), []).append(Path(r["dir"]))
+    losses = sorted({k[0] for k in cells})
+    samplers = sorted({k[1] for k in cells})
+    pairs = [(f"hardness_weighted − infonce | {s}", ("infonce", s), ("hardness_weighted", s)) for s in samplers]
+    pairs += [(f"saha − random | {x}", (x, "random"), (x, "saha")) for x in losses]
+    contrasts = paired_contrasts(cells, pairs, draws=draws)
+    if contrasts:
+        table += ("\nPaired differences B − A (percentage points; 95 % paired bootstrap CI: seeds resampled, then "
+                  "queries within each dataset; `*` = the interval excludes 0):\n\n" + contrast_table(contrasts))
     (sweep / "ablation.md").write_text(table)
-    (sweep / "ablation.json").write_text(json.dumps(rows, indent=2))
+    (sweep / "ablation.json").write_text(json.dumps({"runs": rows, "contrasts": contrasts}, indent=2))
     plot_groups(groups, sweep / "ablation.png", [("overlap", "val overlap: negatives above the 10th-pct positive (%)"),
                                                  ("overall", "bundled eval Overall (P@1, %)")], width=9)
     return table
@@ -152,9 +244,10 @@ def main(argv=None) -> int:
     ap.add_argument("--losses", default="infonce,hardness_weighted")
     ap.add_argument("--samplers", default="random,saha")
     ap.add_argument("--mine-with", default=None, help="mine the SaHa clusters with this saved Embedder directory")
+    ap.add_argument("--draws", type=int, default=DEFAULT_DRAWS, help="bootstrap draws of the paired differences")
     args, extra = ap.parse_known_args(argv)
     if args.report:
-        print(report(Path(args.report)))
+        print(report(Path(args.report), args.draws))
         return 0
     if args.mine_with and args.samplers != "saha":
         raise SystemExit("--mine-with only changes the SaHa clusters: use it with --samplers saha")
@@ -172,7 +265,7 @@ def main(argv=None) -> int:
     run([py, "train.py", "-m", f"loss={args.losses}", f"sampler={args.samplers}", f"seed={args.seeds}",
          f"trainer.max_steps={args.steps}", "evaluate_before=false", "trainer.enable_progress_bar=false",
          f"hydra.sweep.dir={sweep}", *extra])
-    table = report(sweep)
+    table = report(sweep, args.draws)
     print(f"\n{table}\nwritten: {sweep / 'ablation.md'}, {sweep / 'ablation.png'}")
     return 0
 

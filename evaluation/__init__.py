@@ -5,7 +5,9 @@ Kept apart from `embedders` and `datamodules` because it needs both a model and 
 Modules: `engine` (the protocol over any suite), `encoding` (inference over many items: length-sorted, sharded,
 workers; also used by mining), `scoring` (vectorised fp32 row scoring, ties), `retrieval` (corpus ranking),
 `store` (per-dataset score/prediction files, fingerprints, resumption), the reports `mmeb` (v1) and `mmeb_v2`,
-`runner` (score a model on a configured suite and write the tables), `job` (what evaluate.py runs)."""
+`runner` (score a model on a configured suite and write the tables), `job` (what evaluate.py runs); `paired`
+(McNemar, paired bootstrap, detectable difference), `outcomes` (per-query outcomes read back from the score and
+prediction files) and `comparison` (the B − A report of compare.py)."""
 
 from .encoding import NonFiniteEmbeddingError, encode_unique
 from .engine import EvalDataset, load_eval_suite, run_protocol

@@ -343,12 +343,14 @@ def _score_corpus(ds: EvalDataset, q_ids: torch.Tensor, c_ids: torch.Tensor,
         "split": ds.split, "corpus_size": len(task.corpus), "collapsed": collapsed, "skipped": dict(ds.skipped),
         "modality": ds.modality, "metric": ds.metric, "metrics": metrics, "score": metrics[ds.metric] * 100,
     }
-    # The reference's <dataset>_pred.jsonl keys: prediction (ranked ids), label (relevant ids), rel_scores.
+    # The reference's <dataset>_pred.jsonl keys: prediction (ranked ids), label (relevant ids), rel_scores; and
+    # `metrics`, the query's own value of every metric (what a paired comparison resamples: compare.py).
     predictions = []
-    for qid, ranked, scores in zip(task.query_ids, result.ranked_ids, result.ranked_scores):
+    for i, (qid, ranked, scores) in enumerate(zip(task.query_ids, result.ranked_ids, result.ranked_scores)):
         relevant = {d: g for d, g in task.qrels[qid].items() if g > 0}
         predictions.append({"query_id": qid, "prediction": ranked, "scores": scores, "label": list(relevant),
-                            "rel_scores": list(relevant.values())})
+                            "rel_scores": list(relevant.values()),
+                            "metrics": {k: float(v[i]) for k, v in result.per_query.items()}})
     return entry, predictions
 
 

@@ -45,19 +45,35 @@ ever trained on. Each eval row's candidates
 are its own body (index 0) and up to `eval_candidates − 1` bodies of other eval rows of the same
 library, so every negative is a docstring of the same library (hard). Queries carry no instruction.
 
-Data depend on what is installed. The manifest records every library's version and a signature and
-SHA-256 of the source files read, plus a fingerprint of all rows. On every use the installed versions
-and source signatures (file count, total size) are compared with the manifest: a mismatch raises a
+Eval candidates (`eval_negatives`): "library" (the default above), or "bm25": the `eval_candidates − 1` bodies of
+the whole eval pool (every library's eval rows) that score highest by Okapi BM25 (datamodules/bm25.py) against the
+row's summary — lexically hard negatives, from any library — skipping near-duplicates of the row's own body (the
+rule above), in BM25 order after the positive.
+
+Where the pairs come from (`pairs_from`). "snapshot" (the default): the filtered pairs of every default library,
+extracted once and shipped with the package (`datamodules/assets/docstrings_pairs.jsonl.gz`, ~2 MB, its content
+SHA-256 checked on load), so every machine builds the same rows whatever library versions it has installed; the
+deduplication, split and candidates are computed from them as above, so any subset of its libraries and any
+split settings work. "installed": extracted from the installed libraries' sources (any installed library; what
+the snapshot was made from, `python -m datamodules.builders.docstrings --write-snapshot`).
+
+With "installed" the data depend on what is installed. The manifest records every library's version and a
+signature and SHA-256 of the source files read, plus a fingerprint of all rows. On every use the installed
+versions and source signatures (file count, total size) are compared with the manifest: a mismatch raises a
 `DataError` naming the libraries (`on_change="error"`, the default) or rebuilds with a warning
-(`on_change="rebuild"`); passing `fingerprint=` refuses any data whose row fingerprint differs.
+(`on_change="rebuild"`); passing `fingerprint=` refuses any data whose row fingerprint differs. With "snapshot"
+the recorded state is the snapshot's, which does not change unless the shipped file does.
 """
 
 from __future__ import annotations
 
 import argparse
 import ast
+import gzip
 import hashlib
 import importlib.metadata
+import importlib.resources
+import io
 import json
 import logging
 import random
@@ -75,6 +91,7 @@ import pyarrow.parquet as pq
 
 from operations.atomic import build_directory
 
+from ..bm25 import BM25
 from ..errors import DataError
 from ..schema import RESERVED_TOKENS
 from .bundled import EVAL_SCHEMA, TRAIN_SCHEMA
@@ -102,6 +119,17 @@ SUMMARY_MAX_LINES = 3
 BODY_MIN_WORDS = 15
 #: Near-duplicate bodies (templated docstrings): Jaccard similarity of their word 3-gram sets at least this.
 NEAR_DUP_JACCARD = 0.3
+PAIRS_FROM = ("snapshot", "installed")
+EVAL_NEGATIVES = ("library", "bm25")
+#: The shipped pairs (a package asset; found through the package, wherever this module lives).
+SNAPSHOT_FILE = "docstrings_pairs.jsonl.gz"
+SNAPSHOT_FORMAT = "embedlab.docstrings_pairs.v1"
+#: SHA-256 of the snapshot's decompressed content: a changed file is refused, not silently used.
+SNAPSHOT_SHA256 = "010ec5886ae1c572ce56a84d1f1c1eefc7bfe8911e8b2f6f73577d1f4b377888"
+#: Row fingerprints built from the snapshot (a test rebuilds them): the default settings (`data=docstrings`), and
+#: the larger eval of the real-text ablation (conf/experiment/ablation_real.yaml).
+SNAPSHOT_FINGERPRINT = "a77d43b5e3eab9b1fa756558a703650b"
+ABLATION_FINGERPRINT = "095b7682b963a6e66937baedc9a129ad"
 
 _EXAMPLES_HEADING = re.compile(r"^\s*(examples?|usage)\s*:?\s*$", re.IGNORECASE)
 _RULE = re.compile(r"^\s*([-=~^*])\1{2,}\s*$")
@@ -253,6 +281,71 @@ def extract_library(library: str, max_body_chars: int) -> tuple[list[DocPair], d
     return pairs, info
 
 
+# ------------------------------------------------------------------------------------------ snapshot
+def snapshot_path() -> Path:
+    return Path(str(importlib.resources.files("datamodules") / "assets" / SNAPSHOT_FILE))
+
+
+_SNAPSHOT_CACHE: dict[tuple, tuple[dict, list[DocPair]]] = {}
+
+
+def load_snapshot(path: str | Path | None = None, sha256: str | None = SNAPSHOT_SHA256) -> tuple[dict, list[DocPair]]:
+    """(metadata, pairs) of a pairs snapshot; its content must hash to `sha256` (None: not checked)."""
+    path = Path(path) if path is not None else snapshot_path()
+    if not path.is_file():
+        raise DataError(f"the docstrings pairs snapshot {path} is missing (it ships with embedlab: restore it from "
+                        "git, or build from the installed libraries with pairs_from=installed)")
+    key = (str(path), path.stat().st_mtime_ns, sha256)
+    if key not in _SNAPSHOT_CACHE:
+        data = gzip.decompress(path.read_bytes())
+        digest = hashlib.sha256(data).hexdigest()
+        if sha256 is not None and digest != sha256:
+            raise DataError(f"the docstrings pairs snapshot {path} has content SHA-256 {digest}, not the {sha256} this "
+                            "code was released with: restore the file from git (or, after regenerating it on purpose "
+                            "with --write-snapshot, update SNAPSHOT_SHA256 and the fingerprints in "
+                            "datamodules/builders/docstrings.py)")
+        lines = data.decode("utf-8").splitlines()
+        meta = json.loads(lines[0])
+        if meta.get("format") != SNAPSHOT_FORMAT:
+            raise DataError(f"{path} is not a docstrings pairs snapshot (format {meta.get('format')!r})")
+        pairs = [DocPair(*json.loads(line)) for line in lines[1:]]
+        _SNAPSHOT_CACHE[key] = (meta, pairs)
+    return _SNAPSHOT_CACHE[key]
+
+
+def write_snapshot(path: str | Path, libraries: Sequence[str] = (*TRAIN_LIBRARIES, *OOD_LIBRARIES),
+                   max_body_chars: int = 300) -> str:
+    """Extract every library's filtered pairs from the installed sources into a snapshot at `path` (gzip with no
+    timestamp: the same pairs give the same bytes). Returns the content SHA-256."""
+    infos, lines = {}, []
+    for lib in libraries:
+        pairs, infos[lib] = extract_library(lib, max_body_chars)
+        lines += [json.dumps([p.library, p.qualname, p.summary, p.body], ensure_ascii=False) for p in pairs]
+    meta = {"format": SNAPSHOT_FORMAT, "docstrings_version": DOCSTRINGS_VERSION, "max_body_chars": int(max_body_chars),
+            "python": sys.version.split()[0], "libraries": infos, "pairs": len(lines)}
+    data = ("\n".join([json.dumps(meta, sort_keys=True), *lines]) + "\n").encode("utf-8")
+    buffer = io.BytesIO()
+    with gzip.GzipFile(filename="", mode="wb", fileobj=buffer, mtime=0, compresslevel=9) as f:
+        f.write(data)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_bytes(buffer.getvalue())
+    return hashlib.sha256(data).hexdigest()
+
+
+def _snapshot_libraries(libraries: Sequence[str], max_body_chars: int) -> dict[str, dict]:
+    """The snapshot's record of `libraries` (refusing libraries it lacks or another body length)."""
+    meta, _ = load_snapshot()
+    missing = [lib for lib in libraries if lib not in meta["libraries"]]
+    if missing:
+        raise DataError(f"the shipped docstrings snapshot holds {sorted(meta['libraries'])}, not {missing}: choose "
+                        "those libraries, or build from the installed ones with pairs_from=installed "
+                        "(e.g. docstrings.pairs_from=installed)")
+    if int(max_body_chars) != int(meta["max_body_chars"]):
+        raise DataError(f"the shipped docstrings snapshot was extracted with max_body_chars={meta['max_body_chars']}, "
+                        f"not {max_body_chars}: keep {meta['max_body_chars']}, or use pairs_from=installed")
+    return {lib: dict(meta["libraries"][lib]) for lib in libraries}
+
+
 def deduplicate(pairs: Sequence[DocPair]) -> list[DocPair]:
     """Drop every pair whose normalised summary or body also belongs to another pair."""
     summaries = Counter(normalise(p.summary) for p in pairs)
@@ -274,6 +367,34 @@ def eval_rows(pairs: Sequence[DocPair], candidates: int, seed: int) -> list[dict
         rows.append({"qry_text": pair.summary, "qry_img_path": "", "tgt_text": [pair.body, *negatives],
                      "tgt_img_path": [""] * (1 + len(negatives))})
     return rows
+
+
+def bm25_eval_rows(evaluation: dict[str, list[DocPair]], candidates: int) -> dict[str, list[dict]]:
+    """MMEB-eval rows per library: each eval pair's summary against its body (index 0) and the `candidates − 1`
+    highest-BM25 bodies of the whole eval pool (every library's eval rows, in `evaluation` order), skipping the
+    row's own body and near-duplicates of it."""
+    pool = [p for pairs in evaluation.values() for p in pairs]
+    if len(pool) < candidates:
+        raise DataError(f"eval_candidates={candidates} but the eval pool holds only {len(pool)} bodies; lower "
+                        "eval_candidates or raise eval_per_library")
+    index = BM25([p.body for p in pool])
+    shingle = [shingles(p.body) for p in pool]
+    out: dict[str, list[dict]] = {}
+    position = 0
+    for lib, pairs in evaluation.items():
+        rows = []
+        for pair in pairs:
+            own = position
+            position += 1
+
+            def keep(i: int, own: int = own) -> bool:
+                return i != own and not near_duplicates(pool[own], pool[i], shingle[own], shingle[i])
+
+            negatives = [pool[i].body for i in index.top(pair.summary, candidates - 1, keep)]
+            rows.append({"qry_text": pair.summary, "qry_img_path": "", "tgt_text": [pair.body, *negatives],
+                         "tgt_img_path": [""] * (1 + len(negatives))})
+        out[lib] = rows
+    return out
 
 
 def train_rows(pairs: Sequence[DocPair]) -> list[dict]:
@@ -345,16 +466,28 @@ def rows_fingerprint(train: dict[str, list[dict]], evaluation: dict[str, list[di
 
 # ------------------------------------------------------------------------------------------ build
 def _settings(train_libraries, ood_libraries, eval_per_library, train_per_library, eval_candidates,
-              max_body_chars, seed) -> dict:
-    return {"version": DOCSTRINGS_VERSION, "train_libraries": list(train_libraries),
-            "ood_libraries": list(ood_libraries), "eval_per_library": int(eval_per_library),
-            "train_per_library": None if train_per_library is None else int(train_per_library),
-            "eval_candidates": int(eval_candidates), "max_body_chars": int(max_body_chars), "seed": int(seed)}
+              max_body_chars, seed, pairs_from: str = "installed", eval_negatives: str = "library") -> dict:
+    out = {"version": DOCSTRINGS_VERSION, "train_libraries": list(train_libraries),
+           "ood_libraries": list(ood_libraries), "eval_per_library": int(eval_per_library),
+           "train_per_library": None if train_per_library is None else int(train_per_library),
+           "eval_candidates": int(eval_candidates), "max_body_chars": int(max_body_chars), "seed": int(seed)}
+    # Snapshot and BM25 are recorded only when used, so earlier builds keep their settings (and are reused).
+    if pairs_from == "snapshot":
+        out["pairs_from"] = f"snapshot:{SNAPSHOT_SHA256}"
+    if eval_negatives != "library":
+        out["eval_negatives"] = eval_negatives
+    return out
 
 
 def installed_state(libraries: Sequence[str]) -> dict[str, dict]:
     """What the manifest's `libraries` entries are compared with on every use (versions and signatures)."""
     return {lib: {"version": library_version(lib), **source_signature(lib)} for lib in libraries}
+
+
+def snapshot_state(libraries: Sequence[str], max_body_chars: int) -> dict[str, dict]:
+    """The snapshot's versions and signatures of `libraries` (what a snapshot build's manifest records)."""
+    return {lib: {k: info[k] for k in ("version", "files", "bytes")}
+            for lib, info in _snapshot_libraries(libraries, max_body_chars).items()}
 
 
 def _readme(title: str, names: Sequence[str], split: str) -> str:
@@ -377,9 +510,14 @@ def build(out: Path, settings: dict) -> dict:
     start = time.perf_counter()
     libraries = [*settings["train_libraries"], *settings["ood_libraries"]]
     extracted, infos = [], {}
-    for lib in libraries:
-        pairs, infos[lib] = extract_library(lib, settings["max_body_chars"])
-        extracted += pairs
+    if str(settings.get("pairs_from", "installed")).startswith("snapshot"):
+        infos = _snapshot_libraries(libraries, settings["max_body_chars"])
+        wanted = set(libraries)
+        extracted = [p for p in load_snapshot()[1] if p.library in wanted]
+    else:
+        for lib in libraries:
+            pairs, infos[lib] = extract_library(lib, settings["max_body_chars"])
+            extracted += pairs
     unique = deduplicate(extracted)
     kept = Counter(p.library for p in unique)
     for lib in libraries:
@@ -389,8 +527,11 @@ def build(out: Path, settings: dict) -> dict:
     for lib in libraries:
         infos[lib]["near_duplicates_of_eval_dropped"] = dropped[lib]
     train_tables = {lib: train_rows(pairs) for lib, pairs in train.items()}
-    eval_tables = {lib: eval_rows(pairs, settings["eval_candidates"], settings["seed"])
-                   for lib, pairs in evaluation.items()}
+    if settings.get("eval_negatives", "library") == "bm25":
+        eval_tables = bm25_eval_rows(evaluation, settings["eval_candidates"])
+    else:
+        eval_tables = {lib: eval_rows(pairs, settings["eval_candidates"], settings["seed"])
+                       for lib, pairs in evaluation.items()}
     for lib, rows in train_tables.items():
         _write(rows, TRAIN_SCHEMA, out / "train" / lib / f"{TRAIN_SPLIT}-00000-of-00001.parquet")
     for lib, rows in eval_tables.items():
@@ -446,17 +587,20 @@ def ensure_docstrings(root, *, train_libraries: Sequence[str] = TRAIN_LIBRARIES,
                       ood_libraries: Sequence[str] = OOD_LIBRARIES, eval_per_library: int = 100,
                       train_per_library: int | None = 600, eval_candidates: int = 100, max_body_chars: int = 300,
                       seed: int = 0, on_change: str = "error", fingerprint: str | None = None,
-                      force: bool = False) -> Path:
-    """Make sure `root` holds the docstrings dataset for these settings and the installed libraries;
-    build it if absent (or settings differ). Returns `root`.
+                      pairs_from: str = "snapshot", eval_negatives: str = "library", force: bool = False) -> Path:
+    """Make sure `root` holds the docstrings dataset for these settings and pairs (`pairs_from`: the shipped
+    snapshot, or the installed libraries); build it if absent (or settings differ). Returns `root`.
 
-    Installed versions or sources that differ from the ones recorded: `on_change="error"` raises a
+    Library versions or sources that differ from the ones recorded: `on_change="error"` raises a
     `DataError` naming them, `"rebuild"` rebuilds (logged). `fingerprint`: refuse data whose row
     fingerprint differs (a new build is then not swapped in). Builds happen in a temporary sibling
     directory renamed into place under an exclusive flock on `<root>.lock`.
     """
     if on_change not in ("error", "rebuild"):
         raise ValueError(f"on_change must be 'error' or 'rebuild', got {on_change!r}")
+    if pairs_from not in PAIRS_FROM or eval_negatives not in EVAL_NEGATIVES:
+        raise ValueError(f"pairs_from must be one of {PAIRS_FROM} and eval_negatives one of {EVAL_NEGATIVES}, got "
+                         f"{pairs_from!r} and {eval_negatives!r}")
     overlap = set(train_libraries) & set(ood_libraries)
     if overlap or not train_libraries or not ood_libraries:
         raise ValueError(f"train_libraries and ood_libraries must be non-empty and disjoint, got {list(train_libraries)} "
@@ -466,8 +610,9 @@ def ensure_docstrings(root, *, train_libraries: Sequence[str] = TRAIN_LIBRARIES,
                          f"{eval_per_library}, {train_per_library}, {eval_candidates}")
     root = Path(root).expanduser().absolute()
     settings = _settings(train_libraries, ood_libraries, eval_per_library, train_per_library, eval_candidates,
-                         max_body_chars, seed)
-    state = installed_state([*train_libraries, *ood_libraries])
+                         max_body_chars, seed, pairs_from, eval_negatives)
+    libraries = [*train_libraries, *ood_libraries]
+    state = snapshot_state(libraries, max_body_chars) if pairs_from == "snapshot" else installed_state(libraries)
 
     def usable(manifest: dict | None) -> bool:
         if force or manifest is None or manifest.get("settings") != settings:
@@ -505,10 +650,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--root", default="data/docstrings")
     ap.add_argument("--force", action="store_true")
     ap.add_argument("--on-change", default="error", choices=("error", "rebuild"))
+    ap.add_argument("--pairs-from", default="snapshot", choices=PAIRS_FROM)
+    ap.add_argument("--write-snapshot", default=None, metavar="PATH",
+                    help="extract the default libraries' pairs from the installed sources into a snapshot at PATH "
+                         f"(the shipped one: {snapshot_path()}), print its SHA-256, and exit")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
+    if args.write_snapshot:
+        digest = write_snapshot(args.write_snapshot)
+        print(f"snapshot written to {args.write_snapshot}: content SHA-256 {digest} (set SNAPSHOT_SHA256 to it)")
+        return 0
     start = time.perf_counter()
-    root = ensure_docstrings(args.root, force=args.force, on_change=args.on_change)
+    root = ensure_docstrings(args.root, force=args.force, on_change=args.on_change, pairs_from=args.pairs_from)
     m = json.loads((root / MANIFEST).read_text())
     print(f"docstrings dataset at {root} [{time.perf_counter() - start:.1f}s], fingerprint {m['fingerprint']}")
     for lib, info in m["libraries"].items():

@@ -47,7 +47,8 @@ def mined(batch: str, workdir: Path, compose_cfg) -> Path | None:
         from mining import job as mine
 
         out = workdir / "mined" / batch
-        mine.run(compose_cfg("mine", ar.mine_overrides(batch, common(workdir), out, smoke=True)))
+        data = ar.experiment_data_overrides(common(workdir), workdir / "composed")
+        mine.run(compose_cfg("mine", ar.mine_overrides(batch, common(workdir), out, smoke=True, data=data)))
         # The arm's miner really produced its output: clusters per training library, or mined negatives
         # selected by the arm's rule on (nearly) every row.
         libraries = ar.SMOKE_LIBRARIES["train"]
@@ -78,14 +79,16 @@ def run_arm(compose_cfg, workdir: Path, overrides: list[str]) -> dict:
     return train.run(cfg)
 
 
-# Every loss arm and every batch arm in the fast suite (paired along the diagonal); every other combination slow.
-DIAGONAL = list(zip(ar.LOSS_ARMS, ar.BATCH_ARMS))
+# Every arm of the default grid in the fast suite (paired along the diagonal); every other combination, and the
+# earlier arms (query→target, α = 0.5, mined negatives), slow.
+DIAGONAL = list(zip(ar.DEFAULT_LOSSES, ar.DEFAULT_BATCHES))
 COMBINATIONS = [pytest.param(loss, batch, marks=() if (loss, batch) in DIAGONAL else pytest.mark.slow)
                 for loss in ar.LOSS_ARMS for batch in ar.BATCH_ARMS]
 
 
-def test_the_fast_arms_cover_every_loss_and_every_batch_arm():
-    assert {loss for loss, _ in DIAGONAL} == set(ar.LOSS_ARMS) and {b for _, b in DIAGONAL} == set(ar.BATCH_ARMS)
+def test_the_fast_arms_cover_every_arm_of_the_default_grid():
+    assert {loss for loss, _ in DIAGONAL} == set(ar.DEFAULT_LOSSES) and {b for _, b in DIAGONAL} == set(ar.DEFAULT_BATCHES)
+    assert set(ar.DEFAULT_LOSSES) <= set(ar.LOSS_ARMS) and set(ar.DEFAULT_BATCHES) <= set(ar.BATCH_ARMS)
 
 
 @pytest.mark.parametrize("loss, batch", COMBINATIONS)
@@ -93,10 +96,16 @@ def test_every_arm_trains_one_step(loss, batch, compose_cfg, workdir, tmp_path):
     arm = [f"experiment={ar.LOSS_ARMS[loss]}", *ar.batch_overrides(batch, mined(batch, workdir, compose_cfg)),
            "trainer.max_steps=1", "trainer.val_check_interval=1", "seed=1"]
     cfg = compose_cfg("train", [*ar.train_overrides(common(workdir), smoke=True, overlap_rows=4), *arm])
-    expected_loss = {"infonce_qt": ("losses.InfoNCE", False, None), "infonce_sym": ("losses.InfoNCE", True, None),
-                     "hw0.5": ("losses.HardnessWeightedInfoNCE", True, 0.5),
-                     "hw9": ("losses.HardnessWeightedInfoNCE", True, 9)}[loss]
-    assert (cfg.loss._target_, cfg.loss.symmetric, cfg.loss.get("alpha")) == expected_loss, cfg.loss
+    expected_loss = {"infonce_qt": ("losses.InfoNCE", False, None, 0.02),
+                     "infonce_sym": ("losses.InfoNCE", True, None, 0.02),
+                     "infonce_tau": ("losses.InfoNCE", True, None, 1 / (1 / 0.02 + 9)),   # matched to α = 9
+                     "hw0.5": ("losses.HardnessWeightedInfoNCE", True, 0.5, 0.02),
+                     "hw9": ("losses.HardnessWeightedInfoNCE", True, 9, 0.02)}[loss]
+    got = (cfg.loss._target_, cfg.loss.symmetric, cfg.loss.get("alpha"), cfg.loss.temperature)
+    assert got[:3] == expected_loss[:3] and got[3] == pytest.approx(expected_loss[3], rel=1e-12), cfg.loss
+    expected_sampler = {"random": "RandomBatchSampler", "same_library": "HomogeneousBatchSampler",
+                        "saha": "SaHaBatchSampler"}.get(batch, "RandomBatchSampler")
+    assert cfg.sampler._target_.endswith(expected_sampler)
     out = run_arm(compose_cfg, workdir, arm)
     assert set(out["after"]["datasets"]) == {*ar.SMOKE_LIBRARIES["train"], *ar.SMOKE_LIBRARIES["ood"]}
     run_dir = tmp_path / "run"
@@ -189,14 +198,14 @@ def test_report_aggregates_a_sweep(tmp_path):
     text = ar.report(sweep)
     lines = text.splitlines()
     assert lines[2] == "| zero-shot | – | 1 | 50.0 ± 0.0 | 51.0 ± 0.0 | 49.0 ± 0.0 | 20.0 ± 0.0 | – | – | – | – |"
-    # random: no mining; one step of 1 s; 8 s from job start to scores.
-    assert lines[3] == "| InfoNCE q→t | random | 1 | 55.0 ± 0.0 | 56.0 ± 0.0 | 54.0 ± 0.0 | 15.0 ± 0.0 | 0 | 1 ± 0 | 8 ± 0 | 8 |"
     # hw9/saha: Overall mean 61, std of (60, 62) = 1.414; overlap 11 ± 1.4 %; mining 42 s; training steps
     # (3 + 5)/2 = 4 ± 1.4 s; run wall (10 + 14)/2 = 12 ± 2.8 s; mining + run 42 + 12 = 54 s.
-    assert lines[4] == ("| hardness-weighted α=9 | saha | 2 | 61.0 ± 1.4 | 62.0 ± 1.4 | 60.0 ± 1.4 | 11.0 ± 1.4 | 42 | "
+    assert lines[3] == ("| hardness-weighted α=9 | saha | 2 | 61.0 ± 1.4 | 62.0 ± 1.4 | 60.0 ± 1.4 | 11.0 ± 1.4 | 42 | "
                         "4 ± 1 | 12 ± 3 | 54 |")
+    # random: no mining; one step of 1 s; 8 s from job start to scores (loss arms in LOSS_ARMS order).
+    assert lines[4] == "| InfoNCE q→t | random | 1 | 55.0 ± 0.0 | 56.0 ± 0.0 | 54.0 ± 0.0 | 15.0 ± 0.0 | 0 | 1 ± 0 | 8 ± 0 | 8 |"
     # This fake sweep is a partial grid: the notes say what is missing.
-    assert "INCOMPLETE: no finished run of infonce_qt/saha, hw9/random" in text
+    assert "INCOMPLETE: no finished run of hw9/random, infonce_qt/saha" in text
     assert "INCOMPLETE: infonce_qt/random lacks seed(s) of ['1', '2']" in text
     assert (sweep / "ablation_real.png").stat().st_size > 0
     assert json.loads((sweep / "ablation_real.json").read_text())["zero_shot"]["overall"] == 50.0
@@ -230,17 +239,83 @@ def test_report_names_the_data_fingerprint_of_a_run_saved_elsewhere(tmp_path, mo
     assert ar._data_manifest(str(run_dir)) is None
 
 
-@pytest.mark.slow
+def _fake_eval(job: Path, overrides: list[str], hits: dict[str, list[int]]) -> None:
+    """A finished job as train.py leaves it: overrides, per-dataset score/pred files and results.json in eval/."""
+    from evaluation.store import ScoreStore
+
+    (job / ".hydra").mkdir(parents=True)
+    (job / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+    (job / ".hydra" / "config.yaml").write_text("seed: 1\n")
+    store = ScoreStore(job / "eval")
+    per = {}
+    for name, h in hits.items():
+        split = "IND" if name == "torch" else "OOD"
+        per[name] = {"precision@1": 100 * sum(h) / len(h), "num_queries": len(h), "meta_task": "Retrieval", "split": split}
+        store.save(name, per[name], [{"row": i, "hit": bool(x)} for i, x in enumerate(h)],
+                   {"model": str(job), "data": f"data-{name}", "settings": "s"}, "m")
+    overall = sum(d["precision@1"] for d in per.values()) / len(per)
+    (job / "eval" / "results.json").write_text(json.dumps({"overall": overall, "IND": per["torch"]["precision@1"],
+                                                           "OOD": per["sympy"]["precision@1"], "datasets": per}))
+
+
+def test_report_gives_paired_contrasts_with_the_statistics_of_compare(tmp_path):
+    """Two loss arms × random batches × three seeds with per-query predictions: the report's contrast is exactly
+    what evaluation/comparison.py computes on the stacked runs (paired by seed), and its claim follows the CI."""
+    import numpy as np
+
+    from evaluation.comparison import compare
+    from evaluation.outcomes import load_model
+
+    rng = np.random.default_rng(0)
+    sweep = tmp_path / "sweep"
+    truth = {"torch": rng.random(80) < 0.5, "sympy": rng.random(60) < 0.6}
+    for arm, experiment, flip in (("a", "ablation_real_infonce_sym", 0.05), ("b", "ablation_real_hw9", 0.3)):
+        for seed in (1, 2, 3):
+            hits = {n: [int(x if rng.random() > flip else 1) for x in t] for n, t in truth.items()}  # B: more hits
+            _fake_eval(sweep / "random" / f"{arm}{seed}", [f"experiment={experiment}", f"seed={seed}"], hits)
+            _fake_eval(tmp_path / "models" / arm / str(seed), [f"experiment={experiment}", f"seed={seed}"], hits)
+    text = ar.report(sweep, draws=2000)
+    line = next(x for x in text.splitlines() if x.startswith("| hardness-weighted α=9 − InfoNCE symmetric | random"))
+    expected = compare(load_model(tmp_path / "models" / "a"), load_model(tmp_path / "models" / "b"), draws=2000)
+    o = expected["overall"]
+    assert f"{o['delta']:+.2f}" in line and f"[{o['ci95'][0]:+.2f}, {o['ci95'][1]:+.2f}]" in line
+    assert "| 3/3 paired |" in line and o["ci95"][0] > 0
+    assert "hardness-weighted α=9 − InfoNCE symmetric = +" in line   # an effect: the interval excludes 0
+    assert "power: from the measured paired variance" in text
+    saved = json.loads((sweep / "ablation_real.json").read_text())["contrasts"]
+    assert saved[0]["overall"]["ci95"] == pytest.approx(o["ci95"]) and saved[0]["paired_seeds"] is True
+    assert (sweep / "ablation_real_contrasts.png").stat().st_size > 0
+
+
 def test_script_smoke_end_to_end(tmp_path):
-    """`python benchmarks/ablation_real.py --smoke`: mining, four multiruns, zero-shot, table and plot."""
+    """`python benchmarks/ablation_real.py --smoke` (what `make test` runs of the ablation): the zero-shot run, two
+    loss arms × random batches × two seeds for one step each on tiny data, then the table, the paired contrast
+    with its interval and the plots; a second command for the same cells is refused."""
     subprocess.run([sys.executable, "benchmarks/ablation_real.py", "--smoke", "--out", str(tmp_path),
+                    f"docstrings.root={tmp_path / 'docstrings'}"], cwd=ROOT, check=True, timeout=900)
+    (sweep,) = [p for p in tmp_path.iterdir() if (p / "ablation_real.md").is_file()]
+    text = (sweep / "ablation_real.md").read_text()
+    lines = text.splitlines()
+    assert lines[0].startswith("| loss | batches |") and lines[1].startswith("|---|")
+    rows = [line for line in lines[2:] if line.startswith("| ") and " | random | 2 |" in line]
+    assert len(rows) == 2 and lines[2].startswith("| zero-shot |")
+    assert "INCOMPLETE" not in text, "a complete sweep's notes list nothing missing"
+    assert any(line.startswith("docstrings data fingerprint ") for line in lines), "the report names its data"
+    contrast = [x for x in lines if x.startswith("| hardness-weighted α=9 − InfoNCE symmetric | random | 2/2 paired |")]
+    assert len(contrast) == 1 and "[" in contrast[0]
+    assert (sweep / "ablation_real.png").is_file() and (sweep / "ablation_real_contrasts.png").is_file()
+    with pytest.raises(SystemExit, match="already holds finished runs of 4 of these cells"):   # before anything runs
+        ar.main(["--smoke", "--sweep", str(sweep), f"docstrings.root={tmp_path / 'docstrings'}"])
+
+
+@pytest.mark.slow
+def test_script_smoke_every_default_arm(tmp_path):
+    """The default grid (3 losses × random, SaHa and same-library batches), one seed, one step each."""
+    subprocess.run([sys.executable, "benchmarks/ablation_real.py", "--smoke", "--losses", ",".join(ar.DEFAULT_LOSSES),
+                    "--batches", ",".join(ar.DEFAULT_BATCHES), "--seeds", "1", "--out", str(tmp_path),
                     f"docstrings.root={tmp_path / 'docstrings'}"], cwd=ROOT, check=True, timeout=1800)
     (sweep,) = [p for p in tmp_path.iterdir() if (p / "ablation_real.md").is_file()]
-    lines = (sweep / "ablation_real.md").read_text().splitlines()
-    assert lines[0].startswith("| loss | batches |") and lines[1].startswith("|---|")
-    rows = [line for line in lines[2:] if line.startswith("| ")]
-    assert rows[0].startswith("| zero-shot |")
-    assert len(rows) == 1 + len(ar.LOSS_ARMS) * len(ar.BATCH_ARMS)
-    assert "INCOMPLETE" not in "\n".join(lines), "a complete sweep's notes list nothing missing"
-    assert any(line.startswith("docstrings data fingerprint ") for line in lines), "the report names its data"
-    assert (sweep / "ablation_real.png").is_file()
+    text = (sweep / "ablation_real.md").read_text()
+    assert "INCOMPLETE" not in text
+    assert len([x for x in text.splitlines() if x.startswith("| ") and " | 1 | " in x]) == 1 + 9
+    assert "saha − same_library batches | InfoNCE symmetric |" in text

@@ -1,7 +1,8 @@
 """The docstrings retrieval dataset (datamodules/builders/docstrings.py): filters on hand-written docstrings, a
 deterministic build, no pair in both train and eval, held-out libraries never trained on, IND candidates
 from one library, and refusal (or rebuild) when installed library sources or the row fingerprint differ.
-Built from three small installed libraries so a build takes about a second."""
+Built from three small installed libraries so a build takes about a second (pairs_from=installed; the shipped
+snapshot and the BM25 candidates: test_docstrings_snapshot.py)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from datamodules.errors import DataError
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 SMALL = {"train_libraries": ["jinja2", "fsspec"], "ood_libraries": ["tqdm"], "eval_per_library": 8,
-         "train_per_library": 40, "eval_candidates": 5}
+         "train_per_library": 40, "eval_candidates": 5, "pairs_from": "installed"}
 
 
 def build(root: Path, **kwargs) -> Path:

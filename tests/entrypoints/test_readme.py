@@ -214,6 +214,20 @@ COMMANDS: dict[str, Run | Compose | Make] = {
     "python benchmarks/ablation_real.py --losses infonce_sym,hw9": Compose(
         "24 fine-tuning runs (~25 min on CPU); tests/benchmarks/test_ablation_real.py runs every arm one step"),
     "python benchmarks/ablation_real.py --report logs/ablation_real/<sweep>": Compose("a finished sweep"),
+    # Evidence (docs/evidence.md): paired comparisons, the redesigned real-text ablation, the default run's spread
+    "python compare.py logs/train/runs/<run>/eval_untrained logs/train/runs/<run>/eval": Run(needs=("run",)),
+    "make compare ARGS='logs/train/runs/<run>/eval_untrained logs/train/runs/<run>/eval'": Make("compare.py"),
+    "make ablation-real ARGS='--batches random --sweep logs/ablation_real/grid'": Make(
+        "15 fine-tuning runs of all-MiniLM-L6-v2 (~1 h on 2 CPU cores); --smoke runs in make test"),
+    "make ablation-real ARGS='--batches saha --sweep logs/ablation_real/grid'": Make("15 runs and SaHa mining (~1 h)"),
+    "make ablation-real ARGS='--batches same_library --sweep logs/ablation_real/grid'": Make("15 runs (~1 h)"),
+    "python benchmarks/ablation_real.py --report logs/ablation_real/grid": Compose("a finished sweep"),
+    "python benchmarks/ablation_real.py --sweep logs/ablation_real/gpu trainer=gpu": Compose(f"{GPU}: the whole grid"),
+    "python train.py -m seed=1,2,3,4,5 hydra.sweep.dir=logs/default_spread hydra.sweep.subdir='${hydra.job.num}'": Compose(
+        "five full default runs (~1 h on CPU)"),
+    "python train.py seed=1 hydra.run.dir=logs/default_repeat": Compose("a full default run"),
+    "python compare.py logs/default_spread/0 logs/default_repeat": Compose("the two default runs above"),
+    "python compare.py logs/default_spread logs/<changed multirun>": Compose("the runs above and a changed multirun"),
 }
 
 # Placeholders of Compose commands (never run): any well-formed value will do.
