@@ -12,7 +12,7 @@ ARGS ?=
 export TOKENIZERS_PARALLELISM ?= false
 export HF_HUB_DISABLE_PROGRESS_BARS ?= 1
 
-.PHONY: help setup train evaluate test test-all bench lint sweep ablation ablation-real readme-figures clean
+.PHONY: help setup train evaluate test test-all bench lint sweep ablation ablation-real recipe-cpu readme-figures clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -55,6 +55,14 @@ ablation: $(STAMP) ## loss × sampler × 3 seeds on the bundled data; table + pl
 
 ablation-real: $(STAMP) ## pretrained MiniLM on docstrings: 4 losses × 4 batch arms × 3 seeds; table + plots (CPU, ~50 min)
 	$(PY) benchmarks/ablation_real.py $(ARGS)
+
+RECIPE_DIR ?= logs/recipe_cpu
+recipe-cpu: $(STAMP) ## the leaders' recipe on CPU, tiny models: contrastive → teacher scores → distil → merge → score (docs/recipes.md)
+	$(PY) train.py experiment=qwen3vl_embedding_recipe_cpu recipe_dir=$(RECIPE_DIR) hydra.run.dir=$(RECIPE_DIR)/1_contrastive $(ARGS)
+	$(PY) mine.py mining.method=teacher embedder_dir=$(RECIPE_DIR)/1_contrastive/embedder mining.out_dir=$(RECIPE_DIR)/teacher hydra.run.dir=$(RECIPE_DIR)/teacher_run
+	$(PY) train.py experiment=qwen3vl_embedding_recipe_distill_cpu recipe_dir=$(RECIPE_DIR) hydra.run.dir=$(RECIPE_DIR)/2_distill $(ARGS)
+	$(PY) export.py --merge $(RECIPE_DIR)/1_contrastive/embedder $(RECIPE_DIR)/2_distill/embedder --weights 0.5,0.5 --out $(RECIPE_DIR)/3_merged
+	$(PY) evaluate.py embedder_dir=$(RECIPE_DIR)/3_merged hydra.run.dir=$(RECIPE_DIR)/3_merged_eval
 
 readme-figures: $(STAMP) ## rerun the default run (python train.py) and write its tables into README.md
 	$(PY) benchmarks/default_run.py --update-readme
