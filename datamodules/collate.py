@@ -51,13 +51,14 @@ class PairCollator:
             field = field.replace("_image_path", "_video_path")
         return load_visual(self.image_loader, item, pair.subset, pair.row, field)
 
-    def _encode(self, items: Sequence[tuple[Item, TrainPair, str]], side: str, builder: Callable | None = None,
-                chunk_size: int | None = None, images: list | None = None) -> list[dict[str, torch.Tensor]]:
+    def _encode(self, items: Sequence[tuple[Item, TrainPair, str]], side: str, images: list,
+                builder: Callable | None = None) -> list[dict[str, torch.Tensor]]:
+        """Model inputs of `items`: chunks of `chunk_size` rows with the student's builder; one chunk with another
+        (a guide embeds without gradients, so GradCache's chunking does not apply to it)."""
         builder = builder or self.input_builder
         texts = [it.text for it, _, _ in items]
-        images = images if images is not None else [self._image(it, p, f) for it, p, f in items]
         out = []
-        for s, e in chunk_bounds(len(items), chunk_size if builder is not self.input_builder else self.chunk_size):
+        for s, e in chunk_bounds(len(items), self.chunk_size if builder is self.input_builder else None):
             try:
                 out.append(builder(texts[s:e], images[s:e], side))
             except DataError:
@@ -87,9 +88,12 @@ class PairCollator:
         for p in pairs:
             negs = p.negatives if self.max_negatives_per_pair is None else p.negatives[: self.max_negatives_per_pair]
             targets.extend((n, p, "neg_image_path") for n in negs)
+        # Visual inputs are loaded once, for the student and (when there is one) the guide.
+        q_images = [self._image(it, p, f) for it, p, f in queries]
+        t_images = [self._image(it, p, f) for it, p, f in targets]
         batch = {
-            "query": self._encode(queries, "query"),
-            "target": self._encode(targets, "target"),
+            "query": self._encode(queries, "query", q_images),
+            "target": self._encode(targets, "target", t_images),
             "target_keys": torch.tensor([it.key for it, _, _ in targets], dtype=torch.long),
             "num_pairs": len(pairs),
             "ids": [p.uid for p in pairs],
@@ -97,6 +101,6 @@ class PairCollator:
         if self.teacher_scores is not None:
             batch["teacher_keys"], batch["teacher_scores"] = teacher_tensors(pairs, self.teacher_scores)
         if self.guide_input_builder is not None:
-            batch["guide_query"] = self._encode(queries, "query", self.guide_input_builder)
-            batch["guide_target"] = self._encode(targets, "target", self.guide_input_builder)
+            batch["guide_query"] = self._encode(queries, "query", q_images, self.guide_input_builder)
+            batch["guide_target"] = self._encode(targets, "target", t_images, self.guide_input_builder)
         return batch
