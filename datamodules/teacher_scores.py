@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from .atomic import respect_umask
 from .errors import DataError
 from .schema import TrainPair
 
@@ -92,6 +93,7 @@ def write_teacher_file(path: str | os.PathLike, header: Mapping[str, Any],
                 f.write(json.dumps([int(row), [int(k) for k in keys], [float(s) for s in scores]]) + "\n")
             f.flush()
             os.fsync(f.fileno())
+        respect_umask(tmp)  # mkstemp makes it 0600; shared outputs must be readable as any file written there
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -5,6 +5,7 @@ independent computation; a re-run reuses them, a resumed run scores only what is
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pyarrow as pa
@@ -34,6 +35,9 @@ def test_embedder_teacher_writes_scores_training_reads_and_reuses_them(compose_c
     result = mine.run(cfg)
     out = result["out_dir"]
     assert out.name == "teacher" and [r["status"] for r in result["summary"]] == ["scored", "scored"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert teacher_file_path(out, "ShapeCls").stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's 0600
 
     # Reloaded as training reads them: every row, its positive among its candidates, scores = cosine similarities.
     data = MMEBDataModule(source=str(bundled_root / "train"), subsets=["ShapeCls", "ShapeT2I"], max_per_subset=ROWS,
