@@ -12,7 +12,7 @@ ARGS ?=
 export TOKENIZERS_PARALLELISM ?= false
 export HF_HUB_DISABLE_PROGRESS_BARS ?= 1
 
-.PHONY: help setup train evaluate compare test test-all bench lint sweep ablation ablation-real readme-figures clean
+.PHONY: help setup train evaluate compare test test-all bench lint sweep ablation ablation-real recipe-cpu readme-figures clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -60,6 +60,14 @@ ablation: $(STAMP) ## loss × sampler × 3 seeds on the bundled data; table, pai
 # the same sweep with ARGS='--batches saha --sweep <dir>' and ARGS='--batches same_library --sweep <dir>'.
 ablation-real: $(STAMP) ## MiniLM on docstrings: 3 losses × 5 seeds per batch arm; table, paired CIs + plots (docs/evidence.md)
 	$(PY) benchmarks/ablation_real.py $(or $(ARGS),--batches random)
+
+RECIPE_DIR ?= logs/recipe_cpu
+recipe-cpu: $(STAMP) ## the leaders' recipe on CPU, tiny models: contrastive → teacher scores → distil → merge → score (docs/recipes.md)
+	$(PY) train.py experiment=qwen3vl_embedding_recipe_cpu recipe_dir=$(RECIPE_DIR) hydra.run.dir=$(RECIPE_DIR)/1_contrastive $(ARGS)
+	$(PY) mine.py mining.method=teacher embedder_dir=$(RECIPE_DIR)/1_contrastive/embedder mining.out_dir=$(RECIPE_DIR)/teacher hydra.run.dir=$(RECIPE_DIR)/teacher_run
+	$(PY) train.py experiment=qwen3vl_embedding_recipe_distill_cpu recipe_dir=$(RECIPE_DIR) hydra.run.dir=$(RECIPE_DIR)/2_distill $(ARGS)
+	$(PY) export.py --merge $(RECIPE_DIR)/1_contrastive/embedder $(RECIPE_DIR)/2_distill/embedder --weights 0.5,0.5 --out $(RECIPE_DIR)/3_merged
+	$(PY) evaluate.py embedder_dir=$(RECIPE_DIR)/3_merged hydra.run.dir=$(RECIPE_DIR)/3_merged_eval
 
 readme-figures: $(STAMP) ## rerun the default run (python train.py) and write its tables into README.md
 	$(PY) benchmarks/default_run.py --update-readme

@@ -14,6 +14,7 @@ from .errors import DataError
 from .images import ImageLoader
 from .media import load_visual
 from .schema import Item, TrainPair
+from .teacher_scores import teacher_tensors
 
 log = logging.getLogger(__name__)
 
@@ -29,14 +30,20 @@ class PairCollator:
 
     `query`/`target` are lists of processor outputs, one per chunk of `chunk_size` rows (one chunk
     when GradCache is off). Targets are the B positives followed by the batch's hard negatives.
+    With `teacher_scores` ({uid: (candidate keys, scores)}) the batch carries `teacher_keys` / `teacher_scores`
+    [B, K] (losses/distillation.py); with `guide_input_builder` it carries `guide_query` / `guide_target`, the same
+    rows built for a guide model (one chunk each: the guide embeds them without gradients).
     """
 
     def __init__(self, input_builder: Callable, image_loader: ImageLoader, chunk_size: int | None = None,
-                 max_negatives_per_pair: int | None = None):
+                 max_negatives_per_pair: int | None = None, teacher_scores: dict | None = None,
+                 guide_input_builder: Callable | None = None):
         self.input_builder = input_builder
         self.image_loader = image_loader
         self.chunk_size = chunk_size
         self.max_negatives_per_pair = max_negatives_per_pair
+        self.teacher_scores = teacher_scores
+        self.guide_input_builder = guide_input_builder
 
     def _image(self, item: Item, pair: TrainPair, field: str):
         # The visual input: an image, or (MediaLoader) a sampled video clip or a page list.
@@ -44,13 +51,16 @@ class PairCollator:
             field = field.replace("_image_path", "_video_path")
         return load_visual(self.image_loader, item, pair.subset, pair.row, field)
 
-    def _encode(self, items: Sequence[tuple[Item, TrainPair, str]], side: str) -> list[dict[str, torch.Tensor]]:
+    def _encode(self, items: Sequence[tuple[Item, TrainPair, str]], side: str, images: list,
+                builder: Callable | None = None) -> list[dict[str, torch.Tensor]]:
+        """Model inputs of `items`: chunks of `chunk_size` rows with the student's builder; one chunk with another
+        (a guide embeds without gradients, so GradCache's chunking does not apply to it)."""
+        builder = builder or self.input_builder
         texts = [it.text for it, _, _ in items]
-        images = [self._image(it, p, f) for it, p, f in items]
         out = []
-        for s, e in chunk_bounds(len(items), self.chunk_size):
+        for s, e in chunk_bounds(len(items), self.chunk_size if builder is self.input_builder else None):
             try:
-                out.append(self.input_builder(texts[s:e], images[s:e], side))
+                out.append(builder(texts[s:e], images[s:e], side))
             except DataError:
                 raise
             except ValueError as err:
@@ -78,10 +88,19 @@ class PairCollator:
         for p in pairs:
             negs = p.negatives if self.max_negatives_per_pair is None else p.negatives[: self.max_negatives_per_pair]
             targets.extend((n, p, "neg_image_path") for n in negs)
-        return {
-            "query": self._encode(queries, "query"),
-            "target": self._encode(targets, "target"),
+        # Visual inputs are loaded once, for the student and (when there is one) the guide.
+        q_images = [self._image(it, p, f) for it, p, f in queries]
+        t_images = [self._image(it, p, f) for it, p, f in targets]
+        batch = {
+            "query": self._encode(queries, "query", q_images),
+            "target": self._encode(targets, "target", t_images),
             "target_keys": torch.tensor([it.key for it, _, _ in targets], dtype=torch.long),
             "num_pairs": len(pairs),
             "ids": [p.uid for p in pairs],
         }
+        if self.teacher_scores is not None:
+            batch["teacher_keys"], batch["teacher_scores"] = teacher_tensors(pairs, self.teacher_scores)
+        if self.guide_input_builder is not None:
+            batch["guide_query"] = self._encode(queries, "query", q_images, self.guide_input_builder)
+            batch["guide_target"] = self._encode(targets, "target", t_images, self.guide_input_builder)
+        return batch

@@ -23,6 +23,7 @@ from .mmeb import describe_source, image_paths_missing, read_train_subset
 from .offline import ensure_offline
 from .samplers import EpochBatchSampler, RandomBatchSampler, ValidationBatchSampler
 from .schema import TrainPair, rows_fingerprint
+from .teacher_scores import load_teacher_scores
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +136,7 @@ class MMEBDataModule(L.LightningDataModule):
         on_missing_image: str = "error",
         num_frames: int = 8,
         max_frames_saved: int | None = 64,
+        teacher_scores: str | None = None,
     ):
         super().__init__()
         if on_missing_image not in ("error", "skip"):
@@ -159,7 +161,12 @@ class MMEBDataModule(L.LightningDataModule):
         self.seed = int(seed)
         self.bundled = dict(bundled) if bundled else None
         self.check_images, self.on_missing_image = check_images, on_missing_image
+        #: Directory of teacher-score files (mine.py mining.method=teacher) for loss=distill; None = none.
+        self.teacher_scores_dir = str(teacher_scores) if teacher_scores else None
+        #: {pair uid: (candidate keys, teacher scores)}, read in setup when teacher_scores is set.
+        self.teacher_scores: dict | None = None
         self.input_builder = None
+        self.guide_input_builder = None
         self.chunk_size: int | None = None
         self.train_pairs: list[TrainPair] = []
         self.val_pairs: list[TrainPair] = []
@@ -173,8 +180,12 @@ class MMEBDataModule(L.LightningDataModule):
         self._train_loader: ResumableDataLoader | None = None
 
     # ------------------------------------------------------------------ wiring
-    def set_input_builder(self, input_builder: Callable, chunk_size: int | None = None) -> None:
+    def set_input_builder(self, input_builder: Callable, chunk_size: int | None = None,
+                          guide_input_builder: Callable | None = None) -> None:
+        """The student's input builder; `guide_input_builder` (a frozen guide model's, for guided in-batch
+        false-negative filtering) makes every batch also carry `guide_query` / `guide_target` inputs."""
         self.input_builder, self.chunk_size = input_builder, chunk_size
+        self.guide_input_builder = guide_input_builder
 
     def prepare_data(self) -> None:
         if self.bundled is not None:
@@ -195,6 +206,9 @@ class MMEBDataModule(L.LightningDataModule):
             self.subset_info[subset] = {"num_rows": len(pairs), "fingerprint": rows_fingerprint(pairs),
                                         "split": self.split, "source": describe_source(self.source)}
             read[subset] = pairs
+        if self.teacher_scores_dir is not None:
+            self.teacher_scores = load_teacher_scores(self.teacher_scores_dir, read, self.subset_info)
+            log.info("teacher scores of %d rows from %s", len(self.teacher_scores), self.teacher_scores_dir)
         missing = self._missing_images(read) if self.check_images else set()
         for subset, pairs in read.items():
             pairs = self._drop_missing_images(subset, pairs, missing)
@@ -250,7 +264,8 @@ class MMEBDataModule(L.LightningDataModule):
         if self.input_builder is None:
             raise RuntimeError("MMEBDataModule.set_input_builder(embedder.input_builder) must be called before "
                                "requesting dataloaders (the entry point does this)")
-        return PairCollator(self.input_builder, self.image_loader, self.chunk_size, self.max_negatives_per_pair)
+        return PairCollator(self.input_builder, self.image_loader, self.chunk_size, self.max_negatives_per_pair,
+                            teacher_scores=self.teacher_scores, guide_input_builder=self.guide_input_builder)
 
     def _rank_world(self) -> tuple[int, int]:
         if self.trainer is not None:

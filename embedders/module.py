@@ -75,11 +75,12 @@ class EmbeddingModule(L.LightningModule):
         prompt: dict | str | None = None,
         loss: ContrastiveLoss | None = None,
         diagnostics_max_negatives: int = 4096,
+        guide: dict | None = None,
     ):
         super().__init__()
         # Hyperparameters are stored as plain containers (optimizer/scheduler as their _target_ configs),
         # so checkpoints load with torch.load(weights_only=True) and need no pickled callables.
-        config, image, lora, gradcache, prompt = map(_plain, (config, image, lora, gradcache, prompt))
+        config, image, lora, gradcache, prompt, guide = map(_plain, (config, image, lora, gradcache, prompt, guide))
         optimizer, scheduler = _plain(optimizer), _plain(scheduler)
         for name, value in (("model.optimizer", optimizer), ("model.scheduler", scheduler)):
             if value is not None and not (isinstance(value, dict) and "_target_" in value):
@@ -99,6 +100,12 @@ class EmbeddingModule(L.LightningModule):
             # applies to frozen weights only. Without a loss (evaluation, export) every weight stays in `dtype`.
             keep_trainable_in(self.embedder, trainable_dtype)
         self.loss = loss
+        # A frozen guide embedder (guided in-batch false-negative filtering, GISTEmbed): kept out of the module's
+        # submodules, so that it is neither trained, wrapped by DDP, nor saved in checkpoints.
+        object.__setattr__(self, "_guide", build_guide(guide) if guide and loss is not None else None)
+        if loss is not None and getattr(loss, "uses_guide", False) and self._guide is None:
+            raise ValueError("loss.guide_margin is set (guided in-batch false-negative filtering) but model.guide is "
+                             "not: give the guide embedder, e.g. +model.guide.embedder_dir=<a saved Embedder>")
         # LoRA checkpoints hold only trainable weights (the frozen base reloads from model.path).
         self.strict_loading = not lora
         chunk = check_gradcache_config((gradcache or {}).get("chunk_size"))
@@ -120,6 +127,35 @@ class EmbeddingModule(L.LightningModule):
     # ------------------------------------------------------------------ helpers
     def embed_chunks(self, chunks: Sequence[dict[str, torch.Tensor]]) -> torch.Tensor:
         return torch.cat([self.embedder(move_to(c, self.device)) for c in chunks])
+
+    @property
+    def guide_input_builder(self):
+        """The guide's input builder (for the collator), or None without a guide."""
+        return self._guide.input_builder if self._guide is not None else None
+
+    def loss_side_inputs(self, batch: dict) -> dict[str, torch.Tensor]:
+        """The per-row tensors the loss reads besides the embeddings: teacher scores (distillation) and the frozen
+        guide's embeddings of the batch (computed here, once per step, without gradients)."""
+        loss = self._require_loss()
+        side = {}
+        if loss.uses_teacher:
+            if "teacher_keys" not in batch:
+                raise ValueError("loss=distill needs teacher scores in every batch: score the training rows with "
+                                 "`python mine.py mining.method=teacher` and train with data.teacher_scores=<its "
+                                 "output directory>")
+            side["teacher_keys"] = batch["teacher_keys"].to(self.device)
+            side["teacher_scores"] = batch["teacher_scores"].to(self.device)
+        if loss.uses_guide:
+            if "guide_query" not in batch:
+                raise ValueError("the batch carries no guide inputs: the DataModule needs the guide's input builder "
+                                 "(datamodule.set_input_builder(..., guide_input_builder=module.guide_input_builder))")
+            guide = self._guide
+            if guide.device != self.device:
+                guide.to(self.device)
+            with torch.no_grad():
+                side["guide_query"] = torch.cat([guide(move_to(c, self.device)) for c in batch["guide_query"]])
+                side["guide_target"] = torch.cat([guide(move_to(c, self.device)) for c in batch["guide_target"]])
+        return side
 
     def _require_loss(self) -> ContrastiveLoss:
         if self.loss is None:
@@ -156,7 +192,7 @@ class EmbeddingModule(L.LightningModule):
         if self.chunk_size is None:
             q = self.embed_chunks(batch["query"])
             t = self.embed_chunks(batch["target"])
-            loss = loss_fn(q, t, batch["target_keys"].to(self.device))
+            loss = loss_fn(q, t, batch["target_keys"].to(self.device), **self.loss_side_inputs(batch))
             self._check_finite(loss, batch)
         else:
             loss = self._gradcache_step(batch)
@@ -194,7 +230,7 @@ class EmbeddingModule(L.LightningModule):
         strategy = self.trainer.strategy
         sync_ctx = getattr(strategy, "block_backward_sync", None)
         # 2. Full loss on the cached embeddings: d loss / d embedding for every row.
-        loss = loss_fn(q, t, batch["target_keys"].to(self.device))
+        loss = loss_fn(q, t, batch["target_keys"].to(self.device), **self.loss_side_inputs(batch))
         self._check_finite(loss, batch)
         with sync_ctx() if sync_ctx else contextlib.nullcontext():
             self.manual_backward(loss)
@@ -244,7 +280,7 @@ class EmbeddingModule(L.LightningModule):
         b = q.shape[0]
         with local_only():  # validation batches differ across ranks: never gather here
             if self.loss is not None:
-                self._val_sums[0] += self.loss(q, t, keys).detach().double() * b
+                self._val_sums[0] += self.loss(q, t, keys, **self.loss_side_inputs(batch)).detach().double() * b
         self._val_sums[1] += b
         sim = similarity_fp32(q, t)  # fp32 whatever the autocast context
         # Relevant: the positive and any identical copy of it among the targets.
@@ -428,6 +464,23 @@ class EmbeddingModule(L.LightningModule):
         random.setstate(states["python"])
         if states.get("cuda") is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def build_guide(spec: dict) -> Embedder:
+    """The frozen guide embedder of `model.guide`: `{embedder_dir: DIR}` (a saved Embedder) or the keyword arguments
+    of `Embedder.build` (family, path or config, pooling, prompt, …). In eval mode, without gradients."""
+    spec = dict(spec)
+    if spec.get("embedder_dir"):
+        extra = sorted(set(spec) - {"embedder_dir", "dtype"})
+        if extra:
+            raise ValueError(f"model.guide.embedder_dir loads a saved Embedder as it is; drop {extra}")
+        guide = Embedder.from_pretrained(spec["embedder_dir"], dtype=spec.get("dtype"))
+    else:
+        if not spec.get("family"):
+            raise ValueError(f"model.guide needs embedder_dir (a saved Embedder) or family + path/config, got {spec}")
+        guide = Embedder.build(**spec)
+    guide.requires_grad_(False)
+    return guide.eval()
 
 
 def _world() -> tuple[int, int]:

@@ -130,6 +130,9 @@ class GatheredBatch:
     offset: int
     local: int
     world_size: int
+    #: Pairs and explicit negatives per rank (None when not distributed): to gather per-row side inputs alike.
+    pair_sizes: list[int] | None = None
+    negative_sizes: list[int] | None = None
 
     @property
     def total(self) -> int:
@@ -169,4 +172,23 @@ def gather_contrastive_batch(
         offset=sum(pair_sizes[:rank]),
         local=b,
         world_size=world,
+        pair_sizes=pair_sizes,
+        negative_sizes=neg_sizes,
     )
+
+
+def gather_alongside(g: GatheredBatch, query_side: torch.Tensor, target_side: torch.Tensor
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-row side inputs that travel with a batch (a guide model's embeddings of the same queries and targets),
+    gathered in the batch's order without gradient: (queries [N, …], positives [N, …], negatives [M, …])."""
+    b = g.local
+    if query_side.shape[0] != b or target_side.shape[0] != b + (g.negatives.shape[0] if g.world_size == 1 else
+                                                                 g.negative_sizes[distributed_world()[0]]):
+        raise ValueError(f"side inputs of {query_side.shape[0]} queries and {target_side.shape[0]} targets do not "
+                         f"match the batch's {b} pairs and its explicit negatives")
+    positives, negatives = target_side[:b], target_side[b:]
+    if g.world_size == 1:
+        return query_side.detach(), positives.detach(), negatives.detach()
+    has_negatives = sum(g.negative_sizes) > 0
+    return (gather_rows(query_side, g.pair_sizes, with_grad=False), gather_rows(positives, g.pair_sizes, with_grad=False),
+            gather_rows(negatives, g.negative_sizes, with_grad=False) if has_negatives else negatives.detach())

@@ -7,7 +7,7 @@ Each negative is weighted by its own detached similarity, the positive is not:
     L_i  = −log( exp(s_ii/τ) / ( exp(s_ii/τ) + Σ_{j≠i} w_ij · exp(s_ij/τ) ) )
 
 which is cross-entropy after adding α·sg(s_ij) to every negative logit (explicit hard negatives
-included). Both directions are averaged by default, as in the reference code. Defaults τ = 0.02,
+included; the query–query / document–document columns too, when on). Both directions are averaged by default, as in the reference code. Defaults τ = 0.02,
 α = 0.5 (the released 2B script uses α = 9). α = 0 is exactly InfoNCE.
 """
 
@@ -33,9 +33,14 @@ class HardnessWeightedInfoNCE(ContrastiveLoss):
         temperature_max: float = 1.0,
         matryoshka_dims: list[int] | None = None,
         matryoshka_weights: list[float] | None = None,
+        false_negative_margin: float | None = None,
+        guide_margin: float | None = None,
+        query_query: bool = False,
+        document_document: bool = False,
     ):
         super().__init__(temperature, symmetric, learnable_temperature, temperature_min, temperature_max,
-                         matryoshka_dims, matryoshka_weights)
+                         matryoshka_dims, matryoshka_weights, false_negative_margin, guide_margin, query_query,
+                         document_document)
         if not math.isfinite(alpha):
             raise ValueError(f"alpha must be a finite number, got {alpha!r}")
         self.alpha = float(alpha)

@@ -26,10 +26,11 @@ from .negatives import (
 )
 from .report import format_table
 from .saha_mining import mine_saha
+from .teacher import build_teacher, mine_teacher_scores
 
 log = logging.getLogger("embedlab.mine")
 
-METHODS = ("saha", "negatives")
+METHODS = ("saha", "negatives", "teacher")
 
 
 def describe_embedder(cfg: DictConfig) -> dict:
@@ -84,10 +85,18 @@ def run(cfg: DictConfig) -> dict:
     datamodule = instantiate(cfg.data, sampler=None, _convert_="partial")
     subsets = training_rows(datamodule)
     default_dir = mined_data_dir(m.mined_root, describe_source(datamodule.source), datamodule.split)
-    out_dir = Path(m.out_dir) if m.out_dir else default_dir if m.method == "saha" else default_dir / "negatives"
-    embedder = load_embedder(cfg).to(pick_device(cfg.device))
+    out_dir = Path(m.out_dir) if m.out_dir else default_dir if m.method == "saha" else default_dir / m.method
     common = dict(embedder_description=describe_embedder(cfg), force=bool(m.force), batch_size=int(m.batch_size),
                   num_workers=int(m.num_workers), progress=bool(m.progress))
+    if m.method == "teacher":  # the teacher (mining/teacher.py) loads the embedder only when it is the teacher
+        teacher = build_teacher(m.teacher, lambda: load_embedder(cfg).to(pick_device(cfg.device)),
+                                common["embedder_description"], cfg.device, common["batch_size"],
+                                common["num_workers"], common["progress"])
+        summary = mine_teacher_scores(teacher, subsets, datamodule.subset_info, datamodule.image_loader, out_dir,
+                                      in_batch=m.teacher.in_batch, seed=m.seed, force=common["force"])
+        return _report(cfg, m.method, out_dir, summary,
+                       f"python train.py loss=distill {shell_argument('data.teacher_scores', out_dir)}")
+    embedder = load_embedder(cfg).to(pick_device(cfg.device))
     if m.method == "negatives" and not m.out_dir and not m.force:
         out_dir = beside_if_different(out_dir, subsets, datamodule, embedder, m, common["embedder_description"])
     log.info("mining %s for %d subset(s) of %s (split %s) into %s", m.method, len(subsets), datamodule.source,
@@ -109,9 +118,14 @@ def run(cfg: DictConfig) -> dict:
                 f"{shell_argument('data.image_root', datamodule.image_loader.root)}")
         if m.num_negatives > 1:
             hint += f" data.max_negatives_per_pair={m.num_negatives}"
+    return _report(cfg, m.method, out_dir, summary, hint)
+
+
+def _report(cfg: DictConfig, method: str, out_dir: Path, summary: list[dict], hint: str) -> dict:
+    """Print the summary table and the next command, write summary.md into the run directory."""
     table = format_table(summary)
-    print(f"{m.method} mining → {out_dir}\n{table}\nnext: {hint}", flush=True)
+    print(f"{method} mining → {out_dir}\n{table}\nnext: {hint}", flush=True)
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / "summary.md").write_text(f"{m.method} mining → {out_dir}\n\n{table}\n\nnext: `{hint}`\n")
-    return {"method": m.method, "out_dir": out_dir, "summary": summary}
+    (output_dir / "summary.md").write_text(f"{method} mining → {out_dir}\n\n{table}\n\nnext: `{hint}`\n")
+    return {"method": method, "out_dir": out_dir, "summary": summary}

@@ -169,7 +169,7 @@ def _train_and_score(cfg: DictConfig, output_dir: Path, stop) -> dict:
                          _convert_="partial")
     datamodule = instantiate(cfg.data, sampler=instantiate(cfg.sampler) if cfg.get("sampler") else None,
                              _convert_="partial")
-    datamodule.set_input_builder(module.embedder.input_builder, module.chunk_size)
+    datamodule.set_input_builder(module.embedder.input_builder, module.chunk_size, module.guide_input_builder)
     callbacks, loggers = instantiate_group(cfg.get("callbacks")), instantiate_group(cfg.get("logger"))
     outcome: dict = {"before": None, "after": None, "chance": None}
     evaluate = bool(cfg.get("eval_data"))
