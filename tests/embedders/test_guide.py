@@ -9,8 +9,8 @@ import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 
-import train
 from embedders import Embedder
+from training import job as train
 
 
 def test_guided_training_through_the_datamodule(compose_cfg, tiny_cfg, tmp_path):

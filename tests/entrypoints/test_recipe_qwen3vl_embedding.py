@@ -10,13 +10,13 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-import evaluate
 import export
-import mine
-import train
 from embedders import Embedder
+from evaluation import job as evaluate
 from losses import Distillation, InfoNCE
+from mining import job as mine
 from operations import hydra_app as runtime
+from training import job as train
 
 TINY_TRAIN = ["trainer.max_steps=2", "trainer.val_check_interval=2", "trainer.log_every_n_steps=1",
               "trainer.enable_progress_bar=false", "data.batch_size=8", "data.val_batch_size=8",

@@ -13,9 +13,9 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-import mine
 from datamodules import DataError, MMEBDataModule
 from datamodules.teacher_scores import read_teacher_file, teacher_file_path
+from mining import job as mine
 
 SUBSETS = "[ShapeCls,ShapeT2I]"
 ROWS = 16
