@@ -228,12 +228,52 @@ COMMANDS: dict[str, Run | Compose | Make] = {
     "python train.py seed=1 hydra.run.dir=logs/default_repeat": Compose("a full default run"),
     "python compare.py logs/default_spread/0 logs/default_repeat": Compose("the two default runs above"),
     "python compare.py logs/default_spread logs/<changed multirun>": Compose("the runs above and a changed multirun"),
+    # The leaders' recipe (docs/recipes.md)
+    "make recipe-cpu": Make("the leaders' recipe on CPU (about an hour); the smoke test runs every stage"),
+    "python train.py experiment=qwen3vl_embedding_recipe_cpu hydra.run.dir=logs/recipe_cpu/1_contrastive": Compose(
+        "a stage of make recipe-cpu (about an hour on CPU; tests/entrypoints/test_recipe_qwen3vl_embedding.py runs every stage)"),
+    "python mine.py mining.method=teacher embedder_dir=logs/recipe_cpu/1_contrastive/embedder "
+    "mining.out_dir=logs/recipe_cpu/teacher hydra.run.dir=logs/recipe_cpu/teacher_run": Compose("a stage of make recipe-cpu (about an hour on CPU; tests/entrypoints/test_recipe_qwen3vl_embedding.py runs every stage)"),
+    "python train.py experiment=qwen3vl_embedding_recipe_distill_cpu hydra.run.dir=logs/recipe_cpu/2_distill": Compose(
+        "a stage of make recipe-cpu (about an hour on CPU; tests/entrypoints/test_recipe_qwen3vl_embedding.py runs every stage)"),
+    "python export.py --merge logs/recipe_cpu/1_contrastive/embedder logs/recipe_cpu/2_distill/embedder --weights "
+    "0.5,0.5 --out logs/recipe_cpu/3_merged": Compose("a stage of make recipe-cpu (about an hour on CPU; tests/entrypoints/test_recipe_qwen3vl_embedding.py runs every stage)"),
+    "python evaluate.py embedder_dir=logs/recipe_cpu/3_merged hydra.run.dir=logs/recipe_cpu/3_merged_eval": Compose(
+        "a stage of make recipe-cpu (about an hour on CPU; tests/entrypoints/test_recipe_qwen3vl_embedding.py runs every stage)"),
+    "python train.py experiment=qwen3vl_embedding_recipe data.source=/data/MMEB-train data.image_root=/data/MMEB-train "
+    "hydra.run.dir=logs/recipe/1_contrastive": Compose(f"{DATA}, {HUB}, {GPU}"),
+    "python mine.py mining.method=teacher model=qwen3vl_embedding_8b prompt=qwen3vl_embedding data=mmeb_train "
+    "data.source=/data/MMEB-train data.image_root=/data/MMEB-train data.max_per_subset=100000 "
+    "mining.out_dir=logs/recipe/teacher mining.batch_size=32": Compose(f"{DATA}, {HUB}, a GPU"),
+    "python train.py experiment=qwen3vl_embedding_recipe_distill data.source=/data/MMEB-train "
+    "data.image_root=/data/MMEB-train hydra.run.dir=logs/recipe/2_distill": Compose(f"{DATA}, {HUB}, {GPU}"),
+    "python export.py --merge logs/recipe/1_contrastive/embedder logs/recipe/2_distill/embedder --weights 0.5,0.5 "
+    "--out logs/recipe/3_merged": Compose("the GPU recipe's two stages"),
+    "python evaluate.py embedder_dir=logs/recipe/3_merged eval_data=mmeb_eval": Compose(f"{DATA} (the merged GPU model)"),
+    "python train.py loss.false_negative_margin=0.1": Run(TRAIN),
+    "python train.py loss.query_query=true loss.document_document=true": Run(TRAIN),
+    "python train.py loss.guide_margin=0.0 +model.guide.embedder_dir=logs/train/runs/<run>/embedder": Run(
+        TRAIN, needs=("run",)),
+    "python train.py loss=hardness_weighted loss.false_negative_margin=0.1": Run(TRAIN),
+    "python mine.py mining.method=teacher embedder_dir=logs/train/runs/<run>/embedder": Run(MINE, needs=("run",)),
+    "python mine.py mining.method=teacher model=qwen3vl_embedding_8b prompt=qwen3vl_embedding": Compose(HUB),
+    "python mine.py mining.method=teacher mining.teacher.cross_encoder=<CrossEncoder dir or hub id>": Compose(
+        "a cross-encoder (hub weights or a local directory)"),
+    "python mine.py mining.method=teacher mining.teacher.in_batch=8": Run(MINE),
+    "python train.py loss=distill data.teacher_scores=<dir>": Compose("teacher scores of mine.py (the recipe test)"),
+    "python train.py loss=distill_infonce data.teacher_scores=<dir>": Compose("teacher scores of mine.py"),
+    "python train.py loss=distill_infonce data.teacher_scores=<dir> loss.teacher_temperature=1.0": Compose(
+        "teacher scores of mine.py"),
+    "python export.py --merge RUN_A/embedder RUN_B/embedder --weights 0.5,0.5 --out merged": Compose("two runs"),
+    "python export.py --merge RUN_A/checkpoints/last.ckpt RUN_B/checkpoints/last.ckpt --weights 0.3,0.7 --out merged":
+        Compose("two runs"),
+    "python evaluate.py embedder_dir=merged": Compose("a merged model"),
 }
 
 # Placeholders of Compose commands (never run): any well-formed value will do.
 DUMMY = {"<run>": "2026-01-01_00-00-00_tiny", "<dir>": "/placeholder/embedder",
          "<unzipped eval images>": "/placeholder/images", "<printed out_dir>": "/placeholder/mined",
-         "<original image root>": "/placeholder/images"}
+         "<original image root>": "/placeholder/images", "<CrossEncoder dir or hub id>": "/placeholder/cross-encoder"}
 
 
 # ------------------------------------------------------------------------------------------------ parsing
@@ -414,7 +454,10 @@ def make_target_command(target_line: str) -> tuple[str, list[str]]:
     makefile = (ROOT / "Makefile").read_text()
     match = re.search(rf"^{re.escape(target)}:.*?\n\t(.+?)$", makefile, flags=re.M)
     assert match, f"make {target}: no such target in the Makefile"
-    return match.group(1).replace("$(PY)", "python").replace("$(ARGS)", args).strip(), shlex.split(args)
+    recipe = match.group(1).replace("$(PY)", "python").replace("$(ARGS)", args)
+    for name, value in re.findall(r"^(\w+) \?= (.*)$", makefile, flags=re.M):  # the Makefile's own variables
+        recipe = recipe.replace(f"$({name})", value.strip())
+    return recipe.strip(), shlex.split(args)
 
 
 # ------------------------------------------------------------------------------------------------ fast tests
