@@ -4,6 +4,7 @@ from .base import ContrastiveLoss, Temperature, full_precision, similarity_fp32
 from .gather import distributed_world, gather_contrastive_batch, gather_rows
 from .hardness_weighted import HardnessWeightedInfoNCE
 from .infonce import InfoNCE
+from .late_interaction import Similarity, maxsim
 from .matryoshka import Matryoshka
 
 __all__ = [
@@ -11,6 +12,8 @@ __all__ = [
     "HardnessWeightedInfoNCE",
     "InfoNCE",
     "Matryoshka",
+    "Similarity",
+    "maxsim",
     "Temperature",
     "distributed_world",
     "full_precision",

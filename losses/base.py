@@ -6,6 +6,10 @@ are explicit hard negatives shared by the batch), embeddings are already L2-norm
 `target_keys` (int64 [B + M], equal keys = identical target) masks, in the softmax denominator,
 every column that holds a copy of the row's own positive (a false negative, METHODS §2.1).
 Subclasses change only the logits through `adjust_negative_logits`.
+
+Multi-vector embeddings ([B, L, d] token vectors, zero rows = no token) go through the same core: the one hook is
+`similarity(queries, documents)`, the dot product for [B, d] and late-interaction MaxSim for [B, L, d]
+(`losses/late_interaction.py`; a multi-vector model installs its own, e.g. `meanmaxsim`).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import torch
 from torch import nn
 
 from .gather import GatheredBatch, gather_contrastive_batch
+from .late_interaction import Similarity
 from .matryoshka import Matryoshka
 
 NEG_INF = float("-inf")
@@ -106,18 +111,23 @@ class ContrastiveLoss(nn.Module):
         self.symmetric = bool(symmetric)
         # Optional: the loss taken on re-normalised embedding prefixes (losses/matryoshka.py).
         self.matryoshka = Matryoshka.from_config(matryoshka_dims, matryoshka_weights)
+        #: s(queries, documents) -> [R, C], the hook every score goes through (dot, or MaxSim for token vectors).
+        self.similarity: Similarity = Similarity()
 
     def adjust_negative_logits(self, sim: torch.Tensor) -> torch.Tensor | None:
         """Additive term for negative logits given raw similarities; None means no change."""
         return None
 
     def _direction_loss(
-        self, rows: torch.Tensor, cols: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor | None
+        self, rows: torch.Tensor, cols: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor | None,
+        reverse: bool = False,
     ) -> torch.Tensor:
+        # `reverse`: the rows are targets and the columns queries; scores stay s(query, target) (MaxSim is asymmetric).
+        similarity = (lambda r, c: self.similarity(c, r).T) if reverse else self.similarity
         if self.matryoshka is not None:
             return self.matryoshka.combine(rows, cols, lambda sim, r: self._similarity_loss(
-                sim, labels[r], None if mask is None else mask[r]), list(self.parameters()))
-        sim = rows @ cols.T
+                sim, labels[r], None if mask is None else mask[r]), list(self.parameters()), similarity)
+        sim = similarity(rows, cols)
         return self._similarity_loss(sim, labels, mask)
 
     def _similarity_loss(self, sim: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -140,8 +150,9 @@ class ContrastiveLoss(nn.Module):
     def forward(
         self, query: torch.Tensor, target: torch.Tensor, target_keys: torch.Tensor | None = None
     ) -> torch.Tensor:
-        if query.ndim != 2 or target.ndim != 2 or query.shape[1] != target.shape[1]:
-            raise ValueError(f"expected query [B, d] and target [B+M, d], got {tuple(query.shape)} and {tuple(target.shape)}")
+        if query.ndim != target.ndim or query.ndim not in (2, 3) or query.shape[-1] != target.shape[-1]:
+            raise ValueError(f"expected query [B, d] and target [B+M, d] (or [B, Lq, d] and [B+M, Lt, d] token vectors), "
+                             f"got {tuple(query.shape)} and {tuple(target.shape)}")
         # Similarities and logits in fp32 whatever the embedding dtype and the autocast context (bf16 logits
         # lose the ranking at τ=0.02: between 32 and 64 they are rounded to steps of 0.25). The casts below are
         # differentiable, so bf16 embeddings receive their gradient in bf16.
@@ -167,7 +178,7 @@ class ContrastiveLoss(nn.Module):
             if g.positive_keys is not None:
                 # Query k is a false negative for positive j when k's own positive is identical to j.
                 mask_t = _duplicate_mask(g.positive_keys[labels], g.positive_keys, labels)
-            loss = 0.5 * (loss + self._direction_loss(local_p, g.queries, labels, mask_t))
+            loss = 0.5 * (loss + self._direction_loss(local_p, g.queries, labels, mask_t, reverse=True))
         return self._reduce(loss, g)
 
     def extra_repr(self) -> str:
