@@ -70,6 +70,15 @@ def compact_tokens(x: torch.Tensor) -> torch.Tensor:
     return trim_tokens(torch.gather(x, 1, order.unsqueeze(-1).expand_as(x)))
 
 
+def pooled_proxy(x: torch.Tensor) -> torch.Tensor:
+    """One vector per item: [N, L, d] token vectors → the L2-normalised mean of each item's tokens [N, d] ([N, d]
+    unchanged). What mining ranks a multi-vector model's items by (docs/late_interaction.md)."""
+    if x.ndim != 3:
+        return x
+    mask = scored_tokens(x).unsqueeze(-1).to(x.dtype)
+    return nn.functional.normalize((x * mask).sum(dim=1) / mask.sum(dim=1).clamp_min(1), dim=-1)
+
+
 def resolve_skip_ids(tokenizer, skip_tokens) -> list[int]:
     """Token ids of `skip_tokens`: a list of token strings, or `special` (the tokenizer's special tokens except the
     image/video tokens and the unknown token). A string that is not one vocabulary token is refused by name."""

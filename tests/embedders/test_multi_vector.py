@@ -126,3 +126,14 @@ def test_gradcache_with_the_multi_vector_head_equals_the_plain_step(tmp_path):
     ref_loss, ref_grads = ddp_step.reference_step([5], [2], multi_vector=16)
     assert rank["loss"] == pytest.approx(ref_loss, rel=1e-5)
     assert _relative_error(rank["grads"], ref_grads) < 1e-5
+
+
+def test_pooled_proxy_is_the_normalised_mean_of_the_tokens():
+    from embedders.multi_vector import pooled_proxy
+
+    x = torch.zeros(2, 3, 4)
+    x[0, :2] = torch.nn.functional.normalize(torch.tensor([[1.0, 0, 0, 0], [0, 1.0, 0, 0]]), dim=-1)
+    x[1, :1] = torch.tensor([0, 0, 1.0, 0])
+    want = torch.tensor([[2 ** -0.5, 2 ** -0.5, 0, 0], [0, 0, 1.0, 0]])
+    assert torch.allclose(pooled_proxy(x), want)
+    assert torch.equal(pooled_proxy(want), want)  # single-vector embeddings pass through
