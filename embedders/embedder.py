@@ -10,6 +10,10 @@ model with a model card.
 
 `truncate_dim` keeps the first N dimensions of the pooled vector before the L2 normalisation (Matryoshka
 embeddings): encoding, evaluation (`evaluate.py eval.dim=N`) and the shipped configs share it.
+
+`pooling="multi_vector"` keeps one vector per token (late interaction, `embedders/multi_vector.py`): `forward` and
+`encode` then return [B, L, dim] tensors whose all-zero rows are padding, `truncate_dim` cuts the token dimension,
+and `model.multi_vector` (dim, similarity, skip_tokens) configures the head.
 """
 
 from __future__ import annotations
@@ -28,7 +32,9 @@ from torch import nn
 from .backbones import BackboneFamily, get_family
 from .dtypes import resolve_dtype
 from .finetune import apply_finetuning
-from .pooling import POOLING_MODES
+from .multi_vector import MultiVectorHead, cat_padded, head_config, resolve_skip_ids
+from .multi_vector_saving import load_head_weights
+from .pooling import MULTI_VECTOR, POOLING_MODES
 from .prompts import PromptFormat, format_text
 from .saving import EMBEDDER_FILE, save_embedder
 
@@ -83,6 +89,7 @@ class Embedder(nn.Module):
         image: dict | None = None,
         truncate_dim: int | None = None,
         base_model: str | None = None,
+        multi_vector: dict | None = None,
     ):
         super().__init__()
         self.family = get_family(family)
@@ -97,6 +104,15 @@ class Embedder(nn.Module):
         self.truncate_dim = _check_truncate_dim(truncate_dim)
         #: Where the backbone came from (hub id, local directory) or None for a random init; for the model card.
         self.base_model = base_model
+        #: The multi-vector head (pooling=multi_vector), else None; `model.multi_vector` is ignored for other poolings.
+        self.head: MultiVectorHead | None = None
+        self.head_config: dict | None = None
+        if self.pooling == MULTI_VECTOR:
+            self.head_config = head_config(multi_vector)
+            tokenizer = getattr(processor, "tokenizer", processor)
+            cfg = self.head_config
+            self.head = MultiVectorHead(_hidden_size(backbone), cfg["dim"], cfg["similarity"],
+                                        resolve_skip_ids(tokenizer, cfg["skip_tokens"]), cfg["bias"])
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -116,6 +132,7 @@ class Embedder(nn.Module):
         gradient_checkpointing: bool = False,
         truncate_dim: int | None = None,
         base_model: str | None = None,
+        multi_vector: dict | None = None,
     ) -> Embedder:
         """Load (path: hub id or local dir) or randomly initialise (config) a backbone of `family`.
         `base_model` (for the model card) defaults to `path`."""
@@ -130,8 +147,12 @@ class Embedder(nn.Module):
         processor = fam.load_processor(path, config, image)
         backbone = apply_finetuning(backbone, fam, lora=lora, freeze_vision=freeze_vision,
                                     gradient_checkpointing=gradient_checkpointing)
-        return cls(family, backbone, processor, pooling, normalize, prompt, max_length, image, truncate_dim,
-                   base_model if base_model is not None else path)
+        embedder = cls(family, backbone, processor, pooling, normalize, prompt, max_length, image, truncate_dim,
+                       base_model if base_model is not None else path, multi_vector)
+        if embedder.head is not None and path is not None:
+            # A saved multi-vector Embedder carries its head; a plain backbone starts with a random one.
+            load_head_weights(embedder.head, path)
+        return embedder
 
     # ------------------------------------------------------------------ inference
     @property
@@ -144,6 +165,8 @@ class Embedder(nn.Module):
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         emb = self.family.encode_inputs(self.backbone, inputs, self.pooling)
+        if self.head is not None:  # [B, T, H] token states → [B, T, dim] unit token vectors, unscored rows zero
+            return self.head(emb, inputs["attention_mask"], inputs.get("input_ids"), self.truncate_dim)
         if self.truncate_dim is not None:
             if self.truncate_dim > emb.shape[-1]:
                 raise ValueError(f"truncate_dim={self.truncate_dim} exceeds the embedding dimension {emb.shape[-1]} "
@@ -202,7 +225,7 @@ class Embedder(nn.Module):
             self.train(was_training)
         if not out:
             return torch.empty(0, 0)
-        return torch.cat(out)
+        return cat_padded(out)
 
     # ------------------------------------------------------------------ persistence
     def spec(self) -> dict:
@@ -216,6 +239,7 @@ class Embedder(nn.Module):
             "image": self.image,
             "truncate_dim": self.truncate_dim,
             "base_model": self.base_model,
+            **({"multi_vector": self.head_config} if self.head is not None else {}),
         }
 
     def save_pretrained(self, directory: str | Path) -> Path:
@@ -253,6 +277,12 @@ def _upgrade_spec(spec: dict, path: Path) -> dict:
         prompt.setdefault("placeholder_without_image", "error")
         spec["prompt"] = prompt
     return spec
+
+
+def _hidden_size(backbone) -> int:
+    config = backbone.config
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    return int(text.hidden_size)
 
 
 def _check_truncate_dim(dim) -> int | None:

@@ -35,13 +35,14 @@ import torch
 import torch.distributed as dist
 from torchmetrics.retrieval import RetrievalRecall
 
-from losses import ContrastiveLoss, similarity_fp32
+from losses import ContrastiveLoss, Similarity, full_precision
 from losses.gather import gather_rows, local_only
 
 from .diagnostics import similarity_overlap
 from .embedder import Embedder, move_to
 from .finetune import keep_trainable_in, set_dropout
 from .gradcache import RngState, all_reduce_gradients
+from .multi_vector import cat_padded
 from .settings import check_gradcache_config
 
 log = logging.getLogger(__name__)
@@ -76,11 +77,13 @@ class EmbeddingModule(L.LightningModule):
         loss: ContrastiveLoss | None = None,
         diagnostics_max_negatives: int = 4096,
         guide: dict | None = None,
+        multi_vector: dict | None = None,
     ):
         super().__init__()
         # Hyperparameters are stored as plain containers (optimizer/scheduler as their _target_ configs),
         # so checkpoints load with torch.load(weights_only=True) and need no pickled callables.
-        config, image, lora, gradcache, prompt, guide = map(_plain, (config, image, lora, gradcache, prompt, guide))
+        config, image, lora, gradcache, prompt, guide, multi_vector = map(
+            _plain, (config, image, lora, gradcache, prompt, guide, multi_vector))
         optimizer, scheduler = _plain(optimizer), _plain(scheduler)
         for name, value in (("model.optimizer", optimizer), ("model.scheduler", scheduler)):
             if value is not None and not (isinstance(value, dict) and "_target_" in value):
@@ -89,8 +92,12 @@ class EmbeddingModule(L.LightningModule):
         self.embedder = Embedder.build(
             family=family, path=path, config=config, pooling=pooling, normalize=normalize, prompt=prompt,
             max_length=max_length, dtype=dtype, image=image, lora=lora, freeze_vision=freeze_vision,
-            gradient_checkpointing=gradient_checkpointing,
+            gradient_checkpointing=gradient_checkpointing, multi_vector=multi_vector,
         )
+        #: How query and target embeddings are scored: the dot product, or the multi-vector head's late interaction.
+        self.similarity = Similarity(self.embedder.head.similarity if self.embedder.head is not None else "maxsim")
+        if loss is not None:
+            loss.similarity = self.similarity  # the loss scores as the model does (maxsim / meanmaxsim)
         if dropout is not None:
             # Every dropout probability of the backbone (null: the checkpoint's own, e.g. 0.1 for BERT-like
             # encoders, 0 for Qwen2-VL's language model). Dropout costs time on CPUs (MiniLM: ~1.3x per step).
@@ -126,7 +133,8 @@ class EmbeddingModule(L.LightningModule):
 
     # ------------------------------------------------------------------ helpers
     def embed_chunks(self, chunks: Sequence[dict[str, torch.Tensor]]) -> torch.Tensor:
-        return torch.cat([self.embedder(move_to(c, self.device)) for c in chunks])
+        # Multi-vector chunks differ in token count: padded with zero rows ("no token") to the widest.
+        return cat_padded([self.embedder(move_to(c, self.device)) for c in chunks])
 
     @property
     def guide_input_builder(self):
@@ -225,8 +233,8 @@ class EmbeddingModule(L.LightningModule):
         torch.clear_autocast_cache()
         nq = len(q_chunks)
         # clone(): inference-mode tensors cannot enter autograd themselves
-        q = torch.cat(reps[:nq]).clone().requires_grad_()
-        t = torch.cat(reps[nq:]).clone().requires_grad_()
+        q = cat_padded(reps[:nq]).clone().requires_grad_()
+        t = cat_padded(reps[nq:]).clone().requires_grad_()
         strategy = self.trainer.strategy
         sync_ctx = getattr(strategy, "block_backward_sync", None)
         # 2. Full loss on the cached embeddings: d loss / d embedding for every row.
@@ -234,17 +242,17 @@ class EmbeddingModule(L.LightningModule):
         self._check_finite(loss, batch)
         with sync_ctx() if sync_ctx else contextlib.nullcontext():
             self.manual_backward(loss)
-            grads = torch.cat([q.grad, t.grad]) if q.grad is not None else None
+            # Per chunk, its rows of the cached gradient (multi-vector: its own token count; the padding has none).
+            grads = [g[offset : offset + r.shape[0], ..., : r.shape[1], :] if r.ndim == 3 else g[offset : offset + r.shape[0]]
+                     for g, part in ((_grad_or_zeros(q), reps[:nq]), (_grad_or_zeros(t), reps[nq:]))
+                     for offset, r in zip(_offsets(part), part)]
             # 3. Replay each chunk with gradients and back-propagate the surrogate (emb · cached grad).
-            sizes = [r.shape[0] for r in reps]
-            offset = 0
-            for chunk, state, n in zip((*q_chunks, *t_chunks), states, sizes):
+            for chunk, state, grad in zip((*q_chunks, *t_chunks), states, grads):
                 with state.replay():
                     emb = self.embedder(move_to(chunk, self.device))
                 # Plain autograd: the cached gradients already carry any loss scaling (fp16) applied by
                 # manual_backward above, and Lightning's per-call hooks would cost more than a small chunk.
-                emb.backward(grads[offset : offset + n].to(emb.dtype))
-                offset += n
+                emb.backward(grad.to(emb.dtype))
         # 4. One gradient all-reduce for the whole step (DDP), then step (clipping: on_before_optimizer_step), schedule.
         all_reduce_gradients(self.parameters())
         opt.step()
@@ -282,7 +290,8 @@ class EmbeddingModule(L.LightningModule):
             if self.loss is not None:
                 self._val_sums[0] += self.loss(q, t, keys, **self.loss_side_inputs(batch)).detach().double() * b
         self._val_sums[1] += b
-        sim = similarity_fp32(q, t)  # fp32 whatever the autocast context
+        with full_precision(q, t):  # fp32 whatever the autocast context
+            sim = self.similarity(q.float(), t.float())
         # Relevant: the positive and any identical copy of it among the targets.
         relevant = keys[:b, None] == keys[None, :]
         idx = torch.arange(b, device=self.device) + self._val_query_offset
@@ -481,6 +490,18 @@ def build_guide(spec: dict) -> Embedder:
         guide = Embedder.build(**spec)
     guide.requires_grad_(False)
     return guide.eval()
+
+
+def _grad_or_zeros(x: torch.Tensor) -> torch.Tensor:
+    return x.grad if x.grad is not None else torch.zeros_like(x)
+
+
+def _offsets(parts: Sequence[torch.Tensor]) -> list[int]:
+    out, total = [], 0
+    for p in parts:
+        out.append(total)
+        total += p.shape[0]
+    return out
 
 
 def _world() -> tuple[int, int]:

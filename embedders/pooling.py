@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import torch
 
-POOLING_MODES = ("last", "mean", "cls")
+POOLING_MODES = ("last", "mean", "cls", "multi_vector")
+#: Not a pooling to one vector: every token state is kept (padding zeroed) for the multi-vector head
+#: (`embedders/multi_vector.py`), which projects and normalises them.
+MULTI_VECTOR = "multi_vector"
 
 
 def last_token_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -32,6 +35,11 @@ def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tenso
     return (hidden * m).sum(dim=1) / m.sum(dim=1).clamp_min(1.0)
 
 
+def token_states(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Every token's hidden state [B, T, H], padding positions zeroed (the multi-vector head's input)."""
+    return hidden * attention_mask.to(hidden.dtype).unsqueeze(-1)
+
+
 def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, mode: str) -> torch.Tensor:
     if mode == "last":
         return last_token_pool(hidden, attention_mask)
@@ -39,4 +47,6 @@ def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, mode: str) -> torch
         return mean_pool(hidden, attention_mask)
     if mode == "cls":
         return first_token_pool(hidden, attention_mask)
+    if mode == MULTI_VECTOR:
+        return token_states(hidden, attention_mask)
     raise ValueError(f"unknown pooling {mode!r}; choose one of {', '.join(POOLING_MODES)}")

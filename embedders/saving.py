@@ -32,6 +32,7 @@ import torch
 
 from .backbones import get_family
 from .finetune import is_peft_model
+from .multi_vector_saving import multi_vector_modules
 from .prompts import PromptFormat, image_token_for, placeholder_mode
 
 log = logging.getLogger(__name__)
@@ -220,22 +221,26 @@ def st_prompts(prompt) -> dict[str, str]:
 def write_sentence_transformers_config(embedder, directory: Path) -> bool:
     """Write the sentence-transformers (and vLLM pooling) metadata; False (with the reason logged) for families whose
     pooling sentence-transformers cannot express (dual encoders fuse two towers in embedlab's own way)."""
-    if embedder.pooling not in ST_POOLING_MODES:
+    multi_vector = getattr(embedder, "head", None) is not None
+    if not multi_vector and embedder.pooling not in ST_POOLING_MODES:
         log.info("%s: no sentence-transformers config for pooling %r (family %s); load it with embedlab",
                  directory, embedder.pooling, embedder.family.name)
         return False
     dim = embedding_dimension(embedder)
-    modules = [{"idx": 0, "name": "0", "path": "", "type": ST_TRANSFORMER},
-               {"idx": 1, "name": "1", "path": "1_Pooling", "type": ST_POOLING}]
-    if embedder.normalize:
-        modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": ST_NORMALIZE})
+    modules = [{"idx": 0, "name": "0", "path": "", "type": ST_TRANSFORMER}]
+    if multi_vector:  # a MultiVectorEncoder: projection, per-token normalisation, scoring mask (multi_vector_saving)
+        modules += multi_vector_modules(embedder, directory)
+    else:
+        modules.append({"idx": 1, "name": "1", "path": "1_Pooling", "type": ST_POOLING})
+        if embedder.normalize:
+            modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": ST_NORMALIZE})
+        mode, flag = ST_POOLING_MODES[embedder.pooling]
+        # Legacy flags first: older vLLM takes the first key whose value is true as the pooling type.
+        pooling = {f: f == flag for f in LEGACY_POOLING_FLAGS} | {"embedding_dimension": dim, "pooling_mode": mode}
+        _write_json(directory / "1_Pooling" / "config.json", pooling)
+        if embedder.normalize:
+            (directory / "2_Normalize").mkdir(exist_ok=True)
     _write_json(directory / "modules.json", modules)
-    mode, flag = ST_POOLING_MODES[embedder.pooling]
-    # Legacy flags first: older vLLM takes the first key whose value is true as the pooling type.
-    pooling = {f: f == flag for f in LEGACY_POOLING_FLAGS} | {"embedding_dimension": dim, "pooling_mode": mode}
-    _write_json(directory / "1_Pooling" / "config.json", pooling)
-    if embedder.normalize:
-        (directory / "2_Normalize").mkdir(exist_ok=True)
     output = {"method": "forward", "method_output_name": "last_hidden_state"}
     bert_config: dict[str, Any] = {"transformer_task": "feature-extraction", "module_output_name": "token_embeddings"}
     if embedder.family.has_chat:
@@ -253,10 +258,10 @@ def write_sentence_transformers_config(embedder, directory: Path) -> bool:
     _write_json(directory / "sentence_bert_config.json", bert_config)
     st_config: dict[str, Any] = {
         "__version__": _versions(),
-        "model_type": "SentenceTransformer",
+        "model_type": "MultiVectorEncoder" if multi_vector else "SentenceTransformer",
         "prompts": st_prompts(embedder.prompt),
         "default_prompt_name": None,
-        "similarity_fn_name": "cosine" if embedder.normalize else "dot",
+        "similarity_fn_name": embedder.head.similarity if multi_vector else "cosine" if embedder.normalize else "dot",
     }
     if embedder.truncate_dim is not None:
         st_config["truncate_dim"] = int(embedder.truncate_dim)

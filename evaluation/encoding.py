@@ -26,6 +26,7 @@ from datamodules.errors import DataError
 from datamodules.images import ImageLoader
 from datamodules.media import MediaLoader, load_visual
 from datamodules.schema import Item
+from embedders.multi_vector import pad_tokens
 from embedders.prompts import Visual
 
 log = logging.getLogger(__name__)
@@ -224,7 +225,8 @@ def _progress_bar(total: int, desc: str, enabled: bool):
 def encode_unique(embedder, items: list[EncodeItem], side: str, batch_size: int, num_workers: int = 0,
                   progress: bool = False, distributed: bool = False, *, sort: bool = True,
                   desc: str | None = None, stats: dict | None = None) -> torch.Tensor:
-    """Embed items → float32 [N, d] on CPU, row i = items[i] (whatever order they were encoded in).
+    """Embed items → float32 [N, d] on CPU, row i = items[i] (whatever order they were encoded in); a multi-vector
+    model gives [N, L, d], zero rows padding every item to the longest.
 
     `sort=True`: items are encoded longest first in batches of similar length (least padding; the longest
     batch comes first, so an out-of-memory batch size shows at once). `distributed=True` (every rank of an
@@ -298,7 +300,7 @@ def encode_unique(embedder, items: list[EncodeItem], side: str, batch_size: int,
                     inputs = {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v
                               for k, v in inputs.items()}
                     emb = embedder(inputs).float().cpu()
-                    bad = ~torch.isfinite(emb).all(dim=-1)
+                    bad = ~torch.isfinite(emb).flatten(1).all(dim=1)
                     if bad.any():
                         entry = shard[batch_rows[int(bad.nonzero()[0])]]
                         raise NonFiniteEmbeddingError(
@@ -307,7 +309,10 @@ def encode_unique(embedder, items: list[EncodeItem], side: str, batch_size: int,
                             "inference dtype are broken (fp16 overflow: use bfloat16 or float32); no score is "
                             "computed from non-finite embeddings")
                     if out is None:
-                        out = torch.empty(len(shard), emb.shape[1])
+                        out = torch.zeros(len(shard), *emb.shape[1:])
+                    if emb.ndim == 3:  # multi-vector: token counts differ per batch
+                        width = max(out.shape[1], emb.shape[1])
+                        out, emb = pad_tokens(out, width), pad_tokens(emb, width)
                     out[[destination[j] for j in batch_rows]] = emb
                     if stats is not None:
                         stats["items"] = stats.get("items", 0) + len(batch_rows)
@@ -325,12 +330,25 @@ def encode_unique(embedder, items: list[EncodeItem], side: str, batch_size: int,
 
     result = sharded(encode_shard)
     if world > 1:
-        gathered = gather_strided(result, len(items), embedder.device)  # in sorted order
+        gathered = _gather_strided_any(result, len(items), embedder.device)  # in sorted order
         result = torch.empty_like(gathered)
         result[torch.tensor(order)] = gathered
     if stats is not None:
         stats["seconds"] = stats.get("seconds", 0.0) + time.perf_counter() - start
     return result
+
+
+def _gather_strided_any(local: torch.Tensor, total: int, device: torch.device) -> torch.Tensor:
+    """`gather_strided` for [n, d] and multi-vector [n, L, d] rows: token counts are first agreed on (the largest),
+    every rank pads to it and the rows travel flattened. Collective."""
+    tokens = torch.tensor([local.shape[1] if local.ndim == 3 else 0, local.shape[-1] if local.ndim == 3 else 0],
+                          device=device)
+    dist.all_reduce(tokens, op=dist.ReduceOp.MAX)
+    width, dim = (int(v) for v in tokens.tolist())
+    if width == 0:
+        return gather_strided(local, total, device)
+    local = pad_tokens(local, width) if local.ndim == 3 else torch.zeros(0, width, dim)
+    return gather_strided(local.reshape(local.shape[0], -1), total, device).reshape(total, width, dim)
 
 
 def gather_strided(local: torch.Tensor, total: int, device: torch.device) -> torch.Tensor:

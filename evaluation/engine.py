@@ -14,6 +14,10 @@ its rows with a tie at the top, the rows whose tie the tie rule decides, and the
 is duplicated among the candidates; a dataset whose query or candidate embeddings have collapsed is
 marked and scored with ties as misses, never 100 by the first-maximum rule. A dataset that fails to load
 or score is recorded in `failed` with its error while the others are still scored.
+
+Scores come from the scorer the model and settings choose (`evaluation/scorers.py`): the dot product, or MaxSim for
+multi-vector models ([N, L, d] token vectors, padded with zero rows), optionally over token-pooled or quantised
+documents; every entry records the documents' storage (vectors and bytes per document) beside its score.
 """
 
 from __future__ import annotations
@@ -30,9 +34,11 @@ from datamodules.media import MediaLoader
 from datamodules.mmeb import META_TASKS, read_eval_dataset
 from datamodules.schema import CorpusTask, EvalRow, Item
 from embedders.diagnostics import embedding_spread, is_collapsed
+from embedders.multi_vector import cat_padded
 
 from .encoding import encode_unique
 from .retrieval import evaluate_corpus_retrieval
+from .scorers import EmbeddingScorer
 from .scoring import pad_candidates, precision_at_1, row_outcomes, score_rows  # noqa: F401
 from .store import EvalSettings
 
@@ -189,13 +195,21 @@ class _Cache:
         new = encode(missing) if missing else torch.empty(0)
         if len(missing) == len(ids):
             return new  # nothing cached: no second copy of a possibly large matrix
-        d = new.shape[1] if new.ndim == 2 and new.numel() else self.mat.shape[1]
-        out = torch.empty(len(ids), d)
+        ref = new if new.numel() else self.mat
+        if ref.ndim == 3:  # multi-vector: both parts padded to the wider token count
+            width = max(new.shape[1] if new.numel() else 0, self.mat.shape[1])
+            out = torch.zeros(len(ids), width, ref.shape[2])
+        else:
+            out = torch.empty(len(ids), ref.shape[1])
         have = [j for j, x in enumerate(ids) if x in self.pos]
-        if have:
-            out[have] = self.mat[[self.pos[ids[j]] for j in have]]
+        parts = [(have, self.mat[[self.pos[ids[j]] for j in have]])]
         if missing:
-            out[[j for j, x in enumerate(ids) if x not in self.pos]] = new
+            parts.append(([j for j, x in enumerate(ids) if x not in self.pos], new))
+        for rows, part in parts:
+            if part.ndim == 3:
+                out[rows, : part.shape[1]] = part
+            else:
+                out[rows] = part
         return out
 
     def keep(self, ids: list[int], local: torch.Tensor, alive: Callable[[int], bool]) -> None:
@@ -205,7 +219,7 @@ class _Cache:
         new = [x for x in ids if alive(x)]
         parts = ([self.mat[[self.pos[x] for x in old]]] if old else []) + \
                 ([local[[local_pos[x] for x in new]]] if new else [])
-        self.mat = torch.cat(parts) if parts else torch.empty(0)
+        self.mat = cat_padded(parts) if parts else torch.empty(0)
         self.pos = {x: j for j, x in enumerate(old + new)}
 
 
@@ -230,6 +244,7 @@ def run_protocol(embedder, suite: Sequence[EvalDataset], batch_size: int = 32, n
             for name, err in errors.items():
                 failed.setdefault(name, err if r == 0 else f"(on rank {r}) {err}")
     runnable = [ds for ds in suite if ds.name not in failed]
+    scorer = EmbeddingScorer.for_model(embedder, settings)
     plan = _Plan(runnable)
     log.info("%d unique query-side and %d unique target-side items in %d datasets",
              len(plan.items["query"]), len(plan.items["target"]), len(runnable))
@@ -256,7 +271,7 @@ def run_protocol(embedder, suite: Sequence[EvalDataset], batch_size: int = 32, n
                                          desc=f"{ds.name} {what}", stats=stats)
 
                 local[side] = (ids, caches[side].lookup(ids, encode))
-            entry, predictions = _score_dataset(ds, q_ids, c_ids, local, settings)
+            entry, predictions = _score_dataset(ds, q_ids, c_ids, local, settings, scorer)
             per_dataset[ds.name] = entry
             log.info("[%d/%d] %s: %s %.2f over %d queries", i + 1, len(runnable), ds.name, ds.metric,
                      entry.get("score", entry["precision@1"]), entry["num_queries"])
@@ -273,12 +288,19 @@ def run_protocol(embedder, suite: Sequence[EvalDataset], batch_size: int = 32, n
     return {"datasets": per_dataset, "failed": failed}
 
 
+def _flat(mat: torch.Tensor) -> torch.Tensor:
+    """Rows as single vectors for the collapse check (a multi-vector row: all its token vectors, flattened)."""
+    return mat.flatten(1) if mat.ndim == 3 else mat
+
+
 def _score_dataset(ds: EvalDataset, q_ids: torch.Tensor, c_ids: torch.Tensor,
-                   local: Mapping[str, tuple[list[int], torch.Tensor]], settings: EvalSettings) -> tuple[dict, list]:
+                   local: Mapping[str, tuple[list[int], torch.Tensor]], settings: EvalSettings,
+                   scorer: EmbeddingScorer | None = None) -> tuple[dict, list]:
     """Score one dataset from its rows' global ids and the embeddings of its unique items (`local`: per side,
-    the sorted unique ids and their [len, d] embeddings)."""
+    the sorted unique ids and their [len, d] (multi-vector: [len, L, d]) embeddings)."""
+    scorer = scorer or EmbeddingScorer()
     if ds.task is not None:
-        return _score_corpus(ds, q_ids, c_ids, local, settings)
+        return _score_corpus(ds, q_ids, c_ids, local, settings, scorer)
     q_order, q_mat = local["query"]
     c_order, c_mat = local[ds.candidate_side]
     q_idx = torch.searchsorted(torch.tensor(q_order, dtype=torch.long), q_ids)
@@ -287,13 +309,14 @@ def _score_dataset(ds: EvalDataset, q_ids: torch.Tensor, c_ids: torch.Tensor,
     q_rows = torch.unique(q_idx)
     c_rows = torch.unique(c_idx[valid])
     collapsed = [side for side, mat, rows in (("queries", q_mat, q_rows), ("candidates", c_mat, c_rows))
-                 if is_collapsed(mat[rows], settings.collapse_tolerance)]
+                 if is_collapsed(_flat(mat[rows]), settings.collapse_tolerance)]
     if collapsed:
         log.warning("%s: the model's %s embeddings have collapsed (spread %s ≤ %.4g): ties are scored as misses",
                     ds.name, " and ".join(collapsed),
-                    "/".join(f"{embedding_spread(m[r]):.2g}" for m, r in ((q_mat, q_rows), (c_mat, c_rows))),
+                    "/".join(f"{embedding_spread(_flat(m[r])):.2g}" for m, r in ((q_mat, q_rows), (c_mat, c_rows))),
                     settings.collapse_tolerance)
-    scores = score_rows(q_mat, c_mat, q_idx, c_idx)
+    docs = scorer.documents(c_mat) if c_mat.ndim == 3 else c_mat
+    scores = scorer.score_rows(q_mat, docs, q_idx, c_idx)
     relevant = None
     if any(r.relevant != (0,) for r in ds.rows):  # several correct candidates (MomentSeeker, SSv2's repeats)
         relevant = torch.zeros(scores.shape, dtype=torch.bool)
@@ -307,6 +330,7 @@ def _score_dataset(ds: EvalDataset, q_ids: torch.Tensor, c_ids: torch.Tensor,
         "num_queries": n, "meta_task": ds.meta_task, "split": ds.split,
         "tied_rows": int(out.tied.sum()), "tie_decided": int(out.tie_decided.sum()),
         "duplicate_gt": int(out.duplicate_gt.sum()), "collapsed": collapsed, "skipped": dict(ds.skipped),
+        "storage": scorer.storage(docs[c_rows]),
     }
     predictions = [{"row": r, "pred": p, "score_gt": g, "score_pred": s, "hit": h}
                    for r, p, g, s, h in zip([r.row for r in ds.rows], out.pred.tolist(), out.score_gt.tolist(),
@@ -321,7 +345,8 @@ def _score_dataset(ds: EvalDataset, q_ids: torch.Tensor, c_ids: torch.Tensor,
 
 
 def _score_corpus(ds: EvalDataset, q_ids: torch.Tensor, c_ids: torch.Tensor,
-                  local: Mapping[str, tuple[list[int], torch.Tensor]], settings: EvalSettings) -> tuple[dict, list]:
+                  local: Mapping[str, tuple[list[int], torch.Tensor]], settings: EvalSettings,
+                  scorer: EmbeddingScorer) -> tuple[dict, list]:
     """A corpus-level dataset: every query ranked against the whole corpus (`evaluation/retrieval.py`), scored
     against the graded qrels. The entry holds the reference's metric keys as fractions under `metrics`, the
     headline metric x 100 as `score`, and hit@1 x 100 as `precision@1` (so V1 tools read it too)."""
@@ -332,16 +357,19 @@ def _score_corpus(ds: EvalDataset, q_ids: torch.Tensor, c_ids: torch.Tensor,
     c_idx = torch.searchsorted(torch.tensor(c_order, dtype=torch.long), c_ids[0])
     queries, corpus = q_mat[q_idx], c_mat[c_idx]
     collapsed = [side for side, mat in (("queries", queries), ("candidates", corpus))
-                 if is_collapsed(mat, settings.collapse_tolerance)]
+                 if is_collapsed(_flat(mat), settings.collapse_tolerance)]
     if collapsed:
         log.warning("%s: the model's %s embeddings have collapsed: the corpus order among ties decides the ranking "
                     "(ascending corpus index), so its metrics do not measure the model", ds.name, " and ".join(collapsed))
-    result = evaluate_corpus_retrieval(queries, corpus, list(task.query_ids), list(task.corpus_ids), task.qrels)
+    corpus = scorer.documents(corpus)
+    result = evaluate_corpus_retrieval(queries, corpus, list(task.query_ids), list(task.corpus_ids), task.qrels,
+                                       search_fn=scorer.search)
     metrics = result.metrics
     entry = {
         "precision@1": metrics["hit@1"] * 100, "num_queries": len(task.queries), "meta_task": ds.meta_task,
         "split": ds.split, "corpus_size": len(task.corpus), "collapsed": collapsed, "skipped": dict(ds.skipped),
         "modality": ds.modality, "metric": ds.metric, "metrics": metrics, "score": metrics[ds.metric] * 100,
+        "storage": scorer.storage(corpus),
     }
     # The reference's <dataset>_pred.jsonl keys: prediction (ranked ids), label (relevant ids), rel_scores; and
     # `metrics`, the query's own value of every metric (what a paired comparison resamples: compare.py).

@@ -179,8 +179,10 @@ def ranking_metrics(ranked_ids: Sequence[Sequence[str]], query_ids: Sequence[str
 
 def evaluate_corpus_retrieval(query_embeddings: torch.Tensor, corpus_embeddings: torch.Tensor,
                               query_ids: Sequence[str], corpus_ids: Sequence[str], qrels: Qrels,
-                              ks: Sequence[int] = DEFAULT_KS, *, exact_max: int = EXACT_MAX_CORPUS) -> RetrievalResult:
-    """Rank every query against the whole corpus and score the rankings against `qrels`."""
+                              ks: Sequence[int] = DEFAULT_KS, *, exact_max: int = EXACT_MAX_CORPUS,
+                              search_fn=None) -> RetrievalResult:
+    """Rank every query against the whole corpus and score the rankings against `qrels`. `search_fn(queries, corpus,
+    k)` replaces the dot-product `search` (MaxSim, quantised indexes: `evaluation/scorers.py`)."""
     if len(query_ids) != query_embeddings.shape[0] or len(corpus_ids) != corpus_embeddings.shape[0]:
         raise ValueError(f"{len(query_ids)} query ids for {query_embeddings.shape[0]} query embeddings, "
                          f"{len(corpus_ids)} corpus ids for {corpus_embeddings.shape[0]} corpus embeddings")
@@ -188,7 +190,10 @@ def evaluate_corpus_retrieval(query_embeddings: torch.Tensor, corpus_embeddings:
     if duplicates:
         raise ValueError(f"the corpus lists {duplicates} document id(s) more than once; ids must be unique")
     _check_qrels(query_ids, corpus_ids, qrels)
-    scores, index = search(query_embeddings, corpus_embeddings, max(ks), exact_max=exact_max)
+    if search_fn is None:
+        scores, index = search(query_embeddings, corpus_embeddings, max(ks), exact_max=exact_max)
+    else:
+        scores, index = search_fn(query_embeddings, corpus_embeddings, max(ks))
     ranked = [[corpus_ids[i] for i in row] for row in index.tolist()]
     metrics, per_query = ranking_metrics(ranked, query_ids, qrels, ks, return_per_query=True)
     return RetrievalResult(metrics, ranked, scores.tolist(), per_query)

@@ -49,6 +49,12 @@ class EvalSettings:
     collapse_tolerance: float = DEFAULT_COLLAPSE_TOLERANCE
     #: Flag a dataset in the table when the tie rule decides at least this share of its rows.
     tie_flag_share: float = 0.01
+    #: Documents stored quantised (int8 | binary), scored in two stages with rescoring (evaluation/quantization.py).
+    quantize: str | None = None
+    #: Stage-1 candidates re-scored per result asked for (sentence-transformers' rescore_multiplier; null = 2).
+    rescore_multiplier: float | None = None
+    #: Multi-vector documents token-pooled to about 1/factor of their vectors (embedders/token_pooling.py).
+    token_pooling: float | None = None
 
     def __post_init__(self):
         if self.tie_rule not in TIE_RULES:
@@ -60,11 +66,15 @@ class EvalSettings:
 
     @classmethod
     def from_config(cls, cfg: Mapping) -> EvalSettings:
-        return cls(**{k: cfg[k] for k in ("tie_rule", "tie_tolerance", "collapse_tolerance", "tie_flag_share")
+        return cls(**{k: cfg[k] for k in ("tie_rule", "tie_tolerance", "collapse_tolerance", "tie_flag_share",
+                                          "quantize", "rescore_multiplier", "token_pooling")
                       if cfg.get(k) is not None})
 
     def fingerprint(self) -> str:
-        fields = {k: v for k, v in asdict(self).items() if k != "tie_flag_share"}  # a display threshold only
+        # tie_flag_share is a display threshold only; the index settings count only when set (older score files keep
+        # their fingerprints).
+        fields = {k: v for k, v in asdict(self).items()
+                  if k != "tie_flag_share" and not (k in ("quantize", "rescore_multiplier", "token_pooling") and v is None)}
         return _digest(json.dumps({**fields, "scoring_version": SCORING_VERSION}, sort_keys=True).encode())
 
 

@@ -5,6 +5,7 @@ from .distillation import Distillation
 from .gather import distributed_world, gather_contrastive_batch, gather_rows
 from .hardness_weighted import HardnessWeightedInfoNCE
 from .infonce import InfoNCE
+from .late_interaction import Similarity, maxsim
 from .matryoshka import Matryoshka
 
 __all__ = [
@@ -13,6 +14,8 @@ __all__ = [
     "HardnessWeightedInfoNCE",
     "InfoNCE",
     "Matryoshka",
+    "Similarity",
+    "maxsim",
     "Temperature",
     "distributed_world",
     "full_precision",

@@ -18,6 +18,10 @@ In-batch false-negative options (METHODS §12), shared by every loss of this fam
   query i also holds exp(s(q_i, q_j)/τ) and exp(s(d_i, d_j)/τ) for j ≠ i (d = the pairs' positives), subject to
   the same masks (a q_j or d_j whose positive is identical to d_i is not a negative).
 Subclasses change the logits through `adjust_negative_logits` and add per-row terms through `extra_row_loss`.
+
+Multi-vector embeddings ([B, L, d] token vectors, zero rows = no token) go through the same core: the one hook is
+`similarity(queries, documents)`, the dot product for [B, d] and late-interaction MaxSim for [B, L, d]
+(`losses/late_interaction.py`; a multi-vector model installs its own, e.g. `meanmaxsim`).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import torch
 from torch import nn
 
 from .gather import GatheredBatch, gather_alongside, gather_contrastive_batch
+from .late_interaction import Similarity
 from .matryoshka import Matryoshka
 
 NEG_INF = float("-inf")
@@ -175,6 +180,8 @@ class ContrastiveLoss(nn.Module):
     def uses_teacher(self) -> bool:
         """Whether this loss needs teacher scores (`teacher_keys`, `teacher_scores`)."""
         return False
+        #: s(queries, documents) -> [R, C], the hook every score goes through (dot, or MaxSim for token vectors).
+        self.similarity: Similarity = Similarity()
 
     def adjust_negative_logits(self, sim: torch.Tensor) -> torch.Tensor | None:
         """Additive term for negative logits given raw similarities; None means no change."""
@@ -194,12 +201,16 @@ class ContrastiveLoss(nn.Module):
         return 1.0
 
     def _direction_loss(self, rows: torch.Tensor, cols: torch.Tensor, inputs: RowInputs,
-                        extra_blocks: list[tuple[torch.Tensor, torch.Tensor]] = ()) -> torch.Tensor:
+                        extra_blocks: list[tuple[torch.Tensor, torch.Tensor]] = (), reverse: bool = False) -> torch.Tensor:
+        # `reverse`: the rows are targets and the columns queries; scores stay s(query, target) (MaxSim is asymmetric).
+        similarity = (lambda r, c: self.similarity(c, r).T) if reverse else self.similarity
         if self.matryoshka is not None:
             return self.matryoshka.combine(rows, cols, lambda sim, r: self._similarity_loss(sim, inputs.rows(r)),
-                                           list(self.parameters()))
+                                           list(self.parameters()), similarity)
         # Extra in-batch blocks (query–query, document–document) are further columns of the same softmax.
-        sim = torch.cat([rows @ cols.T, *(a @ b.T for a, b in extra_blocks)], dim=1) if extra_blocks else rows @ cols.T
+        sim = similarity(rows, cols)
+        if extra_blocks:
+            sim = torch.cat([sim, *(similarity(a, b) for a, b in extra_blocks)], dim=1)
         return self._similarity_loss(sim, inputs)
 
     def _similarity_loss(self, sim: torch.Tensor, inputs: RowInputs) -> torch.Tensor:
@@ -240,8 +251,9 @@ class ContrastiveLoss(nn.Module):
         guide_query: torch.Tensor | None = None, guide_target: torch.Tensor | None = None,
         teacher_keys: torch.Tensor | None = None, teacher_scores: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        if query.ndim != 2 or target.ndim != 2 or query.shape[1] != target.shape[1]:
-            raise ValueError(f"expected query [B, d] and target [B+M, d], got {tuple(query.shape)} and {tuple(target.shape)}")
+        if query.ndim != target.ndim or query.ndim not in (2, 3) or query.shape[-1] != target.shape[-1]:
+            raise ValueError(f"expected query [B, d] and target [B+M, d] (or [B, Lq, d] and [B+M, Lt, d] token vectors), "
+                             f"got {tuple(query.shape)} and {tuple(target.shape)}")
         if self.uses_guide and (guide_query is None or guide_target is None):
             raise ValueError("loss.guide_margin is set (guided in-batch false-negative filtering), but no guide "
                              "embeddings were given: set model.guide (a frozen guide embedder, e.g. "
@@ -314,7 +326,7 @@ class ContrastiveLoss(nn.Module):
                 over = similarity_fp32(gp[labels], gq) > g_pos - self.guide_margin
                 over[rows, labels] = False
                 mask_t = _or(mask_t, over)
-            loss = loss + self._direction_loss(local_p, g.queries, RowInputs(labels, mask_t, 0.5 * w))
+            loss = loss + self._direction_loss(local_p, g.queries, RowInputs(labels, mask_t, 0.5 * w), reverse=True)
         return self._reduce(loss, g)
 
     def extra_repr(self) -> str:

@@ -7,7 +7,9 @@ the slice of its own rows, so that under DDP's gradient averaging the parameter 
 the gradient of the global mean loss (see `ContrastiveLoss._reduce` for the weighting that
 keeps this exact when ranks hold different numbers of rows). Ranks may hold unequal numbers of
 rows (the last batch of an epoch): sizes are exchanged first, on the host (a gloo group), and rows are
-padded to the largest.
+padded to the largest. Multi-vector embeddings ([B, L, d] token vectors) are padded with zero rows ("no token") to
+the largest token count of any rank first, in the same exchange; the padding is differentiable, so each rank's
+gradient comes back at its own width.
 """
 
 from __future__ import annotations
@@ -113,6 +115,13 @@ def gather_rows(x: torch.Tensor, sizes: list[int] | None = None, with_grad: bool
     return _all_gather_padded(x.detach() if x.is_floating_point() else x, sizes)
 
 
+def _pad_tokens(x: torch.Tensor, width: int) -> torch.Tensor:
+    """[n, L, d] → [n, width, d] with zero rows ("no token") appended; differentiable."""
+    if x.shape[1] == width:
+        return x
+    return torch.nn.functional.pad(x, (0, 0, 0, width - x.shape[1]))
+
+
 @dataclass
 class GatheredBatch:
     """A contrastive batch seen from one rank after gathering.
@@ -157,9 +166,15 @@ def gather_contrastive_batch(
     rank, world = distributed_world()
     if world == 1:
         return GatheredBatch(query, positives, negatives, pos_keys, neg_keys, 0, b, 1)
-    # One host-side exchange of every rank's (pairs, negatives) counts: they vary independently.
-    counts = _all_gather_counts([b, negatives.shape[0]])
+    # One host-side exchange of every rank's (pairs, negatives) counts — and token counts for token vectors: they vary
+    # independently.
+    widths = [query.shape[1], target.shape[1]] if query.ndim == 3 else []
+    counts = _all_gather_counts([b, negatives.shape[0], *widths])
     pair_sizes, neg_sizes = [c[0] for c in counts], [c[1] for c in counts]
+    if widths:
+        query_width, target_width = max(c[2] for c in counts), max(c[3] for c in counts)
+        query = _pad_tokens(query, query_width)
+        positives, negatives = _pad_tokens(positives, target_width), _pad_tokens(negatives, target_width)
     has_negatives = sum(neg_sizes) > 0
     return GatheredBatch(
         queries=gather_rows(query, pair_sizes),

@@ -27,6 +27,8 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from .late_interaction import token_prefix_losses
+
 #: F.normalize's floor on the norm, so a zero prefix behaves as it would there.
 NORM_EPS = 1e-12
 #: Elements of one [rows chunk, C] similarity block (16 MiB in fp32): the chain of elementwise ops over a chunk stays
@@ -73,11 +75,16 @@ class Matryoshka:
         return cls(list(dims), None if weights is None else list(weights))
 
     def combine(self, rows: torch.Tensor, cols: torch.Tensor, row_loss: RowLoss,
-                params: Sequence[torch.Tensor] = ()) -> torch.Tensor:
+                params: Sequence[torch.Tensor] = (), similarity: Callable | None = None) -> torch.Tensor:
         """Per-row losses [R]: Σ_k w_k · row_loss(S_k[rows], rows) over the re-normalised prefix similarities.
 
         `row_loss(sim, rows)` maps the similarities of a slice of the rows to their losses; `params` are the tensors it
-        differentiates through besides the similarities (a learnable temperature)."""
+        differentiates through besides the similarities (a learnable temperature). Multi-vector rows [R, L, d] take
+        the prefixes of every token vector and are scored with `similarity` (MaxSim; `losses/late_interaction.py`)."""
+        if rows.ndim == 3:
+            if similarity is None:
+                raise ValueError("token-vector Matryoshka needs the similarity that scores them")
+            return token_prefix_losses(rows, cols, self.dims, self.weights, row_loss, similarity)
         d = rows.shape[1]
         if self.dims[-1] > d:
             raise ValueError(f"loss.matryoshka_dims {list(self.dims)} exceeds the embedding dimension {d}; "

@@ -1,4 +1,9 @@
-"""Embedding one training subset for mining: one query embedding per row, one embedding per unique positive."""
+"""Embedding one training subset for mining: one query embedding per row, one embedding per unique positive.
+
+A multi-vector model's token vectors are mined through a pooled proxy: the normalised mean of each item's token
+vectors (`embedders.multi_vector.pooled_proxy`). SaHa's owner choice needs query–query similarities and exact
+search over the whole subset, which MaxSim (asymmetric, one L_q × L_d interaction per pair) offers neither cheaply
+nor symmetrically; the proxy keeps both. Exact MaxSim re-scoring of the proxy's candidates is not done yet."""
 
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ import numpy as np
 
 from datamodules.images import ImageLoader
 from datamodules.schema import Item, TrainPair
+from embedders.multi_vector import pooled_proxy
 from evaluation.encoding import encode_unique
 
 
@@ -50,6 +56,6 @@ def embed_subset(embedder, pairs: Sequence[TrainPair], image_loader: ImageLoader
     items, holders, positive_of = unique_positives(pairs)
     queries = [(p.query, p.subset, p.row, "qry_image_path", image_loader) for p in pairs]
     targets = [(p.positive, p.subset, p.row, "pos_image_path", image_loader) for p in holders]
-    q = encode_unique(embedder, queries, "query", batch_size, num_workers, progress, distributed).numpy()
-    c = encode_unique(embedder, targets, "target", batch_size, num_workers, progress, distributed).numpy()
+    q = pooled_proxy(encode_unique(embedder, queries, "query", batch_size, num_workers, progress, distributed)).numpy()
+    c = pooled_proxy(encode_unique(embedder, targets, "target", batch_size, num_workers, progress, distributed)).numpy()
     return SubsetEmbeddings(_normalise(q), _normalise(c), items, positive_of)

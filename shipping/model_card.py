@@ -16,6 +16,8 @@ from embedders.saving import CARD_FILE, EMBEDDER_FILE, PLACEHOLDER
 from evaluation.mmeb import render_table
 from evaluation.mmeb_v2 import render_table_v2
 
+from .multi_vector_card import TAGS as MULTI_VECTOR_TAGS
+from .multi_vector_card import is_multi_vector, multi_vector_usage, pooling_row
 from .usage import (
     card_usage,
     hidden_size,
@@ -103,7 +105,8 @@ def write_model_card(directory: str | Path, training: Mapping | None = None, res
         _card_summary(spec, config, base, has_st),
         _card_training(training),
         _card_results(results, name, training),
-        card_usage(spec, config, model_id or str(shown), has_st),
+        multi_vector_usage(spec, model_id or str(shown)) if is_multi_vector(spec)
+        else card_usage(spec, config, model_id or str(shown), has_st),
         _card_citations(spec, training, has_st),
     ]
     text = "---\n" + _yaml(metadata) + "---\n\n" + "\n".join(s for s in sections if s)
@@ -145,6 +148,8 @@ def _card_metadata(spec, config, training, results, license, has_st, name) -> di
         tags.insert(1, "sentence-transformers")
     if takes_images:
         tags.append("multimodal-embedding")
+    if is_multi_vector(spec):
+        tags += list(MULTI_VECTOR_TAGS)
     tags.append("mmeb")
     if ((training or {}).get("loss") or {}).get("matryoshka_dims"):
         tags.append("matryoshka")
@@ -177,11 +182,12 @@ def _describe_base(spec, config, base) -> str:
 def _card_summary(spec, config, base, has_st) -> str:
     family = get_family(spec["family"])
     prompt = PromptFormat.from_config(spec.get("prompt"))
-    dim = hidden_size(config)
+    dim = (spec.get("multi_vector") or {}).get("dim", 128) if is_multi_vector(spec) else hidden_size(config)
     rows = [("Base model", _describe_base(spec, config, base)),
             ("Backbone family (embedlab)", f"`{spec['family']}`"),
-            ("Pooling", {"last": "last token", "mean": "mean over tokens", "cls": "first token (CLS)",
-                         "model": "the model's own heads"}.get(spec["pooling"], spec["pooling"])
+            ("Pooling", pooling_row(spec) if is_multi_vector(spec) else
+             {"last": "last token", "mean": "mean over tokens", "cls": "first token (CLS)",
+              "model": "the model's own heads"}.get(spec["pooling"], spec["pooling"])
              + (", L2-normalised" if spec.get("normalize", True) else "")),
             ("Embedding dimension", f"{spec['truncate_dim']} (first {spec['truncate_dim']} of {dim}, re-normalised)"
              if spec.get("truncate_dim") else str(dim)),
@@ -192,7 +198,10 @@ def _card_summary(spec, config, base, has_st) -> str:
              "A text embedding model trained with embedlab (Lightning + Hydra) in the MMEB setting.", "",
              "| | |", "|---|---|"]
     lines += [f"| {k} | {v.replace('|', chr(92) + '|')} |" for k, v in rows]   # a pipe inside a cell must be escaped
-    what = ("at once an embedlab Embedder (`embedder.json`), a transformers checkpoint, a sentence-transformers model "
+    what = ("at once an embedlab Embedder (`embedder.json`), a transformers checkpoint (the backbone) and a "
+            "sentence-transformers `MultiVectorEncoder` (`modules.json`: the projection, normalisation and scoring mask)"
+            if has_st and is_multi_vector(spec) else
+            "at once an embedlab Embedder (`embedder.json`), a transformers checkpoint, a sentence-transformers model "
             "and a vLLM pooling model (GPU; `config.json` keeps the architecture, `modules.json` names the pooling)"
             if has_st else "an embedlab Embedder (`embedder.json`) whose backbone is a transformers checkpoint")
     lines += ["", f"The directory is {what}.", ""]

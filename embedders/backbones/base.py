@@ -56,6 +56,9 @@ class BackboneFamily:
     default_pooling: str = "last"
     #: Pooling modes the family supports ("model" = the model's own pooling head, e.g. dual encoders).
     pooling_modes: tuple[str, ...] = ("last", "mean", "cls")
+    #: Whether `encode_inputs` pools the last hidden state with `pooling.pool`, so that `pooling=multi_vector` keeps
+    #: every token state for the multi-vector head (`embedders/multi_vector.py`).
+    multi_vector: bool = True
     padding_side: str = "right"
     #: Module-name suffixes that LoRA adapts by default.
     lora_target_modules: tuple[str, ...] = ()
@@ -89,6 +92,8 @@ class BackboneFamily:
         return type(self).chat is not BackboneFamily.chat
 
     def check_pooling(self, pooling: str) -> None:
+        if pooling == "multi_vector" and self.multi_vector:
+            return
         if pooling not in self.pooling_modes:
             own = " ('model' = the model's own heads)" if "model" in self.pooling_modes else ""
             raise ValueError(f"family {self.name!r} supports pooling {list(self.pooling_modes)}{own}, got {pooling!r}; "

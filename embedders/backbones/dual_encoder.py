@@ -53,6 +53,7 @@ class DualEncoderFamily(BackboneFamily):
     # Both towers pool with the model's own heads, then project.
     default_pooling = "model"
     pooling_modes = ("model",)
+    multi_vector = False  # the towers pool inside the model: no token states to keep
     padding_side = "right"
     lora_target_modules = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
     vision_module = "vision_model"

@@ -235,7 +235,7 @@ class Qwen2VLFamily(BackboneFamily):
                     sub.update({k: v for k, v in inputs.items() if k in VISUAL_KEYS})
                 hidden = model(**sub, position_ids=positions[:, rows], use_cache=False).last_hidden_state
                 parts.append((rows, pool(hidden, sub["attention_mask"], pooling)))
-            out = parts[0][1].new_empty(mask.shape[0], parts[0][1].shape[-1])
+            out = parts[0][1].new_empty(mask.shape[0], *parts[0][1].shape[1:])  # [B, d] or [B, T, H] (multi-vector)
             for rows, emb in parts:
                 out[rows] = emb
             return out

@@ -2,7 +2,7 @@
 
 Run as a script (Lightning's DDP launcher re-executes it for every rank):
     python tests/helpers/ddp_step.py OUT_DIR --devices 2 --sizes 5,3 --negatives 1,2 [--chunk 2] [--dropout 0.1]
-        [--matryoshka 16,64] [--loss infonce|distill|guided]
+        [--matryoshka 16,64] [--loss infonce|distill|guided] [--multi-vector 16]
 Rank r trains on its own slice of one fixed synthetic batch; after the backward (and the gradient
 all-reduce) every rank writes its loss and parameter gradients to OUT_DIR/rank{r}.pt. The tests
 compare them with a plain single-process computation on the concatenated batch (`reference_step`).
@@ -25,6 +25,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from embedders import EmbeddingModule  # noqa: E402
+from embedders.multi_vector import cat_padded  # noqa: E402
 from losses import Distillation, InfoNCE  # noqa: E402
 
 COLORS = ["red", "green", "blue", "yellow", "purple", "orange", "black", "white", "gray", "pink", "cyan", "brown"]
@@ -44,11 +45,14 @@ def build_loss(kind: str, matryoshka: list[int] | None):
 
 
 def build_module(chunk: int | None, dropout: float, seed: int = 0, matryoshka: list[int] | None = None,
-                 loss: str = "infonce") -> EmbeddingModule:
+                 loss: str = "infonce", multi_vector: int = 0) -> EmbeddingModule:
+    """`multi_vector`: the token dimension of a multi-vector head (0: single-vector, last-token pooling)."""
     torch.manual_seed(seed)
+    head = {"pooling": "multi_vector", "multi_vector": {"dim": multi_vector}} if multi_vector else {}
     guide = {"family": "qwen2_vl", "config": {"text": {"hidden_size": 64}}, "image": TINY_IMAGE} \
         if loss == "guided" else None
     return EmbeddingModule(
+        **head,
         family="qwen2_vl",
         config={"text": {"attention_dropout": dropout}},
         image=TINY_IMAGE,
@@ -137,12 +141,13 @@ def main() -> None:
     ap.add_argument("--dropout", type=float, default=0.0)
     ap.add_argument("--matryoshka", default="", help="comma-separated Matryoshka dims of the loss (default: off)")
     ap.add_argument("--loss", default="infonce", choices=["infonce", "distill", "guided"])
+    ap.add_argument("--multi-vector", type=int, default=0, help="token dimension of a multi-vector head (0: off)")
     args = ap.parse_args()
     sizes = [int(x) for x in args.sizes.split(",")]
     negatives = [int(x) for x in args.negatives.split(",")]
     chunk = args.chunk or None
     matryoshka = [int(x) for x in args.matryoshka.split(",")] if args.matryoshka else None
-    module = build_module(chunk, args.dropout, matryoshka=matryoshka, loss=args.loss)
+    module = build_module(chunk, args.dropout, matryoshka=matryoshka, loss=args.loss, multi_vector=args.multi_vector)
     loss_forward = module.loss.forward
 
     def recorded_loss(*a, **kw):  # GradCache steps the optimizer inside training_step: record the loss here
@@ -169,12 +174,13 @@ def main() -> None:
     trainer.fit(module, datamodule=OneBatch())
 
 
-def reference_step(sizes, negatives, chunk=None, dropout=0.0, rng_states=None, matryoshka=None, loss="infonce"):
+def reference_step(sizes, negatives, chunk=None, dropout=0.0, rng_states=None, matryoshka=None, loss="infonce",
+                   multi_vector=0):
     """Single process, no Lightning, no GradCache: the loss on the concatenated batch of all ranks and its
     parameter gradients. With `rng_states` (one per rank, as recorded at the start of the step) each
     rank's rows are embedded from that rank's RNG state, chunk by chunk in the order GradCache's first
     pass uses, so dropout draws the same masks; the embeddings then carry gradients directly."""
-    module = build_module(chunk, dropout, matryoshka=matryoshka, loss=loss)
+    module = build_module(chunk, dropout, matryoshka=matryoshka, loss=loss, multi_vector=multi_vector)
     module.train()
     qs, pos, negs, pos_keys, neg_keys = [], [], [], [], []
     side: dict[str, list] = {}
@@ -189,7 +195,7 @@ def reference_step(sizes, negatives, chunk=None, dropout=0.0, rng_states=None, m
             torch.set_rng_state(rng_states[r])
         embs = [module.embedder(c) for c in (*batch["query"], *batch["target"])]
         nq = len(batch["query"])
-        qe, te = torch.cat(embs[:nq]), torch.cat(embs[nq:])
+        qe, te = cat_padded(embs[:nq]), cat_padded(embs[nq:])  # token vectors: padded to the widest chunk
         qs.append(qe)
         pos.append(te[: sizes[r]])
         negs.append(te[sizes[r]:])
@@ -198,7 +204,7 @@ def reference_step(sizes, negatives, chunk=None, dropout=0.0, rng_states=None, m
     keys = torch.cat(pos_keys + neg_keys)
     joined = {name: torch.cat([v[0] for v in values] + [v[1] for v in values]) if name == "guide_target"
               else torch.cat(values) for name, values in side.items()}
-    loss = module.loss(torch.cat(qs), torch.cat(pos + negs), keys, **joined)
+    loss = module.loss(cat_padded(qs), cat_padded(pos + [n for n in negs if n.shape[0]]), keys, **joined)
     loss.backward()
     grads = {n: p.grad.detach().clone() for n, p in module.named_parameters() if p.grad is not None}
     return float(loss.detach()), grads

@@ -1,0 +1,78 @@
+"""Single- vs multi-vector heads on the same tiny backbone and data, one storage/score table (docs/late_interaction.md).
+
+    python benchmarks/late_interaction.py --out logs/late_interaction --steps 40
+
+Trains the tiny Qwen2-VL twice with the same seed, data, loss and steps — last-token pooling, then
+`model.pooling=multi_vector` — and scores both saved Embedders on the bundled MMEB v1-style eval (P@1) and the
+bundled MMEB-V2 suite (hit@1 / NDCG@5), plain and with each index option: Matryoshka (`eval.dim`, single-vector;
+the token dimension for multi-vector), token pooling (`eval.token_pooling`, multi-vector only), int8 and binary
+quantisation (`eval.quantize`). Storage is the mean over datasets of each dataset's bytes per scored document.
+Every run is an ordinary `train.py` / `evaluate.py` command (printed), so any row can be re-run by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+HEADS = {"single-vector (last token)": ["model.pooling=last"],
+         "multi-vector (128/token, MaxSim)": ["model.pooling=multi_vector"]}
+VARIANTS = [("float32", []), ("dim 64", ["eval.dim=64"]), ("token pooling ×2", ["eval.token_pooling=2"]),
+            ("token pooling ×4", ["eval.token_pooling=4"]), ("int8", ["eval.quantize=int8"]),
+            ("binary", ["eval.quantize=binary"])]
+SUITES = {"V1 bundled (P@1)": ["eval_data=bundled"], "V2 bundled (score)": ["eval_data=mmeb_v2_bundled"]}
+
+
+def run(cmd: list[str]) -> None:
+    print("$", " ".join(cmd), flush=True)
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stderr[-3000:]}")
+
+
+def summary(results_file: Path) -> tuple[float, float, float]:
+    """(overall score, mean vectors per document, mean bytes per document) of an evaluate.py results.json."""
+    results = json.loads(results_file.read_text())
+    datasets = results["datasets"].values()
+    storage = [d["storage"] for d in datasets if "storage" in d]
+    return (float(results["overall"]), sum(s["vectors_per_doc"] for s in storage) / len(storage),
+            sum(s["bytes_per_doc"] for s in storage) / len(storage))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, default=ROOT / "logs" / "late_interaction")
+    ap.add_argument("--steps", type=int, default=40)
+    args = ap.parse_args()
+    out = args.out.resolve()
+    rows = []
+    for head, overrides in HEADS.items():
+        run_dir = out / ("multi" if "multi" in head else "single")
+        if not (run_dir / "embedder" / "embedder.json").is_file():
+            run([sys.executable, "train.py", "debug=fast", f"trainer.max_steps={args.steps}",
+                 f"trainer.val_check_interval={args.steps}", f"callbacks.model_checkpoint.every_n_train_steps={args.steps}",
+                 "logger=csv", *overrides, f"hydra.run.dir={run_dir}", f"paths.output_dir={run_dir}"])
+        for variant, extra in VARIANTS:
+            multi = "multi" in head
+            if "token pooling" in variant and not multi:
+                continue
+            cells = []
+            for suite, suite_overrides in SUITES.items():
+                eval_dir = out / "eval" / f"{run_dir.name}_{variant.replace(' ', '_').replace('×', 'x')}_{suite[:2]}"
+                if not (eval_dir / "results.json").is_file():
+                    run([sys.executable, "evaluate.py", f"embedder_dir={run_dir / 'embedder'}", "debug=fast",
+                         *suite_overrides, *extra, f"hydra.run.dir={eval_dir}", f"paths.output_dir={eval_dir}"])
+                cells.append(summary(eval_dir / "results.json"))
+            rows.append((head, variant, cells))
+    print("\n| Head | Index | V1 bundled P@1 | V2 bundled score | vectors/doc | bytes/doc (V1) | bytes/doc (V2) |")
+    print("|---|---|---|---|---|---|---|")
+    for head, variant, ((v1, vec1, b1), (v2, _vec2, b2)) in rows:
+        print(f"| {head} | {variant} | {v1:.1f} | {v2:.1f} | {vec1:.1f} | {b1:,.0f} | {b2:,.0f} |")
+
+
+if __name__ == "__main__":
+    main()
