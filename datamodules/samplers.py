@@ -264,6 +264,13 @@ class GroupedBatchSampler(EpochBatchSampler):
             if total < 1:
                 raise ValueError(f"sampler.sub_batches_per_epoch must be ≥ 1, got {sub_batches_per_epoch}")
             self.counts = apportion(total, [self.weights[g] for g in self.group_names])
+        window = (self.sub_batches_per_batch * self.world_size - 1) * h
+        small = [g for g, full, count, layout in zip(self.group_names, self.full_sub_batches, self.counts, self.layouts)
+                 if not self.proportional and count > 0 and layout is None and full * h < 4 * window]
+        if small:
+            log.warning("%s: %s %s too few rows (< %d) to keep a row from repeating within one global batch where "
+                        "its stream starts a new cycle; such repeats are masked as identical targets by the loss",
+                        type(self).__name__, self.group_kind, small, 4 * window)
         log.info("%s: %s sub-batches of %d rows per epoch (%s), %d per device batch", type(self).__name__,
                  dict(zip(self.group_names, self.counts)), h,
                  "proportional to size" if self.proportional else "weighted", self.sub_batches_per_batch)
@@ -289,9 +296,31 @@ class GroupedBatchSampler(EpochBatchSampler):
             raise ValueError("sampler.weights are all 0: give at least one group a positive weight")
         return {k: float(v) for k, v in weights.items()}
 
-    def _cycle(self, group: int, cycle: int) -> np.ndarray:
+    def _permutation(self, group: int, cycle: int) -> np.ndarray:
         rows = self.group_rows[group]
         return rows[np.random.default_rng([self.seed, group, cycle]).permutation(len(rows))]
+
+    def _cycle(self, group: int, cycle: int) -> np.ndarray:
+        """Cycle `cycle` of the group's rows. Weighted epochs draw a group's sub-batches in stream order, so up to
+        P = (sub-batches per device batch × ranks) consecutive stream entries can share a global batch; across a
+        cycle boundary they could repeat a row there. The first P-1 sub-batches of a cycle are therefore cleared of
+        the rows of the previous cycle's last P-1 sub-batches (swapped with rows from the middle of the cycle, so
+        no cycle's tail ever changes), whenever the group has the rows to do it."""
+        perm = self._permutation(group, cycle)
+        h, full = self.sub_batch_size, self.full_sub_batches[group]
+        window = (self.sub_batches_per_batch * self.world_size - 1) * h
+        if self.proportional or cycle == 0 or window == 0 or full * h < 4 * window:
+            return perm
+        previous = self._permutation(group, cycle - 1)
+        forbidden = set(previous[full * h - window : full * h].tolist())
+        partners = [i for i in (*range(window, full * h - window), *range(full * h, len(perm)))
+                    if int(perm[i]) not in forbidden]
+        perm = perm.copy()
+        for i in range(window):
+            if int(perm[i]) in forbidden:
+                j = partners.pop(0)
+                perm[i], perm[j] = perm[j], perm[i]
+        return perm
 
     def _cycle_sub_batches(self, group: int, cycle: int) -> list[np.ndarray]:
         """The whole sub-batches of cycle `cycle` of `group`, in stream order."""
