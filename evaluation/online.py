@@ -178,3 +178,33 @@ def read_curve(path: str | Path) -> list[dict[str, float]]:
     """The rows of a `curve.csv` (for plots and tests)."""
     with Path(path).open() as f:
         return [{k: float(v) for k, v in row.items() if v != ""} for row in csv.DictReader(f)]
+
+
+def plot_curve(curve_csv: str | Path, out_png: str | Path, title: str | None = None) -> Path:
+    """A PNG of an online-evaluation curve: overall (bold) and each modality / meta-task / IND-OOD line logged."""
+    import matplotlib  # optional dependency, only for the picture
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curve = read_curve(curve_csv)
+    steps = [p["step"] for p in curve]
+    overall = f"{PREFIX}/overall"
+    groups = ("image", "video", "visdoc", "IND", "OOD")
+    fig, ax = plt.subplots(figsize=(6.4, 3.8), dpi=120)
+    for key in [f"{PREFIX}/{g}" for g in groups if any(f"{PREFIX}/{g}" in p for p in curve)]:
+        ax.plot(steps, [p.get(key, float("nan")) for p in curve], marker=".", linewidth=1, label=key.split("/", 1)[1])
+    ax.plot(steps, [p.get(overall, float("nan")) for p in curve], marker="o", linewidth=2.5, color="black",
+            label="overall")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("score (hit@1 / nDCG@5, %)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    out_png = Path(out_png)
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png)
+    plt.close(fig)
+    return out_png
