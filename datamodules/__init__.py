@@ -7,11 +7,11 @@ DataModule; the offline datasets' generators in `builders/`. Knows nothing of mo
 from .errors import DataError
 from .schema import EvalRow, Item, TrainPair
 
-__all__ = ["DataError", "EvalRow", "Item", "MMEBDataModule", "TrainPair"]
+__all__ = ["DataError", "EvalRow", "Item", "MMEBDataModule", "MixtureDataModule", "TrainPair"]
 
 
 #: Exports imported on first use (a config's `_target_` names them; operations.static_signatures reads this too).
-LAZY_EXPORTS = {"MMEBDataModule": ".datamodule"}
+LAZY_EXPORTS = {"MMEBDataModule": ".datamodule", "MixtureDataModule": ".mixture"}
 
 
 def __getattr__(name: str):

@@ -199,13 +199,7 @@ class MMEBDataModule(L.LightningDataModule):
             self.prepare_data()  # cheap when present; other ranks may reach setup first on some launchers
         rng = np.random.default_rng(self.seed)
         train, val = [], []
-        read = {}
-        for subset, cap in self.caps.items():
-            pairs, skipped, notes = read_train_subset(self.source, subset, self.split, cap, self.use_hard_negatives)
-            self.skipped[subset], self.notes[subset] = dict(skipped), dict(notes)
-            self.subset_info[subset] = {"num_rows": len(pairs), "fingerprint": rows_fingerprint(pairs),
-                                        "split": self.split, "source": describe_source(self.source)}
-            read[subset] = pairs
+        read = self.read_subsets()
         if self.teacher_scores_dir is not None:
             self.teacher_scores = load_teacher_scores(self.teacher_scores_dir, read, self.subset_info)
             log.info("teacher scores of %d rows from %s", len(self.teacher_scores), self.teacher_scores_dir)
@@ -216,9 +210,22 @@ class MMEBDataModule(L.LightningDataModule):
             held = set(rng.choice(len(pairs), size=n_val, replace=False).tolist()) if n_val else set()
             val.extend(p for i, p in enumerate(pairs) if i in held)
             train.extend(p for i, p in enumerate(pairs) if i not in held)
+            info = self.subset_info.get(subset, {})
             log.info("subset %s: %d train / %d val pairs (%s, split %s)", subset, len(pairs) - n_val, n_val,
-                     describe_source(self.source), self.split)
+                     info.get("source", describe_source(self.source)), info.get("split", self.split))
         self.train_pairs, self.val_pairs = train, val
+
+    def read_subsets(self) -> dict[str, list[TrainPair]]:
+        """Every subset's pairs as read, recording its skips, notes and `subset_info` (subclasses read other
+        layouts: `datamodules.mixture.MixtureDataModule`)."""
+        read = {}
+        for subset, cap in self.caps.items():
+            pairs, skipped, notes = read_train_subset(self.source, subset, self.split, cap, self.use_hard_negatives)
+            self.skipped[subset], self.notes[subset] = dict(skipped), dict(notes)
+            self.subset_info[subset] = {"num_rows": len(pairs), "fingerprint": rows_fingerprint(pairs),
+                                        "split": self.split, "source": describe_source(self.source)}
+            read[subset] = pairs
+        return read
 
     def _missing_images(self, subsets: Mapping[str, list[TrainPair]]) -> set[str]:
         """Image paths of every subset missing under the image root, checked once per node: local rank 0 stats

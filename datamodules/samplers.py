@@ -29,6 +29,7 @@ import math
 import os
 import re
 import tempfile
+from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -200,19 +201,25 @@ class GroupedBatchSampler(EpochBatchSampler):
     Subclasses say which group a row belongs to (`group_of`). Each group's rows are consumed as a stream
     of sub-batches: cycle c of group g is a permutation of its rows seeded by (seed, group, c), cut into
     ⌊n_g / h⌋ whole sub-batches (a sub-batch never straddles two cycles, so it never holds a row twice).
+    With `units` (SaHa clusters, `HomogeneousBatchSampler(clusters_dir=…)`) a cycle is instead a packing of
+    the group's clusters, whole, into sub-batches of at most h rows (one fixed layout, the clusters of each
+    size shuffled into it per cycle), so a cluster never leaves its sub-batch.
 
     Epoch length. With `weights=None` (proportional to group size) group g contributes exactly its
     ⌊n_g / h⌋ sub-batches of cycle `epoch`: every row is used exactly once per epoch, except the
     n_g mod h rows of each group that do not fill a sub-batch (kept as a short sub-batch when
-    `drop_last=False`). With explicit `weights` an epoch has the same number of sub-batches as the
-    proportional epoch, T = Σ_g ⌊n_g / h⌋ (or `sub_batches_per_epoch`), so epochs stay comparable
-    between weightings; group g gets round(T · w_g / Σw) of them (largest remainders, the same count
+    `drop_last=False`). With explicit `weights` an epoch has T sub-batches: `sub_batches_per_epoch`, or by
+    default the proportional epoch's Σ_g ⌊n_g / h⌋ rounded down to a whole number of global batches
+    (sub-batches per device batch × ranks; at least one), so that no drawn sub-batch is dropped and every
+    rank runs the same steps; group g gets round(T · w_g / Σw) of them (largest remainders, the same count
     every epoch) and continues its stream where the previous epoch stopped: an up-weighted group cycles
     through its rows more than once per epoch, a down-weighted one sees every row once every few epochs.
 
     The epoch's sub-batches are shuffled across groups (seeded by (seed, epoch)) and consecutive ones
     form device batches of `batch_size / sub_batch_size` sub-batches; a trailing device batch with
-    fewer sub-batches is dropped when `drop_last`.
+    fewer sub-batches is dropped when `drop_last`. With `modality_of` (a group → modality map) device batches
+    are formed within each modality, so a device batch never mixes modalities (a modality's trailing partial
+    device batch is dropped when `drop_last`), and the device batches are then shuffled.
     """
 
     #: What a group is called in messages ("subset", "modality").
@@ -233,7 +240,13 @@ class GroupedBatchSampler(EpochBatchSampler):
         self.group_names = sorted(members)  # sorted, so seeds do not depend on row order
         self.group_rows = [np.asarray(members[g], dtype=np.int64) for g in self.group_names]
         h = self.sub_batch_size
-        self.full_sub_batches = [len(rows) // h for rows in self.group_rows]
+        #: Per group: None (rows are drawn one by one) or the packing layout of its clusters (`_PackingLayout`).
+        self.layouts: list[_PackingLayout | None] = [self.group_layout(g, rows.tolist())
+                                                    for g, rows in zip(self.group_names, self.group_rows)]
+        self.full_sub_batches = [len(rows) // h if layout is None else layout.num_bins
+                                 for rows, layout in zip(self.group_rows, self.layouts)]
+        #: group name -> modality, when device batches must not mix modalities (None: they may).
+        self.modality_of: dict[str, str] | None = None
         self.proportional = weights is None
         if self.proportional:
             self.counts = list(self.full_sub_batches)
@@ -243,16 +256,31 @@ class GroupedBatchSampler(EpochBatchSampler):
                 if self.weights[name] > 0 and not full:
                     raise ValueError(f"{self.group_kind} {name!r} has {len(rows)} rows, fewer than one sub-batch of "
                                      f"{h}; give it weight 0 or lower sampler.sub_batch_size")
-            total = sum(self.full_sub_batches) if sub_batches_per_epoch is None else int(sub_batches_per_epoch)
+            if sub_batches_per_epoch is None:
+                per_step = self.sub_batches_per_batch * self.world_size
+                total = max(per_step, sum(self.full_sub_batches) // per_step * per_step)
+            else:
+                total = int(sub_batches_per_epoch)
             if total < 1:
                 raise ValueError(f"sampler.sub_batches_per_epoch must be ≥ 1, got {sub_batches_per_epoch}")
             self.counts = apportion(total, [self.weights[g] for g in self.group_names])
+        window = (self.sub_batches_per_batch * self.world_size - 1) * h
+        small = [g for g, full, count, layout in zip(self.group_names, self.full_sub_batches, self.counts, self.layouts)
+                 if not self.proportional and count > 0 and layout is None and full * h < 4 * window]
+        if small:
+            log.warning("%s: %s %s too few rows (< %d) to keep a row from repeating within one global batch where "
+                        "its stream starts a new cycle; such repeats are masked as identical targets by the loss",
+                        type(self).__name__, self.group_kind, small, 4 * window)
         log.info("%s: %s sub-batches of %d rows per epoch (%s), %d per device batch", type(self).__name__,
                  dict(zip(self.group_names, self.counts)), h,
                  "proportional to size" if self.proportional else "weighted", self.sub_batches_per_batch)
 
     def group_of(self, pair) -> str:
         raise NotImplementedError
+
+    def group_layout(self, group: str, positions: list[int]) -> _PackingLayout | None:
+        """How a group's sub-batches are drawn: None = rows one by one; a packing layout = whole clusters."""
+        return None
 
     def _check_weights(self, weights: Mapping[str, float]) -> dict[str, float]:
         weights = {str(k): v for k, v in dict(weights).items()}
@@ -268,9 +296,41 @@ class GroupedBatchSampler(EpochBatchSampler):
             raise ValueError("sampler.weights are all 0: give at least one group a positive weight")
         return {k: float(v) for k, v in weights.items()}
 
-    def _cycle(self, group: int, cycle: int) -> np.ndarray:
+    def _permutation(self, group: int, cycle: int) -> np.ndarray:
         rows = self.group_rows[group]
         return rows[np.random.default_rng([self.seed, group, cycle]).permutation(len(rows))]
+
+    def _cycle(self, group: int, cycle: int) -> np.ndarray:
+        """Cycle `cycle` of the group's rows. Weighted epochs draw a group's sub-batches in stream order, so up to
+        P = (sub-batches per device batch × ranks) consecutive stream entries can share a global batch; across a
+        cycle boundary they could repeat a row there. The first P-1 sub-batches of a cycle are therefore cleared of
+        the rows of the previous cycle's last P-1 sub-batches (swapped with rows from the middle of the cycle, so
+        no cycle's tail ever changes), whenever the group has the rows to do it."""
+        perm = self._permutation(group, cycle)
+        h, full = self.sub_batch_size, self.full_sub_batches[group]
+        window = (self.sub_batches_per_batch * self.world_size - 1) * h
+        if self.proportional or cycle == 0 or window == 0 or full * h < 4 * window:
+            return perm
+        previous = self._permutation(group, cycle - 1)
+        forbidden = set(previous[full * h - window : full * h].tolist())
+        partners = [i for i in (*range(window, full * h - window), *range(full * h, len(perm)))
+                    if int(perm[i]) not in forbidden]
+        perm = perm.copy()
+        for i in range(window):
+            if int(perm[i]) in forbidden:
+                j = partners.pop(0)
+                perm[i], perm[j] = perm[j], perm[i]
+        return perm
+
+    def _cycle_sub_batches(self, group: int, cycle: int) -> list[np.ndarray]:
+        """The whole sub-batches of cycle `cycle` of `group`, in stream order."""
+        layout, h = self.layouts[group], self.sub_batch_size
+        if layout is None:
+            rows = self._cycle(group, cycle)
+            return [rows[p * h : (p + 1) * h] for p in range(self.full_sub_batches[group])]
+        rng = np.random.default_rng([self.seed, group, cycle])
+        bins = layout.fill(rng)
+        return [np.asarray(bins[b], dtype=np.int64) for b in rng.permutation(len(bins)).tolist()]
 
     def _sub_batches(self, group: int, epoch: int) -> list[np.ndarray]:
         """This epoch's sub-batches of `group`: entries epoch·count … epoch·count + count-1 of its stream."""
@@ -279,25 +339,38 @@ class GroupedBatchSampler(EpochBatchSampler):
         for j in range(epoch * count, (epoch + 1) * count):
             cycle, pos = divmod(j, full)
             if cycle not in cycles:
-                cycles[cycle] = self._cycle(group, cycle)
-            out.append(cycles[cycle][pos * h : (pos + 1) * h])
-        if self.proportional and not self.drop_last and len(self.group_rows[group]) % h:
+                cycles[cycle] = self._cycle_sub_batches(group, cycle)
+            out.append(cycles[cycle][pos])
+        if self.proportional and not self.drop_last and self.layouts[group] is None and len(self.group_rows[group]) % h:
             out.append(self._cycle(group, epoch)[full * h :])  # the rows that do not fill a sub-batch
         return out
 
     def epoch_batches(self, epoch: int) -> list[list[int]]:
         streams = [self._sub_batches(g, epoch) for g in range(len(self.group_names))]
         labels = np.repeat(np.arange(len(streams)), [len(s) for s in streams])
-        labels = self.rng(epoch).permutation(labels)
+        rng = self.rng(epoch)
+        labels = rng.permutation(labels)
         taken = [0] * len(streams)
-        order = []
-        for g in labels.tolist():
-            order.append(streams[g][taken[g]])
-            taken[g] += 1
         per = self.sub_batches_per_batch
-        batches = [np.concatenate(order[i : i + per]).tolist() for i in range(0, len(order), per)]
-        if self.drop_last and batches and len(order) % per:
-            batches.pop()
+        if self.modality_of is None:
+            pools = {None: []}
+        else:
+            pools = {m: [] for m in sorted(set(self.modality_of.values()))}
+        for g in labels.tolist():
+            pools[None if self.modality_of is None else self.modality_of[self.group_names[g]]].append(
+                streams[g][taken[g]])
+            taken[g] += 1
+        batches = []
+        for modality, order in pools.items():
+            cut = [np.concatenate(order[i : i + per]).tolist() for i in range(0, len(order), per)]
+            if self.drop_last and cut and len(order) % per:
+                cut.pop()
+                if modality is not None:
+                    log.debug("epoch %d: %d %s sub-batch(es) do not fill a device batch and wait for the next "
+                              "epoch's draw", epoch, len(order) % per, modality)
+            batches.extend(cut)
+        if self.modality_of is not None:
+            batches = [batches[i] for i in rng.permutation(len(batches)).tolist()]
         return batches
 
 
@@ -307,13 +380,72 @@ class HomogeneousBatchSampler(GroupedBatchSampler):
     `sub_batch_size` defaults to the device batch size (one subset per device batch). Negatives from
     another task are trivially easy (a caption never answers a VQA query), so keeping a batch on one
     task makes every in-batch negative informative. `weights` maps subset → weight (see
-    `GroupedBatchSampler` for how an epoch is defined with and without them).
+    `GroupedBatchSampler` for how an epoch is defined with and without them); with `weights=None` and a
+    data mixture (`data=mixture`: every subset_info entry has its source's `weight`) the data's weights are
+    used — they are defined once, in `data.sources.<name>.weight`.
+
+    Composes with the other groupings (METHODS §6–§7, §14):
+    - `modality_batches=True`: a device batch holds sub-batches of one query modality (LLaVE's grouping:
+      image / text / video / visdoc); every subset must have a single query modality.
+    - `clusters_dir` (or `mined_root`): SaHa clusters (`python mine.py`) packed whole into the sub-batches of
+      their subset (`SaHaBatchSampler`'s cluster files and checks); a cluster must fit in a sub-batch, and
+      a sub-batch may be a few rows short when whole clusters do not fill it.
     """
 
     group_kind = "subset"
 
+    def __init__(self, pairs: Sequence, batch_size: int, seed: int = 0, drop_last: bool = True, rank: int = 0,
+                 world_size: int = 1, subset_info: dict | None = None, *, sub_batch_size: int | None = None,
+                 weights: Mapping[str, float] | None = None, sub_batches_per_epoch: int | None = None,
+                 modality_batches: bool = False, clusters_dir: str | None = None, mined_root: str | None = None,
+                 dedupe: bool = False):
+        info = dict(subset_info or {})
+        data_weights = {s: i["weight"] for s, i in info.items() if "weight" in i}
+        #: Where the weights come from: "sampler", "data" (a mixture's sources) or None (proportional).
+        self.weights_from = "sampler" if weights is not None else None
+        if data_weights:
+            if weights is not None:
+                raise ValueError("weights are defined twice: in data.sources.<name>.weight and in sampler.weights; "
+                                 "keep the data's (set sampler.weights=null)")
+            weights, self.weights_from = data_weights, "data"
+        self.clusters = bool(clusters_dir or mined_root)
+        self.dedupe = bool(dedupe)
+        self._cluster_report: dict[str, dict[str, int]] = {}
+        if self.clusters:
+            self.subset_info = info  # read by the cluster loading below, before the base class sets it
+            self.clusters_dir = _saha_dir(clusters_dir, mined_root, info)
+        super().__init__(pairs, batch_size, seed, drop_last, rank, world_size, subset_info,
+                         sub_batch_size=sub_batch_size, weights=weights, sub_batches_per_epoch=sub_batches_per_epoch)
+        if self.clusters:
+            log.info("SaHa clusters in sub-batches (%s, dedupe=%s): per subset %s", self.clusters_dir, self.dedupe,
+                     self._cluster_report)
+        if modality_batches:
+            modality: dict[str, str] = {}
+            for g, rows in zip(self.group_names, self.group_rows):
+                kinds = Counter(query_modality(pairs[int(i)].query) for i in rows)
+                if len(kinds) > 1:
+                    raise ValueError(f"sampler.modality_batches: subset {g!r} mixes query modalities {dict(kinds)}; "
+                                     "a sub-batch must be single-subset and single-modality. Split the subset or "
+                                     "drop modality_batches")
+                modality[g] = next(iter(kinds))
+            self.modality_of = modality
+
     def group_of(self, pair) -> str:
         return pair.subset
+
+    def group_layout(self, group: str, positions: list[int]) -> _PackingLayout | None:
+        if not self.clusters:
+            return None
+        position = {(self.pairs[p].subset, self.pairs[p].row): p for p in positions}
+        units, report = cluster_units(self.clusters_dir, group, positions, position, self.subset_info.get(group),
+                                      self.dedupe, self.sub_batch_size, "sampler.sub_batch_size")
+        self._cluster_report[group] = report
+        return _PackingLayout(units, self.sub_batch_size, drop_last=True)
+
+
+def query_modality(item) -> str:
+    """The modality a query is grouped by: video, visdoc (several pages), image or text."""
+    return "video" if item.video else "visdoc" if item.pages else "image" if item.image else "text"
 
 
 class ModalityBatchSampler(GroupedBatchSampler):
@@ -333,8 +465,7 @@ class ModalityBatchSampler(GroupedBatchSampler):
                          weights=weights, sub_batches_per_epoch=sub_batches_per_epoch)
 
     def group_of(self, pair) -> str:
-        query = pair.query
-        return "video" if query.video else "visdoc" if query.pages else "image" if query.image else "text"
+        return query_modality(pair.query)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -558,6 +689,62 @@ class _PackingLayout:
         return out
 
 
+def _saha_dir(clusters_dir: str | None, mined_root: str | None, subset_info: Mapping[str, Mapping]) -> Path:
+    """Where the cluster files are: `clusters_dir`, else mine.py's default directory for the data's source/split."""
+    if clusters_dir:
+        return Path(clusters_dir)
+    sources = {(i.get("source"), i.get("split")) for i in subset_info.values()}
+    if mined_root is None or len(sources) != 1 or None in next(iter(sources)):
+        raise ValueError("SaHa clusters need sampler.clusters_dir, or sampler.mined_root plus one data source and "
+                         f"split in subset_info (got {sorted(map(str, sources))})")
+    source, split = next(iter(sources))
+    return mined_data_dir(mined_root, source, split)
+
+
+def cluster_units(clusters_dir: Path, subset: str, positions: list[int], position: Mapping[tuple[str, int], int],
+                  info: Mapping[str, Any] | None, dedupe: bool, capacity: int,
+                  capacity_name: str) -> tuple[list[list[int]], dict[str, int]]:
+    """The units of one subset: its clusters (as positions in the sampler's rows), then its leftover rows as
+    singletons, and counts for the log. Rows of the file that are not training rows (held out, missing images)
+    are dropped from their cluster and counted; `dedupe` keeps a row in its first cluster only."""
+    path = cluster_file_path(clusters_dir, subset)
+    data = read_cluster_file(path, subset, info)
+    file_clusters = data["clusters"]
+    largest = max((len(c) for c in file_clusters), default=0)
+    if largest > capacity:
+        raise ValueError(f"{path} holds clusters of up to {largest} rows (k={data.get('k')}) but {capacity_name}="
+                         f"{capacity}: a cluster must fit in one batch. Raise {capacity_name} to ≥ {largest} or "
+                         f"re-mine with mining.k ≤ {capacity - 1}")
+    phase1 = data.get("phase1_clusters", len(file_clusters))
+    seen: set[int] = set()
+    units: list[list[int]] = []
+    dropped_rows = deduped_rows = reused_rows = 0
+    for c, cluster in enumerate(file_clusters):
+        kept = []
+        for row in cluster:
+            pos = position.get((subset, row))
+            if pos is None:
+                dropped_rows += 1
+                continue
+            if pos in seen:
+                if dedupe:
+                    deduped_rows += 1
+                    continue
+                if c < phase1:
+                    raise DataError(f"cluster file {path}: row {row} is in two phase-1 clusters, which "
+                                    "SaHa never produces; re-mine the file", dataset=subset, field="clusters")
+                reused_rows += 1
+            seen.add(pos)
+            kept.append(pos)
+        if kept:
+            units.append(kept)
+    leftovers = [p for p in positions if p not in seen]
+    report = {"clusters": len(units), "rows_in_clusters": sum(len(u) for u in units),
+              "singletons": len(leftovers), "held_out_rows_dropped": dropped_rows,
+              "phase2_reuses": reused_rows, "deduped": deduped_rows}
+    return units + [[p] for p in leftovers], report
+
+
 class SaHaBatchSampler(EpochBatchSampler):
     """SaHa batches (METHODS §6): whole clusters of mutually hard rows, placed contiguously in one batch.
 
@@ -587,7 +774,7 @@ class SaHaBatchSampler(EpochBatchSampler):
                  mined_root: str | None = None, dedupe: bool = False, mix_subsets: bool = True):
         super().__init__(pairs, batch_size, seed, drop_last, rank, world_size, subset_info)
         self.dedupe, self.mix_subsets = bool(dedupe), bool(mix_subsets)
-        self.clusters_dir = self._resolve_dir(clusters_dir, mined_root)
+        self.clusters_dir = _saha_dir(clusters_dir, mined_root, self.subset_info)
         position: dict[tuple[str, int], int] = {}
         by_subset: dict[str, list[int]] = {}
         for i, pair in enumerate(pairs):
@@ -597,7 +784,9 @@ class SaHaBatchSampler(EpochBatchSampler):
         self.units: dict[str, list[list[int]]] = {}
         self.report: dict[str, dict[str, int]] = {}
         for subset, positions in by_subset.items():
-            self.units[subset], self.report[subset] = self._load_subset(subset, positions, position)
+            self.units[subset], self.report[subset] = cluster_units(
+                self.clusters_dir, subset, positions, position, self.subset_info.get(subset), self.dedupe,
+                self.batch_size, "data.batch_size")
         pools = [sum(self.units.values(), [])] if self.mix_subsets else list(self.units.values())
         self.layouts = [_PackingLayout(units, self.batch_size, self.drop_last) for units in pools]
         rows = sum(sum(layout.rows_per_bin) for layout in self.layouts)
@@ -606,55 +795,6 @@ class SaHaBatchSampler(EpochBatchSampler):
         log.info("SaHa sampler (%s, dedupe=%s, mix_subsets=%s): %d batches of ≤%d rows per epoch, %.1f rows on "
                  "average; per subset %s", self.clusters_dir, self.dedupe, self.mix_subsets, bins, self.batch_size,
                  rows / max(bins, 1), self.report)
-
-    def _resolve_dir(self, clusters_dir: str | None, mined_root: str | None) -> Path:
-        if clusters_dir:
-            return Path(clusters_dir)
-        sources = {(i.get("source"), i.get("split")) for i in self.subset_info.values()}
-        if mined_root is None or len(sources) != 1 or None in next(iter(sources)):
-            raise ValueError("sampler=saha needs sampler.clusters_dir, or sampler.mined_root plus the data's "
-                             f"source and split in subset_info (got {sorted(map(str, sources))})")
-        source, split = next(iter(sources))
-        return mined_data_dir(mined_root, source, split)
-
-    def _load_subset(self, subset: str, positions: list[int],
-                     position: Mapping[tuple[str, int], int]) -> tuple[list[list[int]], dict[str, int]]:
-        path = cluster_file_path(self.clusters_dir, subset)
-        data = read_cluster_file(path, subset, self.subset_info.get(subset))
-        file_clusters = data["clusters"]
-        largest = max((len(c) for c in file_clusters), default=0)
-        if largest > self.batch_size:
-            raise ValueError(f"{path} holds clusters of up to {largest} rows (k={data.get('k')}) but data.batch_size="
-                             f"{self.batch_size}: a cluster must fit in one device batch. Raise data.batch_size "
-                             f"to ≥ {largest} or re-mine with mining.k ≤ {self.batch_size - 1}")
-        phase1 = data.get("phase1_clusters", len(file_clusters))
-        seen: set[int] = set()
-        units: list[list[int]] = []
-        dropped_rows = deduped_rows = reused_rows = 0
-        for c, cluster in enumerate(file_clusters):
-            kept = []
-            for row in cluster:
-                pos = position.get((subset, row))
-                if pos is None:
-                    dropped_rows += 1
-                    continue
-                if pos in seen:
-                    if self.dedupe:
-                        deduped_rows += 1
-                        continue
-                    if c < phase1:
-                        raise DataError(f"cluster file {path}: row {row} is in two phase-1 clusters, which "
-                                        "SaHa never produces; re-mine the file", dataset=subset, field="clusters")
-                    reused_rows += 1
-                seen.add(pos)
-                kept.append(pos)
-            if kept:
-                units.append(kept)
-        leftovers = [p for p in positions if p not in seen]
-        report = {"clusters": len(units), "rows_in_clusters": sum(len(u) for u in units),
-                  "singletons": len(leftovers), "held_out_rows_dropped": dropped_rows,
-                  "phase2_reuses": reused_rows, "deduped": deduped_rows}
-        return units + [[p] for p in leftovers], report
 
     def epoch_batches(self, epoch: int) -> list[list[int]]:
         rng = self.rng(epoch)

@@ -94,7 +94,7 @@ def with_prompt_sides(suite: list[EvalDataset], prompt) -> list[EvalDataset]:
 
 
 def score(embedder, suite: list[EvalDataset], eval_cfg: Mapping, label: str, output_dir: str | Path | None = None,
-          loggers=(), log_prefix: str = "eval", distributed: bool = False) -> dict:
+          loggers=(), log_prefix: str = "eval", distributed: bool = False, report: bool = True) -> dict:
     """Evaluate, then print, write and log the table.
 
     With `output_dir`: every dataset's `<dataset>_score.json` / `<dataset>_pred.jsonl` are written as soon
@@ -102,7 +102,8 @@ def score(embedder, suite: list[EvalDataset], eval_cfg: Mapping, label: str, out
     (`eval.resume`, default true) are taken from their files instead of being scored again;
     results.json/.md cover them all. `distributed=True`: every rank of the initialised process group calls
     this; the encoding is sharded across ranks, every rank gets the results, and only rank 0 prints, writes
-    and logs. Raises `EvaluationFailed` (on every rank) after writing when a dataset failed."""
+    and logs. `report=False` prints no table (the online evaluation during training reports its own line).
+    Raises `EvaluationFailed` (on every rank) after writing when a dataset failed."""
     suite, skipped = compatible(suite, embedder, bool(eval_cfg.get("skip_incompatible", True)))
     suite = with_prompt_sides(suite, embedder.prompt)
     settings = EvalSettings.from_config(eval_cfg)
@@ -136,7 +137,7 @@ def score(embedder, suite: list[EvalDataset], eval_cfg: Mapping, label: str, out
     results = {**(aggregate_v2 if v2 else aggregate)(per_dataset), "failed": fresh["failed"]}
     chance = chance_level([ds for ds in suite if ds.name in per_dataset])
     extra = {"_chance": chance, "_skipped": skipped, "_reused": sorted(reused)}
-    if main_rank:
+    if main_rank and report:
         notes = (f"Chance level (mean of 1/#candidates{' over the datasets that rank their own candidates' if v2 else ''}"
                  f"): {_fmt_chance(chance)}\n")
         if skipped:
@@ -169,20 +170,28 @@ def _fmt_chance(chance: float | None) -> str:
     return "–" if chance is None else f"{chance:.1f}"
 
 
-def log_results(results: Mapping, loggers, prefix: str) -> None:
+def result_metrics(results: Mapping, prefix: str) -> dict[str, float]:
+    """The scalars of a result table, keyed `<prefix>/<name>`: overall, per modality (MMEB-V2) or per IND/OOD and
+    meta-task (MMEB), and per dataset."""
+    metrics = {f"{prefix}/overall": results["overall"]}
     if "modalities" in results:  # MMEB-V2: per modality and per dataset headline scores
-        metrics = {f"{prefix}/overall": results["overall"]}
         metrics.update({f"{prefix}/{m}": v["score"] for m, v in results["modalities"].items() if v["score"] is not None})
         metrics.update({f"{prefix}/{n}": d["score"] for n, d in results["datasets"].items()})
-        for lg in loggers:
-            lg.log_metrics(metrics)
-        return
-    metrics = {f"{prefix}/overall": results["overall"]}
+        return metrics
     for key in ("IND", "OOD"):
         if results[key] is not None:
             metrics[f"{prefix}/{key}"] = results[key]
     metrics.update({f"{prefix}/{m}": v for m, v in results["meta_tasks"].items()})
     metrics.update({f"{prefix}/{n}": d["precision@1"] for n, d in results["datasets"].items()})
+    return metrics
+
+
+def log_results(results: Mapping, loggers, prefix: str) -> None:
+    metrics = result_metrics(results, prefix)
+    if "modalities" in results:
+        for lg in loggers:
+            lg.log_metrics(metrics)
+        return
     for lg in loggers:
         lg.log_metrics(metrics)
         try:

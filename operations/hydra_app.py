@@ -24,6 +24,7 @@ log = logging.getLogger("embedlab")
 #: Overrides that configure where/how a job runs rather than what it trains: left out of run names.
 _NAME_SKIP_PREFIXES = ("hydra.", "hydra/", "paths.", "bundled.", "callbacks.", "logger", "trainer.enable_progress_bar",
                        "trainer.log_every_n_steps", "evaluate_", "save_embedder", "eval.", "eval_data.max_rows",
+                       "eval_data.online",
                        "resume", "ckpt_path", "embedder_dir", "devices", "device")
 #: A run directory's name ends with `<time>_<run name>`; the time prefix of a source run is dropped in names
 #: derived from it (the evaluate run's own directory has its own time).

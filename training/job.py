@@ -26,6 +26,7 @@ from embedders.checkpoint_io import (
     newest_readable_checkpoint,
 )
 from embedders.strategies import standalone_module
+from evaluation.online import online_callbacks
 from evaluation.runner import build_suite, score
 from operations.config_types import ConfigTypeError
 from operations.hydra_app import (
@@ -182,6 +183,9 @@ def _train_and_score(cfg: DictConfig, output_dir: Path, stop) -> dict:
 
         # In the trainer's setup hook: every rank is in the process group and still holds the whole untrained model.
         callbacks.append(LambdaCallback(setup=score_untrained))
+    if evaluate:  # eval_data.online: a subset scored every N steps (evaluation/online.py)
+        callbacks.extend(online_callbacks(OmegaConf.to_container(cfg.eval_data, resolve=True),
+                                          OmegaConf.to_container(cfg.eval, resolve=True), output_dir))
     callbacks.append(stop.callback())
     if OmegaConf.select(cfg, "trainer.enable_progress_bar", default=True):
         callbacks.append(step_progress_bar())

@@ -158,6 +158,16 @@ COMMANDS: dict[str, Run | Compose | Make] = {
     "ShapeVideoCaption: 2, ShapeVideoQA: 2, ShapeDocRet: 2}'": Run(TRAIN),
     "python evaluate.py experiment=qwen3vl_embedding_8b eval_data=mmeb_v2 eval_data.data_basedir=/data/MMEB-V2 "
     "eval_data.num_frames=64 device=cuda dtype=bfloat16": Compose(f"the MMEB-V2 data, {HUB}, a GPU"),
+    # Mixtures (docs/mixture.md)
+    "python train.py data=mixture": Run(TRAIN),
+    "python train.py data=mixture sampler.sub_batch_size=8 model.gradcache.chunk_size=4": Run(TRAIN),
+    "python train.py data=mixture sampler.sub_batch_size=8 sampler.modality_batches=true": Run(TRAIN),
+    "python train.py data=mixture sampler.sub_batch_size=1": Run(TRAIN),
+    "python train.py experiment=vlm2vec_v2_qwen2vl_2b paths.data_dir=/data": Compose(
+        f"VLM2Vec-V2's training data (MMEB-train, colpali_train_set, VisRAG, LLaVA-Hound), {HUB}, 8 {GPU}"),
+    "python train.py data=mixture eval_data=mmeb_v2_bundled sampler.sub_batch_size=8 trainer.max_steps=300 "
+    "eval_data.online.every_n_steps=50 'eval_data.online.datasets=[ShapeCls,ShapeT2I,ShapeVideoRet,ShapeVideoQA,"
+    "ShapeDocs]' evaluate_before=false": Run((*TRAIN, "eval_data.online.max_rows=4")),
     # Hard negatives
     "python mine.py data=bundled": Run(MINE),
     "python train.py sampler=saha": Run((*TRAIN, "data.max_per_subset=16")),
