@@ -2,7 +2,8 @@
 `python evaluate.py embedder_dir=DIR`, `python evaluate.py ckpt_path=CKPT`, or zero-shot
 `python evaluate.py model=<config> [model.path=<hub id or dir>] [prompt=hierarchical]`.
 `devices=N` shards the encoding over N processes (GPUs, or CPU processes with device=cpu).
-Writes results.json and results.md to the run directory and prints the table (evaluation/job.py)."""
+Writes results.json and results.md to the run directory and prints the table (evaluation/job.py); one live
+evaluation per run directory, refusals exit 2."""
 
 from __future__ import annotations
 
@@ -16,9 +17,9 @@ from operations.hydra_app import adapt_cfg_with_multirun, quote_path_arguments
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
 def main(cfg: DictConfig) -> float:
-    from evaluation.job import run
+    from evaluation.job import evaluate_in_run_dir
 
-    return run(cfg)["overall"]
+    return evaluate_in_run_dir(cfg)
 
 
 if __name__ == "__main__":

@@ -12,25 +12,31 @@ from operations.hydra_app import task_overrides
 from .checkpoint_io import load_trained_module
 from .dtypes import resolve_dtype
 from .embedder import Embedder
+from .source_checks import ModelSourceError, check_model_path, check_saved_embedder
 
 
 def check_embedder_source(cfg: DictConfig) -> None:
     """evaluate.py / mine.py score one model: refuse a command line that names two sources, or a model/prompt
-    that the given source would silently ignore (a saved Embedder or a checkpoint brings its own)."""
+    that the given source would silently ignore (a saved Embedder or a checkpoint brings its own), and a source that
+    cannot be loaded (a wrong model.path, a run directory given as embedder_dir, a damaged saved Embedder), all with
+    `ModelSourceError` before any model is loaded."""
     given = [k for k in ("embedder_dir", "ckpt_path") if cfg.get(k)]
     if len(given) > 1:
-        raise ValueError(f"both embedder_dir={cfg.embedder_dir} and ckpt_path={cfg.ckpt_path} are set: give one "
-                         "model to score")
+        raise ModelSourceError(f"both embedder_dir={cfg.embedder_dir} and ckpt_path={cfg.ckpt_path} are set: give "
+                               "one model to score")
     if not given:
+        check_model_path(OmegaConf.select(cfg, "model.path"))
         return
     ignored = [o for o in task_overrides()
                if o.lstrip("+~").split("=")[0].split(".")[0].split("@")[0] in ("model", "prompt")]
     if ignored:
         key = given[0]
-        raise ValueError(
+        raise ModelSourceError(
             f"{key}={cfg[key]} scores the model saved there, with the prompt it was trained with; "
             f"{', '.join(ignored)} would be ignored. Drop {' '.join(ignored)}, or drop {key}= to score "
             "model=… zero-shot (dtype= applies to every source)")
+    if cfg.get("embedder_dir"):
+        check_saved_embedder(cfg.embedder_dir)
 
 
 def load_embedder(cfg: DictConfig):

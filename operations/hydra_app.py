@@ -185,13 +185,35 @@ class _DropTip(logging.Filter):
 
 def quiet_known_noise() -> None:
     """Silence messages that are expected and harmless, where they come from (and nothing else there):
-    faiss's "Loading faiss with AVX2 support" lines, Lightning's litlogger tip, and torch's deprecation of
-    the `LeafSpec` check inside Lightning's pytree helper (Lightning's code, not ours, triggers it)."""
+    faiss's "Loading faiss with AVX2 support" lines, Lightning's litlogger tip, torch's deprecation of
+    the `LeafSpec` check inside Lightning's pytree helper (Lightning's code, not ours, triggers it), and the
+    second copy of every Lightning log line (`one_handler_for_lightning`)."""
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)
     rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
     if not any(isinstance(f, _DropTip) for f in rank_zero.filters):
         rank_zero.addFilter(_DropTip())
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+    one_handler_for_lightning()
+
+
+#: Lightning's loggers: `lightning` always gets a console handler ("INFO: …") when imported, and its subpackages
+#: get one (and stop propagating) when the root logger had no handler yet at their import.
+LIGHTNING_LOGGERS = ("lightning", "lightning.pytorch", "lightning.fabric")
+
+
+def one_handler_for_lightning() -> None:
+    """Once the root logger has handlers (Hydra's job logging: console and the run's log file), Lightning's lines go
+    through them alone: Lightning's own console handlers are removed and its loggers propagate, so each line shows
+    once (not once as "INFO: …" and again in Hydra's format) and reaches the run's log file."""
+    root = logging.getLogger()
+    if not root.handlers:
+        return
+    for name in LIGHTNING_LOGGERS:
+        logger = logging.getLogger(name)
+        for handler in list(logger.handlers):
+            if type(handler) is logging.StreamHandler:  # Lightning's console handlers (never a file handler)
+                logger.removeHandler(handler)
+        logger.propagate = True
 
 
 quiet_known_noise()

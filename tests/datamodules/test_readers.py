@@ -75,8 +75,14 @@ def test_eval_reader(tmp_path, write_repo):
 
 
 def test_unknown_subset_lists_available(tmp_path, write_repo):
+    """A dataset the snapshot has no folder for (and does not list) is named with the folder looked for and the
+    datasets that are there, with or without the README's `configs:` (issue 22: `datasets` named only the root)."""
     repo = write_repo(tmp_path / "repo", {"A": {"original": train_table()}, "B": {"original": train_table()}})
-    with pytest.raises(DataError, match=r"unknown subset 'C'.*\['A', 'B'\]"):
+    message = rf"dataset 'C': dataset folder {repo / 'C'} does not exist; {repo} holds 2 dataset folder\(s\): A, B\."
+    with pytest.raises(DataError, match=message):
+        read_train_pairs(str(repo), "C")
+    (repo / "README.md").unlink()  # a snapshot without the hub's README
+    with pytest.raises(DataError, match=message):
         read_train_pairs(str(repo), "C")
 
 

@@ -125,7 +125,8 @@ def test_a_refused_item_is_named_not_its_batch(tiny, items):
     original = tiny.input_builder
     tiny.input_builder = Refusing(original)
     try:
-        with pytest.raises(DataError, match=r"dataset 'Set', row 3, field 'qry_img_path': the processor refused"):
+        with pytest.raises(DataError, match=r"dataset 'Set', row 3, field 'qry_img_path': cannot build model inputs "
+                                            r"from its .*ValueError: aspect ratio too extreme"):
             encode_unique(tiny, entries, "query", 6)
     finally:
         tiny.input_builder = original
