@@ -76,6 +76,6 @@ def disk_full_error(path: str | os.PathLike, needed: int | None, err: BaseExcept
     else:
         todo = "free some space there"
     message = (f"disk full while writing the {what} {path} ({'; '.join(space) or 'free space unknown'}; {cause}). "
-               f"{todo.capitalize()}, or write to another disk; the files written before are intact (this write went "
+               f"{todo[0].upper() + todo[1:]}, or write to another disk; the files written before are intact (this write went "
                "to a temporary file, now removed)")
     return DiskFullError(message, path, needed, free)

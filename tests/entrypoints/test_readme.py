@@ -445,16 +445,19 @@ def readme_test_references(text: str) -> list[tuple[int, str, str | None]]:
 
 
 def test_tests_the_readme_names_exist():
-    """The Reliability table (and any other text) names tests as `tests/….py::test_name`: each must exist."""
+    """The README and the reference pages in docs/ (the Reliability table above all) name tests as
+    `tests/….py::test_name`: each must exist."""
     assert readme_test_references("a `tests/x/test_a.py::test_b`, `::test_c` and tests/y.py") == [
         (1, "tests/x/test_a.py", "test_b"), (1, "tests/x/test_a.py", "test_c"), (1, "tests/y.py", None)]
     missing = []
-    for n, path, name in readme_test_references(README.read_text()):
-        if not (ROOT / path).is_file():
-            missing.append(f"README.md:{n}: {path}")
-        elif name and not re.search(rf"^def {name}\(", (ROOT / path).read_text(), flags=re.M):
-            missing.append(f"README.md:{n}: {path}::{name}")
-    assert not missing, "README names tests that do not exist:\n  " + "\n  ".join(missing)
+    for doc in (README, *sorted((ROOT / "docs").glob("*.md"))):
+        shown = doc.relative_to(ROOT)
+        for n, path, name in readme_test_references(doc.read_text()):
+            if not (ROOT / path).is_file():
+                missing.append(f"{shown}:{n}: {path}")
+            elif name and not re.search(rf"^def {name}\(", (ROOT / path).read_text(), flags=re.M):
+                missing.append(f"{shown}:{n}: {path}::{name}")
+    assert not missing, "the documentation names tests that do not exist:\n  " + "\n  ".join(missing)
 
 
 # ------------------------------------------------------------------------------------------------ running
