@@ -21,6 +21,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
+from embedders.source_checks import check_embedder_source
 from operations.hydra_app import (  # also registers the Hydra resolvers the configs use
     adapt_cfg_with_multirun,
     print_help_and_exit,
@@ -32,7 +33,7 @@ from operations.hydra_app import (  # also registers the Hydra resolvers the con
 @hydra.main(version_base="1.3", config_path="conf", config_name="mine")
 def main(cfg: DictConfig) -> None:
     source_given = bool(cfg.get("embedder_dir") or cfg.get("ckpt_path"))  # it brings its own model config
-    refuse_bad_command(cfg, ("data",) if source_given else ("model", "data"))
+    refuse_bad_command(cfg, ("data",) if source_given else ("model", "data"), check_embedder_source)
     from mining.job import run  # torch, Lightning, transformers: only for a command that runs
 
     run(cfg)

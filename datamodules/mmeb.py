@@ -143,6 +143,44 @@ def local_data_files(source: str, subset: str) -> dict[str, list[Path]]:
     return out
 
 
+def readme_configs(source: str) -> list[str]:
+    """The config names a local snapshot's README.md lists in its YAML `configs:` (the hub layout); [] without."""
+    import yaml
+
+    readme = Path(source) / "README.md"
+    if not readme.is_file():
+        return []
+    text = readme.read_text(errors="replace")
+    if not text.startswith("---"):
+        return []
+    try:
+        meta = yaml.safe_load(text.split("---", 2)[1]) or {}
+    except (yaml.YAMLError, IndexError):
+        return []
+    configs = meta.get("configs") if isinstance(meta, dict) else None
+    return [str(c.get("config_name")) for c in configs or [] if isinstance(c, dict) and c.get("config_name")]
+
+
+def dataset_folders(source: str) -> list[str]:
+    """The folders of a local snapshot that hold data files (the datasets it has)."""
+    root = Path(source)
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and p.name != "images"
+                  and local_data_files(source, p.name))
+
+
+def _check_dataset_folder(source: str, subset: str) -> None:
+    """A dataset that a local snapshot neither has a folder for nor lists: name the folder looked for and the
+    datasets that are there (`datasets` would say "No (supported) data files found" naming only the root)."""
+    folder = Path(source) / subset
+    if folder.is_dir() or subset in readme_configs(source):
+        return  # a listed config without its folder is named by _check_local_files, with a re-download hint
+    present = dataset_folders(source)
+    shown = ", ".join(present[:40]) + (f", … ({len(present)} in all)" if len(present) > 40 else "")
+    raise DataError(f"dataset folder {folder} does not exist; {source} holds {len(present)} dataset folder(s): "
+                    f"{shown or 'none'}. Check the dataset's name (eval_data.datasets / data.subsets) and the "
+                    "source directory (eval_data.source / data.source)", dataset=subset)
+
+
 def _check_local_files(source: str, subset: str, split: str) -> None:
     """Find, before `datasets` does, the file problems it reports badly or not at all."""
     import pyarrow.parquet as pq
@@ -192,6 +230,7 @@ def load_split(source: str, subset: str, split: str, columns, schema: str):
     source = str(source)
     local = _is_local(source)
     if local:
+        _check_dataset_folder(source, subset)
         names = available_configs(source)
         if subset not in names:
             raise DataError(f"unknown subset {subset!r} in {source}; available: {names}", dataset=subset)
@@ -240,6 +279,34 @@ def _rows(ds, limit: int | None):
         yield i, {c: cols[c][i] for c in names}
 
 
+def row_location(source: str, subset: str, split: str, index: int) -> str:
+    """Where row `index` of a split lives: the data file of a local snapshot and the row's index in that file (a
+    split may span several files), or the hub dataset, config and split."""
+    if not _is_local(str(source)):
+        return f"{source}, config {subset!r}, split {split!r}"
+    files = sorted(local_data_files(str(source), subset).get(split, []))
+    if len(files) == 1:
+        return f"{files[0]}, row {index}"
+    import pyarrow.parquet as pq
+
+    start = 0
+    for f in files:
+        if f.suffix != ".parquet":
+            break
+        n = pq.read_metadata(f).num_rows
+        if index < start + n:
+            return f"{f}, row {index - start}"
+        start += n
+    return f"one of {[str(f) for f in files]}"
+
+
+def _located(err: DataError, source: str, subset: str, split: str, index: int) -> DataError:
+    """`err` of row `index`, naming the file that holds the row."""
+    if err.row is None or err.file is not None:
+        return err
+    return err.located(row_location(source, subset, split, index))
+
+
 def _report(kind: str, name: str, split: str, total: int, result: ReadResult) -> None:
     if result.skipped:
         log.warning("%s %s (split %s): skipped %d of %d rows as the reference skips them (%s)", kind, name, split,
@@ -265,6 +332,8 @@ def read_train_subset(source: str, subset: str, split: str = "original", max_row
             pairs.append(parse_train_row(row, subset, i, use_negatives))
         except SkipRow as s:
             skipped[s.reason] += 1
+        except DataError as err:
+            raise _located(err, source, subset, split, i) from None
     notes = Counter("placeholder_without_image" for p in pairs
                     if p.query.placeholder_without_image or p.positive.placeholder_without_image)
     result = ReadResult(pairs, dict(skipped), dict(notes))
@@ -347,6 +416,8 @@ def read_eval_dataset(source: str, name: str, split: str = "test", max_rows: int
         except SkipRow as s:
             skipped[s.reason] += 1
             continue
+        except DataError as err:
+            raise _located(err, source, name, split, i) from None
         rows.append(row)
         if row.query.placeholder_without_image or any(c.placeholder_without_image for c in row.candidates):
             notes["placeholder_without_image"] += 1

@@ -13,8 +13,10 @@ Rows are read the way the reference (VLM2Vec v1, `src/dataset.py`) reads them:
   skips it (`src/dataset.py:89`, "empty inputs"), and counted under a reason (`SkipRow`); an eval
   row with an empty query or candidate is skipped and counted the same way (the reference would
   encode an empty string);
-- NaN (a missing value as pandas writes it) means "no image" in an image-path column and "no
-  negative" in `neg_text`; in a required text column it is an error naming the row and field;
+- a missing value — null (parquet, JSON) or NaN (pandas) — means "no image" in an image-path column and
+  "no negative" in `neg_text`; in a required text column (`qry`, `pos_text`, `qry_text`, `tgt_text`) it is an
+  error naming the file, row and field, whether or not the row has an image: the file lost a value that the
+  reference never sees missing (its rows write "" for "no text"), and training it as "" would be silent;
 - a literal model token (`<|image_pad|>`, `<image>`, …) in a text is an error naming the row and
   field: the processor would count it as an image slot and fail far from the data.
 """
@@ -161,8 +163,13 @@ def is_nan(value) -> bool:
 
 
 def _as_str(value, dataset: str, row: int, field: str, nan_is_missing: bool = False) -> str:
+    """A text cell. A missing value — null (how parquet and JSON write it) or NaN (how pandas writes it) — is ""
+    where the column is optional (`nan_is_missing`: image paths, negatives) and an error in a required text."""
     if value is None:
-        return ""
+        if nan_is_missing:
+            return ""
+        raise DataError("null (a missing value) where a text is required; write '' for 'no text' or drop the row",
+                        dataset, row, field)
     if is_nan(value):
         if nan_is_missing:
             return ""

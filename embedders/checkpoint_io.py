@@ -26,6 +26,7 @@ from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from operations.atomic import respect_umask
+from operations.disk_space import disk_full_error, is_disk_full
 
 from .module import EmbeddingModule
 
@@ -41,7 +42,20 @@ def previous_path(path: str | os.PathLike) -> Path:
     return path.with_name(f"{path.stem}.prev{path.suffix}")
 
 
+def tensor_bytes(obj: Any) -> int:
+    """The bytes of every tensor in a (nested) checkpoint dict: about what torch.save writes."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(tensor_bytes(v) for v in obj)
+    return 0
+
+
 def atomic_torch_save(obj: Any, path: str | os.PathLike, keep_previous: bool = False) -> None:
+    """torch.save to a temporary file beside `path`, fsync, rename. A full disk raises `DiskFullError` naming the
+    file and the space it needs; the earlier checkpoint (and its `.prev`) stay as they were."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -57,8 +71,10 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike, keep_previous: bool = F
             os.link(path, prev_tmp)
             os.replace(prev_tmp, previous_path(path))
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, Exception) and is_disk_full(err):
+            raise disk_full_error(path, tensor_bytes(obj), err, "checkpoint") from err
         raise
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:

@@ -19,7 +19,6 @@ and `model.multi_vector` (dim, similarity, skip_tokens) configures the head.
 from __future__ import annotations
 
 import copy
-import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -37,6 +36,13 @@ from .multi_vector_saving import load_head_weights
 from .pooling import MULTI_VECTOR, POOLING_MODES
 from .prompts import PromptFormat, format_text
 from .saving import EMBEDDER_FILE, save_embedder
+from .source_checks import (
+    check_backbone_matches,
+    check_model_path,
+    check_saved_embedder,
+    load_failure,
+    raised_by_loader_library,
+)
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +148,7 @@ class Embedder(nn.Module):
                              f"for family {family!r}")
         if path is not None:
             path = str(path)
+            check_model_path(path)  # a wrong path is named at once (not after huggingface_hub's network retries)
         backbone = fam.load_model(path, dict(config) if config is not None and path is None else None,
                                   resolve_dtype(dtype))
         processor = fam.load_processor(path, config, image)
@@ -249,16 +256,24 @@ class Embedder(nn.Module):
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, dtype: str | torch.dtype | None = None, **overrides) -> Embedder:
+        """The Embedder saved in `directory`. A wrong or damaged directory raises `ModelSourceError` naming the file
+        and what to do (embedders/source_checks.py), before or instead of transformers' own errors."""
         directory = Path(directory)
-        spec_file = directory / EMBEDDER_FILE
-        if not spec_file.is_file():
-            raise FileNotFoundError(f"{directory} is not an Embedder directory: {EMBEDDER_FILE} is missing "
-                                    "(for a plain backbone use Embedder.build(family=..., path=...))")
-        spec = _upgrade_spec(json.loads(spec_file.read_text()), spec_file)
+        spec = check_saved_embedder(directory)
+        stored_values = spec.pop("_stored_values")
+        spec = _upgrade_spec(spec, directory / EMBEDDER_FILE)
         # Directories saved before the base model was recorded name themselves.
         spec["base_model"] = spec.get("base_model") or str(directory)
         spec.update(overrides)
-        return cls.build(path=str(directory), dtype=dtype, **spec)
+        try:
+            embedder = cls.build(path=str(directory), dtype=dtype, **spec)
+        except Exception as err:
+            if not raised_by_loader_library(err):
+                raise
+            raise load_failure(directory, err) from err
+        if not spec.get("lora"):  # adapters added by an override are not in the files
+            check_backbone_matches(embedder.backbone, stored_values, directory)
+        return embedder
 
 
 def _upgrade_spec(spec: dict, path: Path) -> dict:

@@ -30,14 +30,16 @@ from typing import Any
 
 import torch
 
+from operations.atomic import respect_umask
+
 from .backbones import get_family
 from .finetune import is_peft_model
 from .multi_vector_saving import multi_vector_modules
 from .prompts import PromptFormat, image_token_for, placeholder_mode
+from .source_checks import EMBEDDER_FILE
 
 log = logging.getLogger(__name__)
 
-EMBEDDER_FILE = "embedder.json"
 CARD_FILE = "README.md"
 CHAT_TEMPLATE_FILE = "chat_template.jinja"
 #: sentence-transformers module types in the legacy spelling: current sentence-transformers loads them, and vLLM's
@@ -60,6 +62,7 @@ def save_embedder(embedder, directory: str | Path) -> Path:
     card: `shipping.save_embedder` adds one)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
+    before = _file_states(directory)
     backbone = embedder.backbone
     if is_peft_model(backbone):
         backbone = copy.deepcopy(backbone).merge_and_unload()
@@ -68,6 +71,7 @@ def save_embedder(embedder, directory: str | Path) -> Path:
     spec = embedder.spec()
     (directory / EMBEDDER_FILE).write_text(json.dumps(spec, indent=2) + "\n")
     has_st = write_sentence_transformers_config(embedder, directory)
+    give_written_files_ordinary_modes(directory, before)
     log.info("saved %s (%s) to %s", architecture, embedder.family.name, directory)
     differences = stock_differences(spec) if has_st else []
     if differences:
@@ -75,6 +79,30 @@ def save_embedder(embedder, directory: str | Path) -> Path:
                     "README.md says what differs and how to reproduce it (Embedder.from_pretrained is exact)",
                     directory, "; ".join(d.summary for d in differences))
     return directory
+
+
+def _file_states(directory: Path) -> dict[Path, tuple[int, int]]:
+    """(inode, mtime) of everything under `directory`: a file replaced or rewritten changes one of them."""
+    states = {}
+    for p in directory.rglob("*"):
+        st = p.lstat()
+        states[p] = (st.st_ino, st.st_mtime_ns)
+    return states
+
+
+def give_written_files_ordinary_modes(directory: Path, before: dict[Path, tuple[int, int]]) -> None:
+    """Every file written since `before` (a `_file_states` snapshot) gets the mode a plain `open()` would give under
+    the umask: transformers writes `model.safetensors` through a temporary file, mode 0600, which a group sharing
+    the directory could not read. New subdirectories get `mkdir()`'s mode; files and directories that were there
+    and were left alone keep theirs."""
+    for p, (ino, mtime) in _file_states(directory).items():
+        if p.is_symlink():
+            continue
+        if p.is_dir():
+            if p not in before:
+                respect_umask(p, directory=True)
+        elif before.get(p) != (ino, mtime):
+            respect_umask(p)
 
 
 def hub_architecture(backbone, family) -> str:

@@ -32,6 +32,8 @@ from embedders.prompts import Visual
 log = logging.getLogger(__name__)
 
 EncodeItem = tuple[Item, str, int, str, ImageLoader]
+#: A side's items, as a progress bar names them.
+PLURALS = {"query": "queries", "target": "targets"}
 
 
 class NonFiniteEmbeddingError(ValueError):
@@ -146,8 +148,30 @@ def length_keys(entries: Sequence[EncodeItem], input_builder, side: str) -> list
     # The formatted text holds one token per image, which the processor expands to the image's tokens; a video's
     # frames are counted as images (an upper bound: frame pairs share a temporal patch).
     merge = int(getattr(image_processor, "merge_size", 1) or 1) ** 2
-    return [(n + sum(count(h, w) // merge - 1 for w, h in (sizes or ())), c)
-            for n, c, sizes in zip(text_tokens, chars, all_sizes)]
+    keys = []
+    for entry, n, c, sizes in zip(entries, text_tokens, chars, all_sizes):
+        try:
+            keys.append((n + sum(count(h, w) // merge - 1 for w, h in (sizes or ())), c))
+        except ValueError as err:  # e.g. an aspect ratio the processor refuses (Qwen2-VL: over 200:1)
+            raise refused_item(entry, err, sizes) from err
+    return keys
+
+
+def refused_item(entry: EncodeItem, err: Exception, sizes: Sequence[tuple[int, int]] | None = None) -> DataError:
+    """The processor refused one item: name its dataset, row, field and file (with the image's size), as training's
+    collation does (datamodules/collate.py)."""
+    item, dataset, row, field, loader = entry
+    if item.image:
+        what = f"image {loader.resolve(item.image)}"
+    elif item.video:
+        what = f"video {loader.resolve(item.video)}"
+    elif item.pages:
+        what = f"{len(item.pages)} page images (first {loader.resolve(item.pages[0])})"
+    else:
+        what = "text"
+    size = f" ({sizes[0][0]}x{sizes[0][1]} px)" if item.image and sizes else ""
+    return DataError(f"cannot build model inputs from its {what}{size}: {type(err).__name__}: {err}", dataset, row,
+                     field)
 
 
 # ------------------------------------------------------------------------------------------ batching
@@ -181,9 +205,8 @@ class _ItemCollator:
                 try:
                     self.input_builder([text], [image], self.side, **instruction_kwargs([entry[0]]))
                 except Exception as one:
-                    _, ds, row, field, _ = entry
-                    raise DataError(f"the processor refused this item ({type(one).__name__}: {one})", ds, row,
-                                    field) from one
+                    size = [image.size] if hasattr(image, "size") and isinstance(image.size, tuple) else None
+                    raise refused_item(entry, one, size) from one
             raise DataError(f"the processor refused a batch of {len(batch)} {self.side}s "
                             f"({type(err).__name__}: {err}); first item: {describe_item(batch[0], self.side)}") from err
 
@@ -288,7 +311,7 @@ def encode_unique(embedder, items: list[EncodeItem], side: str, batch_size: int,
                                 generator=torch.Generator(), pin_memory=device.type == "cuda")
         else:  # in this process: no DataLoader machinery per batch
             loader = (collate([shard[j] for j in rows]) for rows in batches)
-        label = (desc or f"encode {side}s") + (f" (rank 0 of {world})" if world > 1 else "")
+        label = (desc or f"encode {PLURALS.get(side, side + 's')}") + (f" (rank 0 of {world})" if world > 1 else "")
         bar = _progress_bar(len(shard), label, progress and rank == 0)
         out = None
         was_training = embedder.training

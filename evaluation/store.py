@@ -31,6 +31,8 @@ from pathlib import Path
 import torch
 
 from embedders.diagnostics import DEFAULT_COLLAPSE_TOLERANCE
+from operations.atomic import respect_umask
+from operations.disk_space import disk_full_error, is_disk_full
 
 from .scoring import DEFAULT_TIE_TOLERANCE, TIE_RULES
 
@@ -140,23 +142,26 @@ def safe_name(name: str) -> str:
 
 
 def atomic_write(path: Path, text: str) -> None:
-    """Write via a temporary file and rename: an interrupted run never leaves half a score file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    """Write via a temporary file and rename: an interrupted run never leaves half a score file, and a full disk
+    raises `DiskFullError` naming the file and the space it needs while the file written before stays intact."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as err:
+        if is_disk_full(err):
+            raise disk_full_error(path, len(text.encode()), err, "result file") from err
+        raise
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
-        os.chmod(tmp, 0o666 & ~_umask())
+        respect_umask(tmp)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OSError) and is_disk_full(err):
+            raise disk_full_error(path, len(text.encode()), err, "result file") from err
         raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 class ScoreStore:

@@ -14,8 +14,9 @@ from datamodules.images import apply_image_limits
 from datamodules.mmeb import describe_source
 from datamodules.samplers import mined_data_dir
 from embedders.loading import load_embedder, pick_device
+from embedders.source_checks import check_embedder_source
 from operations.config_types import check_config_types
-from operations.hydra_app import check_embedder_source, quiet_known_noise, shell_argument
+from operations.hydra_app import quiet_known_noise, shell_argument
 
 from .negatives import (
     manifest_differences,

@@ -190,48 +190,49 @@ class _DropTip(logging.Filter):
 
 def quiet_known_noise() -> None:
     """Silence messages that are expected and harmless, where they come from (and nothing else there):
-    faiss's "Loading faiss with AVX2 support" lines, Lightning's litlogger tip, and torch's deprecation of
-    the `LeafSpec` check inside Lightning's pytree helper (Lightning's code, not ours, triggers it)."""
+    faiss's "Loading faiss with AVX2 support" lines, Lightning's litlogger tip, torch's deprecation of
+    the `LeafSpec` check inside Lightning's pytree helper (Lightning's code, not ours, triggers it), and the
+    second copy of every Lightning log line (`one_handler_for_lightning`)."""
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)
     rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
     if not any(isinstance(f, _DropTip) for f in rank_zero.filters):
         rank_zero.addFilter(_DropTip())
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+    one_handler_for_lightning()
+
+
+#: Lightning's loggers: `lightning` always gets a console handler ("INFO: …") when imported, and its subpackages
+#: get one (and stop propagating) when the root logger had no handler yet at their import.
+LIGHTNING_LOGGERS = ("lightning", "lightning.pytorch", "lightning.fabric")
+
+
+def one_handler_for_lightning() -> None:
+    """Once the root logger has handlers (Hydra's job logging: console and the run's log file), Lightning's lines go
+    through them alone: Lightning's own console handlers are removed and its loggers propagate, so each line shows
+    once (not once as "INFO: …" and again in Hydra's format) and reaches the run's log file."""
+    root = logging.getLogger()
+    if not root.handlers:
+        return
+    for name in LIGHTNING_LOGGERS:
+        logger = logging.getLogger(name)
+        for handler in list(logger.handlers):
+            if type(handler) is logging.StreamHandler:  # Lightning's console handlers (never a file handler)
+                logger.removeHandler(handler)
+        logger.propagate = True
 
 
 quiet_known_noise()
 
 
-def check_embedder_source(cfg: DictConfig) -> None:
-    """evaluate.py / mine.py score one model: refuse a command line that names two sources, or a model/prompt
-    that the given source would silently ignore (a saved Embedder or a checkpoint brings its own)."""
-    given = [k for k in ("embedder_dir", "ckpt_path") if cfg.get(k)]
-    if len(given) > 1:
-        raise ValueError(f"both embedder_dir={cfg.embedder_dir} and ckpt_path={cfg.ckpt_path} are set: give one "
-                         "model to score")
-    if not given:
-        return
-    ignored = [o for o in task_overrides()
-               if o.lstrip("+~").split("=")[0].split(".")[0].split("@")[0] in ("model", "prompt")]
-    if ignored:
-        key = given[0]
-        raise ValueError(
-            f"{key}={cfg[key]} scores the model saved there, with the prompt it was trained with; "
-            f"{', '.join(ignored)} would be ignored. Drop {' '.join(ignored)}, or drop {key}= to score "
-            "model=… zero-shot (dtype= applies to every source)")
-
-
 def refuse_bad_command(cfg: DictConfig, keys: tuple[str, ...], check=None) -> None:
-    """The checks of a command line that need nothing heavy imported, run first by every entry point: one model
-    source (evaluate.py, mine.py), then the value types of `keys` with signatures read from source
-    (`check_config_types(static=True)`), then `check(cfg)` when given. A refusal prints `error: …` and exits 2
+    """The checks of a command line that need nothing heavy imported, run first by every entry point: `check(cfg)`
+    when given (evaluate.py, mine.py: one loadable model source, embedders.source_checks; train.py: its combination
+    rules), then the value types of `keys` with signatures read from source (`check_config_types(static=True)`). A refusal prints `error: …` and exits 2
     within seconds, before torch, Lightning and transformers are imported."""
     try:
-        if "embedder_dir" in cfg:  # evaluate.py, mine.py
-            check_embedder_source(cfg)
-        check_config_types(cfg, keys=keys, static=True)
         if check is not None:
             check(cfg)
+        check_config_types(cfg, keys=keys, static=True)
     except (ConfigTypeError, ValueError) as e:
         log.error("refused: %s", e)
         print(f"error: {e}", file=sys.stderr, flush=True)

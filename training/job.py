@@ -25,10 +25,12 @@ from embedders.checkpoint_io import (
     clean_orphans,
     newest_readable_checkpoint,
 )
+from embedders.source_checks import ModelSourceError
 from embedders.strategies import standalone_module
 from evaluation.online import online_callbacks
 from evaluation.runner import build_suite, score
 from operations.config_types import ConfigTypeError
+from operations.disk_space import DiskFullError
 from operations.hydra_app import (
     finish_loggers,
     instantiate_group,
@@ -235,7 +237,16 @@ def _train_and_score(cfg: DictConfig, output_dir: Path, stop) -> dict:
 
 def _refusals() -> tuple[type[BaseException], ...]:
 
-    return (RefusedToStart, ConfigTypeError, RunLockedError, ResumeRefused)
+    return (RefusedToStart, ConfigTypeError, RunLockedError, ResumeRefused, ModelSourceError)
+
+
+def _named_cause(e: BaseException, kinds: tuple[type[BaseException], ...]) -> BaseException | None:
+    """`e`, or the error it wraps (Hydra's instantiate wraps what a constructor raises), when it is one of `kinds`."""
+    while e is not None:
+        if isinstance(e, kinds):
+            return e
+        e = e.__cause__
+    return None
 
 
 def train_in_run_dir(cfg: DictConfig) -> float | None:
@@ -269,10 +280,17 @@ def train_in_run_dir(cfg: DictConfig) -> float | None:
     except BaseException as e:
         if writer and not recorded:
             restore_hydra_files(run_dir, hydra_dir)  # Hydra wrote this refused command line into .hydra/
-        if isinstance(e, _refusals()):  # refused before any work: the message says what to do, no traceback
-            log.error("refused: %s", e)
-            print(f"error: {e}", file=sys.stderr, flush=True)
+        refusal = _named_cause(e, _refusals())
+        if refusal is not None:  # refused before any work: the message says what to do, no traceback
+            log.error("refused: %s", refusal)
+            print(f"error: {refusal}", file=sys.stderr, flush=True)
             sys.exit(2)
+        disk_full = _named_cause(e, (DiskFullError,))
+        if disk_full is not None:  # the message names the file and the space; earlier checkpoints are intact
+            log.error("%s", disk_full)
+            print(f"error: {disk_full}\nResume with:\n  {resume_command('train.py', run_dir)}", file=sys.stderr,
+                  flush=True)
+            sys.exit(1)
         raise
     after = outcome.get("after")
     return after["overall"] if after else None  # the value Hydra sweepers optimise

@@ -4,6 +4,7 @@ skip (counted by reason) and the errors bad input gets, naming dataset, split, f
 from __future__ import annotations
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
@@ -75,8 +76,14 @@ def test_eval_reader(tmp_path, write_repo):
 
 
 def test_unknown_subset_lists_available(tmp_path, write_repo):
+    """A dataset the snapshot has no folder for (and does not list) is named with the folder looked for and the
+    datasets that are there, with or without the README's `configs:` (issue 22: `datasets` named only the root)."""
     repo = write_repo(tmp_path / "repo", {"A": {"original": train_table()}, "B": {"original": train_table()}})
-    with pytest.raises(DataError, match=r"unknown subset 'C'.*\['A', 'B'\]"):
+    message = rf"dataset 'C': dataset folder {repo / 'C'} does not exist; {repo} holds 2 dataset folder\(s\): A, B\."
+    with pytest.raises(DataError, match=message):
+        read_train_pairs(str(repo), "C")
+    (repo / "README.md").unlink()  # a snapshot without the hub's README
+    with pytest.raises(DataError, match=message):
         read_train_pairs(str(repo), "C")
 
 
@@ -140,6 +147,47 @@ def test_nan_cells(tmp_path, write_repo):
     table = train_table(pos_text=pa.array([nan, nan], pa.float64()), pos_image_path=["", ""])
     with pytest.raises(DataError, match=r"dataset 'A', row 0, field 'pos_text': NaN \(a missing value"):
         read_train_pairs(str(write_repo(tmp_path / "d", {"A": {"original": table}})), "A")
+
+
+def test_a_null_in_a_required_text_is_refused_naming_file_row_and_field(tmp_path, write_repo):
+    """A parquet null in a required text (`qry`, `pos_text`, `qry_text`, `tgt_text`) is refused like a NaN, naming
+    the file, the row and the field, whether or not the row has an image (issue 22: an image row's null `qry` trained
+    as an empty text). Decision: an error, not the reference's skip. VLM2Vec skips rows whose items are *empty*
+    ("" and no image, METHODS §1.4), and so does embedlab, counted; a null is not an empty text but a value the file
+    lost (MMEB's files write "" for "no text"), on a row that still has an image the reference would not skip but
+    hand to its processor as None. Skipping it would hide a damaged file, training it as "" would be silent; the
+    fix (write "" or drop the row) is the user's. Image paths and negatives keep null = none."""
+    table = train_table(qry=pa.array([None, "Find me an everyday image: a dog"], pa.string()))  # row 0 has an image
+    repo = write_repo(tmp_path / "a", {"A": {"original": table}})
+    data_file = repo / "A" / "original-00000-of-00001.parquet"
+    with pytest.raises(DataError) as err:
+        read_train_pairs(str(repo), "A")
+    assert str(err.value) == (f"dataset 'A', row 0, field 'qry': null (a missing value) where a text is required; "
+                              f"write '' for 'no text' or drop the row (in {data_file}, row 0)")
+    # The same in a text-only row, in the positive, and in an eval candidate list.
+    table = train_table(pos_text=pa.array(["dog", None], pa.string()), pos_image_path=["", ""])
+    with pytest.raises(DataError, match=r"dataset 'A', row 1, field 'pos_text': null \(a missing value\).* \(in "
+                                        r".*original-00000-of-00001\.parquet, row 1\)"):
+        read_train_pairs(str(write_repo(tmp_path / "b", {"A": {"original": table}})), "A")
+    ev = eval_table(tgt_text=pa.array([["dog", None, "bird"]], pa.list_(pa.string())))
+    with pytest.raises(DataError, match=r"dataset 'E', row 0, field 'tgt_text': null \(a missing value\).*"
+                                        r"E/test-00000-of-00001\.parquet, row 0\)"):
+        read_eval_rows(str(write_repo(tmp_path / "e", {"E": {"test": ev}})), "E")
+    # A null image path or negative is "none", as before.
+    table = train_table(qry_image_path=pa.array([None, None], pa.string()), neg_text=pa.array([None, None], pa.string()))
+    pairs = read_train_pairs(str(write_repo(tmp_path / "c", {"A": {"original": table}})), "A")
+    assert [(p.query.image, p.negatives) for p in pairs] == [(None, ()), (None, ())]
+
+
+def test_a_bad_row_of_a_split_in_several_files_names_its_file_and_row_there(tmp_path):
+    from datamodules.mmeb import row_location
+
+    folder = tmp_path / "A"
+    folder.mkdir()
+    for k in range(2):
+        pq.write_table(train_table(), folder / f"original-0000{k}-of-00002.parquet")
+    assert row_location(str(tmp_path), "A", "original", 3) == f"{folder / 'original-00001-of-00002.parquet'}, row 1"
+    assert row_location("TIGER-Lab/MMEB-train", "A", "original", 3) == "TIGER-Lab/MMEB-train, config 'A', split 'original'"
 
 
 def test_literal_model_token_in_text_is_named(tmp_path, write_repo):

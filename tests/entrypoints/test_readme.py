@@ -566,7 +566,8 @@ def readme_test_references(text: str) -> list[tuple[int, str, str | None]]:
 
 
 def test_tests_the_readme_names_exist():
-    """The Reliability table (and any other text) names tests as `tests/….py::test_name`: each must exist."""
+    """The README and the reference pages in docs/ (the Reliability table above all) name tests as
+    `tests/….py::test_name`: each must exist."""
     assert readme_test_references("a `tests/x/test_a.py::test_b`, `::test_c` and tests/y.py") == [
         (1, "tests/x/test_a.py", "test_b"), (1, "tests/x/test_a.py", "test_c"), (1, "tests/y.py", None)]
     missing = []
@@ -577,7 +578,7 @@ def test_tests_the_readme_names_exist():
                 missing.append(f"{where}: {path}")
             elif name and not re.search(rf"^def {name}\(", (ROOT / path).read_text(), flags=re.M):
                 missing.append(f"{where}: {path}::{name}")
-    assert not missing, "README names tests that do not exist:\n  " + "\n  ".join(missing)
+    assert not missing, "the documentation names tests that do not exist:\n  " + "\n  ".join(missing)
 
 
 # ------------------------------------------------------------------------------------------------ running

@@ -136,6 +136,11 @@ def test_sigterm_saves_the_current_step_and_the_readme_command_resumes_it(tmp_pa
     assert resumed.returncode == 0, resumed.stderr[-4000:]
     assert "resuming from" in resumed.stdout and "(step 2)" in resumed.stdout
     assert not orphan.exists()
+    # Each Lightning line once (it was logged twice: Lightning's own handler and Hydra's), and the resume wrote
+    # last.ckpt again rather than a last-v1.ckpt beside it (issue 22).
+    assert (resumed.stdout + resumed.stderr).count("`Trainer.fit` stopped: `max_steps=12` reached") == 1
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["last.ckpt", "last.prev.ckpt"]
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True, mmap=True)["global_step"] == 12
 
     # It continued with the recorded loss (hardness-weighted, α = 9): the losses equal the uninterrupted run's.
     a, b = losses(straight), losses(run)

@@ -135,10 +135,29 @@ def test_a_refused_item_is_named_not_its_batch(tiny, items):
     original = tiny.input_builder
     tiny.input_builder = Refusing(original)
     try:
-        with pytest.raises(DataError, match=r"dataset 'Set', row 3, field 'qry_img_path': the processor refused"):
+        with pytest.raises(DataError, match=r"dataset 'Set', row 3, field 'qry_img_path': cannot build model inputs "
+                                            r"from its .*ValueError: aspect ratio too extreme"):
             encode_unique(tiny, entries, "query", 6)
     finally:
         tiny.input_builder = original
+
+
+def test_an_extreme_aspect_ratio_in_evaluation_names_dataset_row_field_and_file(tiny, tmp_path):
+    """A 1000x3 image (333:1; Qwen2-VL refuses beyond 200:1) in an eval dataset: the error names the dataset, row,
+    field and file with the image's size, as training's collation does (issue 22: evaluation raised the processor's
+    bare `ValueError: absolute aspect ratio`), whether batches are sorted by length (the length keys ask the
+    processor first) or not."""
+    Image.new("RGB", (56, 56)).save(tmp_path / "ok.png")
+    Image.new("RGB", (1000, 3)).save(tmp_path / "strip.png")
+    loader = ImageLoader(tmp_path)
+    entries = [(Item("<|image_1|> what is it", image), "ShapeVQA", row, "qry_img_path", loader)
+               for row, image in ((7, "ok.png"), (8, "strip.png"), (9, "ok.png"))]
+    for sort in (True, False):
+        with pytest.raises(DataError) as err:
+            encode_unique(tiny, entries, "query", 3, sort=sort)
+        assert str(err.value).startswith(
+            f"dataset 'ShapeVQA', row 8, field 'qry_img_path': cannot build model inputs from its image "
+            f"{tmp_path / 'strip.png'} (1000x3 px): ValueError: absolute aspect ratio must be smaller than 200"), sort
 
 
 def test_a_missing_image_is_named_before_anything_is_encoded(fake_embedder, tmp_path):
@@ -157,6 +176,8 @@ def test_progress_bar_shows_items_per_second(fake_embedder, capsys):
     assert "X queries" in err and "item/s" in err and "10/10" in err
     encode_unique(fake_embedder(), entries, "query", 3, progress=False)
     assert capsys.readouterr().err == ""
+    encode_unique(fake_embedder(), entries, "query", 3, progress=True)  # mining's bar: no desc given
+    assert "encode queries" in capsys.readouterr().err  # not "querys" (issue 22)
 
 
 def test_sharded_sorted_encoding_equals_one_process_and_a_rank_failure_reaches_every_rank(tmp_path):
