@@ -167,6 +167,8 @@ class ContrastiveLoss(nn.Module):
             if not isinstance(value, bool):
                 raise TypeError(f"loss.{name} must be true or false, got {value!r}")
         self.query_query, self.document_document = query_query, document_document
+        #: s(queries, documents) -> [R, C], the hook every score goes through (dot, or MaxSim for token vectors).
+        self.similarity: Similarity = Similarity()
         if self.matryoshka is not None and (query_query or document_document):
             raise ValueError("loss.query_query / loss.document_document with loss.matryoshka_dims is not supported "
                              "(the Matryoshka path scores one row side against one column side); turn one of them off")
@@ -180,8 +182,6 @@ class ContrastiveLoss(nn.Module):
     def uses_teacher(self) -> bool:
         """Whether this loss needs teacher scores (`teacher_keys`, `teacher_scores`)."""
         return False
-        #: s(queries, documents) -> [R, C], the hook every score goes through (dot, or MaxSim for token vectors).
-        self.similarity: Similarity = Similarity()
 
     def adjust_negative_logits(self, sim: torch.Tensor) -> torch.Tensor | None:
         """Additive term for negative logits given raw similarities; None means no change."""
