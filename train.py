@@ -114,6 +114,13 @@ def _validate_config(cfg: DictConfig) -> None:
     strategy = OmegaConf.select(cfg, "trainer.strategy")
     target = strategy.get("_target_", "") if isinstance(strategy, DictConfig) else str(strategy or "")
     if "fsdp" in target.lower():
+        from embedders.strategies import FSDP2_TARGET, refuse_true_precision
+
+        if target != FSDP2_TARGET:
+            raise ValueError(f"trainer.strategy._target_={target}: FSDP runs through {FSDP2_TARGET} (FSDP2, every "
+                             "rank running the same units whatever its rows); use trainer=fsdp (GPUs) or "
+                             "trainer=fsdp_cpu (CPU ranks)")
+        refuse_true_precision(OmegaConf.select(cfg, "trainer.precision", default="32-true"))
         if OmegaConf.select(cfg, "callbacks.saha_refresh") is not None:
             raise ValueError("callbacks=saha_refresh is not supported under trainer=fsdp (re-mining encodes with "
                              "the embedder outside the FSDP forward, whose parameters are sharded); use trainer=ddp, "
@@ -121,8 +128,9 @@ def _validate_config(cfg: DictConfig) -> None:
         accel = OmegaConf.select(cfg, "trainer.accelerator")
         import torch
 
-        if accel == "cpu" or not torch.cuda.is_available():
-            raise ValueError("trainer=fsdp needs GPUs (Lightning refuses FSDP on CPU); use trainer=ddp_cpu on CPU")
+        if accel in ("gpu", "cuda") and not torch.cuda.is_available():
+            raise ValueError("trainer=fsdp needs GPUs and none is visible here; FSDP on CPU ranks (gloo) is "
+                             "trainer=fsdp_cpu trainer.devices=N")
         if chunk is not None:
             raise ValueError("GradCache under FSDP is not supported; use trainer=ddp with GradCache")
 

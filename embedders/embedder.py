@@ -107,6 +107,12 @@ class Embedder(nn.Module):
         self.truncate_dim = _check_truncate_dim(truncate_dim)
         #: Where the backbone came from (hub id, local directory) or None for a random init; for the model card.
         self.base_model = base_model
+        #: Run every tower on every call (set by the FSDP strategy: ranks must run the same units in the same
+        #: order); towers without rows run on a dummy input whose output enters the embeddings times 0.
+        self.uniform_trace = False
+        #: Towers that calls with gradients used for real since the last optimizer step (under `uniform_trace`).
+        self.real_towers: set[str] = set()
+        self._dummies: dict[tuple[str, str], dict] = {}
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -153,13 +159,27 @@ class Embedder(nn.Module):
         return self.input_builder.prompt
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        emb = self.family.encode_inputs(self.backbone, inputs, self.pooling)
+        if self.uniform_trace and self.family.towers:
+            emb = self.family.encode_uniform(self.backbone, inputs, self.pooling, self.dummy_inputs)
+            if torch.is_grad_enabled():
+                self.real_towers |= self.family.towers_in(inputs)
+        else:
+            emb = self.family.encode_inputs(self.backbone, inputs, self.pooling)
         if self.truncate_dim is not None:
             if self.truncate_dim > emb.shape[-1]:
                 raise ValueError(f"truncate_dim={self.truncate_dim} exceeds the embedding dimension {emb.shape[-1]} "
                                  f"of this {self.family.name} model; use a value ≤ {emb.shape[-1]} or null")
             emb = emb[..., : self.truncate_dim]
         return nn.functional.normalize(emb, dim=-1) if self.normalize else emb
+
+    def dummy_inputs(self, tower: str) -> dict[str, torch.Tensor]:
+        """The family's dummy input for `tower` (processor outputs of one tiny row), on this Embedder's device."""
+        device = self.device
+        key = (tower, str(device))
+        if key not in self._dummies:
+            inputs = self.family.dummy_inputs(self.processor, tower, self.input_builder.max_length)
+            self._dummies[key] = move_to(inputs, device)
+        return self._dummies[key]
 
     def truncated(self, dim: int | None) -> Embedder:
         """Keep the first `dim` dimensions of every embedding (re-normalised); None leaves the Embedder as it is.

@@ -36,7 +36,7 @@ import torch.distributed as dist
 from torchmetrics.retrieval import RetrievalRecall
 
 from losses import ContrastiveLoss, similarity_fp32
-from losses.gather import gather_rows, local_only
+from losses.gather import all_gather_on_host, gather_rows, local_only
 
 from .embedder import Embedder, move_to
 from .finetune import keep_trainable_in, set_dropout
@@ -120,6 +120,17 @@ class EmbeddingModule(L.LightningModule):
     # ------------------------------------------------------------------ helpers
     def embed_chunks(self, chunks: Sequence[dict[str, torch.Tensor]]) -> torch.Tensor:
         return torch.cat([self.embedder(move_to(c, self.device)) for c in chunks])
+
+    def embed_uniform(self, chunks: Sequence[dict[str, torch.Tensor]]) -> torch.Tensor:
+        """`embed_chunks`, except that under FSDP's uniform trace every rank runs as many forward calls as the rank
+        with the most chunks (the last chunk again, its output dropped): each call all-gathers every unit."""
+        if not self.embedder.uniform_trace:
+            return self.embed_chunks(chunks)
+        most = max(n for (n,) in all_gather_on_host([len(chunks)]))
+        out = self.embed_chunks(chunks)
+        for _ in range(most - len(chunks)):
+            self.embedder(move_to(chunks[-1], self.device))
+        return out
 
     def _require_loss(self) -> ContrastiveLoss:
         if self.loss is None:
@@ -219,12 +230,31 @@ class EmbeddingModule(L.LightningModule):
         return loss.detach()
 
     def on_before_optimizer_step(self, optimizer) -> None:
+        self._drop_unused_tower_grads()
         # GradCache clips here: Lightning calls this hook after the precision plugin has unscaled fp16 gradients
         # (MixedPrecision.optimizer_step: unscale_, hook, scaler.step). Clipping before opt.step() would clip
         # gradients still multiplied by the loss scale, shrinking every update by about 1/scale.
         if not self.automatic_optimization and self.manual_gradient_clip is not None:
             value, algorithm = self.manual_gradient_clip
             self.clip_gradients(optimizer, gradient_clip_val=value, gradient_clip_algorithm=algorithm)
+
+    def _drop_unused_tower_grads(self) -> None:
+        """Under FSDP's uniform trace a tower without rows runs on a dummy input times 0, which leaves zero gradients
+        where DDP (and one process) leave none: a tower that no rank used for real in this step gets `grad=None`, so
+        AdamW's weight decay and momentum leave it alone exactly as they would without FSDP. One host exchange of
+        a flag per tower (every rank calls this once per optimizer step)."""
+        embedder = self.embedder
+        towers = list(embedder.family.towers)
+        if not embedder.uniform_trace or not towers:
+            return
+        used, embedder.real_towers = embedder.real_towers, set()
+        flags = [max(col) for col in zip(*all_gather_on_host([int(t in used) for t in towers]))]
+        unused = {seg for t, f in zip(towers, flags) if not f for seg in embedder.family.towers[t]}
+        if not unused:
+            return
+        for name, p in embedder.backbone.named_parameters():
+            if p.grad is not None and unused.intersection(name.split(".")):
+                p.grad = None
 
     # ------------------------------------------------------------------ validation
     def on_validation_epoch_start(self) -> None:
@@ -236,10 +266,12 @@ class EmbeddingModule(L.LightningModule):
             metric.reset()
 
     def validation_step(self, batch: dict, batch_idx: int):
-        if batch.get("val_padding"):
+        if batch.get("val_padding") and not self.embedder.uniform_trace:
             return  # a filler batch: it exists only so that every rank runs the same number of steps
-        q = self.embed_chunks(batch["query"])
-        t = self.embed_chunks(batch["target"])
+        q = self.embed_uniform(batch["query"])
+        t = self.embed_uniform(batch["target"])
+        if batch.get("val_padding"):
+            return  # under FSDP a filler batch runs the forward too (every rank all-gathers the same units), unscored
         keys = batch["target_keys"].to(self.device)
         b = q.shape[0]
         with local_only():  # validation batches differ across ranks: never gather here
@@ -313,6 +345,13 @@ class EmbeddingModule(L.LightningModule):
         modes; validation and `Embedder.encode` switch to eval and restore this mode."""
         if stage == "fit":
             self.train()
+
+    def configure_model(self) -> None:
+        """Sharding strategies (FSDP2: `embedders.strategies.FSDP2Strategy`) shard the model here, after `setup`
+        and before the optimizer is built; other strategies leave it whole."""
+        shard = getattr(self.trainer.strategy, "shard_module", None) if self._trainer is not None else None
+        if shard is not None:
+            shard(self)
 
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self):
@@ -398,7 +437,8 @@ class EmbeddingModule(L.LightningModule):
 
         import numpy as np
 
-        if self.hparams.lora:
+        if self.hparams.lora and "state_dict" in checkpoint:
+            # (A sharded FSDP checkpoint has loaded its tensors already: `FSDP2Strategy.load_checkpoint`.)
             # Non-strict loading is limited to the frozen base: any other missing key is an error.
             own = self.state_dict()
             missing = set(own) - set(checkpoint["state_dict"]) - self.frozen_keys()

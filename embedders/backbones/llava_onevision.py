@@ -129,6 +129,8 @@ class LlavaOnevisionFamily(BackboneFamily):
     # Vision blocks too: FSDP units then never mix a frozen tower with trainable decoder weights.
     decoder_layer_classes = ("Qwen2DecoderLayer", "SiglipEncoderLayer")
     vision_module = "vision_tower"
+    towers = {"vision": ("vision_tower", "multi_modal_projector", "image_newline")}
+    image_feature_keys = ("pixel_values", "image_sizes")
 
     #: The language model is Qwen2: the same ChatML layout as Qwen2-VL.
     chat = Qwen2VLFamily.chat

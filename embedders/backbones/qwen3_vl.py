@@ -83,6 +83,8 @@ class Qwen3VLFamily(BackboneFamily):
                            "qkv", "proj", "linear_fc1", "linear_fc2")
     decoder_layer_classes = ("Qwen3VLTextDecoderLayer", "Qwen3VLVisionBlock")
     vision_module = "visual"
+    towers = {"vision": ("visual",)}
+    image_feature_keys = ("pixel_values", "image_grid_thw")
 
     def load_model(self, path, config, dtype) -> nn.Module:
         if path is not None:
