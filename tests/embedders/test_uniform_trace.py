@@ -114,3 +114,32 @@ def test_real_towers_are_recorded_only_with_gradients(embedders):
     finally:
         embedder.uniform_trace = False
         embedder.real_towers = set()
+
+
+def test_a_tower_no_rank_used_gets_no_gradient():
+    """A step whose rows never reached the vision tower (on any rank) leaves its weights with `grad=None`, as DDP
+    and one process do, although the dummy pass gave them zero gradients: AdamW's weight decay and momentum then
+    leave the tower alone. A step with images keeps every gradient."""
+    from embedders import EmbeddingModule
+    from losses import InfoNCE
+
+    torch.manual_seed(0)
+    module = EmbeddingModule(family="qwen2_vl", config={}, loss=InfoNCE(),
+                             optimizer={"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 1e-3})
+    module.embedder.uniform_trace = True
+    build = module.embedder.input_builder
+    for kind, expect_vision in (("text", False), ("mixed", True)):
+        module.zero_grad(set_to_none=True)
+        texts, images = _batches("qwen2_vl")[kind]
+        q = module.embedder(build(texts, images, "query"))
+        t = module.embedder(build(["a red circle", "a blue square"], [None, None], "target"))
+        module.loss(q, t).backward()
+        vision = {n for n, p in module.embedder.named_parameters() if ".visual." in f".{n}"}
+        assert all(p.grad is not None for n, p in module.embedder.named_parameters() if n in vision)
+        module._drop_unused_tower_grads()
+        for n, p in module.embedder.named_parameters():
+            if n in vision:
+                assert (p.grad is not None) == expect_vision, (kind, n)
+            else:
+                assert p.grad is not None, (kind, n)
+        assert module.embedder.real_towers == set()  # consumed by the optimizer step
