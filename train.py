@@ -131,8 +131,6 @@ def _validate_config(cfg: DictConfig) -> None:
         if accel in ("gpu", "cuda") and not torch.cuda.is_available():
             raise ValueError("trainer=fsdp needs GPUs and none is visible here; FSDP on CPU ranks (gloo) is "
                              "trainer=fsdp_cpu trainer.devices=N")
-        if chunk is not None:
-            raise ValueError("GradCache under FSDP is not supported; use trainer=ddp with GradCache")
 
 
 def check_training_steps(trainer: L.Trainer, datamodule) -> int:

@@ -38,6 +38,7 @@ from torchmetrics.retrieval import RetrievalRecall
 from losses import ContrastiveLoss, similarity_fp32
 from losses.gather import all_gather_on_host, gather_rows, local_only
 
+from .backbones.base import untouched_rng
 from .embedder import Embedder, move_to
 from .finetune import keep_trainable_in, set_dropout
 from .gradcache import RngState, all_reduce_gradients
@@ -129,7 +130,8 @@ class EmbeddingModule(L.LightningModule):
         most = max(n for (n,) in all_gather_on_host([len(chunks)]))
         out = self.embed_chunks(chunks)
         for _ in range(most - len(chunks)):
-            self.embedder(move_to(chunks[-1], self.device))
+            with untouched_rng(self.device):
+                self.embedder(move_to(chunks[-1], self.device))
         return out
 
     def _require_loss(self) -> ContrastiveLoss:
@@ -186,13 +188,27 @@ class EmbeddingModule(L.LightningModule):
     def _gradcache_step(self, batch: dict) -> torch.Tensor:
         loss_fn = self._require_loss()
         opt = self.optimizers()
-        q_chunks, t_chunks = batch["query"], batch["target"]
-        # 1. Embed every chunk without gradients, recording the RNG state before each.
+        q_chunks, t_chunks = list(batch["query"]), list(batch["target"])
+        sharded = self.embedder.uniform_trace  # FSDP: every rank runs as many chunk forwards, in the same order
+        # Per chunk slot: the chunk, and whether it is real (False: a repeat that only keeps the ranks' FSDP
+        # collectives in step; its output is dropped and its replay back-propagates zeros).
+        slots = [(c, True) for c in q_chunks] + [(c, True) for c in t_chunks]
+        if sharded:
+            most_q, most_t = (max(col) for col in zip(*all_gather_on_host([len(q_chunks), len(t_chunks)])))
+            slots = ([(c, True) for c in q_chunks] + [(q_chunks[-1], False)] * (most_q - len(q_chunks))
+                     + [(c, True) for c in t_chunks] + [(t_chunks[-1], False)] * (most_t - len(t_chunks)))
+        # 1. Embed every chunk without gradients, recording the RNG state before each. (FSDP: no_grad, not
+        # inference_mode: FSDP's gathered weights are reused by the replay, which must not meet inference tensors.)
         states, reps = [], []
-        with torch.inference_mode():
-            for chunk in (*q_chunks, *t_chunks):
-                states.append(RngState(self.device))
-                reps.append(self.embedder(move_to(chunk, self.device)))
+        with torch.no_grad() if sharded else torch.inference_mode():
+            for chunk, real in slots:
+                if real:
+                    states.append(RngState(self.device))
+                    reps.append(self.embedder(move_to(chunk, self.device)))
+                else:
+                    with untouched_rng(self.device):
+                        self.embedder(move_to(chunk, self.device))
+                    states.append(None)
         # Under autocast, weight casts made in the inference-mode pass may sit in autocast's cache as inference
         # tensors; torch versions before the fix of that cache (pytorch#158232, PR #165068) reuse them in the
         # replay below, which then fails ("Inference tensors cannot be saved for backward"). Clearing the cache
@@ -210,18 +226,25 @@ class EmbeddingModule(L.LightningModule):
         with sync_ctx() if sync_ctx else contextlib.nullcontext():
             self.manual_backward(loss)
             grads = torch.cat([q.grad, t.grad]) if q.grad is not None else None
-            # 3. Replay each chunk with gradients and back-propagate the surrogate (emb · cached grad).
-            sizes = [r.shape[0] for r in reps]
+            # 3. Replay each chunk with gradients and back-propagate the surrogate (emb · cached grad). Under FSDP
+            # the gradients accumulate unsharded and are reduce-scattered once, in the last replay's backward.
             offset = 0
-            for chunk, state, n in zip((*q_chunks, *t_chunks), states, sizes):
-                with state.replay():
+            for i, ((chunk, real), state) in enumerate(zip(slots, states)):
+                if sharded:
+                    self.embedder.set_requires_gradient_sync(i == len(slots) - 1)
+                with state.replay() if real else untouched_rng(self.device):
                     emb = self.embedder(move_to(chunk, self.device))
                 # Plain autograd: the cached gradients already carry any loss scaling (fp16) applied by
                 # manual_backward above, and Lightning's per-call hooks would cost more than a small chunk.
-                emb.backward(grads[offset : offset + n].to(emb.dtype))
-                offset += n
-        # 4. One gradient all-reduce for the whole step (DDP), then step (clipping: on_before_optimizer_step), schedule.
-        all_reduce_gradients(self.parameters())
+                if real:
+                    emb.backward(grads[offset : offset + emb.shape[0]].to(emb.dtype))
+                    offset += emb.shape[0]
+                else:
+                    emb.backward(torch.zeros_like(emb))
+        # 4. One gradient all-reduce for the whole step (DDP; FSDP has reduce-scattered already), then step
+        # (clipping: on_before_optimizer_step), schedule.
+        if not sharded:
+            all_reduce_gradients(self.parameters())
         opt.step()
         opt.zero_grad(set_to_none=True)
         sched = self.lr_schedulers()

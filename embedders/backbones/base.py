@@ -119,7 +119,9 @@ class BackboneFamily:
         used = self.towers_in(inputs)
         for tower in self.towers:
             if tower not in used:
-                value = self.touch_tower(model, tower, dummy(tower))
+                dummy_inputs = dummy(tower)
+                with untouched_rng(dummy_inputs["input_ids"].device):
+                    value = self.touch_tower(model, tower, dummy_inputs)
                 touch = value if touch is None else touch + value
         emb = self.encode_inputs(model, inputs, pooling)
         return emb if touch is None else emb + 0.0 * touch.to(emb.dtype)
@@ -141,6 +143,13 @@ class BackboneFamily:
 
     def save_processor(self, processor, directory: Path) -> None:
         processor.save_pretrained(str(directory))
+
+
+def untouched_rng(device: torch.device):
+    """A scope whose random draws (dropout in a dummy pass) leave the CPU and `device`'s generators as they were, so
+    that the real rows draw the masks they would draw without the dummy."""
+    cuda = [device] if device.type == "cuda" else []
+    return torch.random.fork_rng(devices=cuda, enabled=True, device_type="cuda")
 
 
 def sum_features(output) -> torch.Tensor:

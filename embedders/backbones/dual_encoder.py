@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from transformers import AutoModel, AutoProcessor
 
-from .base import BackboneFamily, register_family, require_model_type
+from .base import BackboneFamily, register_family, require_model_type, untouched_rng
 
 TINY_TEXT = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4)
 TINY_VISION = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2, image_size=28,
@@ -153,13 +153,16 @@ class DualEncoderFamily(BackboneFamily):
         if has_text.any():
             rows.append((has_text, nn.functional.normalize(self._text(model, inputs, has_text), dim=-1)))
         elif dummy is not None:
-            touch.append(self._text(model, dummy("text")).float().sum())
+            with untouched_rng(input_ids.device):
+                touch.append(self._text(model, dummy("text")).float().sum())
         if has_image.any():
             image = model.get_image_features(pixel_values=inputs["pixel_values"], return_dict=True).pooler_output
             rows.append((has_image, nn.functional.normalize(image, dim=-1)))
         elif dummy is not None:
             pixels = dummy("vision")["pixel_values"]
-            touch.append(model.get_image_features(pixel_values=pixels, return_dict=True).pooler_output.float().sum())
+            with untouched_rng(input_ids.device):
+                touch.append(model.get_image_features(pixel_values=pixels, return_dict=True).pooler_output.float()
+                             .sum())
         dim = rows[0][1].shape[-1]
         out = rows[0][1].new_zeros(input_ids.shape[0], dim)
         for mask, emb in rows:

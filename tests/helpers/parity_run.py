@@ -36,14 +36,15 @@ class ParityProbe(L.Callback):
         self.val_loss: float | None = None
         self.norms: dict[int, float] = {}
         self.with_grad: dict[int, list[str]] = {}
+        self.chunks: dict[int, tuple[int, int]] = {}
 
     def on_train_start(self, trainer, pl_module):
         self.initial = _full_weights(pl_module)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        kinds = ["image" if any(k in c for k in ("pixel_values", "pixel_values_videos")) else "text"
-                 for c in batch["query"]]
-        self.modalities[trainer.global_step + 1] = kinds
+        visual = any(k in c for c in batch["query"] for k in ("pixel_values", "pixel_values_videos"))
+        self.modalities[trainer.global_step + 1] = "image" if visual else "text"
+        self.chunks[trainer.global_step + 1] = (len(batch["query"]), len(batch["target"]))
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer):
         # The global gradient norm before clipping (FSDP: over the sharded DTensor gradients).
@@ -68,7 +69,8 @@ class ParityProbe(L.Callback):
                   for i, g in enumerate(trainer.optimizers[0].param_groups)}
         rank = trainer.global_rank
         torch.save({"losses": self.losses, "modalities": self.modalities, "groups": groups, "val_loss": self.val_loss,
-                    "norms": self.norms, "with_grad": self.with_grad},
+                    "norms": self.norms, "with_grad": self.with_grad,
+                    "chunks": self.chunks},
                    self.out / f"rank{rank}.pt")
         if rank == 0:
             torch.save({"initial": self.initial, "final": final}, self.out / "weights.pt")
