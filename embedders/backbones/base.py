@@ -145,6 +145,17 @@ class BackboneFamily:
         processor.save_pretrained(str(directory))
 
 
+def cast_weights(model: nn.Module, dtype: torch.dtype | None) -> nn.Module:
+    """`model` with its floating-point parameters in `dtype` and its buffers as they are — what `from_pretrained(...,
+    dtype=...)` gives (RoPE's `inv_freq` is built in fp32 and stays so; `model.to(dtype)` would round it, moving every
+    position's angle by up to ~p·θ·2⁻⁹). For the randomly initialised models built from a config."""
+    if dtype is not None:
+        for p in model.parameters():
+            if p.is_floating_point():
+                p.data = p.data.to(dtype)
+    return model
+
+
 def untouched_rng(device: torch.device):
     """A scope whose random draws (dropout in a dummy pass) leave the CPU and `device`'s generators as they were, so
     that the real rows draw the masks they would draw without the dummy."""

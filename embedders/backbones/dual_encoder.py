@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from transformers import AutoModel, AutoProcessor
 
-from .base import BackboneFamily, register_family, require_model_type, untouched_rng
+from .base import BackboneFamily, cast_weights, register_family, require_model_type, untouched_rng
 
 TINY_TEXT = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4)
 TINY_VISION = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2, image_size=28,
@@ -67,7 +67,7 @@ class DualEncoderFamily(BackboneFamily):
             return AutoModel.from_pretrained(path, dtype=dtype)
         text, vision, config = _tiny_parts(config, self.text_positions)
         model = self.tiny_model(self.tiny_tokenizer(text["max_position_embeddings"]), text, vision, config)
-        return model.to(dtype) if dtype is not None else model
+        return cast_weights(model, dtype)
 
     def load_processor(self, path, config, image):
         if image:

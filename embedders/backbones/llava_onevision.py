@@ -17,6 +17,7 @@ from transformers import AutoProcessor, LlavaOnevisionProcessor
 from ..pooling import pool
 from .base import (
     BackboneFamily,
+    cast_weights,
     load_pretrained,
     processor_inputs,
     processor_source,
@@ -146,7 +147,7 @@ class LlavaOnevisionFamily(BackboneFamily):
         from ..tiny import tiny_llava_qwen_tokenizer
 
         model = LlavaOnevisionModel(tiny_llava_onevision_config(tiny_llava_qwen_tokenizer(), config))
-        return model.to(dtype) if dtype is not None else model
+        return cast_weights(model, dtype)
 
     def load_processor(self, path, config, image):
         if image:

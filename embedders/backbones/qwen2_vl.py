@@ -31,6 +31,7 @@ from transformers import AutoImageProcessor, AutoProcessor, AutoTokenizer, Qwen2
 from ..pooling import pool
 from .base import (
     BackboneFamily,
+    cast_weights,
     check_resize,
     load_pretrained,
     processor_inputs,
@@ -166,7 +167,7 @@ class Qwen2VLFamily(BackboneFamily):
 
         cfg = tiny_qwen2vl_config(tiny_qwen_tokenizer(), (config or {}).get("text"), (config or {}).get("vision"))
         model = Qwen2VLModel(cfg)
-        return model.to(dtype) if dtype is not None else model
+        return cast_weights(model, dtype)
 
     def load_processor(self, path, config, image):
         image = dict(image or {})

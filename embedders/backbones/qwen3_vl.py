@@ -16,7 +16,7 @@ from torch import nn
 from transformers import AutoImageProcessor, AutoProcessor, AutoTokenizer, Qwen3VLProcessor
 
 from ..pooling import pool
-from .base import BackboneFamily, load_pretrained, register_family, torchvision_usable
+from .base import BackboneFamily, cast_weights, load_pretrained, register_family, torchvision_usable
 from .qwen2_vl import Qwen2VLFamily, _image_processor_kwargs, qwen_vision_token_ids
 from .qwen_video import qwen_processor_inputs, save_video_processor, with_video
 
@@ -95,7 +95,7 @@ class Qwen3VLFamily(BackboneFamily):
 
         cfg = tiny_qwen3vl_config(tiny_qwen_tokenizer(), (config or {}).get("text"), (config or {}).get("vision"))
         model = Qwen3VLModel(cfg)
-        return model.to(dtype) if dtype is not None else model
+        return cast_weights(model, dtype)
 
     def load_processor(self, path, config, image):
         image = dict(image or {})

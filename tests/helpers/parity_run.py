@@ -145,3 +145,46 @@ def launch(out: Path, world: int, runs: dict[str, list[str]], timeout: float = 6
 
 if __name__ == "__main__":
     main()
+
+
+class PrecisionProbe(L.Callback):
+    """Under FSDP: the dtype and size of every gradient reduce-scatter of each step, the dtypes of the RoPE buffers
+    and of every parameter (its local shard) after training, the padded sizes of the trainable parameters."""
+
+    def __init__(self, out: str):
+        self.out = Path(out)
+        self.reductions: dict[int, list[tuple[str, int]]] = {}
+        self._original = None
+
+    def on_train_start(self, trainer, pl_module):
+        import torch.distributed as dist
+
+        name = "reduce_scatter_single" if hasattr(dist, "reduce_scatter_single") else "reduce_scatter_tensor"
+        original = getattr(dist, name)
+
+        def recording(*args, **kwargs):
+            tensor = kwargs.get("input", args[1] if len(args) > 1 else None)
+            self.reductions.setdefault(trainer.global_step + 1, []).append((str(tensor.dtype), tensor.numel()))
+            return original(*args, **kwargs)
+
+        self._original = (name, original)
+        setattr(dist, name, recording)
+
+    def on_train_end(self, trainer, pl_module):
+        import torch.distributed as dist
+
+        setattr(dist, *self._original)
+        world = trainer.world_size
+
+        def padded(p):
+            rows = -(-p.shape[0] // world) * world
+            return rows * (p.numel() // p.shape[0]) if p.numel() else 0
+
+        torch.save({
+            "reductions": self.reductions,
+            "buffers": {n: str(b.dtype) for n, b in pl_module.named_buffers() if "inv_freq" in n},
+            "params": {n: (str(getattr(p, "_local_tensor", p).dtype), p.requires_grad)
+                       for n, p in pl_module.named_parameters()},
+            "trainable_padded": sum(padded(p) for p in pl_module.parameters() if p.requires_grad),
+            "all_padded": sum(padded(p) for p in pl_module.parameters()),
+        }, self.out / f"precision{trainer.global_rank}.pt")
