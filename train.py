@@ -121,10 +121,6 @@ def _validate_config(cfg: DictConfig) -> None:
                              "rank running the same units whatever its rows); use trainer=fsdp (GPUs) or "
                              "trainer=fsdp_cpu (CPU ranks)")
         refuse_true_precision(OmegaConf.select(cfg, "trainer.precision", default="32-true"))
-        if OmegaConf.select(cfg, "callbacks.saha_refresh") is not None:
-            raise ValueError("callbacks=saha_refresh is not supported under trainer=fsdp (re-mining encodes with "
-                             "the embedder outside the FSDP forward, whose parameters are sharded); use trainer=ddp, "
-                             "or mine between runs with mine.py")
         accel = OmegaConf.select(cfg, "trainer.accelerator")
         import torch
 
