@@ -1,5 +1,5 @@
 """Mixed precision under FSDP (2 gloo ranks, `trainer=fsdp_cpu trainer.precision=bf16-mixed`, bf16 autocast):
-RoPE's `inv_freq` buffers stay fp32, every gradient reduce-scatter runs in fp32 (also when FSDP all-gathers bf16
+RoPE's `inv_freq` buffers stay fp32, every gradient reduce-scatter runs in fp32 (even with FSDP all-gathering bf16
 copies, `trainer.strategy.param_dtype=bfloat16`), and with LoRA on a bf16 base (`model.dtype=bfloat16`) the frozen
 base stays bf16 beside fp32 adapters and only the adapters' gradients are reduced."""
 
@@ -21,8 +21,9 @@ def test_bf16_keeps_rope_fp32_reduces_in_fp32_and_lora_reduces_adapters_only(tmp
                        "trainer.val_check_interval=2", "data.batch_size=3", "data.val_per_subset=1",
                        "evaluate_before=false", "evaluate_after=false", "save_embedder=false",
                        "callbacks.model_checkpoint=null", "+callbacks.precision._target_=parity_run.PrecisionProbe"])
-    runs = {"lora": [*common, "model.lora={r:4,alpha:8}", "model.dtype=bfloat16"],
-            "bf16_gather": [*common, "trainer.strategy.param_dtype=bfloat16"]}
+    # bf16 all-gathers too (param_dtype): the sharded weights keep their dtypes, the reduction stays fp32
+    runs = {"lora": [*common, "model.lora={r:4,alpha:8}", "model.dtype=bfloat16",
+                     "trainer.strategy.param_dtype=bfloat16"]}
     runs = {name: [*o, f"+callbacks.precision.out={tmp_path / name}"] for name, o in runs.items()}
     parity_run.launch(tmp_path, 2, runs)
     for name in runs:
