@@ -10,7 +10,8 @@ Optimisation modes:
   back-propagated with the cached embedding gradients. Under DDP all backward passes run without
   gradient sync and gradients are averaged once per step (`all_reduce_gradients`), so chunk
   counts may differ across ranks without hangs. Parameters that no rank used keep `grad=None`, as under
-  plain DDP. Clipping happens in `on_before_optimizer_step`, which Lightning calls after the precision
+  plain DDP. Under FSDP every rank runs as many chunk forwards (repeats of its last chunk, back-propagating
+  zeros) and the replays reduce-scatter once, in the last one. Clipping happens in `on_before_optimizer_step`, which Lightning calls after the precision
   plugin has unscaled fp16 gradients; the LR scheduler steps here.
 
 Precision: the contrastive loss and the validation similarities are computed in fp32 whatever the autocast
@@ -18,8 +19,13 @@ context (`losses.full_precision`); trainable parameters are kept in `trainable_d
 by default) while `dtype` sets the frozen and inference weights (see `embedders.finetune.keep_trainable_in`).
 
 Validation works for any number of rows on any number of ranks: the DataModule gives every rank the same
-number of steps (filler batches flagged `val_padding`, skipped here), each rank accumulates sums over its
-own batches, and one all-reduce at the end gives the metrics of a single-process validation of the same rows.
+number of steps (filler batches flagged `val_padding`, skipped here; under FSDP they run the forward unscored,
+since every forward all-gathers), each rank accumulates sums over its own batches, and one all-reduce at the end
+gives the metrics of a single-process validation of the same rows.
+
+FSDP (`embedders.strategies.FSDP2Strategy`) shards the model in `configure_model`; the embedder then runs every
+unit on every call, and `on_before_optimizer_step` takes the gradients of towers no rank used for real away
+(`_drop_unused_tower_grads`), so that an FSDP step equals a DDP step.
 """
 
 from __future__ import annotations

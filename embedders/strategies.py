@@ -61,17 +61,18 @@ def fsdp_units(embedder: nn.Module) -> list[nn.Module]:
     return units
 
 
-def refuse_true_precision(precision: str) -> None:
+def refuse_true_precision(precision) -> None:
     """`*-true` precisions cast the whole module, buffers included, to half precision after the model is built:
-    no fp32 master weights, RoPE `inv_freq` in bf16. Refused under FSDP, with what to use instead."""
-    if str(precision) in ("bf16-true", "16-true", "bf16", "16", "half"):
+    no fp32 master weights, RoPE `inv_freq` in bf16. Refused under FSDP, with what to use instead; so is `16-mixed`
+    (`16` in Lightning's shorthand), which needs a sharded gradient scaler."""
+    if str(precision) in ("bf16-true", "16-true"):
         raise ValueError(
             f"trainer.precision={precision} under FSDP casts every weight and buffer to half precision (no fp32 "
             "master weights; RoPE's inv_freq rounded, so training sees other positions than evaluation): use "
             "trainer.precision=bf16-mixed (bf16 compute, fp32 master weights; model.dtype=bfloat16 keeps frozen "
             "weights in bf16), or model.trainable_dtype=bfloat16 for pure bf16 trainable weights (warns)")
     if str(precision) in ("16-mixed", "16"):
-        raise ValueError("trainer.precision=16-mixed under FSDP needs a sharded gradient scaler, which this "
+        raise ValueError(f"trainer.precision={precision} under FSDP needs a sharded gradient scaler, which this "
                          "strategy does not provide: use trainer.precision=bf16-mixed")
 
 
@@ -169,9 +170,16 @@ def shard_embedding_module(module: nn.Module, mesh, reshard_after_forward: bool 
     if isinstance(embedder, FSDPModule):
         return
     policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
+    # FSDP2 cannot shard 0-d parameters. The only ones in the families are CLIP's and SigLIP's logit scale and bias,
+    # which embeddings never use (their gradient is None, under DDP too): they stay whole on every rank.
+    scalars = {p for p in embedder.parameters() if p.ndim == 0}
+    if scalars:
+        log.info("FSDP leaves %d 0-d parameter(s) whole on every rank (unused by the embeddings: %s)", len(scalars),
+                 sorted(n for n, p in embedder.named_parameters() if p.ndim == 0))
     for unit in fsdp_units(embedder):
         fully_shard(unit, mesh=mesh, mp_policy=policy, reshard_after_forward=reshard_after_forward)
-    fully_shard(embedder, mesh=mesh, mp_policy=policy, reshard_after_forward=reshard_after_forward)
+    fully_shard(embedder, mesh=mesh, mp_policy=policy, reshard_after_forward=reshard_after_forward,
+                ignored_params=scalars or None)
     loss = getattr(module, "loss", None)
     if loss is not None and any(True for _ in loss.parameters()):
         fully_shard(loss, mesh=mesh, mp_policy=MixedPrecisionPolicy(reduce_dtype=torch.float32))

@@ -56,6 +56,10 @@ def check_parity(out: Path, world: int, ddp: str, fsdp: str, lora: bool) -> dict
         da, db = wa["final"][k] - initial, wb["final"][k] - initial
         # a weight that DDP left untouched (no rank used it) stays bit-identical under FSDP, and vice versa
         assert bool(da.any()) == bool(db.any()), k
+        if k.endswith("k_proj.bias"):
+            # The key bias's gradient is analytically 0 (a softmax is shift-invariant), so it is rounding noise
+            # in both runs, which AdamW scales up to lr-sized steps: no figure to compare.
+            continue
         diff += float((da - db).double().pow(2).sum())
         ref += float(da.double().pow(2).sum())
     assert ref > 0 and (diff / ref) ** 0.5 <= 1e-5
@@ -106,3 +110,17 @@ def test_llava_onevision_two_ranks_full(tmp_path, tiny_cfg):
 def test_three_ranks_full_and_lora(tmp_path, tiny_cfg, model):
     covered = run_family(tmp_path, tiny_cfg, model, 3)
     assert covered[0]["mixed"]
+
+
+@pytest.mark.slow
+def test_other_families_two_ranks_full(tmp_path, tiny_cfg):
+    """Qwen3-VL (DeepStack features) and the CLIP and SigLIP dual encoders (a tower without rows on some ranks)
+    train under FSDP exactly as under DDP."""
+    runs = {}
+    models = ("tiny_qwen3vl", "tiny_clip", "tiny_siglip")
+    for model in models:
+        for trainer in ("ddp_cpu", "fsdp_cpu"):
+            runs[f"{model}_{trainer}"] = [f"trainer={trainer}", *overrides(tiny_cfg, model, False)]
+    parity_run.launch(tmp_path, 2, runs)
+    for model in models:
+        check_parity(tmp_path, 2, f"{model}_ddp_cpu", f"{model}_fsdp_cpu", False)
