@@ -25,6 +25,8 @@ from typing import Any
 import torch
 from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from torch.distributed.checkpoint import FileSystemReader, load
+from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
 from datamodules.atomic import respect_umask
 
@@ -173,9 +175,6 @@ def read_sharded_checkpoint(path: str | os.PathLike) -> dict:
     """A sharded FSDP checkpoint directory (torch.distributed.checkpoint shards + Lightning's meta.pt) as one
     checkpoint dict on this process, CPU: meta.pt's entries and the whole `state_dict` (optimizer states are not
     read). Needs no process group. (Lightning's consolidate_checkpoint utility expects FSDP1's layout.)"""
-    from torch.distributed.checkpoint import FileSystemReader, load
-    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
-
     path = Path(path)
     checkpoint = checkpoint_metadata(path)
     reader = FileSystemReader(str(path))

@@ -400,7 +400,9 @@ class EmbeddingModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def param_groups(self) -> list[dict]:
-        """Decay / no-decay (biases, norms) groups for the embedder; the temperature in its own group."""
+        """Decay / no-decay (biases, norms) groups for the embedder; the temperature in its own group. Under FSDP
+        the parameters are DTensors that keep their full shapes and names, so the groups equal the unwrapped
+        model's (tests/precision/test_fsdp_parity.py compares them by name)."""
         decay, no_decay = [], []
         for name, p in self.embedder.named_parameters():
             if not p.requires_grad:

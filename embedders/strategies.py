@@ -30,6 +30,16 @@ from lightning.fabric.plugins.collectives.torch_collective import default_pg_tim
 from lightning.pytorch.plugins.precision import HalfPrecision
 from lightning.pytorch.strategies import ModelParallelStrategy
 from torch import nn
+from torch.distributed.checkpoint import FileSystemReader, load
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_optimizer_state_dict,
+)
+from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
+
+from .checkpoint_io import SHARDED_METADATA
 
 log = logging.getLogger(__name__)
 
@@ -130,15 +140,6 @@ class FSDP2Strategy(ModelParallelStrategy):
         module = self.lightning_module
         if not (path.is_dir() and not module.strict_loading):
             return super().load_checkpoint(checkpoint_path, weights_only=weights_only)
-        from lightning.fabric.utilities.load import _METADATA_FILENAME
-        from torch.distributed.checkpoint import FileSystemReader, load
-        from torch.distributed.checkpoint.state_dict import (
-            StateDictOptions,
-            get_model_state_dict,
-            get_optimizer_state_dict,
-            set_optimizer_state_dict,
-        )
-
         saved = {k.removeprefix("state_dict.") for k in FileSystemReader(path).read_metadata().state_dict_metadata
                  if k.startswith("state_dict.")}
         state = get_model_state_dict(self.model)
@@ -156,7 +157,7 @@ class FSDP2Strategy(ModelParallelStrategy):
                                      options=StateDictOptions(cpu_offload=True))
         log.info("sharded checkpoint %s: %d tensor(s) loaded, %d frozen weight(s) kept from model.path", path,
                  len(wanted["state_dict"]), len(set(state) - saved))
-        return torch.load(path / _METADATA_FILENAME, weights_only=weights_only)
+        return torch.load(path / SHARDED_METADATA, weights_only=weights_only)
 
 
 def shard_embedding_module(module: nn.Module, mesh, reshard_after_forward: bool = True,
@@ -164,8 +165,6 @@ def shard_embedding_module(module: nn.Module, mesh, reshard_after_forward: bool 
     """Apply FSDP2 to an EmbeddingModule in place over `mesh` (1-D): the family's blocks, then the embedder as the
     root unit, then the loss's parameters (a learnable temperature) as a root of their own, never cast. Gradients
     are reduce-scattered in fp32; the embedder then runs every unit on every call (`uniform_trace`). Idempotent."""
-    from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
-
     embedder = module.embedder
     if isinstance(embedder, FSDPModule):
         return
@@ -189,8 +188,6 @@ def shard_embedding_module(module: nn.Module, mesh, reshard_after_forward: bool 
 def full_state_dict(root: nn.Module) -> dict:
     """The full, unsharded state dict of an FSDP2-sharded module. Collective: every rank must call it; rank 0
     receives the tensors (on CPU), the other ranks an empty dict."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
     return get_model_state_dict(root, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
@@ -205,8 +202,7 @@ def unsharded_copy(module: nn.Module, state: Mapping[str, torch.Tensor]) -> nn.M
 
 
 def is_sharded(module: nn.Module) -> bool:
-    from torch.distributed.fsdp import FSDPModule
-
+    """Whether FSDP2 shards any part of `module`."""
     return any(isinstance(m, FSDPModule) for m in module.modules())
 
 

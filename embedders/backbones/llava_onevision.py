@@ -22,6 +22,7 @@ from .base import (
     processor_inputs,
     processor_source,
     register_family,
+    sum_features,
     torchvision_usable,
 )
 from .qwen2_vl import Qwen2VLFamily
@@ -131,7 +132,15 @@ class LlavaOnevisionFamily(BackboneFamily):
     decoder_layer_classes = ("Qwen2DecoderLayer", "SiglipEncoderLayer")
     vision_module = "vision_tower"
     towers = {"vision": ("vision_tower", "multi_modal_projector", "image_newline")}
-    image_feature_keys = ("pixel_values", "image_sizes")
+
+    def touch_tower(self, model, tower, dummy):
+        # The feature layer and selection the model's forward uses, passed explicitly (transformers versions
+        # differ in whether get_image_features fills them from the config).
+        config = model.config
+        out = model.get_image_features(pixel_values=dummy["pixel_values"], image_sizes=dummy["image_sizes"],
+                                       vision_feature_layer=config.vision_feature_layer,
+                                       vision_feature_select_strategy=config.vision_feature_select_strategy)
+        return sum_features(out)
 
     #: The language model is Qwen2: the same ChatML layout as Qwen2-VL.
     chat = Qwen2VLFamily.chat
