@@ -12,7 +12,7 @@ ARGS ?=
 export TOKENIZERS_PARALLELISM ?= false
 export HF_HUB_DISABLE_PROGRESS_BARS ?= 1
 
-.PHONY: help setup train evaluate compare test test-all bench lint sweep ablation ablation-real recipe-cpu readme-figures clean
+.PHONY: help setup train evaluate compare test test-all bench gpu-check lint sweep ablation ablation-real recipe-cpu readme-figures clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -49,6 +49,9 @@ test-all: $(STAMP) ## every test, slow ones included
 
 bench: $(STAMP) ## benchmarks: measured ratios side by side (ARGS=--quick: a smoke run, no target judged)
 	$(PY) benchmarks/run_all.py $(ARGS)
+
+gpu-check: $(STAMP) ## on a GPU machine: bf16 full FT / LoRA / FSDP / GradCache steps, host syncs, throughput (< 8 min, H100)
+	$(PY) benchmarks/gpu_check.py $(ARGS)
 
 sweep: $(STAMP) ## SLURM sweep of the two losses: make sweep ARGS='hydra.launcher.partition=gpu …'
 	$(PY) train.py -m hydra/launcher=slurm trainer=slurm loss=infonce,hardness_weighted $(ARGS)

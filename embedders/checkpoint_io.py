@@ -13,10 +13,12 @@ to Lightning's behaviour. Temporary files of saves that were killed are removed 
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import re
 import tempfile
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,8 @@ from typing import Any
 import torch
 from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from torch.distributed.checkpoint import FileSystemReader, load
+from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
 from operations.atomic import respect_umask
 from operations.disk_space import disk_full_error, is_disk_full
@@ -186,12 +190,38 @@ def clean_orphans(directory: str | os.PathLike) -> list[Path]:
     return removed
 
 
+def read_sharded_checkpoint(path: str | os.PathLike) -> dict:
+    """A sharded FSDP checkpoint directory (torch.distributed.checkpoint shards + Lightning's meta.pt) as one
+    checkpoint dict on this process, CPU: meta.pt's entries and the whole `state_dict` (optimizer states are not
+    read). Needs no process group. (Lightning's consolidate_checkpoint utility expects FSDP1's layout.)"""
+    path = Path(path)
+    checkpoint = checkpoint_metadata(path)
+    reader = FileSystemReader(str(path))
+    try:
+        saved = reader.read_metadata().state_dict_metadata
+    except FileNotFoundError:
+        saved = {}
+    # Empty full-size tensors for the weights only, which the load fills in place.
+    weights = {key.removeprefix("state_dict."): torch.empty(meta.size, dtype=meta.properties.dtype)
+               for key, meta in saved.items() if key.startswith("state_dict.") and isinstance(meta, TensorStorageMetadata)}
+    if not weights:
+        raise UnreadableCheckpointError(f"sharded checkpoint {path} holds no model weights (no state_dict entries)")
+    state = {"state_dict": weights}
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*assuming the intent is to load in a single process.*")
+        load(state, storage_reader=reader, no_dist=True)
+    checkpoint["state_dict"] = state["state_dict"]
+    return checkpoint
+
+
 def load_trained_module(path: str | os.PathLike):
-    """The EmbeddingModule of a training checkpoint file (without its loss), on CPU, for export or scoring."""
+    """The EmbeddingModule of a training checkpoint (a file, or a sharded FSDP directory) without its loss, on
+    CPU, for export or scoring."""
     path = Path(path)
     if is_sharded_checkpoint(path):
-        raise ValueError(f"{path} is a sharded FSDP checkpoint directory; consolidate it into one file first: "
-                         f"python -m lightning.pytorch.utilities.consolidate_checkpoint {path}  "
-                         f"(writes {path}.consolidated), then pass that file")
+        buffer = io.BytesIO()
+        torch.save(read_sharded_checkpoint(path), buffer)
+        buffer.seek(0)
+        return EmbeddingModule.load_from_checkpoint(buffer, map_location="cpu", loss=None)
     checkpoint_metadata(path)  # names the file when it is truncated or corrupt
     return EmbeddingModule.load_from_checkpoint(str(path), map_location="cpu", loss=None)

@@ -119,6 +119,12 @@ class Embedder(nn.Module):
             cfg = self.head_config
             self.head = MultiVectorHead(_hidden_size(backbone), cfg["dim"], cfg["similarity"],
                                         resolve_skip_ids(tokenizer, cfg["skip_tokens"]), cfg["bias"])
+        #: Run every tower on every call (set by the FSDP strategy: ranks must run the same units in the same
+        #: order); towers without rows run on a dummy input whose output enters the embeddings times 0.
+        self.uniform_trace = False
+        #: Towers that calls with gradients used for real since the last optimizer step (under `uniform_trace`).
+        self.real_towers: set[str] = set()
+        self._dummies: dict[tuple[str, str], dict] = {}
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -171,7 +177,12 @@ class Embedder(nn.Module):
         return self.input_builder.prompt
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        emb = self.family.encode_inputs(self.backbone, inputs, self.pooling)
+        if self.uniform_trace and self.family.towers:
+            emb = self.family.encode_uniform(self.backbone, inputs, self.pooling, self.dummy_inputs)
+            if torch.is_grad_enabled():
+                self.real_towers |= self.family.towers_in(inputs)
+        else:
+            emb = self.family.encode_inputs(self.backbone, inputs, self.pooling)
         if self.head is not None:  # [B, T, H] token states → [B, T, dim] unit token vectors, unscored rows zero
             return self.head(emb, inputs["attention_mask"], inputs.get("input_ids"), self.truncate_dim)
         if self.truncate_dim is not None:
@@ -180,6 +191,15 @@ class Embedder(nn.Module):
                                  f"of this {self.family.name} model; use a value ≤ {emb.shape[-1]} or null")
             emb = emb[..., : self.truncate_dim]
         return nn.functional.normalize(emb, dim=-1) if self.normalize else emb
+
+    def dummy_inputs(self, tower: str) -> dict[str, torch.Tensor]:
+        """The family's dummy input for `tower` (processor outputs of one tiny row), on this Embedder's device."""
+        device = self.device
+        key = (tower, str(device))
+        if key not in self._dummies:
+            inputs = self.family.dummy_inputs(self.processor, tower, self.input_builder.max_length)
+            self._dummies[key] = move_to(inputs, device)
+        return self._dummies[key]
 
     def truncated(self, dim: int | None) -> Embedder:
         """An Embedder sharing this one's weights whose embeddings keep their first `dim` dimensions (re-normalised);

@@ -10,7 +10,8 @@ Optimisation modes:
   back-propagated with the cached embedding gradients. Under DDP all backward passes run without
   gradient sync and gradients are averaged once per step (`all_reduce_gradients`), so chunk
   counts may differ across ranks without hangs. Parameters that no rank used keep `grad=None`, as under
-  plain DDP. Clipping happens in `on_before_optimizer_step`, which Lightning calls after the precision
+  plain DDP. Under FSDP every rank runs as many chunk forwards (repeats of its last chunk, back-propagating
+  zeros) and the replays reduce-scatter once, in the last one. Clipping happens in `on_before_optimizer_step`, which Lightning calls after the precision
   plugin has unscaled fp16 gradients; the LR scheduler steps here.
 
 Precision: the contrastive loss and the validation similarities are computed in fp32 whatever the autocast
@@ -18,8 +19,13 @@ context (`losses.full_precision`); trainable parameters are kept in `trainable_d
 by default) while `dtype` sets the frozen and inference weights (see `embedders.finetune.keep_trainable_in`).
 
 Validation works for any number of rows on any number of ranks: the DataModule gives every rank the same
-number of steps (filler batches flagged `val_padding`, skipped here), each rank accumulates sums over its
-own batches, and one all-reduce at the end gives the metrics of a single-process validation of the same rows.
+number of steps (filler batches flagged `val_padding`, skipped here; under FSDP they run the forward unscored,
+since every forward all-gathers), each rank accumulates sums over its own batches, and one all-reduce at the end
+gives the metrics of a single-process validation of the same rows.
+
+FSDP (`embedders.strategies.FSDP2Strategy`) shards the model in `configure_model`; the embedder then runs every
+unit on every call, and `on_before_optimizer_step` takes the gradients of towers no rank used for real away
+(`_drop_unused_tower_grads`), so that an FSDP step equals a DDP step.
 """
 
 from __future__ import annotations
@@ -36,8 +42,9 @@ import torch.distributed as dist
 from torchmetrics.retrieval import RetrievalRecall
 
 from losses import ContrastiveLoss, Similarity, full_precision
-from losses.gather import gather_rows, local_only
+from losses.gather import all_gather_on_host, gather_rows, local_only
 
+from .backbones.base import untouched_rng
 from .diagnostics import similarity_overlap
 from .embedder import Embedder, move_to
 from .finetune import keep_trainable_in, set_dropout
@@ -165,6 +172,18 @@ class EmbeddingModule(L.LightningModule):
                 side["guide_target"] = torch.cat([guide(move_to(c, self.device)) for c in batch["guide_target"]])
         return side
 
+    def embed_uniform(self, chunks: Sequence[dict[str, torch.Tensor]]) -> torch.Tensor:
+        """`embed_chunks`, except that under FSDP's uniform trace every rank runs as many forward calls as the rank
+        with the most chunks (the last chunk again, its output dropped): each call all-gathers every unit."""
+        if not self.embedder.uniform_trace:
+            return self.embed_chunks(chunks)
+        most = max(n for (n,) in all_gather_on_host([len(chunks)]))
+        out = self.embed_chunks(chunks)
+        for _ in range(most - len(chunks)):
+            with untouched_rng(self.device):
+                self.embedder(move_to(chunks[-1], self.device))
+        return out
+
     def _require_loss(self) -> ContrastiveLoss:
         if self.loss is None:
             raise RuntimeError("EmbeddingModule was built without a loss; pass loss=… to train")
@@ -219,13 +238,27 @@ class EmbeddingModule(L.LightningModule):
     def _gradcache_step(self, batch: dict) -> torch.Tensor:
         loss_fn = self._require_loss()
         opt = self.optimizers()
-        q_chunks, t_chunks = batch["query"], batch["target"]
-        # 1. Embed every chunk without gradients, recording the RNG state before each.
+        q_chunks, t_chunks = list(batch["query"]), list(batch["target"])
+        sharded = self.embedder.uniform_trace  # FSDP: every rank runs as many chunk forwards, in the same order
+        # Per chunk slot: the chunk, and whether it is real (False: a repeat that only keeps the ranks' FSDP
+        # collectives in step; its output is dropped and its replay back-propagates zeros).
+        slots = [(c, True) for c in q_chunks] + [(c, True) for c in t_chunks]
+        if sharded:
+            most_q, most_t = (max(col) for col in zip(*all_gather_on_host([len(q_chunks), len(t_chunks)])))
+            slots = ([(c, True) for c in q_chunks] + [(q_chunks[-1], False)] * (most_q - len(q_chunks))
+                     + [(c, True) for c in t_chunks] + [(t_chunks[-1], False)] * (most_t - len(t_chunks)))
+        # 1. Embed every chunk without gradients, recording the RNG state before each. (FSDP: no_grad, not
+        # inference_mode: FSDP's gathered weights are reused by the replay, which must not meet inference tensors.)
         states, reps = [], []
-        with torch.inference_mode():
-            for chunk in (*q_chunks, *t_chunks):
-                states.append(RngState(self.device))
-                reps.append(self.embedder(move_to(chunk, self.device)))
+        with torch.no_grad() if sharded else torch.inference_mode():
+            for chunk, real in slots:
+                if real:
+                    states.append(RngState(self.device))
+                    reps.append(self.embedder(move_to(chunk, self.device)))
+                else:
+                    with untouched_rng(self.device):
+                        self.embedder(move_to(chunk, self.device))
+                    states.append(None)
         # Under autocast, weight casts made in the inference-mode pass may sit in autocast's cache as inference
         # tensors; torch versions before the fix of that cache (pytorch#158232, PR #165068) reuse them in the
         # replay below, which then fails ("Inference tensors cannot be saved for backward"). Clearing the cache
@@ -242,19 +275,25 @@ class EmbeddingModule(L.LightningModule):
         self._check_finite(loss, batch)
         with sync_ctx() if sync_ctx else contextlib.nullcontext():
             self.manual_backward(loss)
-            # Per chunk, its rows of the cached gradient (multi-vector: its own token count; the padding has none).
-            grads = [g[offset : offset + r.shape[0], ..., : r.shape[1], :] if r.ndim == 3 else g[offset : offset + r.shape[0]]
-                     for g, part in ((_grad_or_zeros(q), reps[:nq]), (_grad_or_zeros(t), reps[nq:]))
-                     for offset, r in zip(_offsets(part), part)]
-            # 3. Replay each chunk with gradients and back-propagate the surrogate (emb · cached grad).
-            for chunk, state, grad in zip((*q_chunks, *t_chunks), states, grads):
-                with state.replay():
+            # Per real chunk, its rows of the cached gradient (multi-vector: its own token count; the padding has none).
+            grads = iter([g[offset : offset + r.shape[0], ..., : r.shape[1], :] if r.ndim == 3
+                          else g[offset : offset + r.shape[0]]
+                          for g, part in ((_grad_or_zeros(q), reps[:nq]), (_grad_or_zeros(t), reps[nq:]))
+                          for offset, r in zip(_offsets(part), part)])
+            # 3. Replay each chunk with gradients and back-propagate the surrogate (emb · cached grad). Under FSDP
+            # the gradients accumulate unsharded and are reduce-scattered once, in the last replay's backward.
+            for i, ((chunk, real), state) in enumerate(zip(slots, states)):
+                if sharded:
+                    self.embedder.set_requires_gradient_sync(i == len(slots) - 1)
+                with state.replay() if real else untouched_rng(self.device):
                     emb = self.embedder(move_to(chunk, self.device))
                 # Plain autograd: the cached gradients already carry any loss scaling (fp16) applied by
                 # manual_backward above, and Lightning's per-call hooks would cost more than a small chunk.
-                emb.backward(grad.to(emb.dtype))
-        # 4. One gradient all-reduce for the whole step (DDP), then step (clipping: on_before_optimizer_step), schedule.
-        all_reduce_gradients(self.parameters())
+                emb.backward(next(grads).to(emb.dtype) if real else torch.zeros_like(emb))
+        # 4. One gradient all-reduce for the whole step (DDP; FSDP has reduce-scattered already), then step
+        # (clipping: on_before_optimizer_step), schedule.
+        if not sharded:
+            all_reduce_gradients(self.parameters())
         opt.step()
         opt.zero_grad(set_to_none=True)
         sched = self.lr_schedulers()
@@ -263,12 +302,31 @@ class EmbeddingModule(L.LightningModule):
         return loss.detach()
 
     def on_before_optimizer_step(self, optimizer) -> None:
+        self._drop_unused_tower_grads()
         # GradCache clips here: Lightning calls this hook after the precision plugin has unscaled fp16 gradients
         # (MixedPrecision.optimizer_step: unscale_, hook, scaler.step). Clipping before opt.step() would clip
         # gradients still multiplied by the loss scale, shrinking every update by about 1/scale.
         if not self.automatic_optimization and self.manual_gradient_clip is not None:
             value, algorithm = self.manual_gradient_clip
             self.clip_gradients(optimizer, gradient_clip_val=value, gradient_clip_algorithm=algorithm)
+
+    def _drop_unused_tower_grads(self) -> None:
+        """Under FSDP's uniform trace a tower without rows runs on a dummy input times 0, which leaves zero gradients
+        where DDP (and one process) leave none: a tower that no rank used for real in this step gets `grad=None`, so
+        AdamW's weight decay and momentum leave it alone exactly as they would without FSDP. One host exchange of
+        a flag per tower (every rank calls this once per optimizer step)."""
+        embedder = self.embedder
+        towers = list(embedder.family.towers)
+        if not embedder.uniform_trace or not towers:
+            return
+        used, embedder.real_towers = embedder.real_towers, set()
+        flags = [max(col) for col in zip(*all_gather_on_host([int(t in used) for t in towers]))]
+        unused = {seg for t, f in zip(towers, flags) if not f for seg in embedder.family.towers[t]}
+        if not unused:
+            return
+        for name, p in embedder.backbone.named_parameters():
+            if p.grad is not None and unused.intersection(name.split(".")):
+                p.grad = None
 
     # ------------------------------------------------------------------ validation
     def on_validation_epoch_start(self) -> None:
@@ -280,10 +338,12 @@ class EmbeddingModule(L.LightningModule):
             metric.reset()
 
     def validation_step(self, batch: dict, batch_idx: int):
-        if batch.get("val_padding"):
+        if batch.get("val_padding") and not self.embedder.uniform_trace:
             return  # a filler batch: it exists only so that every rank runs the same number of steps
-        q = self.embed_chunks(batch["query"])
-        t = self.embed_chunks(batch["target"])
+        q = self.embed_uniform(batch["query"])
+        t = self.embed_uniform(batch["target"])
+        if batch.get("val_padding"):
+            return  # under FSDP a filler batch runs the forward too (every rank all-gathers the same units), unscored
         keys = batch["target_keys"].to(self.device)
         b = q.shape[0]
         with local_only():  # validation batches differ across ranks: never gather here
@@ -357,6 +417,13 @@ class EmbeddingModule(L.LightningModule):
         if stage == "fit":
             self.train()
 
+    def configure_model(self) -> None:
+        """Sharding strategies (FSDP2: `embedders.strategies.FSDP2Strategy`) shard the model here, after `setup`
+        and before the optimizer is built; other strategies leave it whole."""
+        shard = getattr(self.trainer.strategy, "shard_module", None) if self._trainer is not None else None
+        if shard is not None:
+            shard(self)
+
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self):
         if self.hparams.optimizer is None:
@@ -375,7 +442,9 @@ class EmbeddingModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def param_groups(self) -> list[dict]:
-        """Decay / no-decay (biases, norms) groups for the embedder; the temperature in its own group."""
+        """Decay / no-decay (biases, norms) groups for the embedder; the temperature in its own group. Under FSDP
+        the parameters are DTensors that keep their full shapes and names, so the groups equal the unwrapped
+        model's (tests/precision/test_fsdp_parity.py compares them by name)."""
         decay, no_decay = [], []
         for name, p in self.embedder.named_parameters():
             if not p.requires_grad:
@@ -441,7 +510,8 @@ class EmbeddingModule(L.LightningModule):
 
         import numpy as np
 
-        if self.hparams.lora:
+        if self.hparams.lora and "state_dict" in checkpoint:
+            # (A sharded FSDP checkpoint has loaded its tensors already: `FSDP2Strategy.load_checkpoint`.)
             # Non-strict loading is limited to the frozen base: any other missing key is an error.
             own = self.state_dict()
             missing = set(own) - set(checkpoint["state_dict"]) - self.frozen_keys()

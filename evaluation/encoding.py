@@ -298,8 +298,29 @@ def encode_unique(embedder, items: list[EncodeItem], side: str, batch_size: int,
     # One process writes each embedding straight to its caller position; a rank fills its shard in order.
     destination = order if world == 1 else list(range(len(shard)))
 
+    # Under FSDP (`embedder.uniform_trace`) every forward all-gathers every unit: each rank runs as many batches
+    # as the rank with the most (the counts follow from the sizes every rank knows: no exchange), repeating a
+    # batch of its own (or, with an empty shard, of the first item) whose output is dropped.
+    lockstep = getattr(embedder, "uniform_trace", False) and world > 1
+    most = -(-len(items[0::world]) // batch_size) if lockstep else 0
+
+    def pad_forwards(done: int) -> None:
+        if done >= most:
+            return
+        filler = _ItemCollator(builder, side)(shard[-batch_size:] if shard else items[:1])
+        filler = {k: v.to(embedder.device) if isinstance(v, torch.Tensor) else v for k, v in filler.items()}
+        was_training = embedder.training
+        embedder.eval()
+        try:
+            with torch.no_grad():
+                for _ in range(most - done):
+                    embedder(filler)
+        finally:
+            embedder.train(was_training)
+
     def encode_shard() -> torch.Tensor:
         if not shard:
+            pad_forwards(0)
             return torch.empty(0)
         batches = [list(range(s, min(s + batch_size, len(shard)))) for s in range(0, len(shard), batch_size)]
         device = embedder.device
@@ -349,6 +370,7 @@ def encode_unique(embedder, items: list[EncodeItem], side: str, batch_size: int,
             embedder.train(was_training)
             if bar is not None:
                 bar.close()
+        pad_forwards(len(batches))
         return out
 
     result = sharded(encode_shard)

@@ -67,6 +67,14 @@ def _all_gather_counts(counts: list[int]) -> list[list[int]]:
     return [g.tolist() for g in gathered]
 
 
+def all_gather_on_host(counts: list[int]) -> list[list[int]]:
+    """Every rank's list of small integers (flags, counts), exchanged on the host (no device synchronisation);
+    [counts] when not distributed. Collective: every rank of the default group calls it."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return [list(counts)]
+    return _all_gather_counts(list(counts))
+
+
 def _all_gather_sizes(n: int, device: torch.device | None = None) -> list[int]:
     return [c[0] for c in _all_gather_counts([n])]
 

@@ -12,13 +12,14 @@ Mechanics (DDP-safe and resumable):
 - the callback sets `trainer.reload_dataloaders_every_n_epochs = every_n_epochs`, so Lightning rebuilds
   the train dataloader at epoch E (and so counts the new epoch's batches) and the DataModule builds a
   new sampler; the callback wraps the DataModule's sampler factory so that a sampler built at epoch e
-  reads the newest `<out_dir>/epoch<E>` with E ≤ e (the offline `clusters_dir` before the first refresh).
+  reads the newest `<out_dir>/epoch<E>` with E ≤ e (the offline `clusters_dir` before the first refresh),
+  as rank 0 lists it: rank 0 picks, every rank uses its choice (`agreed_clusters_dir`).
   A run resumed from a checkpoint therefore finds the same clusters the uninterrupted run used.
 
 Rows held out for validation are not mined (they are not in the sampler), so the refreshed files leave
 them out from the start instead of dropping them when loading. The clustering runs on rank 0 only: the
-other ranks idle for its duration (seconds for 100K rows; see `make bench`). Under FSDP the refresh is
-refused (the embedder's parameters are sharded; encoding outside the FSDP root's forward is not supported).
+other ranks idle for its duration (seconds for 100K rows; see `make bench`). Under FSDP the encoding runs
+through the sharded embedder's own forward, every rank running as many batches (`evaluation.encoding`).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 from collections.abc import Collection
 from pathlib import Path
 
@@ -46,7 +48,7 @@ _EPOCH_DIR = re.compile(r"^epoch(\d+)$")
 class SaHaRefresh(L.Callback):
     def __init__(self, out_dir: str, every_n_epochs: int = 1, k: int = 15, pool_mult: int = 3, index: str = "flat",
                  nprobe: int = 32, classification_subsets: Collection[str] | None = None, batch_size: int = 64,
-                 num_workers: int = 0, progress: bool = False):
+                 num_workers: int = 0, progress: bool = False, visibility_timeout_s: float = 120.0):
         if isinstance(every_n_epochs, bool) or not isinstance(every_n_epochs, int) or every_n_epochs < 1:
             raise ValueError(f"callbacks.saha_refresh.every_n_epochs must be a positive integer, got {every_n_epochs!r}")
         self.out_dir = Path(out_dir)
@@ -54,6 +56,7 @@ class SaHaRefresh(L.Callback):
         self.mining = {"k": k, "pool_mult": pool_mult, "index": index, "nprobe": nprobe,
                        "classification_subsets": classification_subsets, "batch_size": batch_size,
                        "num_workers": num_workers, "progress": progress}
+        self.visibility_timeout_s = float(visibility_timeout_s)
         self.sampler: SaHaBatchSampler | None = None
         self._trainer: L.Trainer | None = None
 
@@ -65,6 +68,28 @@ class SaHaRefresh(L.Callback):
         found = [(int(m.group(1)), p) for p in self.out_dir.iterdir() if p.is_dir() and (m := _EPOCH_DIR.match(p.name))]
         found = [(e, p) for e, p in found if e <= epoch]
         return max(found)[1] if found else None
+
+    def agreed_clusters_dir(self, epoch: int) -> Path | None:
+        """`clusters_dir_for(epoch)` as rank 0 sees it, on every rank (collective: every rank builds its sampler
+        at the same epoch). Ranks listing the directory themselves could disagree — a network file system shows a
+        renamed directory to other nodes late — and build different batch counts, which hangs the run. A rank that
+        does not see rank 0's choice yet waits for it (`visibility_timeout_s`), then stops with its path."""
+        trainer = self._trainer
+        distributed = trainer is not None and trainer.world_size > 1
+        choice = self.clusters_dir_for(epoch) if not distributed or trainer.is_global_zero else None
+        if distributed:
+            shared = trainer.strategy.broadcast(None if choice is None else str(choice), src=0)
+            choice = None if shared is None else Path(shared)
+        if choice is not None:
+            deadline = time.monotonic() + self.visibility_timeout_s
+            while not choice.is_dir():
+                if time.monotonic() > deadline:
+                    raise FileNotFoundError(
+                        f"rank 0 chose the refreshed SaHa clusters {choice} for epoch {epoch}, but this rank does not "
+                        f"see that directory after {self.visibility_timeout_s:g} s: out_dir must be on a file system "
+                        "every node shares (callbacks.saha_refresh.out_dir)")
+                time.sleep(0.2)
+        return choice
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage != "fit":
@@ -78,7 +103,7 @@ class SaHaRefresh(L.Callback):
 
             def factory(**kwargs):
                 epoch = self._trainer.current_epoch if self._trainer is not None else 0
-                refreshed = self.clusters_dir_for(epoch)
+                refreshed = self.agreed_clusters_dir(epoch)
                 if refreshed is not None:
                     kwargs["clusters_dir"] = str(refreshed)
                 sampler = original(**kwargs)

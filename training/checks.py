@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from omegaconf import DictConfig, OmegaConf
 
-from embedders.settings import check_gradcache_config
+from embedders.settings import FSDP2_TARGET, check_gradcache_config, refuse_true_precision
 from operations.config_types import ConfigTypeError, check_config_types
 
 if TYPE_CHECKING:
@@ -55,19 +55,19 @@ def _validate_config(cfg: DictConfig, static: bool = False) -> None:
     strategy = OmegaConf.select(cfg, "trainer.strategy")
     target = strategy.get("_target_", "") if isinstance(strategy, DictConfig) else str(strategy or "")
     if "fsdp" in target.lower():
-        if OmegaConf.select(cfg, "callbacks.saha_refresh") is not None:
-            raise ValueError("callbacks=saha_refresh is not supported under trainer=fsdp (re-mining encodes with "
-                             "the embedder outside the FSDP forward, whose parameters are sharded); use trainer=ddp, "
-                             "or mine between runs with mine.py")
+        if target != FSDP2_TARGET:
+            raise ValueError(f"trainer.strategy._target_={target}: FSDP runs through {FSDP2_TARGET} (FSDP2, every "
+                             "rank running the same units whatever its rows); use trainer=fsdp (GPUs) or "
+                             "trainer=fsdp_cpu (CPU ranks)")
+        refuse_true_precision(OmegaConf.select(cfg, "trainer.precision", default="32-true"))
         accel = OmegaConf.select(cfg, "trainer.accelerator")
         if static:
             return  # whether CUDA is there is asked after the imports
         import torch
 
-        if accel == "cpu" or not torch.cuda.is_available():
-            raise ValueError("trainer=fsdp needs GPUs (Lightning refuses FSDP on CPU); use trainer=ddp_cpu on CPU")
-        if chunk is not None:
-            raise ValueError("GradCache under FSDP is not supported; use trainer=ddp with GradCache")
+        if accel in ("gpu", "cuda") and not torch.cuda.is_available():
+            raise ValueError("trainer=fsdp needs GPUs and none is visible here; FSDP on CPU ranks (gloo) is "
+                             "trainer=fsdp_cpu trainer.devices=N")
 
 
 def check_training_steps(trainer: L.Trainer, datamodule) -> int:

@@ -66,6 +66,13 @@ class BackboneFamily:
     decoder_layer_classes: tuple[str, ...] = ()
     #: Attribute path of the vision tower inside the loaded model (frozen with freeze_vision).
     vision_module: str | None = None
+    #: Towers that a batch may leave unused, each named by the segments of its parameter names in the backbone,
+    #: in the order a forward runs them. Under FSDP every call must run every unit (ranks all-gather the same
+    #: units in the same order), so a tower without input rows runs on a dummy input whose output enters the
+    #: embeddings multiplied by 0 (`encode_uniform`); a tower no rank used for real gets no gradient (`Embedder`).
+    towers: dict[str, tuple[str, ...]] = {}
+    #: Processor outputs that `touch_tower` passes to the model's `get_image_features`.
+    image_feature_keys: tuple[str, ...] = ("pixel_values",)
 
     def load_model(self, path: str | None, config: dict | None, dtype: torch.dtype | None) -> nn.Module:
         raise NotImplementedError
@@ -81,6 +88,46 @@ class BackboneFamily:
         """Model inputs → one (unnormalised) vector per row."""
         out = model(**inputs)
         return pool(out.last_hidden_state, inputs["attention_mask"], pooling)
+
+    # ------------------------------------------------------------------ uniform module trace (FSDP)
+    def towers_in(self, inputs: dict[str, Any]) -> set[str]:
+        """The towers that `inputs` use for real (host-side: read from which keys are present)."""
+        if "vision" in self.towers and any(k in inputs for k in ("pixel_values", "pixel_values_videos")):
+            return {"vision"}
+        return set()
+
+    def dummy_inputs(self, processor, tower: str, max_length: int) -> dict[str, torch.Tensor]:
+        """Processor outputs of one small input for `tower` (a gray image for a vision tower)."""
+        from PIL import Image
+
+        if tower != "vision":
+            raise ValueError(f"family {self.name!r} has no dummy input for tower {tower!r}")
+        return self.prepare(processor, [self.image_token or ""], [Image.new("RGB", (64, 64), (128, 128, 128))],
+                            max_length)
+
+    def touch_tower(self, model: nn.Module, tower: str, dummy: dict[str, torch.Tensor]) -> torch.Tensor:
+        """A scalar computed by `tower` from `dummy` through exactly the parameters that real inputs reach (the
+        features the language model consumes, nothing more: a weight that only the dummy touched would get a
+        gradient on some ranks and none on others)."""
+        if tower != "vision":
+            raise ValueError(f"family {self.name!r} cannot run tower {tower!r} on a dummy input")
+        out = model.get_image_features(**{k: dummy[k] for k in self.image_feature_keys})
+        return sum_features(out)
+
+    def encode_uniform(self, model: nn.Module, inputs: dict[str, torch.Tensor], pooling: str,
+                       dummy) -> torch.Tensor:
+        """`encode_inputs`, running every tower: the towers the rows leave unused run first (they precede the
+        decoder, as real visual inputs do) on `dummy(tower)`, and their output is added times 0."""
+        touch = None
+        used = self.towers_in(inputs)
+        for tower in self.towers:
+            if tower not in used:
+                dummy_inputs = dummy(tower)
+                with untouched_rng(dummy_inputs["input_ids"].device):
+                    value = self.touch_tower(model, tower, dummy_inputs)
+                touch = value if touch is None else touch + value
+        emb = self.encode_inputs(model, inputs, pooling)
+        return emb if touch is None else emb + 0.0 * touch.to(emb.dtype)
 
     def chat(self, system: str | None, user: str, assistant: str | None = None) -> str:
         """The chat layout: system turn (when given), user turn, then the assistant turn — the generation prompt
@@ -101,6 +148,46 @@ class BackboneFamily:
 
     def save_processor(self, processor, directory: Path) -> None:
         processor.save_pretrained(str(directory))
+
+
+def cast_weights(model: nn.Module, dtype: torch.dtype | None) -> nn.Module:
+    """`model` with its floating-point parameters in `dtype` and its buffers as they are — what `from_pretrained(...,
+    dtype=...)` gives (RoPE's `inv_freq` is built in fp32 and stays so; `model.to(dtype)` would round it, moving every
+    position's angle by up to ~p·θ·2⁻⁹). For the randomly initialised models built from a config."""
+    if dtype is not None:
+        for p in model.parameters():
+            if p.is_floating_point():
+                p.data = p.data.to(dtype)
+    return model
+
+
+def untouched_rng(device: torch.device):
+    """A scope whose random draws (dropout in a dummy pass) leave the CPU and `device`'s generators as they were, so
+    that the real rows draw the masks they would draw without the dummy."""
+    cuda = [device] if device.type == "cuda" else []
+    return torch.random.fork_rng(devices=cuda, enabled=True, device_type="cuda")
+
+
+def sum_features(output) -> torch.Tensor:
+    """The sum of the visual features a `get_image_features` call returns for the language model: its pooled
+    output (per-image tensors) and any DeepStack features; older transformers return the tensors directly."""
+    parts = []
+
+    def collect(value):
+        if isinstance(value, torch.Tensor):
+            parts.append(value.float().sum())
+        elif isinstance(value, (list, tuple)):
+            for v in value:
+                collect(v)
+
+    if hasattr(output, "pooler_output"):
+        collect(output.pooler_output)
+        collect(getattr(output, "deepstack_features", None))
+    else:
+        collect(output)
+    if not parts:
+        raise ValueError(f"get_image_features returned no tensor ({type(output).__name__})")
+    return torch.stack(parts).sum()
 
 
 def processor_inputs(processor, texts, images, max_length: int | None = None) -> dict:

@@ -23,7 +23,7 @@ from torch import nn
 from transformers import AutoModel, AutoProcessor
 
 from ..tiny import tiny_clip_tokenizer, tiny_siglip_tokenizer
-from .base import BackboneFamily, register_family, require_model_type
+from .base import BackboneFamily, cast_weights, register_family, require_model_type, untouched_rng
 
 TINY_TEXT = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4)
 TINY_VISION = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2, image_size=28,
@@ -57,6 +57,7 @@ class DualEncoderFamily(BackboneFamily):
     padding_side = "right"
     lora_target_modules = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
     vision_module = "vision_model"
+    towers = {"text": ("text_model", "text_projection"), "vision": ("vision_model", "visual_projection")}
     #: Pad every text to the text tower's full length and give no attention mask (SigLIP's training setup).
     pad_to_max_positions = False
     text_positions = 77
@@ -68,7 +69,7 @@ class DualEncoderFamily(BackboneFamily):
             return AutoModel.from_pretrained(path, dtype=dtype)
         text, vision, config = _tiny_parts(config, self.text_positions)
         model = self.tiny_model(self.tiny_tokenizer(text["max_position_embeddings"]), text, vision, config)
-        return model.to(dtype) if dtype is not None else model
+        return cast_weights(model, dtype)
 
     def load_processor(self, path, config, image):
         if image:
@@ -116,7 +117,33 @@ class DualEncoderFamily(BackboneFamily):
             inputs["pixel_values"] = processor.image_processor(present, return_tensors="pt")["pixel_values"]
         return inputs
 
+    def towers_in(self, inputs):
+        return {t for t, key in (("text", "has_text"), ("vision", "has_image")) if bool(inputs[key].any())}
+
+    def dummy_inputs(self, processor, tower, max_length):
+        from PIL import Image
+
+        if tower == "text":
+            return self.prepare(processor, ["a"], [None], max_length)
+        return self.prepare(processor, [""], [Image.new("RGB", (64, 64), (128, 128, 128))], max_length)
+
     def encode_inputs(self, model, inputs, pooling):
+        return self._encode(model, inputs)
+
+    def encode_uniform(self, model, inputs, pooling, dummy):
+        return self._encode(model, inputs, dummy)
+
+    def _text(self, model, inputs, rows=None) -> torch.Tensor:
+        ids = inputs["input_ids"] if rows is None else inputs["input_ids"][rows]
+        kwargs = {"input_ids": ids}
+        if not self.pad_to_max_positions:
+            kwargs["attention_mask"] = inputs["attention_mask"] if rows is None else inputs["attention_mask"][rows]
+        return model.get_text_features(**kwargs, return_dict=True).pooler_output
+
+    def _encode(self, model, inputs, dummy=None):
+        """Both towers' embeddings placed in their rows; with `dummy` (FSDP's uniform trace) a tower without rows
+        runs on `dummy(tower)` in its place (text tower first, then the image tower, as for real rows) and its
+        output is added times 0."""
         has_text, has_image = inputs["has_text"], inputs["has_image"]
         input_ids = inputs["input_ids"]
         positions = model.config.text_config.max_position_embeddings
@@ -124,20 +151,26 @@ class DualEncoderFamily(BackboneFamily):
             raise ValueError(f"{self.name}'s text tower expects {positions} token positions "
                              f"{'exactly' if self.pad_to_max_positions else 'at most'}, got {input_ids.shape[1]}: "
                              "the tokenizer's model_max_length disagrees with the model; fix tokenizer_config.json")
-        rows = []
+        rows, touch = [], []
         if has_text.any():
-            text_kwargs = {"input_ids": input_ids[has_text]}
-            if not self.pad_to_max_positions:
-                text_kwargs["attention_mask"] = inputs["attention_mask"][has_text]
-            text = model.get_text_features(**text_kwargs, return_dict=True).pooler_output
-            rows.append((has_text, nn.functional.normalize(text, dim=-1)))
+            rows.append((has_text, nn.functional.normalize(self._text(model, inputs, has_text), dim=-1)))
+        elif dummy is not None:
+            with untouched_rng(input_ids.device):
+                touch.append(self._text(model, dummy("text")).float().sum())
         if has_image.any():
             image = model.get_image_features(pixel_values=inputs["pixel_values"], return_dict=True).pooler_output
             rows.append((has_image, nn.functional.normalize(image, dim=-1)))
+        elif dummy is not None:
+            pixels = dummy("vision")["pixel_values"]
+            with untouched_rng(input_ids.device):
+                touch.append(model.get_image_features(pixel_values=pixels, return_dict=True).pooler_output.float()
+                             .sum())
         dim = rows[0][1].shape[-1]
         out = rows[0][1].new_zeros(input_ids.shape[0], dim)
         for mask, emb in rows:
             out = out.index_add(0, mask.nonzero().squeeze(1).to(out.device), emb)
+        for value in touch:
+            out = out + 0.0 * value.to(out.dtype)
         return out
 
     def chat(self, system, user, assistant=None):

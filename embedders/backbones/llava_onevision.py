@@ -18,10 +18,12 @@ from ..pooling import pool
 from ..tiny import tiny_llava_qwen_tokenizer
 from .base import (
     BackboneFamily,
+    cast_weights,
     load_pretrained,
     processor_inputs,
     processor_source,
     register_family,
+    sum_features,
     torchvision_usable,
 )
 from .qwen2_vl import Qwen2VLFamily
@@ -128,6 +130,16 @@ class LlavaOnevisionFamily(BackboneFamily):
     # Vision blocks too: FSDP units then never mix a frozen tower with trainable decoder weights.
     decoder_layer_classes = ("Qwen2DecoderLayer", "SiglipEncoderLayer")
     vision_module = "vision_tower"
+    towers = {"vision": ("vision_tower", "multi_modal_projector", "image_newline")}
+
+    def touch_tower(self, model, tower, dummy):
+        # The feature layer and selection the model's forward uses, passed explicitly (transformers versions
+        # differ in whether get_image_features fills them from the config).
+        config = model.config
+        out = model.get_image_features(pixel_values=dummy["pixel_values"], image_sizes=dummy["image_sizes"],
+                                       vision_feature_layer=config.vision_feature_layer,
+                                       vision_feature_select_strategy=config.vision_feature_select_strategy)
+        return sum_features(out)
 
     #: The language model is Qwen2: the same ChatML layout as Qwen2-VL.
     chat = Qwen2VLFamily.chat
@@ -141,7 +153,7 @@ class LlavaOnevisionFamily(BackboneFamily):
         from transformers import LlavaOnevisionModel
 
         model = LlavaOnevisionModel(tiny_llava_onevision_config(tiny_llava_qwen_tokenizer(), config))
-        return model.to(dtype) if dtype is not None else model
+        return cast_weights(model, dtype)
 
     def load_processor(self, path, config, image):
         if image:

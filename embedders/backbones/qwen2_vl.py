@@ -32,6 +32,7 @@ from ..pooling import pool
 from ..tiny import tiny_qwen_tokenizer
 from .base import (
     BackboneFamily,
+    cast_weights,
     check_resize,
     load_pretrained,
     processor_inputs,
@@ -155,6 +156,8 @@ class Qwen2VLFamily(BackboneFamily):
     decoder_layer_classes = ("Qwen2VLDecoderLayer", "Qwen2_5_VLDecoderLayer", "Qwen2VLVisionBlock",
                              "Qwen2_5_VLVisionBlock")
     vision_module = "visual"
+    towers = {"vision": ("visual",)}
+    image_feature_keys = ("pixel_values", "image_grid_thw")
 
     def load_model(self, path, config, dtype) -> nn.Module:
         if path is not None:
@@ -163,7 +166,7 @@ class Qwen2VLFamily(BackboneFamily):
 
         cfg = tiny_qwen2vl_config(tiny_qwen_tokenizer(), (config or {}).get("text"), (config or {}).get("vision"))
         model = Qwen2VLModel(cfg)
-        return model.to(dtype) if dtype is not None else model
+        return cast_weights(model, dtype)
 
     def load_processor(self, path, config, image):
         image = dict(image or {})
@@ -226,21 +229,36 @@ class Qwen2VLFamily(BackboneFamily):
         stray = ((inputs["input_ids"] == model.config.image_token_id) & ~image_rows[:, None]).any(dim=1)
         if any(k in inputs for k in VISUAL_KEYS[::2]) and bool(stray.any()):
             # Image tokens in text-only rows keep their token embedding (the reference feeds image features only
-            # into rows with an image); the model scatters features into every image token of its batch, so the
-            # rows with images run apart from the others.
-            parts = []
-            for rows, with_images in ((image_rows.nonzero().squeeze(1), True), ((~image_rows).nonzero().squeeze(1), False)):
-                sub = {k: v[rows] for k, v in inputs.items() if k in ("input_ids", "attention_mask", "mm_token_type_ids")}
-                if with_images:
-                    sub.update({k: v for k, v in inputs.items() if k in VISUAL_KEYS})
-                hidden = model(**sub, position_ids=positions[:, rows], use_cache=False).last_hidden_state
-                parts.append((rows, pool(hidden, sub["attention_mask"], pooling)))
-            out = parts[0][1].new_empty(mask.shape[0], *parts[0][1].shape[1:])  # [B, d] or [B, T, H] (multi-vector)
-            for rows, emb in parts:
-                out[rows] = emb
-            return out
-        out = model(**inputs, position_ids=positions, use_cache=False)
-        return pool(out.last_hidden_state, mask, pooling)
+            # into rows with an image), while the model scatters features into every image token of its batch:
+            # the features are scattered here, into the visual rows' tokens only, in one pass over the decoder
+            # (one pass whatever the rows, so that every rank runs the same modules under FSDP).
+            hidden = self._scatter_forward(model, inputs, image_rows, positions)
+        else:
+            hidden = model(**inputs, position_ids=positions, use_cache=False).last_hidden_state
+        return pool(hidden, mask, pooling)
+
+    @staticmethod
+    def _scatter_forward(model, inputs, image_rows, positions) -> torch.Tensor:
+        """The model's forward with the visual features placed only in rows that have a visual input."""
+        ids = inputs["input_ids"]
+        embeds = model.get_input_embeddings()(ids)
+        for values, grid, token, features in (
+                ("pixel_values", "image_grid_thw", model.config.image_token_id, model.get_image_features),
+                ("pixel_values_videos", "video_grid_thw", model.config.video_token_id, model.get_video_features)):
+            if values not in inputs:
+                continue
+            out = features(inputs[values], inputs[grid])
+            out = out.pooler_output if hasattr(out, "pooler_output") else out
+            feats = torch.cat(list(out)) if isinstance(out, (list, tuple)) else out
+            slots = (ids == token) & image_rows[:, None]
+            if int(slots.sum()) != feats.shape[0]:
+                raise ValueError(f"{int(slots.sum())} visual token slots in the rows with a visual input, but "
+                                 f"{feats.shape[0]} visual features: the processor's token expansion and the "
+                                 "model's merge size disagree")
+            embeds = embeds.masked_scatter(slots.unsqueeze(-1).to(embeds.device), feats.to(embeds.dtype))
+        out = model.language_model(input_ids=None, inputs_embeds=embeds, attention_mask=inputs["attention_mask"],
+                                   position_ids=positions, use_cache=False)
+        return out.last_hidden_state
 
     def chat(self, system, user, assistant=None):
         head = f"<|im_start|>system\n{system}<|im_end|>\n" if system else ""

@@ -17,7 +17,7 @@ from transformers import AutoImageProcessor, AutoProcessor, AutoTokenizer, Qwen3
 
 from ..pooling import pool
 from ..tiny import tiny_qwen_tokenizer
-from .base import BackboneFamily, load_pretrained, register_family, torchvision_usable
+from .base import BackboneFamily, cast_weights, load_pretrained, register_family, torchvision_usable
 from .qwen2_vl import Qwen2VLFamily, _image_processor_kwargs, qwen_vision_token_ids
 from .qwen_video import qwen_processor_inputs, save_video_processor, with_video
 
@@ -84,6 +84,8 @@ class Qwen3VLFamily(BackboneFamily):
                            "qkv", "proj", "linear_fc1", "linear_fc2")
     decoder_layer_classes = ("Qwen3VLTextDecoderLayer", "Qwen3VLVisionBlock")
     vision_module = "visual"
+    towers = {"vision": ("visual",)}
+    image_feature_keys = ("pixel_values", "image_grid_thw")
 
     def load_model(self, path, config, dtype) -> nn.Module:
         if path is not None:
@@ -92,7 +94,7 @@ class Qwen3VLFamily(BackboneFamily):
 
         cfg = tiny_qwen3vl_config(tiny_qwen_tokenizer(), (config or {}).get("text"), (config or {}).get("vision"))
         model = Qwen3VLModel(cfg)
-        return model.to(dtype) if dtype is not None else model
+        return cast_weights(model, dtype)
 
     def load_processor(self, path, config, image):
         image = dict(image or {})

@@ -5,7 +5,7 @@ from __future__ import annotations
 from transformers import AutoModel, AutoTokenizer
 
 from ..tiny import tiny_bert_tokenizer
-from .base import BackboneFamily, register_family, require_model_type
+from .base import BackboneFamily, cast_weights, register_family, require_model_type
 
 
 def tiny_bert_config(tokenizer, overrides: dict | None = None):
@@ -33,7 +33,7 @@ class TextEncoderFamily(BackboneFamily):
         from transformers import BertModel
 
         model = BertModel(tiny_bert_config(tiny_bert_tokenizer(), config), add_pooling_layer=False)
-        return model.to(dtype) if dtype is not None else model
+        return cast_weights(model, dtype)
 
     def load_processor(self, path, config, image):
         if image:

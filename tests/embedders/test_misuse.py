@@ -30,18 +30,6 @@ def test_chunk_larger_than_batch_is_refused(compose_cfg):
             train.validate_config(cfg)
 
 
-def test_fsdp_without_gpu_is_refused(compose_cfg):
-    cfg = compose_cfg("train", ["+trainer.strategy._target_=lightning.pytorch.strategies.FSDPStrategy"])
-    with pytest.raises(ValueError, match="FSDP"):
-        train.validate_config(cfg)
-
-
-def test_saha_refresh_under_fsdp_is_refused(compose_cfg):
-    cfg = compose_cfg("train", ["trainer=fsdp", "sampler=saha", "callbacks=saha_refresh"])
-    with pytest.raises(ValueError, match="callbacks=saha_refresh is not supported under trainer=fsdp"):
-        train.validate_config(cfg)
-
-
 def test_learnable_temperature_without_optimizer_group_is_refused():
     module = EmbeddingModule(family="qwen2_vl", config={}, optimizer=OPT, scheduler=None,
                              loss=InfoNCE(learnable_temperature=True))

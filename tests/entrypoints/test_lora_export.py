@@ -52,8 +52,8 @@ def test_lora_targets_matching_nothing_are_refused():
 
 def test_sharded_fsdp_checkpoint_directories(compose_cfg, tiny_cfg, tmp_path):
     """A sharded FSDP checkpoint is a directory holding meta.pt (Lightning's layout): resuming reads its
-    hyperparameters (and refuses another backbone's); export/evaluate ask for the consolidated file; a
-    directory without meta.pt is named as neither."""
+    hyperparameters (and refuses another backbone's); one without weights is named; a directory without meta.pt
+    is named as neither."""
     sharded = tmp_path / "last.ckpt"
     sharded.mkdir()
     torch.save({"hyper_parameters": {"family": "llava_onevision", "path": None, "config": {}, "lora": None}},
@@ -61,8 +61,7 @@ def test_sharded_fsdp_checkpoint_directories(compose_cfg, tiny_cfg, tmp_path):
     cfg = compose_cfg("train", tiny_cfg([f"ckpt_path={sharded}"]))
     with pytest.raises(ValueError, match=r"trained with model.family='llava_onevision'"):
         train.resolve_ckpt_path(cfg, tmp_path / "run")
-    with pytest.raises(ValueError, match=r"consolidate it into one file first: python -m "
-                                         r"lightning.pytorch.utilities.consolidate_checkpoint"):
+    with pytest.raises(ValueError, match=r"holds no model weights"):  # meta.pt without tensor shards
         export_checkpoint(sharded, tmp_path / "exported")
     plain_dir = tmp_path / "not_a_checkpoint"
     plain_dir.mkdir()
@@ -71,3 +70,30 @@ def test_sharded_fsdp_checkpoint_directories(compose_cfg, tiny_cfg, tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         train.resolve_ckpt_path(compose_cfg("train", tiny_cfg([f"ckpt_path={tmp_path / 'missing.ckpt'}"])),
                                 tmp_path / "run")
+
+
+def test_export_reads_a_sharded_checkpoint_directly(tmp_path):
+    """export.py / evaluate.py ckpt_path= read a sharded FSDP checkpoint directory (torch.distributed.checkpoint
+    shards + meta.pt) on one process, no consolidation step: the module holds exactly the saved weights."""
+    from torch.distributed.checkpoint import save
+
+    from embedders.checkpoint_io import load_trained_module
+
+    torch.manual_seed(0)
+    module = EmbeddingModule(family="qwen2_vl", config={}, lora={"r": 4, "alpha": 8},
+                             optimizer={"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 1e-3})
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(0.01)
+    ckpt = tmp_path / "last.ckpt"
+    save({"state_dict": module.state_dict()}, checkpoint_id=ckpt, no_dist=True)
+    import lightning
+
+    torch.save({"hyper_parameters": dict(module.hparams), "global_step": 3,
+                "pytorch-lightning_version": lightning.__version__}, ckpt / "meta.pt")
+    loaded = load_trained_module(ckpt)
+    expected = module.state_dict()
+    assert set(loaded.state_dict()) == set(expected)
+    assert all(torch.equal(v, expected[k]) for k, v in loaded.state_dict().items())
+    out = export_checkpoint(ckpt, tmp_path / "exported")
+    assert not is_peft_model(Embedder.from_pretrained(out).backbone)

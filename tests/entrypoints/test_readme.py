@@ -133,8 +133,12 @@ COMMANDS: dict[str, Run | Compose | Make] = {
     "trainer.val_check_interval=5": Run((*[o for o in TRAIN if not o.startswith("data.val_per_subset")],
                                          "evaluate_after=false")),
     "python train.py trainer=ddp model.gradcache.chunk_size=16 data.batch_size=128": Compose(GPU),
+    "python train.py trainer=fsdp_cpu trainer.devices=2": Run((*TRAIN, "evaluate_after=false")),
+    "python train.py trainer=fsdp_cpu trainer.devices=2 model.gradcache.chunk_size=4 data.batch_size=16": Run(
+        (*[o for o in TRAIN if not o.startswith("data.batch_size")], "evaluate_after=false")),
     "python train.py trainer=fsdp model=llava_ov_7b model.freeze_vision=true model.gradient_checkpointing=true": Compose(
         f"{GPU}, {HUB}"),
+    "make gpu-check": Make(GPU),
     # Mixed precision
     "python train.py trainer.precision=bf16-mixed": Run(TRAIN),
     "python train.py model=qwen2vl_2b trainer=gpu": Compose(f"{HUB}, a GPU"),

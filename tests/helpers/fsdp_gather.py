@@ -2,12 +2,11 @@
 
     python tests/helpers/fsdp_gather.py OUT_DIR [--lora]
 
-Lightning refuses FSDP without a GPU, but torch's FSDP itself runs on CPU with gloo. Two processes build
-the same tiny Qwen2-VL EmbeddingModule (with a learnable temperature in its loss), move its weights away
-from the seeded initialisation, wrap it the way `trainer=fsdp` does (the LightningModule as the root,
-auto-wrap and activation checkpointing on the family's block classes, use_orig_params), change one
-weight through the sharded parameters, then call `full_state_dict` + `unsharded_copy`. Rank 0 writes
-the copy's state dict and the weights every rank expects to OUT_DIR/result.pt.
+Two gloo processes build the same tiny Qwen2-VL EmbeddingModule (with a learnable temperature in its loss), move
+its weights away from the seeded initialisation, shard it the way `trainer=fsdp` does (`shard_embedding_module`:
+FSDP2 units on the family's block classes), change one weight through the sharded parameters, then call
+`full_state_dict` + `unsharded_copy`. Rank 0 writes the copy's state dict and the weights every rank expects to
+OUT_DIR/result.pt.
 """
 
 from __future__ import annotations
@@ -40,11 +39,11 @@ def build(lora: bool):
 
 
 def worker(rank: int, out: str, init_file: str, lora: bool) -> None:
-    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import apply_activation_checkpointing
-    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
-    from torch.distributed.fsdp.wrap import ModuleWrapPolicy
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import FSDPModule
+    from torch.distributed.tensor import DTensor
 
-    from embedders.strategies import full_state_dict, layer_classes, unsharded_copy
+    from embedders.strategies import full_state_dict, shard_embedding_module, unsharded_copy
 
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
     try:
@@ -54,21 +53,18 @@ def worker(rank: int, out: str, init_file: str, lora: bool) -> None:
             for p in module.parameters():
                 p.add_(0.05 * torch.randn(p.shape, generator=gen))
         expected = {k: v.clone() for k, v in module.state_dict().items() if not k.startswith("loss.")}
-        classes = layer_classes(module.embedder, module.embedder.family.decoder_layer_classes)
-        root = FSDP(module, auto_wrap_policy=ModuleWrapPolicy(classes), use_orig_params=True,
-                    device_id=torch.device("cpu"))
-        apply_activation_checkpointing(root, check_fn=lambda m: isinstance(m, tuple(classes)))
+        shard_embedding_module(module, init_device_mesh("cpu", (2,)))
         # A change made to the sharded parameters after wrapping must be in the gathered weights.
         name, param = next((n, p) for n, p in module.named_parameters() if p.requires_grad and "layers.1." in n)
-        clean = name.replace("_fsdp_wrapped_module.", "").replace("_checkpoint_wrapped_module.", "")
-        with FSDP.summon_full_params(root, writeback=True), torch.no_grad():
-            param.add_(1.0)
-        expected[clean] = expected[clean] + 1.0
-        state = full_state_dict(root)
+        assert isinstance(param, DTensor)
+        with torch.no_grad():
+            param.add_(1.0)  # every rank adds 1 to its own shard
+        expected[name] = expected[name] + 1.0
+        state = full_state_dict(module)
         if rank == 0:
             copy = unsharded_copy(module, state)
-            wrapped = any(isinstance(m, FSDP) for m in copy.modules())
-            torch.save({"copy": copy.state_dict(), "expected": expected, "changed": clean, "wrapped": wrapped,
+            wrapped = any(isinstance(m, FSDPModule) for m in copy.modules())
+            torch.save({"copy": copy.state_dict(), "expected": expected, "changed": name, "wrapped": wrapped,
                         "state_keys": sorted(state)}, Path(out) / "result.pt")
         else:
             torch.save({"state_keys": sorted(state)}, Path(out) / "rank1.pt")

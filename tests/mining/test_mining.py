@@ -173,16 +173,18 @@ def test_ivf_retrieval_matches_exact_when_every_list_is_probed():
 
 # slow (~20-40 s, two gloo ranks); the refresh itself is in the fast suite (test_mine_saha_then_train_with_saha_and_refresh)
 @pytest.mark.slow
-def test_saha_refresh_under_ddp_shards_the_encoding(compose_cfg, tiny_cfg, tmp_path):
+@pytest.mark.parametrize("trainer", ["ddp_cpu", "fsdp_cpu"])
+def test_saha_refresh_under_ddp_shards_the_encoding(compose_cfg, tiny_cfg, tmp_path, trainer):
     """Two gloo processes: every rank encodes a shard at the epoch boundary, rank 0 clusters and writes,
-    and the second epoch's sampler on both ranks reads the refreshed clusters."""
+    and the second epoch's sampler on both ranks reads the refreshed clusters. Under FSDP too (the sharded
+    embedder encodes; the ranks run as many batches)."""
     import subprocess
     import sys
 
     mined_root = tmp_path / "mined"
     mine.run(compose_cfg("mine", mine_overrides(tiny_cfg, mined_root)))
     run_dir = tmp_path / "ddp_run"
-    overrides = tiny_cfg(["trainer=ddp_cpu", "trainer.devices=2", "sampler=saha", f"sampler.mined_root={mined_root}",
+    overrides = tiny_cfg([f"trainer={trainer}", "trainer.devices=2", "sampler=saha", f"sampler.mined_root={mined_root}",
                           f"data.subsets={SUBSETS}", f"data.max_per_subset={ROWS}", "callbacks=saha_refresh",
                           "callbacks.saha_refresh.k=3", "trainer.max_epochs=2", "trainer.max_steps=-1",
                           "+trainer.limit_train_batches=1", "trainer.limit_val_batches=0", "~callbacks.similarity",

@@ -1,7 +1,8 @@
 """Exact resume with several ranks: every rank saves and restores its own RNG states (CPU, CUDA, numpy,
 Python); the DataLoader generator is restored with the loop state. The fast test checks the per-rank
 save/restore on 2 gloo processes; the slow ones kill a 2-rank train.py run with SIGKILL and resume it, with
-dropout, plain / GradCache / 2 DataLoader workers, and compare every rank's losses with the uninterrupted run."""
+dropout, plain / GradCache / 2 DataLoader workers / LoRA under FSDP, and compare every rank's losses with the
+uninterrupted run."""
 
 from __future__ import annotations
 
@@ -51,26 +52,24 @@ def _wait_gone(run_dir: Path, timeout: float = 60) -> None:
             time.sleep(0.2)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("extra", [[], ["model.gradcache.chunk_size=4"], ["data.num_workers=2"]],
-                         ids=["plain", "gradcache", "workers"])
-def test_two_rank_run_killed_and_resumed_reproduces_the_losses(tmp_path, tiny_cfg, extra):
-    def train(run_dir, more, check=True):
-        args = tiny_cfg([
-            f"hydra.run.dir={run_dir}", "trainer=ddp_cpu", "trainer.devices=2", "trainer.max_steps=12",
-            "callbacks.model_checkpoint.every_n_train_steps=3", "trainer.val_check_interval=4",
-            "evaluate_before=false", "evaluate_after=false", "save_embedder=false",
-            "+model.config.text.attention_dropout=0.2",
-            "+callbacks.recorder._target_=resume_probe.LossRecorder", f"+callbacks.recorder.path={run_dir}/losses.txt",
-            *extra, *more])
-        env = {**os.environ, "OMP_NUM_THREADS": "1",
-               "PYTHONPATH": f"{HELPERS}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-        proc = subprocess.run([sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT, env=env,
-                              capture_output=True, text=True, timeout=900)
-        if check:
-            assert proc.returncode == 0, proc.stderr[-4000:]
-        return proc
+def _train(run_dir, tiny_cfg, extra, more, check=True, dropout=("+model.config.text.attention_dropout=0.2",)):
+    args = tiny_cfg([
+        f"hydra.run.dir={run_dir}", "trainer=ddp_cpu", "trainer.devices=2", "trainer.max_steps=12",
+        "callbacks.model_checkpoint.every_n_train_steps=3", "trainer.val_check_interval=4",
+        "evaluate_before=false", "evaluate_after=false", "save_embedder=false", *dropout,
+        "+callbacks.recorder._target_=resume_probe.LossRecorder", f"+callbacks.recorder.path={run_dir}/losses.txt",
+        *extra, *more])
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": f"{HELPERS}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=900)
+    if check:
+        assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc
 
+
+def _kill_and_resume(tmp_path, train) -> tuple[Path, Path]:
+    """The run straight, and the same run killed with SIGKILL at step 7 then resumed in its directory."""
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     train(straight, [])
     killed.mkdir()
@@ -88,3 +87,32 @@ def test_two_rank_run_killed_and_resumed_reproduces_the_losses(tmp_path, tiny_cf
         assert [b[s] for s in range(7, 13)] == pytest.approx([a[s] for s in range(7, 13)], rel=1e-6, abs=1e-7)
     # the ranks' losses differ (different rows, different dropout masks): two real ranks were compared
     assert _losses(straight, 0)[7] != _losses(straight, 1)[7]
+    return straight, killed
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("extra", [[], ["model.gradcache.chunk_size=4"], ["data.num_workers=2"]],
+                         ids=["plain", "gradcache", "workers"])
+def test_two_rank_run_killed_and_resumed_reproduces_the_losses(tmp_path, tiny_cfg, extra):
+    _kill_and_resume(tmp_path, lambda run_dir, more, check=True: _train(run_dir, tiny_cfg, extra, more, check))
+
+
+@pytest.mark.slow
+def test_fsdp_lora_run_killed_and_resumed_reproduces_the_losses(tmp_path, tiny_cfg):
+    """LoRA under FSDP (trainer=fsdp_cpu, a base loaded from model.path, LoRA dropout): its sharded checkpoints hold
+    the adapters only, and a run killed with SIGKILL resumes from one exactly."""
+    from embedders import Embedder
+
+    base = Embedder.build("qwen2_vl", config={"text": {"hidden_size": 64}}).save_pretrained(tmp_path / "base")
+    extra = ["trainer=fsdp_cpu", f"model.path={base}", "model.config=null", "model.lora={r:4,alpha:8,dropout:0.2}"]
+    _, killed = _kill_and_resume(tmp_path, lambda run_dir, more, check=True: _train(
+        run_dir, tiny_cfg, extra, more, check, dropout=()))
+    from torch.distributed.checkpoint import FileSystemReader
+
+    ckpt = killed / "checkpoints" / "last.ckpt"
+    assert ckpt.is_dir()  # sharded: every rank wrote its shard
+    tensors = [k.removeprefix("state_dict.") for k in FileSystemReader(ckpt).read_metadata().state_dict_metadata
+               if k.startswith("state_dict.")]
+    assert tensors and all("lora_" in k for k in tensors), tensors[:5]
+    meta = torch.load(ckpt / "meta.pt", weights_only=True)
+    assert meta["embedlab_frozen_keys"] and not any("lora_" in k for k in meta["embedlab_frozen_keys"])
