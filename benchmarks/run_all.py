@@ -14,7 +14,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 BENCHMARKS = ["bench_losses.py", "bench_matryoshka.py", "bench_gradcache.py", "bench_saha.py", "bench_negatives.py",
-              "bench_image_check.py", "bench_overhead.py", "bench_eval.py", "bench_startup.py"]
+              "bench_image_check.py", "bench_overhead.py", "bench_eval.py", "bench_startup.py",
+              "bench_cached_mnrl.py"]
 
 
 def main(argv: list[str]) -> int:

@@ -137,6 +137,8 @@ class MMEBDataModule(L.LightningDataModule):
         num_frames: int = 8,
         max_frames_saved: int | None = 64,
         teacher_scores: str | None = None,
+        group_by_length: bool = True,
+        max_tokens_per_batch: int | None = None,
     ):
         super().__init__()
         if on_missing_image not in ("error", "skip"):
@@ -147,6 +149,9 @@ class MMEBDataModule(L.LightningDataModule):
         _check_int("data.val_per_subset", val_per_subset, minimum=0)
         _check_int("data.max_per_subset", max_per_subset, minimum=1, optional=True)
         _check_int("data.max_negatives_per_pair", max_negatives_per_pair, minimum=0, optional=True)
+        _check_int("data.max_tokens_per_batch", max_tokens_per_batch, minimum=1, optional=True)
+        #: GradCache chunks cut from rows grouped by length, each within `max_tokens_per_batch` padded tokens.
+        self.group_by_length, self.max_tokens_per_batch = bool(group_by_length), max_tokens_per_batch
         self.source, self.split = str(source), split
         self.caps = _subset_caps(subsets, max_per_subset)
         if not self.caps:
@@ -272,7 +277,8 @@ class MMEBDataModule(L.LightningDataModule):
             raise RuntimeError("MMEBDataModule.set_input_builder(embedder.input_builder) must be called before "
                                "requesting dataloaders (the entry point does this)")
         return PairCollator(self.input_builder, self.image_loader, self.chunk_size, self.max_negatives_per_pair,
-                            teacher_scores=self.teacher_scores, guide_input_builder=self.guide_input_builder)
+                            teacher_scores=self.teacher_scores, guide_input_builder=self.guide_input_builder,
+                            group_by_length=self.group_by_length, max_tokens_per_chunk=self.max_tokens_per_batch)
 
     def _rank_world(self) -> tuple[int, int]:
         if self.trainer is not None:

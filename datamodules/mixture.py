@@ -46,6 +46,8 @@ class MixtureDataModule(MMEBDataModule):
         on_missing_image: str = "error",
         num_frames: int = 8,
         max_frames_saved: int | None = 64,
+        group_by_length: bool = True,
+        max_tokens_per_batch: int | None = None,
     ):
         self.sources: list[TrainSource] = sources_from_config(sources)
         if sum(s.weight for s in self.sources) <= 0:
@@ -55,7 +57,8 @@ class MixtureDataModule(MMEBDataModule):
                          val_per_subset=val_per_subset, batch_size=batch_size, val_batch_size=val_batch_size,
                          num_workers=num_workers, pin_memory=pin_memory, drop_last=drop_last, sampler=sampler,
                          seed=seed, bundled=bundled, check_images=check_images, on_missing_image=on_missing_image,
-                         num_frames=num_frames, max_frames_saved=max_frames_saved)
+                         num_frames=num_frames, max_frames_saved=max_frames_saved, group_by_length=group_by_length,
+                         max_tokens_per_batch=max_tokens_per_batch)
 
     @property
     def weights(self) -> dict[str, float]:

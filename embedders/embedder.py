@@ -71,6 +71,28 @@ class InputBuilder:
         return [format_text(t, im, side, self.prompt, self.family, ins)
                 for t, im, ins in zip(texts, images, instructions)]
 
+    def token_counts(self, texts: Sequence[str], images: Sequence[Any] | None, side: str,
+                     instructions: Sequence[str | None] | None = None) -> list[int]:
+        """The tokens the processor will give each row (before padding), without running it: the formatted text's
+        tokens, each image's token expanded to the image's tokens for Qwen-style image processors (exact there;
+        video frames are counted as images, an upper bound), the text's tokens alone for other processors; at most
+        `max_length`. For ordering rows by length and filling token budgets (GradCache chunks)."""
+        images = list(images) if images is not None else [None] * len(texts)
+        formatted = self.format(texts, images, side, instructions)
+        tokenizer = getattr(self.processor, "tokenizer", self.processor)
+        ids = tokenizer(formatted, add_special_tokens=False)["input_ids"]
+        image_processor = getattr(self.processor, "image_processor", None)
+        count = getattr(image_processor, "get_number_of_image_patches", None)
+        merge = int(getattr(image_processor, "merge_size", 0) or 0) ** 2
+        out = []
+        for row, visual in zip(ids, images):
+            extra = 0
+            if count is not None and merge and visual is not None:
+                frames = visual if isinstance(visual, (list, tuple)) else [visual]
+                extra = sum(count(f.height, f.width, {}) // merge - 1 for f in frames if hasattr(f, "height"))
+            out.append(min(len(row) + extra, self.max_length))
+        return out
+
     def __call__(self, texts: Sequence[str], images: Sequence[Any] | None, side: str,
                  instructions: Sequence[str | None] | None = None) -> dict[str, torch.Tensor]:
         images = list(images) if images is not None else [None] * len(texts)

@@ -217,8 +217,8 @@ class EmbeddingModule(L.LightningModule):
     def training_step(self, batch: dict, batch_idx: int):
         loss_fn = self._require_loss()
         if self.chunk_size is None:
-            q = self.embed_chunks(batch["query"])
-            t = self.embed_chunks(batch["target"])
+            q = in_row_order(self.embed_chunks(batch["query"]), batch.get("query_order"))
+            t = in_row_order(self.embed_chunks(batch["target"]), batch.get("target_order"))
             loss = loss_fn(q, t, batch["target_keys"].to(self.device), **self.loss_side_inputs(batch))
             self._check_finite(loss, batch)
         else:
@@ -266,8 +266,12 @@ class EmbeddingModule(L.LightningModule):
         torch.clear_autocast_cache()
         nq = len(q_chunks)
         # clone(): inference-mode tensors cannot enter autograd themselves
-        q = cat_padded(reps[:nq]).clone().requires_grad_()
-        t = cat_padded(reps[nq:]).clone().requires_grad_()
+        q_chunked = cat_padded(reps[:nq]).clone().requires_grad_()
+        t_chunked = cat_padded(reps[nq:]).clone().requires_grad_()
+        # The loss sees row order; the cached gradients come back in chunk order (the collator may have grouped
+        # rows by length): a differentiable permutation in between.
+        q = in_row_order(q_chunked, batch.get("query_order"))
+        t = in_row_order(t_chunked, batch.get("target_order"))
         strategy = self.trainer.strategy
         sync_ctx = getattr(strategy, "block_backward_sync", None)
         # 2. Full loss on the cached embeddings: d loss / d embedding for every row.
@@ -278,7 +282,7 @@ class EmbeddingModule(L.LightningModule):
             # Per real chunk, its rows of the cached gradient (multi-vector: its own token count; the padding has none).
             grads = iter([g[offset : offset + r.shape[0], ..., : r.shape[1], :] if r.ndim == 3
                           else g[offset : offset + r.shape[0]]
-                          for g, part in ((_grad_or_zeros(q), reps[:nq]), (_grad_or_zeros(t), reps[nq:]))
+                          for g, part in ((_grad_or_zeros(q_chunked), reps[:nq]), (_grad_or_zeros(t_chunked), reps[nq:]))
                           for offset, r in zip(_offsets(part), part)])
             # 3. Replay each chunk with gradients and back-propagate the surrogate (emb · cached grad). Under FSDP
             # the gradients accumulate unsharded and are reduce-scattered once, in the last replay's backward.
@@ -340,8 +344,8 @@ class EmbeddingModule(L.LightningModule):
     def validation_step(self, batch: dict, batch_idx: int):
         if batch.get("val_padding") and not self.embedder.uniform_trace:
             return  # a filler batch: it exists only so that every rank runs the same number of steps
-        q = self.embed_uniform(batch["query"])
-        t = self.embed_uniform(batch["target"])
+        q = in_row_order(self.embed_uniform(batch["query"]), batch.get("query_order"))
+        t = in_row_order(self.embed_uniform(batch["target"]), batch.get("target_order"))
         if batch.get("val_padding"):
             return  # under FSDP a filler batch runs the forward too (every rank all-gathers the same units), unscored
         keys = batch["target_keys"].to(self.device)
@@ -560,6 +564,16 @@ def build_guide(spec: dict) -> Embedder:
         guide = Embedder.build(**spec)
     guide.requires_grad_(False)
     return guide.eval()
+
+
+def in_row_order(embeddings: torch.Tensor, order: torch.Tensor | None) -> torch.Tensor:
+    """Embeddings computed in chunk order put back in row order: `order[k]` is the row of the k-th embedding
+    (datamodules.collate.grouped_chunks); None = already in row order. Differentiable."""
+    if order is None:
+        return embeddings
+    inverse = torch.empty_like(order)
+    inverse[order] = torch.arange(order.numel(), device=order.device)
+    return embeddings[inverse.to(embeddings.device)]
 
 
 def _grad_or_zeros(x: torch.Tensor) -> torch.Tensor:

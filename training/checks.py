@@ -50,6 +50,11 @@ def _validate_config(cfg: DictConfig, static: bool = False) -> None:
     if limit is not None and limit == 0:
         raise ValueError("trainer.limit_train_batches=0: this run would make no optimizer step")
     chunk = OmegaConf.select(cfg, "model.gradcache.chunk_size")
+    budget = OmegaConf.select(cfg, "data.max_tokens_per_batch", default=None)
+    if budget is not None and chunk is None:
+        raise ValueError(f"data.max_tokens_per_batch={budget} bounds the tokens of one forward pass, which GradCache "
+                         "makes the unit of memory: set model.gradcache.chunk_size too (the most rows a chunk may "
+                         "hold; e.g. data.batch_size for chunks cut by the token budget alone)")
     check_gradcache_config(chunk, OmegaConf.select(cfg, "data.batch_size"),
                            OmegaConf.select(cfg, "trainer.accumulate_grad_batches", default=1) or 1)
     strategy = OmegaConf.select(cfg, "trainer.strategy")
