@@ -175,7 +175,12 @@ def _train_and_score(cfg: DictConfig, output_dir: Path, stop) -> dict:
     datamodule.set_input_builder(module.embedder.input_builder, module.chunk_size, module.guide_input_builder)
     callbacks, loggers = instantiate_group(cfg.get("callbacks")), instantiate_group(cfg.get("logger"))
     outcome: dict = {"before": None, "after": None, "chance": None}
-    evaluate = bool(cfg.get("eval_data"))
+    # `~eval_data` removes the eval_data group but leaves train.yaml's `eval_data.online` block: no suite, no eval.
+    evaluate = any(key != "online" for key in (cfg.get("eval_data") or {}))
+    online_every = OmegaConf.select(cfg, "eval_data.online.every_n_steps", default=None)
+    if not evaluate and online_every:
+        raise ValueError(f"eval_data.online.every_n_steps={online_every} needs an evaluation suite, but eval_data "
+                         "names none (it was removed with ~eval_data): choose one, e.g. eval_data=bundled")
     ckpt = resolve_ckpt_path(cfg, output_dir)
     if evaluate and cfg.evaluate_before and ckpt is None:
         def score_untrained(trainer, pl_module, stage):

@@ -19,7 +19,7 @@ def test_train_then_evaluate(compose_cfg, tiny_cfg, tmp_path):
     assert set(results) == {"overall", "IND", "OOD", "meta_tasks", "datasets", "failed"} and not results["failed"]
     assert set(results["meta_tasks"]) == {"Classification", "VQA", "Retrieval", "Grounding"}
     for d in results["datasets"].values():
-        assert set(d) == {"precision@1", "num_queries", "meta_task", "split", "tied_rows", "tie_decided", "duplicate_gt", "collapsed", "skipped"} and d["split"] in ("IND", "OOD")
+        assert set(d) == {"precision@1", "num_queries", "meta_task", "split", "tied_rows", "tie_decided", "duplicate_gt", "collapsed", "skipped", "storage"} and d["split"] in ("IND", "OOD")
     assert (out / "eval" / "results.md").read_text().startswith("| Model | Cls | VQA | Ret | Grd | IND | OOD | Overall |")
     assert (out / "checkpoints" / "last.ckpt").is_file()
     # The configured ModelCheckpoint is the only one: Lightning adds no default one under the logger's directory.

@@ -44,6 +44,7 @@ def test_cfg_hydra_shows_the_submitit_configuration():
     assert "mode: MULTIRUN" in out.stdout and "first job" in out.stderr
 
 
+@pytest.mark.slow  # the README's sweep test runs the same launcher from the repository root in the fast suite
 def test_basic_launcher_multirun_with_the_default_sweep_dir_from_another_directory(tiny_cfg, tmp_path):
     """`-m` without hydra.sweep.dir (the sweep directory interpolates the start directory), started outside
     the repository: jobs land in <start dir>/logs/train/multiruns/<time>/<n>_<overrides>."""
