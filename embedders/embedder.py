@@ -128,6 +128,7 @@ class Embedder(nn.Module):
         self.backbone = backbone
         self.normalize = bool(normalize)
         self.image = dict(image or {})
+        self.family.bind(processor, backbone)  # what the collate step computes for the forward (M-RoPE positions)
         self.input_builder = InputBuilder(family, processor, PromptFormat.from_config(prompt), int(max_length))
         self.truncate_dim = _check_truncate_dim(truncate_dim)
         #: Where the backbone came from (hub id, local directory) or None for a random init; for the model card.

@@ -134,7 +134,9 @@ class EmbeddingModule(L.LightningModule):
         self._val_neg: list[tuple[int, torch.Tensor]] = []
         self._val_query_offset = 0
         #: (finite flag, loss, step, ids) of the last training loss, checked lazily on accelerators.
-        self._pending_finite: tuple | None = None
+        #: Finite-loss flags not read yet: [flag (on the host once `event` completes), event or None, loss, step, ids].
+        self._pending_finite: list[list] = []
+        self._fixed_temperature: torch.Tensor | None = None
         #: Filled at each validation end: positive/negative similarity samples and the overlap figure.
         self.last_similarity: dict[str, Any] | None = None
 
@@ -190,25 +192,40 @@ class EmbeddingModule(L.LightningModule):
         return self.loss
 
     def _check_finite(self, loss: torch.Tensor, batch: dict) -> None:
-        """Stop on a non-finite loss, naming the step and the batch's rows. On an accelerator the flag is read
-        at the next step (or before a checkpoint is written, or at the end of training): reading it at once
-        would make the host wait for the device every step."""
-        self._raise_if_nonfinite()
+        """Stop on a non-finite loss, naming the step and the batch's rows. On a GPU the flag is copied to pinned
+        host memory without waiting and read once its copy has completed (polled at the next steps; waited for
+        before a checkpoint is written and at the end of training): the host never waits for the device in a step.
+        On the CPU there is no device queue to wait for: it is read at once."""
+        self._poll_finite(wait=False)
         loss = loss.detach()
-        self._pending_finite = (torch.isfinite(loss).all(), loss, self.global_step, list(batch.get("ids", [])))
-        if loss.device.type == "cpu":
-            self._raise_if_nonfinite()
+        flag, event = torch.isfinite(loss).all(), None
+        if loss.device.type == "cuda":
+            host = torch.empty((), dtype=torch.bool, pin_memory=True)
+            host.copy_(flag, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record()
+            flag = host
+        self._pending_finite.append([flag, event, loss, self.global_step, list(batch.get("ids", []))])
+        if event is None:
+            self._poll_finite(wait=True)
 
     def _raise_if_nonfinite(self) -> None:
-        pending, self._pending_finite = self._pending_finite, None
-        if pending is None or bool(pending[0]):
-            return
-        _, loss, step, ids = pending
-        raise NonFiniteLossError(
-            f"non-finite loss ({loss.item()}) at global step {step}, batch of {len(ids)} rows with "
-            f"ids {ids[:16]}{' …' if len(ids) > 16 else ''}. Lower the learning rate, check these rows, or "
-            "use bf16-mixed instead of fp16"
-        )
+        """Read every pending finite-loss flag, waiting for the device where needed."""
+        self._poll_finite(wait=True)
+
+    def _poll_finite(self, wait: bool) -> None:
+        while self._pending_finite:
+            flag, event, loss, step, ids = self._pending_finite[0]
+            if event is not None and not wait and not event.query():
+                return  # its copy is still in flight: read it at a later step
+            if event is not None:
+                event.synchronize()
+            self._pending_finite.pop(0)
+            if not bool(flag):
+                raise NonFiniteLossError(
+                    f"non-finite loss ({loss.item()}) at global step {step}, batch of {len(ids)} rows with "
+                    f"ids {ids[:16]}{' …' if len(ids) > 16 else ''}. Lower the learning rate, check these rows, or "
+                    "use bf16-mixed instead of fp16")
 
     def on_train_end(self) -> None:
         self._raise_if_nonfinite()
@@ -231,8 +248,14 @@ class EmbeddingModule(L.LightningModule):
         self.log("train/loss", loss.detach(), prog_bar=True, batch_size=b, sync_dist=False)
         if self.loss is not None:
             temp = self.loss.temperature
-            # A tensor for a learnable τ: Lightning reads it only when it writes the logs (no per-step host sync).
-            value = (1.0 / temp.scale()).detach() if temp.learnable else temp.value
+            # Tensors on the device: Lightning reads them only when it writes the logs. A fixed τ is made a device
+            # tensor once (a Python float would be copied to the device at every step).
+            if temp.learnable:
+                value = (1.0 / temp.scale()).detach()
+            else:
+                if self._fixed_temperature is None or self._fixed_temperature.device != loss.device:
+                    self._fixed_temperature = torch.tensor(float(temp.value), device=loss.device)
+                value = self._fixed_temperature
             self.log("train/temperature", value, batch_size=b)
 
     def _gradcache_step(self, batch: dict) -> torch.Tensor:

@@ -150,6 +150,7 @@ class _SaveOnStop(L.Callback):
     def __init__(self, stop: GracefulStop):
         self.stop = stop
         self.last_saved_step: int | None = None
+        self._host_group = None  # the process group that agrees on a stop (on_train_start; None: one process)
 
     def _path(self, trainer: L.Trainer) -> Path:
         ckpt = trainer.checkpoint_callback
@@ -159,6 +160,11 @@ class _SaveOnStop(L.Callback):
     def on_train_start(self, trainer, pl_module) -> None:
         self.stop.trainer = trainer
         self.stop.phase = "training"
+        dist = torch.distributed
+        if trainer.world_size > 1 and dist.is_available() and dist.is_initialized():
+            # Every rank runs this hook: a new group is a collective, created here once per fit.
+            default_gloo = dist.get_backend() == "gloo"
+            self._host_group = dist.group.WORLD if default_gloo else dist.new_group(backend="gloo")
         if self.stop.owns_signals:
             # Lightning installed its own SIGTERM handler for the fit (ours is restored when the fit ends).
             # Ours replaces it: Lightning's stop flag stops rank 0 one collective before the other ranks.
@@ -172,11 +178,13 @@ class _SaveOnStop(L.Callback):
             lg.save()
 
     def _requested(self, trainer) -> bool:
-        """Whether any rank was asked to stop (one 1-element all-reduce under DDP, nothing on one process)."""
+        """Whether any rank was asked to stop: one 1-element all-reduce of a host tensor over a gloo group (the
+        default group itself when it is gloo), so the question never waits for the device; nothing on one
+        process."""
         requested = self.stop.signum is not None
-        if trainer.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
-            flag = torch.tensor([int(requested)], device=trainer.strategy.root_device)
-            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        if self._host_group is not None:
+            flag = torch.tensor([int(requested)])
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX, group=self._host_group)
             requested = bool(flag.item())
         return requested
 

@@ -5,6 +5,8 @@ reads "Epoch 0/-2" and, after a resume, "40/20" for step-based runs). Epoch-base
 
 from __future__ import annotations
 
+import time
+
 from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
 from lightning.pytorch.callbacks.progress.tqdm_progress import _update_n
 from lightning.pytorch.utilities.imports import _RICH_AVAILABLE
@@ -15,7 +17,20 @@ def _step_based(trainer) -> bool:
 
 
 class _StepCounting:
-    """Mixin: total = max_steps, position = global_step, description "Step (epoch e)"."""
+    """Mixin: total = max_steps, position = global_step, description "Step (epoch e)". The logged metrics (the loss)
+    are read at most once per `metrics_interval_s` and at the last step: reading a metric copies it to the host,
+    which waits for the device, so reading it at every step would drain the GPU's queue every step."""
+
+    metrics_interval_s: float = 1.0
+    _metrics_read_at: float = float("-inf")
+
+    def _metrics_due(self, trainer) -> bool:
+        now = time.monotonic()
+        last = _step_based(trainer) and trainer.global_step >= trainer.max_steps
+        if last or now - self._metrics_read_at >= self.metrics_interval_s:
+            self._metrics_read_at = now
+            return True
+        return False
 
     @property
     def total_train_batches(self):
@@ -47,7 +62,8 @@ class RichStepProgressBar(_StepCounting, RichProgressBar):
         if not self.is_disabled and self.train_progress_bar_id is None:
             self._initialize_train_progress_bar_id()
         self._update(self.train_progress_bar_id, self._position(trainer, batch_idx))
-        self._update_metrics(trainer, pl_module)
+        if self._metrics_due(trainer):
+            self._update_metrics(trainer, pl_module)
         self.refresh()
 
 
@@ -62,7 +78,8 @@ class TQDMStepProgressBar(_StepCounting, TQDMProgressBar):
         n = self._position(trainer, batch_idx)
         if self.train_progress_bar is not None and self._should_update(n, self.train_progress_bar.total):
             _update_n(self.train_progress_bar, n)
-            self.train_progress_bar.set_postfix(self.get_metrics(trainer, pl_module))
+            if self._metrics_due(trainer):
+                self.train_progress_bar.set_postfix(self.get_metrics(trainer, pl_module))
 
 
 def step_progress_bar():

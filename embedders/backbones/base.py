@@ -80,6 +80,10 @@ class BackboneFamily:
     def load_processor(self, path: str | None, config: dict | None, image: dict | None) -> Any:
         raise NotImplementedError
 
+    def bind(self, processor, model: nn.Module) -> None:
+        """Give the processor what `prepare` needs of the model to compute inputs on the host (in the collate step,
+        not on the device in the forward): nothing by default; Qwen-VL families attach their M-RoPE index."""
+
     def prepare(self, processor, texts: list[str], images: list, max_length: int) -> dict[str, torch.Tensor]:
         """Tokenise formatted texts (and their images) into model inputs."""
         raise NotImplementedError

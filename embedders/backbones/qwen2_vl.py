@@ -22,6 +22,7 @@ which needs no video processor (the video processor requires torchvision).
 
 from __future__ import annotations
 
+import types
 from pathlib import Path
 
 import torch
@@ -135,6 +136,34 @@ def qwen_vision_token_ids(tokenizer) -> dict[str, int]:
             "vision_start_token_id": ids("<|vision_start|>"), "vision_end_token_id": ids("<|vision_end|>")}
 
 
+def rope_positions(get_rope_index, inputs) -> torch.Tensor:
+    """[3, B, T] M-RoPE positions of `inputs` by the model's `get_rope_index` (3D for the visual tokens that the
+    reference-rule `mm_token_type_ids` marks, 1D for everything else)."""
+    mask = inputs["attention_mask"]
+    types = inputs["mm_token_type_ids"]
+    grids = {k: inputs.get(k) for k in ("image_grid_thw", "video_grid_thw")}
+    if any(g is not None for g in grids.values()) and bool((types > 0).any()):
+        positions, _ = get_rope_index(input_ids=inputs["input_ids"], mm_token_type_ids=types, attention_mask=mask,
+                                      **grids)
+        return positions
+    return (mask.long().cumsum(-1) - 1).clamp_min(0).unsqueeze(0).expand(3, -1, -1)
+
+
+class RopeIndex:
+    """The model class's own `get_rope_index`, runnable in the collate step without the model: called on a stand-in
+    that holds the model's config (all the method reads of its model). Picklable, for DataLoader workers."""
+
+    def __init__(self, model_cls: type, config):
+        self.model_cls, self.config = model_cls, config
+
+    def __call__(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        stand_in = types.SimpleNamespace(config=self.config)
+        for name in ("get_vision_position_ids",):
+            if hasattr(self.model_cls, name):
+                setattr(stand_in, name, types.MethodType(getattr(self.model_cls, name), stand_in))
+        return rope_positions(types.MethodType(self.model_cls.get_rope_index, stand_in), inputs)
+
+
 class Qwen2VLFamily(BackboneFamily):
     name = "qwen2_vl"
     model_types = MODEL_TYPES
@@ -192,6 +221,11 @@ class Qwen2VLFamily(BackboneFamily):
         processor.embedlab_resize = resize
         return with_video(processor, self.name, path, video)
 
+    def bind(self, processor, model):
+        core = model.get_base_model() if hasattr(model, "get_base_model") else model  # LoRA: the wrapped model
+        if hasattr(type(core), "get_rope_index"):
+            processor.embedlab_rope = RopeIndex(type(core), core.config)
+
     def prepare(self, processor, texts, images, max_length):
         policy = getattr(processor, "embedlab_resize", None)
         images = [_resize_visual(im, policy) for im in images]
@@ -205,29 +239,33 @@ class Qwen2VLFamily(BackboneFamily):
             inputs["input_ids"], visual_rows, processor.image_token_id, ids("<|vision_start|>"),
             ids(self.video_token))
         inputs["image_rows"] = visual_rows  # rows with a visual input (image, pages or video)
+        # Computed here, on the host, from the collated CPU tensors: in the forward they would be device work with
+        # host syncs (transformers' index loops over rows with `.item()`).
+        inputs["stray_image_tokens"] = bool(((inputs["input_ids"] == processor.image_token_id)
+                                             & ~visual_rows[:, None]).any())
+        rope = getattr(processor, "embedlab_rope", None)
+        if rope is not None:
+            inputs["position_ids"] = rope(inputs)
         return inputs
 
     def rope_positions(self, model, inputs) -> torch.Tensor:
         """[3, B, T] M-RoPE positions from the reference-rule `mm_token_type_ids` (1D for everything else)."""
-        mask = inputs["attention_mask"]
-        types = inputs["mm_token_type_ids"]
-        grids = {k: inputs.get(k) for k in ("image_grid_thw", "video_grid_thw")}
-        if any(g is not None for g in grids.values()) and bool((types > 0).any()):
-            positions, _ = model.get_rope_index(input_ids=inputs["input_ids"], mm_token_type_ids=types,
-                                                attention_mask=mask, **grids)
-            return positions
-        return (mask.long().cumsum(-1) - 1).clamp_min(0).unsqueeze(0).expand(3, -1, -1)
+        return rope_positions(model.get_rope_index, inputs)
 
     def encode_inputs(self, model, inputs, pooling):
         inputs = dict(inputs)
         image_rows = inputs.pop("image_rows", None)
         if image_rows is None:
             raise ValueError("Qwen2-VL inputs must come from the family's prepare() (image_rows is missing)")
-        positions = self.rope_positions(model, inputs)
+        positions = inputs.pop("position_ids", None)  # computed by prepare when the processor is bound to the model
+        if positions is None:
+            positions = self.rope_positions(model, inputs)
+        stray = inputs.pop("stray_image_tokens", None)
         mask = inputs["attention_mask"]
         image_rows = image_rows.to(mask.device)
-        stray = ((inputs["input_ids"] == model.config.image_token_id) & ~image_rows[:, None]).any(dim=1)
-        if any(k in inputs for k in VISUAL_KEYS[::2]) and bool(stray.any()):
+        if stray is None:
+            stray = bool(((inputs["input_ids"] == model.config.image_token_id) & ~image_rows[:, None]).any())
+        if any(k in inputs for k in VISUAL_KEYS[::2]) and stray:
             # Image tokens in text-only rows keep their token embedding (the reference feeds image features only
             # into rows with an image), while the model scatters features into every image token of its batch:
             # the features are scattered here, into the visual rows' tokens only, in one pass over the decoder

@@ -418,7 +418,7 @@ def test_published_adapter_is_loaded_completely_and_merged(adapter_dirs, variant
                                "query")
     ours = emb(inputs)
     with torch.no_grad():
-        extra = {k: v for k, v in inputs.items() if k != "image_rows"}
+        extra = {k: v for k, v in inputs.items() if k not in ("image_rows", "position_ids", "stray_image_tokens")}
         positions = emb.family.rope_positions(emb.backbone, inputs)
         hidden = reference.base_model.model.model(**extra, position_ids=positions).last_hidden_state
     expected = torch.nn.functional.normalize(hidden[:, -1], dim=-1)   # left padding: the last column

@@ -366,4 +366,4 @@ def test_saved_profile_embedder_formats_and_resizes_the_same(compose_cfg, tmp_pa
     assert reloaded.prompt == emb.prompt and reloaded.image == emb.image
     texts, images = [ROWS["grd"][0], ROWS["webqa"][0]], [_img(300, 90), None]
     a, b = emb.input_builder(texts, images, "query"), reloaded.input_builder(texts, images, "query")
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) if isinstance(a[k], torch.Tensor) else a[k] == b[k] for k in a)
