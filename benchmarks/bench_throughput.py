@@ -125,7 +125,8 @@ def bare_run(args) -> float:
     data = make_batch(module, args.batch, args.image, args.text_words, None)
     opt = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=1e-5)
     dev = torch.device(args.device)
-    move = [{k: v.to(dev) for k, v in c.items()} for c in (*data["query"], *data["target"])]
+    move = [{k: v.to(dev) if isinstance(v, torch.Tensor) else v for k, v in c.items()}
+            for c in (*data["query"], *data["target"])]
     times = []
     for _ in range(args.steps):
         if args.device == "cuda":

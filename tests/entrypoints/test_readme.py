@@ -234,10 +234,7 @@ COMMANDS: dict[str, Run | Compose | Make] = {
     "make test-all": Make("the test suite itself"),
     "make lint": Make("ruff"),
     "make readme-figures": Make("the full default run"),
-    "make ablation-real": Make("48 fine-tuning runs of all-MiniLM-L6-v2 (~50 min on CPU)"),
-    "python benchmarks/ablation_real.py --losses infonce_sym,hw9": Compose(
-        "24 fine-tuning runs (~25 min on CPU); tests/benchmarks/test_ablation_real.py runs every arm one step"),
-    "python benchmarks/ablation_real.py --report logs/ablation_real/<sweep>": Compose("a finished sweep"),
+    "make ablation-real": Make("15 fine-tuning runs of all-MiniLM-L6-v2, random batches (~1 h on CPU)"),
     # Evidence (docs/evidence.md): paired comparisons, the redesigned real-text ablation, the default run's spread
     "python compare.py logs/train/runs/<run>/eval_untrained logs/train/runs/<run>/eval": Run(needs=("run",)),
     "make compare ARGS='logs/train/runs/<run>/eval_untrained logs/train/runs/<run>/eval'": Make("compare.py"),
