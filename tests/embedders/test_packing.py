@@ -10,8 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from embedders import Embedder
-from embedders import packing
+from embedders import Embedder, packing
 from embedders.strategies import fsdp_units
 from losses import InfoNCE
 
@@ -186,7 +185,7 @@ def test_uniform_trace_holds_packed(embedders, family):
     orders, embs = {}, {}
     for packed in (False, True):
         order: list[int] = []
-        hooks = [u.register_forward_pre_hook(lambda m, a: order.append(index[id(m)])) for u in units]
+        hooks = [u.register_forward_pre_hook(lambda m, a, order=order: order.append(index[id(m)])) for u in units]
         try:
             with torch.no_grad():
                 embs[packed] = _embed(embedder, inputs, packed)
