@@ -256,3 +256,25 @@ def test_module_threads_the_option():
 
     module = EmbeddingModule(family="llava_onevision", config={}, packed=True)
     assert module.embedder.packed and module.hparams.packed
+
+
+def test_lora_and_gradient_checkpointing_pack():
+    """A LoRA-wrapped backbone (the language model found through peft) with activation checkpointing: the same loss
+    and LoRA gradients (Qwen3-VL: DeepStack and right padding; the lookup is the same for every family)."""
+    family = "qwen3_vl"
+    torch.manual_seed(0)
+    embedder = Embedder.build(family, config={}, lora={"r": 4, "alpha": 8}, gradient_checkpointing=True)
+    embedder.train()
+    queries, targets = embedder.input_builder(*QUERIES, "query"), embedder.input_builder(*TARGETS, "target")
+    results = []
+    for packed in (False, True):
+        embedder.zero_grad(set_to_none=True)
+        loss = InfoNCE(temperature=0.05)(_embed(embedder, queries, packed), _embed(embedder, targets, packed))
+        loss.backward()
+        results.append((loss.detach(), {n: p.grad.clone() for n, p in embedder.named_parameters()
+                                        if p.grad is not None}))
+    (padded_loss, padded), (packed_loss, packed) = results
+    torch.testing.assert_close(packed_loss, padded_loss, rtol=0, atol=1e-5)
+    assert packed.keys() == padded.keys() and all("lora_" in n for n in padded)
+    for name in padded:
+        torch.testing.assert_close(packed[name], padded[name], rtol=1e-4, atol=1e-5, msg=name)
