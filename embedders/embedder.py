@@ -34,7 +34,7 @@ from .dtypes import resolve_dtype
 from .finetune import apply_finetuning
 from .multi_vector import MultiVectorHead, cat_padded, head_config, resolve_skip_ids
 from .multi_vector_saving import load_head_weights
-from .packing import check_attention, language_model, packed_sequences
+from .packing import check_attention, dense_mask_warning, language_model, packed_sequences
 from .pooling import MULTI_VECTOR, POOLING_MODES
 from .prompts import PromptFormat, format_text
 from .saving import EMBEDDER_FILE, save_embedder
@@ -158,7 +158,9 @@ class Embedder(nn.Module):
             if self.family.packed_positions is None:
                 raise ValueError(f"model.packed=true: family {self.family.name!r} cannot run packed rows (only the "
                                  "decoder families qwen2_vl, qwen3_vl, llava_onevision can); set model.packed=false")
-            check_attention(language_model(backbone), self.family.name)
+            warning = dense_mask_warning(check_attention(language_model(backbone), self.family.name))
+            if warning:
+                log.warning(warning)
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -180,9 +182,11 @@ class Embedder(nn.Module):
         base_model: str | None = None,
         multi_vector: dict | None = None,
         packed: bool = False,
+        attn_implementation: str | None = None,
     ) -> Embedder:
         """Load (path: hub id or local dir) or randomly initialise (config) a backbone of `family`.
-        `base_model` (for the model card) defaults to `path`."""
+        `base_model` (for the model card) defaults to `path`. `attn_implementation` (eager, sdpa, flash_attention_2,
+        …; None = transformers' default) is set on the loaded backbone, a runtime choice like `packed`."""
         fam = get_family(family)
         if path is None and config is None:
             raise ValueError(f"model.path (hub id or local directory) or model.config (random init) is required "
@@ -192,6 +196,11 @@ class Embedder(nn.Module):
             check_model_path(path)  # a wrong path is named at once (not after huggingface_hub's network retries)
         backbone = fam.load_model(path, dict(config) if config is not None and path is None else None,
                                   resolve_dtype(dtype))
+        if attn_implementation is not None:
+            if not hasattr(backbone, "set_attn_implementation"):
+                raise ValueError(f"model.attn_implementation={attn_implementation!r}: the {family} backbone "
+                                 f"({type(backbone).__name__}) cannot switch its attention; set it to null")
+            backbone.set_attn_implementation(attn_implementation)
         processor = fam.load_processor(path, config, image)
         backbone = apply_finetuning(backbone, fam, lora=lora, freeze_vision=freeze_vision,
                                     gradient_checkpointing=gradient_checkpointing)

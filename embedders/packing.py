@@ -45,14 +45,25 @@ def language_model(backbone: nn.Module) -> nn.Module:
     return decoder
 
 
-def check_attention(decoder: nn.Module, family: str) -> None:
-    """Refuse an attention implementation for which transformers does not isolate packed rows."""
+def check_attention(decoder: nn.Module, family: str) -> str:
+    """Refuse an attention implementation for which transformers does not isolate packed rows; return the one in use."""
     impl = getattr(decoder.config, "_attn_implementation", None)
     if impl not in PACKED_ATTENTION:
         raise PackingError(f"model.packed=true needs the language model's attention implementation to be one of "
                            f"{', '.join(PACKED_ATTENTION)} (transformers isolates packed rows only there), but this "
                            f"{family} backbone uses {impl!r}: load it with one of those (attn_implementation) or set "
                            "model.packed=false")
+    return impl
+
+
+def dense_mask_warning(impl: str) -> str | None:
+    """Why packing may cost time with `impl`: eager and sdpa attend over all N x N token pairs of the packed call
+    (masked) where the padded call attends over B x T x T; only FlashAttention's varlen kernel skips the other rows."""
+    if impl.startswith("flash_attention"):
+        return None
+    return (f"model.packed=true with attention implementation {impl!r}: the rows are isolated by an [N, N] mask over "
+            "all N tokens of a call, so attention costs grow with N^2 (more than the padded B*T^2 once rows are long; "
+            "only the MLPs and projections skip the padding). The throughput path is flash_attention_2 (varlen)")
 
 
 def pack_index(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

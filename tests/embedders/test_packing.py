@@ -215,8 +215,7 @@ def test_bf16_autocast_is_close(embedders, family):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_eager_attention_packs_too(family):
     torch.manual_seed(0)
-    embedder = Embedder.build(family, config={})
-    embedder.backbone.set_attn_implementation("eager")
+    embedder = Embedder.build(family, config={}, attn_implementation="eager")  # model.attn_implementation
     assert packing.language_model(embedder.backbone).config._attn_implementation == "eager"
     embedder.eval()
     inputs = embedder.input_builder(*QUERIES, "query")
@@ -254,8 +253,9 @@ def test_packed_is_a_runtime_option(embedders, tmp_path):
 def test_module_threads_the_option():
     from embedders import EmbeddingModule
 
-    module = EmbeddingModule(family="llava_onevision", config={}, packed=True)
+    module = EmbeddingModule(family="llava_onevision", config={}, packed=True, attn_implementation="eager")
     assert module.embedder.packed and module.hparams.packed
+    assert packing.language_model(module.embedder.backbone).config._attn_implementation == "eager"
 
 
 def test_lora_and_gradient_checkpointing_pack():
@@ -278,3 +278,12 @@ def test_lora_and_gradient_checkpointing_pack():
     assert packed.keys() == padded.keys() and all("lora_" in n for n in padded)
     for name in padded:
         torch.testing.assert_close(packed[name], padded[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_dense_mask_attention_is_warned_about(caplog):
+    """eager/sdpa isolate packed rows with an [N, N] mask (attention over all N tokens of a call): said at build."""
+    assert packing.dense_mask_warning("flash_attention_2") is None
+    assert "N^2" in packing.dense_mask_warning("sdpa")
+    with caplog.at_level("WARNING", logger="embedders.embedder"):
+        Embedder.build("llava_onevision", config={}, packed=True, attn_implementation="eager")
+    assert any("flash_attention_2 (varlen)" in r.getMessage() for r in caplog.records)
