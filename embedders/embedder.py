@@ -21,6 +21,7 @@ from __future__ import annotations
 import copy
 import logging
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ from .dtypes import resolve_dtype
 from .finetune import apply_finetuning
 from .multi_vector import MultiVectorHead, cat_padded, head_config, resolve_skip_ids
 from .multi_vector_saving import load_head_weights
+from .packing import check_attention, dense_mask_warning, language_model, packed_sequences
 from .pooling import MULTI_VECTOR, POOLING_MODES
 from .prompts import PromptFormat, format_text
 from .saving import EMBEDDER_FILE, save_embedder
@@ -118,6 +120,7 @@ class Embedder(nn.Module):
         truncate_dim: int | None = None,
         base_model: str | None = None,
         multi_vector: dict | None = None,
+        packed: bool = False,
     ):
         super().__init__()
         self.family = get_family(family)
@@ -148,6 +151,16 @@ class Embedder(nn.Module):
         #: Towers that calls with gradients used for real since the last optimizer step (under `uniform_trace`).
         self.real_towers: set[str] = set()
         self._dummies: dict[tuple[str, str], dict] = {}
+        #: Run the decoder on the rows packed without padding (`embedders/packing.py`): the same embeddings, less
+        #: work on padding. A runtime choice, not saved in embedder.json (see `spec`).
+        self.packed = bool(packed)
+        if self.packed:
+            if self.family.packed_positions is None:
+                raise ValueError(f"model.packed=true: family {self.family.name!r} cannot run packed rows (only the "
+                                 "decoder families qwen2_vl, qwen3_vl, llava_onevision can); set model.packed=false")
+            warning = dense_mask_warning(check_attention(language_model(backbone), self.family.name))
+            if warning:
+                log.warning(warning)
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -168,9 +181,12 @@ class Embedder(nn.Module):
         truncate_dim: int | None = None,
         base_model: str | None = None,
         multi_vector: dict | None = None,
+        packed: bool = False,
+        attn_implementation: str | None = None,
     ) -> Embedder:
         """Load (path: hub id or local dir) or randomly initialise (config) a backbone of `family`.
-        `base_model` (for the model card) defaults to `path`."""
+        `base_model` (for the model card) defaults to `path`. `attn_implementation` (eager, sdpa, flash_attention_2,
+        …; None = transformers' default) is set on the loaded backbone, a runtime choice like `packed`."""
         fam = get_family(family)
         if path is None and config is None:
             raise ValueError(f"model.path (hub id or local directory) or model.config (random init) is required "
@@ -180,11 +196,16 @@ class Embedder(nn.Module):
             check_model_path(path)  # a wrong path is named at once (not after huggingface_hub's network retries)
         backbone = fam.load_model(path, dict(config) if config is not None and path is None else None,
                                   resolve_dtype(dtype))
+        if attn_implementation is not None:
+            if not hasattr(backbone, "set_attn_implementation"):
+                raise ValueError(f"model.attn_implementation={attn_implementation!r}: the {family} backbone "
+                                 f"({type(backbone).__name__}) cannot switch its attention; set it to null")
+            backbone.set_attn_implementation(attn_implementation)
         processor = fam.load_processor(path, config, image)
         backbone = apply_finetuning(backbone, fam, lora=lora, freeze_vision=freeze_vision,
                                     gradient_checkpointing=gradient_checkpointing)
         embedder = cls(family, backbone, processor, pooling, normalize, prompt, max_length, image, truncate_dim,
-                       base_model if base_model is not None else path, multi_vector)
+                       base_model if base_model is not None else path, multi_vector, packed)
         if embedder.head is not None and path is not None:
             # A saved multi-vector Embedder carries its head; a plain backbone starts with a random one.
             load_head_weights(embedder.head, path)
@@ -200,12 +221,15 @@ class Embedder(nn.Module):
         return self.input_builder.prompt
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        if self.uniform_trace and self.family.towers:
-            emb = self.family.encode_uniform(self.backbone, inputs, self.pooling, self.dummy_inputs)
-            if torch.is_grad_enabled():
-                self.real_towers |= self.family.towers_in(inputs)
-        else:
-            emb = self.family.encode_inputs(self.backbone, inputs, self.pooling)
+        scope = (packed_sequences(self.backbone, self.family.packed_positions, self.family.name) if self.packed
+                 else nullcontext())
+        with scope:
+            if self.uniform_trace and self.family.towers:
+                emb = self.family.encode_uniform(self.backbone, inputs, self.pooling, self.dummy_inputs)
+                if torch.is_grad_enabled():
+                    self.real_towers |= self.family.towers_in(inputs)
+            else:
+                emb = self.family.encode_inputs(self.backbone, inputs, self.pooling)
         if self.head is not None:  # [B, T, H] token states → [B, T, dim] unit token vectors, unscored rows zero
             return self.head(emb, inputs["attention_mask"], inputs.get("input_ids"), self.truncate_dim)
         if self.truncate_dim is not None:
@@ -279,6 +303,8 @@ class Embedder(nn.Module):
 
     # ------------------------------------------------------------------ persistence
     def spec(self) -> dict:
+        # `packed` is left out: it computes the same embeddings, and whether it runs depends on where the directory
+        # is loaded (the attention implementation); pass packed=True to from_pretrained to use it there.
         return {
             "format_version": FORMAT_VERSION,
             "family": self.family.name,

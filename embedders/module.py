@@ -85,6 +85,8 @@ class EmbeddingModule(L.LightningModule):
         diagnostics_max_negatives: int = 4096,
         guide: dict | None = None,
         multi_vector: dict | None = None,
+        packed: bool = False,
+        attn_implementation: str | None = None,
     ):
         super().__init__()
         # Hyperparameters are stored as plain containers (optimizer/scheduler as their _target_ configs),
@@ -99,7 +101,8 @@ class EmbeddingModule(L.LightningModule):
         self.embedder = Embedder.build(
             family=family, path=path, config=config, pooling=pooling, normalize=normalize, prompt=prompt,
             max_length=max_length, dtype=dtype, image=image, lora=lora, freeze_vision=freeze_vision,
-            gradient_checkpointing=gradient_checkpointing, multi_vector=multi_vector,
+            gradient_checkpointing=gradient_checkpointing, multi_vector=multi_vector, packed=packed,
+            attn_implementation=attn_implementation,
         )
         #: How query and target embeddings are scored: the dot product, or the multi-vector head's late interaction.
         self.similarity = Similarity(self.embedder.head.similarity if self.embedder.head is not None else "maxsim")

@@ -73,6 +73,9 @@ class BackboneFamily:
     towers: dict[str, tuple[str, ...]] = {}
     #: Processor outputs that `touch_tower` passes to the model's `get_image_features`.
     image_feature_keys: tuple[str, ...] = ("pixel_values",)
+    #: How the language model takes positions when its rows run packed (`model.packed`, `embedders/packing.py`):
+    #: "mrope" (Qwen-VL: M-RoPE plus a text row), "rope" (1-D), None = the family cannot pack.
+    packed_positions: str | None = None
 
     def load_model(self, path: str | None, config: dict | None, dtype: torch.dtype | None) -> nn.Module:
         raise NotImplementedError

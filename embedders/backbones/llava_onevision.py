@@ -131,6 +131,7 @@ class LlavaOnevisionFamily(BackboneFamily):
     decoder_layer_classes = ("Qwen2DecoderLayer", "SiglipEncoderLayer")
     vision_module = "vision_tower"
     towers = {"vision": ("vision_tower", "multi_modal_projector", "image_newline")}
+    packed_positions = "rope"  # the Qwen2 decoder
 
     def touch_tower(self, model, tower, dummy):
         # The feature layer and selection the model's forward uses, passed explicitly (transformers versions

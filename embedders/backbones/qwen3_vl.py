@@ -86,6 +86,7 @@ class Qwen3VLFamily(BackboneFamily):
     vision_module = "visual"
     towers = {"vision": ("visual",)}
     image_feature_keys = ("pixel_values", "image_grid_thw")
+    packed_positions = "mrope"
 
     def load_model(self, path, config, dtype) -> nn.Module:
         if path is not None:

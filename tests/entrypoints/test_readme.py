@@ -147,6 +147,10 @@ COMMANDS: dict[str, Run | Compose | Make] = {
     "python evaluate.py eval_data=mmeb_v2_bundled": Run(SMALL_EVAL),
     # docs/late_interaction.md
     "python train.py debug=fast model.pooling=multi_vector": Run(TRAIN),
+    # docs/training.md
+    "python train.py debug=fast model.packed=true": Run(TRAIN),
+    "python train.py model=qwen2vl_2b trainer=gpu model.packed=true model.attn_implementation=flash_attention_2":
+        Compose(f"{HUB}, a GPU with flash-attn"),
     "python train.py data=bundled_v2 eval_data=mmeb_v2_bundled model.pooling=multi_vector model.multi_vector.dim=64":
         Run(TRAIN),
     "python train.py model=qwen2vl_2b trainer=gpu model.pooling=multi_vector model.multi_vector.skip_tokens=special "
