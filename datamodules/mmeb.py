@@ -389,9 +389,10 @@ def compose_instruction_row(row: dict, dataset: str, parser: str | None = None) 
 
 
 def read_eval_dataset(source: str, name: str, split: str = "test", max_rows: int | None = None,
-                      parser: str | None = None) -> ReadResult:
+                      parser: str | None = None, row_builder=None) -> ReadResult:
     """Parse an eval dataset (MMEB-eval schema, or the V2 copy with instruction columns), counting skipped rows.
-    `rows` are EvalRows with the ground truth at candidate index 0."""
+    `rows` are EvalRows with the ground truth at candidate index 0. `row_builder(raw, name, parser, index)`: how
+    rows of the V2 copy become EvalRows instead of VLM2Vec-V2's composition (`mmeb_v2_qwen3.image_row`)."""
     ds = load_split(source, name, split, EVAL_COLUMNS, "MMEB-eval")
     instruct = all(c in ds.column_names for c in INSTRUCTION_COLUMNS)
     if instruct:
@@ -404,15 +405,19 @@ def read_eval_dataset(source: str, name: str, split: str = "test", max_rows: int
         present = [c for c in INSTRUCTION_COLUMNS if c in ds.column_names]
         raise DataError(f"column(s) {present} without {sorted(set(INSTRUCTION_COLUMNS) - set(present))}: the V2 "
                         "instruction copy has both; this snapshot is neither MMEB-eval nor that copy", dataset=name)
+    if row_builder is not None and not instruct:
+        raise DataError(f"this composition needs the V2 instruction copy (columns {list(INSTRUCTION_COLUMNS)}); "
+                        f"{describe_source(source)} has MMEB-eval's composed texts", dataset=name)
     rows, skipped, notes, total = [], Counter(), Counter(), 0
     for i, raw in _rows(ds, max_rows):
         total += 1
         if instruct:
             if parser == "image_t2i" and (raw.get("qry_img_path") or "").strip():
                 notes["query_image_not_used"] += 1  # V2 does not use the query image of a text-to-image dataset
-            raw = compose_instruction_row(raw, name, parser)
+            if row_builder is None:
+                raw = compose_instruction_row(raw, name, parser)
         try:
-            row = parse_eval_row(raw, name, i)
+            row = row_builder(raw, name, parser, i) if row_builder is not None else parse_eval_row(raw, name, i)
         except SkipRow as s:
             skipped[s.reason] += 1
             continue

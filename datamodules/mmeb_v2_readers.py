@@ -34,6 +34,9 @@ from pathlib import Path
 from .errors import DataError
 from .mmeb import load_split, local_cache_dir, read_eval_dataset
 from .mmeb_v2 import V2Dataset
+from .mmeb_v2_qwen3 import NUM_CLIP_FRAMES as QWEN3_NUM_CLIP_FRAMES
+from .mmeb_v2_qwen3 import NUM_FRAMES as QWEN3_NUM_FRAMES
+from .mmeb_v2_qwen3 import QWEN3, check_composition, image_row, recompose
 from .schema import PLACEHOLDER, CorpusTask, EvalRow, Item, check_columns
 from .video import FRAME_EXTENSIONS
 
@@ -87,17 +90,24 @@ class EvalRead:
     num_frames: int = 8
     max_frames_saved: int | None = 64
     frame_saving: str = "spread"
+    candidate_num_frames: int | None = None   # frames per candidate video when not num_frames
 
 
 @dataclass(frozen=True)
 class SuitePaths:
     """Suite-level settings: the unpacked MMEB-V2 directory, local hub snapshots (`<owner>/<name>/` under it, or
-    None for the hub), a `num_frames` override for every video dataset, and video label sets by dataset."""
+    None for the hub), a `num_frames` override for every video dataset, video label sets by dataset, and whose
+    evaluator the items are composed as (`composition`: `vlm2vec`, or `qwen3vl_embedding`,
+    `datamodules/mmeb_v2_qwen3.py`)."""
 
     data_basedir: str
     hub_snapshots: str | None = None
     num_frames: int | None = None
     labels: Mapping[str, list[str]] = field(default_factory=dict)
+    composition: str = "vlm2vec"
+
+    def __post_init__(self):
+        check_composition(self.composition)
 
     def source(self, d: V2Dataset) -> str:
         return str(Path(self.hub_snapshots) / d.source) if self.hub_snapshots else d.source
@@ -137,7 +147,8 @@ def _records(ds, max_rows: int | None) -> list[dict]:
 
 
 def _frames(d: V2Dataset, paths: SuitePaths) -> tuple[int, int | None]:
-    n = paths.num_frames or d.media.get("num_frames") or d.media.get("num_video_frames") or 8
+    own = QWEN3_NUM_FRAMES if paths.composition == QWEN3 else None   # its video.yaml: 64 for every dataset
+    n = paths.num_frames or own or d.media.get("num_frames") or d.media.get("num_video_frames") or 8
     return int(n), d.media.get("max_frames_saved", 64)
 
 
@@ -164,7 +175,8 @@ def _video_read(d: V2Dataset, paths: SuitePaths, **kw) -> EvalRead:
 
 # ------------------------------------------------------------------------------------------------ image
 def read_image_task(d: V2Dataset, paths: SuitePaths, max_rows: int | None) -> EvalRead:
-    read = read_eval_dataset(paths.source(d), d.subset or d.name, d.split, max_rows, parser=d.parser)
+    read = read_eval_dataset(paths.source(d), d.subset or d.name, d.split, max_rows, parser=d.parser,
+                             row_builder=image_row if paths.composition == QWEN3 else None)
     return EvalRead(str(paths.media(d.media.get("image_root", "image-tasks/"))), rows=read.rows,
                     skipped=dict(read.skipped))
 
@@ -219,6 +231,8 @@ def read_nextqa(d: V2Dataset, paths: SuitePaths, max_rows: int | None) -> EvalRe
         query = Item(qa_template(compose(VIDEO_QA_PROMPT, str(r["question"]), video=True), options),
                      video=_video_path(d, paths, vid), instruction=VIDEO_QA_PROMPT)
         order = [answer] + [k for k in range(len(options)) if k != answer]
+        if paths.composition == QWEN3:   # its nextqa_dataset.py:63,76: the lettered options "(A) ..."
+            options = [f"({chr(ord('A') + k)}) {o}" for k, o in enumerate(options)]
         out.append(EvalRow(d.name, i, query, tuple(Item(options[k]) for k in order)))
     return _video_read(d, paths, rows=out)
 
@@ -382,7 +396,8 @@ def read_egoschema(d: V2Dataset, paths: SuitePaths, max_rows: int | None) -> Eva
         if not 0 <= answer < len(options):
             raise DataError(f"answer must be an option index 0..{len(options) - 1}, got {r['answer']!r}",
                             d.name, i, "answer")
-        question = _str(r["question"], d, i, "question") + " ".join(options)
+        sep = " " if paths.composition == QWEN3 else ""   # its egoschema_dataset.py:31 puts a space there
+        question = _str(r["question"], d, i, "question") + sep + " ".join(options)
         cands = [_option_text(o, d, i, f"option[{k}]") for k, o in enumerate(options)]
         out.append(_multiple_choice(d, i, question, _video_path(d, paths, str(r["video_idx"])), options, answer,
                                     cands))
@@ -612,7 +627,12 @@ def read_v2_dataset(d: V2Dataset, paths: SuitePaths, max_rows: int | None = None
         raise DataError(f"no reader for the reference's {d.parser!r} layout yet (implemented: "
                         f"{', '.join(sorted(READERS))}); leave this dataset out of eval_data.datasets",
                         dataset=d.name, field="parser")
-    return reader(d, paths, max_rows)
+    read = reader(d, paths, max_rows)
+    if paths.composition == QWEN3 and d.modality != "image":   # image rows are built in its form already
+        read.rows, read.task = recompose(d.parser, d.reference_name or d.name, read.rows, read.task)
+        if d.parser == "moment_retrieval" and paths.num_frames in (None, QWEN3_NUM_FRAMES):   # video.yaml: clips 8
+            read.candidate_num_frames = QWEN3_NUM_CLIP_FRAMES
+    return read
 
 
 def v2_dataset_from_config(name: str, cfg: Mapping) -> V2Dataset:

@@ -31,6 +31,8 @@ from __future__ import annotations
 import unicodedata
 from dataclasses import asdict, dataclass, field, replace
 
+from datamodules.mmeb_v2_qwen3 import COMPOSITIONS
+
 PLACEHOLDER = "<|image_1|>"
 VIDEO_PLACEHOLDER = "<|video_1|>"
 
@@ -69,6 +71,10 @@ class PromptFormat:
     #: punctuation mark added) and the user turn holds the visual, then the rest of the text; items without one
     #: keep `system` and their text as it is. Needs `chat`.
     instruction_as_system: bool = False
+    #: Whose evaluator the MMEB-V2 items are built as (`datamodules/mmeb_v2_qwen3.py`): `vlm2vec` (VLM2Vec's
+    #: instructions, candidates with their target instruction, 8 frames) or `qwen3vl_embedding` (Qwen3-VL-Embedding's
+    #: own evaluation code: its instructions, candidates without one, 64 frames, image tasks' instruction apart).
+    mmeb_v2_composition: str = "vlm2vec"
 
     def __post_init__(self):
         if self.image_layout is None:
@@ -83,6 +89,9 @@ class PromptFormat:
         if isinstance(self.target_as_query, str) or not all(isinstance(d, str) for d in self.target_as_query):
             raise ValueError(f"prompt.target_as_query must be a list of eval dataset names, got {self.target_as_query!r}")
         object.__setattr__(self, "target_as_query", tuple(self.target_as_query))
+        if self.mmeb_v2_composition not in COMPOSITIONS:
+            raise ValueError(f"prompt.mmeb_v2_composition must be one of {list(COMPOSITIONS)}, "
+                             f"got {self.mmeb_v2_composition!r}")
         if self.instruction_as_system and not self.chat:
             raise ValueError("prompt.instruction_as_system needs a chat prompt (chat: true): the instruction becomes "
                              "the system message")
@@ -126,6 +135,8 @@ class PromptFormat:
         out["target_as_query"] = list(self.target_as_query)
         if not self.instruction_as_system:  # prompts without it keep the specs (and model fingerprints) they had
             del out["instruction_as_system"]
+        if self.mmeb_v2_composition == "vlm2vec":  # likewise
+            del out["mmeb_v2_composition"]
         return out
 
 
@@ -148,9 +159,9 @@ PRESETS: dict[str, PromptFormat] = {
                           image_position="first_line", placeholder_without_image="literal"),
     # Qwen3-VL-Embedding (src/models/qwen3_vl_embedding.py, format_model_input): Qwen's ChatML, the default system
     # message "Represent the user's input." (an item's instruction instead when it has one), the visual before the
-    # text, the generation prompt pooled.
+    # text, the generation prompt pooled; MMEB-V2 items as its own evaluator builds them.
     "qwen3vl_embedding": PromptFormat(name="qwen3vl_embedding", chat=True, system=QWEN3VL_EMBEDDING_SYSTEM,
-                                      instruction_as_system=True),
+                                      instruction_as_system=True, mmeb_v2_composition="qwen3vl_embedding"),
 }
 
 

@@ -73,6 +73,12 @@ class EvalDataset:
     max_frames_saved: int | None = 64
     #: How a video file is reduced to `max_frames_saved` frames (`datamodules.video.FRAME_SAVING`).
     frame_saving: str = "spread"
+    #: MMEB-V2: whose evaluator the items are composed as (`datamodules.mmeb_v2_qwen3.COMPOSITIONS`); it must be the
+    #: scoring prompt's `mmeb_v2_composition` (`runner.score` checks).
+    composition: str | None = None
+    #: Frames fed per candidate video when they differ from the queries' (Qwen3-VL-Embedding's moment-retrieval
+    #: clips: 8 against the query video's 64); None = `num_frames`.
+    candidate_num_frames: int | None = None
 
     def __post_init__(self):
         if self.candidate_side not in SIDES:
@@ -149,14 +155,16 @@ class _Plan:
         self.rows: list[tuple[torch.Tensor, torch.Tensor]] = []
         for i, ds in enumerate(suite):
             loader = MediaLoader(ds.image_root, ds.num_frames, ds.max_frames_saved, ds.frame_saving)
+            cands = loader if ds.candidate_num_frames is None else \
+                MediaLoader(ds.image_root, ds.candidate_num_frames, ds.max_frames_saved, ds.frame_saving)
             root = str(ds.image_root) if ds.image_root is not None else None
             if ds.task is not None:  # corpus ranking: the corpus is one shared "candidate row"
                 q = [self._id("query", it, ds, j, "query", loader, root, i) for j, it in enumerate(ds.task.queries)]
-                c = [[self._id(ds.candidate_side, it, ds, j, "corpus", loader, root, i)
+                c = [[self._id(ds.candidate_side, it, ds, j, "corpus", cands, root, i)
                       for j, it in enumerate(ds.task.corpus)]]
             else:
                 q = [self._id("query", r.query, ds, r.row, "qry_img_path", loader, root, i) for r in ds.rows]
-                c = [[self._id(ds.candidate_side, it, ds, r.row, "tgt_img_path", loader, root, i)
+                c = [[self._id(ds.candidate_side, it, ds, r.row, "tgt_img_path", cands, root, i)
                       for it in r.candidates] for r in ds.rows]
             self.rows.append((torch.tensor(q, dtype=torch.long), pad_candidates(c)))
 
@@ -165,7 +173,7 @@ class _Plan:
         # Identity = text + visual path(s) under the dataset's root (no filesystem call per occurrence); a video's
         # frame sampling is part of it (another num_frames is another input).
         if item.video:
-            visual = (root, "video", item.video, ds.num_frames, ds.max_frames_saved, ds.frame_saving)
+            visual = (root, "video", item.video, loader.num_frames, ds.max_frames_saved, ds.frame_saving)
         elif item.pages:
             visual = (root, "pages", item.pages)
         else:

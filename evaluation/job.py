@@ -64,7 +64,7 @@ def run(cfg: DictConfig) -> dict:
                     "model with embedder_dir=<run>/embedder or ckpt_path=<run>/checkpoints/last.ckpt",
                     OmegaConf.select(cfg, "model.family"))
     with fabric.rank_zero_first() if fabric else nullcontext():
-        suite = build_suite(cfg.eval_data)
+        suite = build_suite(cfg.eval_data, embedder.prompt)
     main_rank = fabric is None or fabric.global_rank == 0
     loggers = instantiate_group(cfg.get("logger")) if main_rank else []
     label = cfg.get("embedder_dir") or cfg.get("ckpt_path") or OmegaConf.select(cfg, "model.path") or cfg.run_name

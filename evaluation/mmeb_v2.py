@@ -44,13 +44,15 @@ def is_v2_suite(suite) -> bool:
     return any(getattr(ds, "modality", None) is not None for ds in suite)
 
 
-def load_v2_suite(cfg: Mapping) -> list[EvalDataset]:
+def load_v2_suite(cfg: Mapping, composition: str | None = None) -> list[EvalDataset]:
     """Every dataset of the config, read with its parser; a dataset that cannot be read is returned with its
-    `error` (scored as failed, the others go on), as `load_eval_suite(isolate_errors=True)` does for MMEB."""
+    `error` (scored as failed, the others go on), as `load_eval_suite(isolate_errors=True)` does for MMEB.
+    Items are composed as `cfg.composition`, else `composition` (the scoring prompt's), else VLM2Vec's."""
     if cfg.get("bundled_v2"):
         ensure_bundled_v2(**cfg["bundled_v2"])
     paths = SuitePaths(str(cfg["data_basedir"]), cfg.get("hub_snapshots"), cfg.get("num_frames"),
-                       load_labels(cfg.get("video_labels")))
+                       load_labels(cfg.get("video_labels")),
+                       composition=cfg.get("composition") or composition or "vlm2vec")
     suite = []
     for name, entry in (cfg.get("datasets") or {}).items():
         d = v2_dataset_from_config(name, entry)   # configuration errors raise
@@ -60,7 +62,8 @@ def load_v2_suite(cfg: Mapping) -> list[EvalDataset]:
             raise DataError(f"meta_task {d.meta_task!r} is not one of {META_TASKS[d.modality]}", dataset=name,
                             field="meta_task")
         split = {True: "IND", False: "OOD"}.get(d.in_distribution, "-")
-        common = dict(name=name, meta_task=d.meta_task, split=split, rows=[], modality=d.modality, metric=d.metric)
+        common = dict(name=name, meta_task=d.meta_task, split=split, rows=[], modality=d.modality, metric=d.metric,
+                      composition=paths.composition)
         try:
             read = read_v2_dataset(d, paths, cfg.get("max_rows"))
         except Exception as err:
@@ -69,7 +72,7 @@ def load_v2_suite(cfg: Mapping) -> list[EvalDataset]:
             continue
         suite.append(EvalDataset(**{**common, "rows": read.rows}, image_root=read.root, skipped=read.skipped,
                                  task=read.task, num_frames=read.num_frames, max_frames_saved=read.max_frames_saved,
-                                 frame_saving=read.frame_saving))
+                                 frame_saving=read.frame_saving, candidate_num_frames=read.candidate_num_frames))
     return suite
 
 

@@ -78,7 +78,7 @@ class OnlineEvaluation(L.Callback):
         shared = trainer.world_size > 1
         if shared and not trainer.is_global_zero:
             trainer.strategy.barrier("online_eval_suite")  # rank 0 reads (on first use: generates) the data first
-        self._suite = build_suite(self.eval_data)
+        self._suite = build_suite(self.eval_data, pl_module.embedder.prompt)
         if shared and trainer.is_global_zero:
             trainer.strategy.barrier("online_eval_suite")
         resumed_at = trainer.global_step

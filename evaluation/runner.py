@@ -15,6 +15,7 @@ import torch.distributed
 from omegaconf import DictConfig, OmegaConf
 
 from datamodules.offline import ensure_offline
+from embedders.prompts import PromptFormat
 
 from .engine import EvalDataset, load_eval_suite, run_protocol
 from .mmeb import aggregate, chance_level, render_table, write_results
@@ -35,10 +36,15 @@ class EvaluationFailed(RuntimeError):
                          f"with the same output directory to score only what is missing:\n{lines}")
 
 
-def build_suite(eval_data: DictConfig | Mapping) -> list[EvalDataset]:
+def build_suite(eval_data: DictConfig | Mapping, prompt=None) -> list[EvalDataset]:
+    """The eval suite of `eval_data`; `prompt` (the scoring model's PromptFormat or its config) chooses how
+    MMEB-V2 items are composed (`mmeb_v2_composition`) unless `eval_data.composition` says."""
     cfg = OmegaConf.to_container(eval_data, resolve=True) if isinstance(eval_data, DictConfig) else dict(eval_data)
     if cfg.get("suite") == "mmeb_v2":  # MMEB-V2 (image, video, visual documents): evaluation/mmeb_v2.py
-        return load_v2_suite(cfg)
+        if isinstance(prompt, DictConfig):
+            prompt = OmegaConf.to_container(prompt, resolve=True)
+        composition = PromptFormat.from_config(prompt).mmeb_v2_composition if prompt is not None else None
+        return load_v2_suite(cfg, composition)
     if cfg.get("bundled"):
         ensure_offline(cfg["bundled"])
     return load_eval_suite(cfg["source"], cfg["datasets"], cfg.get("split", "test"), cfg.get("image_root"),
@@ -86,6 +92,16 @@ def _broadcast(value, distributed: bool):
     return box[0]
 
 
+def check_composition(suite: list[EvalDataset], prompt) -> None:
+    """MMEB-V2 items composed for another evaluator than the prompt's would be scored with the wrong inputs."""
+    wrong = {ds.name: ds.composition for ds in suite
+             if ds.composition is not None and ds.composition != prompt.mmeb_v2_composition}
+    if wrong:
+        raise ValueError(f"MMEB-V2 datasets were read in another composition than prompt {prompt.name!r} scores "
+                         f"({prompt.mmeb_v2_composition!r}): {wrong}. Build the suite with build_suite(eval_data, "
+                         f"prompt=<the model's prompt>) or set eval_data.composition={prompt.mmeb_v2_composition}")
+
+
 def with_prompt_sides(suite: list[EvalDataset], prompt) -> list[EvalDataset]:
     """The suite with the candidates of the prompt's `target_as_query` datasets formatted as queries (Gen2Embed's
     RefCOCO-Matching): a property of how the model was trained, so it comes from the embedder's prompt."""
@@ -105,6 +121,7 @@ def score(embedder, suite: list[EvalDataset], eval_cfg: Mapping, label: str, out
     and logs. `report=False` prints no table (the online evaluation during training reports its own line).
     Raises `EvaluationFailed` (on every rank) after writing when a dataset failed."""
     suite, skipped = compatible(suite, embedder, bool(eval_cfg.get("skip_incompatible", True)))
+    check_composition(suite, embedder.prompt)
     suite = with_prompt_sides(suite, embedder.prompt)
     settings = EvalSettings.from_config(eval_cfg)
     main_rank = not distributed or torch.distributed.get_rank() == 0

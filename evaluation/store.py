@@ -114,6 +114,8 @@ def dataset_fingerprint(ds) -> str:
         h.update(json.dumps(["v2", ds.modality, ds.metric, ds.num_frames, ds.max_frames_saved]).encode())
         if getattr(ds, "frame_saving", "spread") != "spread":
             h.update(json.dumps(["frame_saving", ds.frame_saving]).encode())
+        if getattr(ds, "candidate_num_frames", None) is not None:
+            h.update(json.dumps(["candidate_num_frames", ds.candidate_num_frames]).encode())
 
     def item(it) -> list:
         if not v2:

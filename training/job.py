@@ -66,7 +66,7 @@ def score_on_all_ranks(trainer, embedder, cfg: DictConfig, label: str, output_di
     strategy = trainer.strategy
     if shared and not trainer.is_global_zero:
         strategy.barrier("eval_suite")  # rank 0 reads (on first use: generates) the eval data first
-    suite = build_suite(cfg.eval_data)
+    suite = build_suite(cfg.eval_data, embedder.prompt)
     if shared and trainer.is_global_zero:
         strategy.barrier("eval_suite")
     results = score(embedder.truncated(cfg.eval.get("dim")).to(strategy.root_device), suite, cfg.eval, label, output_dir,

@@ -224,7 +224,8 @@ class QwenVideoProcessor:
             grids.append(grid)
         data = {"pixel_values_videos": torch.cat(patches), "video_grid_thw": torch.tensor(grids, dtype=torch.long)}
         if return_metadata:
-            data["video_metadata"] = _metadata(videos, video_metadata, self.frames_fps)
+            data["video_metadata"] = _metadata(videos, video_metadata, self.frames_fps,
+                                               frame_lists=self.sizing == "qwen_vl_utils")
         return BatchFeature(data=data, tensor_type=None, skip_tensor_conversion=["video_metadata"])
 
 
@@ -269,7 +270,19 @@ def _read_video_config(path: str) -> dict | None:
     return json.loads(Path(found).read_text()) if found else None
 
 
-def _metadata(videos, video_metadata, frames_fps: float):
+def frame_list_metadata(num_frames: int, frames_fps: float):
+    """qwen-vl-utils `fetch_video` for a frame list (vision_process.py:430-446, QwenLM/Qwen3-VL 9658872): the list
+    padded to an even count with its last frame, `fps` = `sample_fps` (2.0), frame indices 0..n-1 of the padded
+    list. Qwen3-VL-Embedding passes every MMEB-V2 video as a frame list, so its timestamps come from this."""
+    from transformers.video_utils import VideoMetadata
+
+    n = num_frames + num_frames % 2
+    return VideoMetadata(total_num_frames=n, fps=frames_fps, frames_indices=list(range(n)))
+
+
+def _metadata(videos, video_metadata, frames_fps: float, frame_lists: bool = False):
+    """Per video: the given metadata, or (no source rate, or `frame_lists`: qwen-vl-utils sizing) the frame-list
+    metadata."""
     from transformers.video_utils import VideoMetadata
 
     if video_metadata is None:
@@ -278,7 +291,9 @@ def _metadata(videos, video_metadata, frames_fps: float):
         raise ValueError(f"{len(video_metadata)} video metadata for {len(videos)} videos")
     out = []
     for frames, meta in zip(videos, video_metadata):
-        if meta is None or getattr(meta, "fps", None) is None:
+        if frame_lists:
+            meta = frame_list_metadata(len(frames), frames_fps)
+        elif meta is None or getattr(meta, "fps", None) is None:
             # No source rate (frame folders): frame positions at `frames_fps`, as qwen-vl-utils does for frame lists.
             meta = VideoMetadata(total_num_frames=len(frames), fps=frames_fps, frames_indices=list(range(len(frames))))
         out.append(meta)
@@ -361,7 +376,11 @@ def qwen_processor_inputs(processor, texts: Sequence[str], visuals: Sequence[Any
         frames = [list(v.frames) for v in videos]
         fps = getattr(processor.video_processor, "frames_fps", DEFAULT_FRAMES_FPS)
         kwargs["videos"] = frames
-        kwargs["video_metadata"] = [video_metadata(v) or _metadata([f], None, fps)[0] for v, f in zip(videos, frames)]
+        if getattr(processor.video_processor, "sizing", None) == "qwen_vl_utils":   # every video as a frame list
+            kwargs["video_metadata"] = [frame_list_metadata(len(f), fps) for f in frames]
+        else:
+            kwargs["video_metadata"] = [video_metadata(v) or _metadata([f], None, fps)[0]
+                                        for v, f in zip(videos, frames)]
         kwargs["do_sample_frames"] = False  # frames arrive sampled (datamodules.video)
     out = dict(processor(**kwargs))
     image_counts = [len(split_visuals(v)[0]) for v in visuals]
