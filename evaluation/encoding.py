@@ -113,8 +113,18 @@ def length_keys(entries: Sequence[EncodeItem], input_builder, side: str) -> list
     `LENGTH_SAMPLE`-item sample that is tokenised (so text and image tokens add up on one scale). Images: with a
     Qwen-style image processor (`get_number_of_image_patches`, `merge_size`) the exact image-token count, added to
     the text tokens; otherwise the image area as the primary key and text length second."""
+    return measure_lengths(entries, input_builder, side)[0]
+
+
+def measure_lengths(entries: Sequence[EncodeItem], input_builder, side: str, exact_tokens: bool = False
+                    ) -> tuple[list[tuple[int, int]], list[int] | None]:
+    """(`length_keys`, token counts). `exact_tokens=True` (token-budget batches) also returns the tokens the
+    processor will give each item: the formatted text tokenised (every item: a second tokenisation, paid only when a
+    budget is asked for) plus, for a Qwen-style image processor, each image's exact tokens (video frames counted as
+    images: an upper bound), at most `max_length`; None where that cannot be known before decoding (items with a
+    visual under another image processor)."""
     if not entries:
-        return []
+        return [], ([] if exact_tokens else None)
     has_visual = [e[0].has_visual for e in entries]
     if any(has_visual):
         with ThreadPoolExecutor(max_workers=min(16, 4 * (os.cpu_count() or 1))) as pool:
@@ -129,11 +139,22 @@ def length_keys(entries: Sequence[EncodeItem], input_builder, side: str) -> list
     chars = [len(t) for t in texts]
     image_processor = getattr(processor, "image_processor", None)
     count = getattr(image_processor, "get_number_of_image_patches", None)
-    if count is None or not hasattr(image_processor, "merge_size"):
-        return [(sum(w * h for w, h in (sizes or ())), n) for n, sizes in zip(chars, all_sizes)]
+    qwen_style = count is not None and hasattr(image_processor, "merge_size")
     tok = _tokenizer_of(processor)
+    exact = None
+    if exact_tokens:
+        if tok is None or (any(has_visual) and not qwen_style):
+            return _keys_without_tokens(chars, all_sizes), None
+        exact = [len(ids) for ids in tok(texts)["input_ids"]]
+    if not qwen_style:
+        keys = _keys_without_tokens(chars, all_sizes)
+        if exact is not None:
+            exact = [min(n, _max_length(input_builder)) for n in exact]
+        return keys, exact
     text_tokens = chars
-    if tok is not None:
+    if exact is not None:
+        text_tokens = exact
+    elif tok is not None:
         # Added tokens (<|image_pad|>, <|im_start|>, …) are one token each however long their text; the rest is
         # estimated at the characters per token of a spread sample of the items, tokenised.
         special = sorted(getattr(tok, "get_added_vocab", dict)(), key=len, reverse=True)
@@ -148,13 +169,49 @@ def length_keys(entries: Sequence[EncodeItem], input_builder, side: str) -> list
     # The formatted text holds one token per image, which the processor expands to the image's tokens; a video's
     # frames are counted as images (an upper bound: frame pairs share a temporal patch).
     merge = int(getattr(image_processor, "merge_size", 1) or 1) ** 2
-    keys = []
+    keys, totals = [], []
     for entry, n, c, sizes in zip(entries, text_tokens, chars, all_sizes):
         try:
-            keys.append((n + sum(count(h, w) // merge - 1 for w, h in (sizes or ())), c))
+            total = n + sum(count(h, w) // merge - 1 for w, h in (sizes or ()))
         except ValueError as err:  # e.g. an aspect ratio the processor refuses (Qwen2-VL: over 200:1)
             raise refused_item(entry, err, sizes) from err
-    return keys
+        keys.append((total, c))
+        # Text is cut to max_length; a row with visuals keeps its visual tokens (its text is cut instead), so its
+        # total is an upper bound, not capped.
+        totals.append(total if sizes else min(total, _max_length(input_builder)))
+    return keys, (totals if exact is not None else None)
+
+
+def _keys_without_tokens(chars: list[int], all_sizes: list) -> list[tuple[int, int]]:
+    """Keys for processors whose image tokens are unknown before decoding: image area first, text length second."""
+    return [(sum(w * h for w, h in (sizes or ())), n) for n, sizes in zip(chars, all_sizes)]
+
+
+def _max_length(input_builder) -> int:
+    value = getattr(input_builder, "max_length", None)
+    return int(value) if value else 1 << 62
+
+
+def token_budget_batches(tokens: Sequence[int], max_tokens: int, max_rows: int) -> list[list[int]]:
+    """Consecutive batches of positions 0..n-1 whose padded size (rows × the longest row's tokens) stays within
+    `max_tokens` and whose rows stay within `max_rows`; each batch is filled as far as the next row allows (on
+    length-sorted rows the longest batch comes first). A row longer than the budget on its own is a batch of
+    one (the caller counts and logs those)."""
+    if max_tokens < 1 or max_rows < 1:
+        raise ValueError(f"max_tokens ({max_tokens}) and max_rows ({max_rows}) must be positive")
+    batches: list[list[int]] = []
+    current: list[int] = []
+    longest = 0
+    for i, n in enumerate(tokens):
+        wider = max(longest, n)
+        if current and (len(current) + 1 > max_rows or (len(current) + 1) * wider > max_tokens):
+            batches.append(current)
+            current, wider = [], n
+        current.append(i)
+        longest = wider
+    if current:
+        batches.append(current)
+    return batches
 
 
 def refused_item(entry: EncodeItem, err: Exception, sizes: Sequence[tuple[int, int]] | None = None) -> DataError:
@@ -247,7 +304,8 @@ def _progress_bar(total: int, desc: str, enabled: bool):
 
 def encode_unique(embedder, items: list[EncodeItem], side: str, batch_size: int, num_workers: int = 0,
                   progress: bool = False, distributed: bool = False, *, sort: bool = True,
-                  desc: str | None = None, stats: dict | None = None) -> torch.Tensor:
+                  desc: str | None = None, stats: dict | None = None, max_tokens: int | None = None
+                  ) -> torch.Tensor:
     """Embed items → float32 [N, d] on CPU, row i = items[i] (whatever order they were encoded in); a multi-vector
     model gives [N, L, d], zero rows padding every item to the longest.
 
@@ -256,6 +314,9 @@ def encode_unique(embedder, items: list[EncodeItem], side: str, batch_size: int,
     initialised process group calls this with the same `items`): rank r encodes sorted items r, r + world, …
     and every rank gets the whole matrix back; a failure on any rank is raised on every rank (no rank is left
     waiting in a collective). Non-finite embeddings raise `NonFiniteEmbeddingError` naming the item.
+    `max_tokens`: batches hold at most this many padded tokens (rows × the longest row's tokens, counted exactly
+    before decoding: `measure_lengths`) and at most `batch_size` rows (`token_budget_batches`); an item longer than
+    the budget is encoded alone, counted in `stats["over_budget"]` and logged.
     `stats` (a dict) accumulates items, tokens, padded positions, batches and seconds."""
     if not items:
         return torch.empty(0)
@@ -281,20 +342,42 @@ def encode_unique(embedder, items: list[EncodeItem], side: str, batch_size: int,
             raise error
         return value
 
-    if sort:
+    tokens = None
+    if sort or max_tokens:
         # Each rank measures a strided slice (image headers can sit on a network file system); all keys are
-        # then shared so every rank derives the same global order.
-        keys = sharded(lambda: length_keys(items[rank::world], builder, side))
+        # then shared so every rank derives the same global order (and every rank's batches).
+        keys, tokens = sharded(lambda: measure_lengths(items[rank::world], builder, side, bool(max_tokens)))
         if world > 1:
             parts = [None] * world
-            dist.all_gather_object(parts, keys)
-            keys = [None] * len(items)
-            for r, part in enumerate(parts):
-                keys[r::world] = part
-        order = sorted(range(len(items)), key=lambda i: keys[i], reverse=True)
-    else:
-        order = list(range(len(items)))
+            dist.all_gather_object(parts, (keys, tokens))
+            keys, tokens = [None] * len(items), (None if any(t is None for _, t in parts) else [0] * len(items))
+            for r, (part_keys, part_tokens) in enumerate(parts):
+                keys[r::world] = part_keys
+                if tokens is not None:
+                    tokens[r::world] = part_tokens
+        if max_tokens and tokens is None:
+            raise ValueError(
+                f"eval.max_tokens_per_batch={max_tokens}: the tokens of items with images or videos are known before "
+                f"decoding only for Qwen-style image processors (Qwen2-VL, Qwen3-VL) and text-only models; "
+                f"{type(getattr(builder, 'processor', None)).__name__} is neither. Set eval.max_tokens_per_batch=null "
+                f"and size eval.batch_size instead")
+    order = sorted(range(len(items)), key=lambda i: keys[i], reverse=True) if sort else list(range(len(items)))
     shard = [items[i] for i in order[rank::world]]
+
+    def batches_of(positions: Sequence[int]) -> list[list[int]]:
+        """Batches (positions in a shard) of the shard holding the global items `positions` (in `order`)."""
+        if not max_tokens:
+            return [list(range(s, min(s + batch_size, len(positions)))) for s in range(0, len(positions), batch_size)]
+        return token_budget_batches([tokens[i] for i in positions], int(max_tokens), batch_size)
+
+    batches = batches_of(order[rank::world])
+    if max_tokens:
+        over = sum(1 for b in batches if len(b) == 1 and tokens[order[rank::world][b[0]]] > max_tokens)
+        if over:
+            log.warning("%s: %d item(s) longer than eval.max_tokens_per_batch=%d on their own, each encoded alone",
+                        desc or side, over, max_tokens)
+            if stats is not None:
+                stats["over_budget"] = stats.get("over_budget", 0) + over
     # One process writes each embedding straight to its caller position; a rank fills its shard in order.
     destination = order if world == 1 else list(range(len(shard)))
 
@@ -302,12 +385,12 @@ def encode_unique(embedder, items: list[EncodeItem], side: str, batch_size: int,
     # as the rank with the most (the counts follow from the sizes every rank knows: no exchange), repeating a
     # batch of its own (or, with an empty shard, of the first item) whose output is dropped.
     lockstep = getattr(embedder, "uniform_trace", False) and world > 1
-    most = -(-len(items[0::world]) // batch_size) if lockstep else 0
+    most = max(len(batches_of(order[r::world])) for r in range(world)) if lockstep else 0
 
     def pad_forwards(done: int) -> None:
         if done >= most:
             return
-        filler = _ItemCollator(builder, side)(shard[-batch_size:] if shard else items[:1])
+        filler = _ItemCollator(builder, side)([shard[j] for j in batches[-1]] if shard else items[:1])
         filler = {k: v.to(embedder.device) if isinstance(v, torch.Tensor) else v for k, v in filler.items()}
         was_training = embedder.training
         embedder.eval()
@@ -322,7 +405,6 @@ def encode_unique(embedder, items: list[EncodeItem], side: str, batch_size: int,
         if not shard:
             pad_forwards(0)
             return torch.empty(0)
-        batches = [list(range(s, min(s + batch_size, len(shard)))) for s in range(0, len(shard), batch_size)]
         device = embedder.device
         # Own generator: creating the iterator (and seeding workers) must not draw from the global RNG.
         collate = _ItemCollator(builder, side)
@@ -364,6 +446,7 @@ def encode_unique(embedder, items: list[EncodeItem], side: str, batch_size: int,
                         if mask is not None:
                             stats["tokens"] = stats.get("tokens", 0) + int(mask.sum())
                             stats["positions"] = stats.get("positions", 0) + mask.numel()
+                            stats["max_batch_positions"] = max(stats.get("max_batch_positions", 0), mask.numel())
                     if bar is not None:
                         bar.update(len(batch_rows))
         finally:

@@ -235,12 +235,13 @@ def run_protocol(embedder, suite: Sequence[EvalDataset], batch_size: int = 32, n
                       tie_rule: str = "first", progress: bool = True, distributed: bool = False, *,
                       settings: EvalSettings | None = None, sort: bool = True,
                       on_result: Callable[[EvalDataset, dict, list[dict]], None] | None = None,
-                      stats: dict | None = None) -> dict:
+                      stats: dict | None = None, max_tokens: int | None = None) -> dict:
     """Run the protocol on every dataset of `suite`; returns {"datasets": {name: entry}, "failed": {name: error}}
     (the reports aggregate the entries: `mmeb.aggregate`, `mmeb_v2.aggregate_v2`). `on_result(dataset, entry, predictions)` is called after each dataset.
 
     `distributed=True`: every rank of the initialised process group calls this with the same suite; the
-    unique items are encoded in shards (one per rank) and every rank returns the same results."""
+    unique items are encoded in shards (one per rank) and every rank returns the same results. `max_tokens`:
+    token-budget batches (`encoding.encode_unique`)."""
     settings = settings or EvalSettings(tie_rule=tie_rule)
     failed = {ds.name: ds.error for ds in suite if ds.error}
     if distributed and dist.get_world_size() > 1:
@@ -276,7 +277,7 @@ def run_protocol(embedder, suite: Sequence[EvalDataset], batch_size: int = 32, n
                 def encode(missing, side=side, what=what, ds=ds):
                     return encode_unique(embedder, [plan.items[side][x] for x in missing], side, batch_size,
                                          num_workers, progress, distributed, sort=sort,
-                                         desc=f"{ds.name} {what}", stats=stats)
+                                         desc=f"{ds.name} {what}", stats=stats, max_tokens=max_tokens)
 
                 local[side] = (ids, caches[side].lookup(ids, encode))
             entry, predictions = _score_dataset(ds, q_ids, c_ids, local, settings, scorer)

@@ -147,7 +147,8 @@ def score(embedder, suite: list[EvalDataset], eval_cfg: Mapping, label: str, out
     fresh = run_protocol(embedder, todo, batch_size=int(eval_cfg.get("batch_size", 64)),
                          num_workers=int(eval_cfg.get("num_workers", 0)), progress=_progress(eval_cfg),
                          distributed=distributed, settings=settings,
-                         sort=bool(eval_cfg.get("sort_by_length", True)), on_result=save)
+                         sort=bool(eval_cfg.get("sort_by_length", True)), on_result=save,
+                         max_tokens=_positive_or_none(eval_cfg.get("max_tokens_per_batch"), "eval.max_tokens_per_batch"))
     per_dataset = {ds.name: reused.get(ds.name) or fresh["datasets"][ds.name]
                    for ds in suite if ds.name in reused or ds.name in fresh["datasets"]}
     v2 = is_v2_suite(suite)
@@ -220,3 +221,11 @@ def log_results(results: Mapping, loggers, prefix: str) -> None:
                     for n, d in results["datasets"].items()]
             lg.log_table(key=f"{prefix}/mmeb_table", columns=["dataset", "meta_task", "split", "queries", "p@1"],
                          data=rows)
+
+
+def _positive_or_none(value, name: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer (padded tokens per batch) or null, got {value!r}")
+    return value
