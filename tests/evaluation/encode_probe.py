@@ -43,6 +43,42 @@ class _Embedder(torch.nn.Module):
         return torch.nn.functional.normalize(inputs["v"], dim=-1)
 
 
+class _Tokenizer:
+    """One token per character."""
+
+    def __call__(self, texts, **kwargs):
+        return {"input_ids": [list(range(len(t))) for t in texts]}
+
+    def convert_tokens_to_ids(self, token):
+        return 0
+
+
+class _TextBuilder(_Builder):
+    """A text-only model's builder: its tokenizer tells every item's tokens before encoding."""
+
+    max_length = 1000
+
+    def __init__(self):
+        from types import SimpleNamespace
+
+        self.processor = SimpleNamespace(tokenizer=_Tokenizer())
+
+
+class _LockstepEmbedder(_Embedder):
+    """FSDP's uniform trace: counts its forwards (every rank must run as many)."""
+
+    uniform_trace = True
+
+    def __init__(self):
+        super().__init__()
+        self.input_builder = _TextBuilder()
+        self.forwards = 0
+
+    def forward(self, inputs):
+        self.forwards += 1
+        return super().forward(inputs)
+
+
 def _items(texts):
     from datamodules.images import ImageLoader
     from datamodules.schema import Item
@@ -68,6 +104,12 @@ def _run(rank: int, world: int, out: str, port: int) -> None:
         report["raised"] = None
     except Exception as err:
         report["raised"] = f"{type(err).__name__}: {err}"
+    # Token-budget batches under the uniform trace: the ranks' shards cut into different numbers of batches, and
+    # every rank must still run as many forwards as the rank with the most.
+    lockstep = _LockstepEmbedder()
+    budgeted = encode_unique(lockstep, _items(texts), "query", 4, distributed=True, sort=True, max_tokens=18)
+    report["budget_equal_to_one_process"] = bool(torch.equal(budgeted, encode_unique(_Embedder(), _items(texts), "query", 2)))
+    report["budget_forwards"] = lockstep.forwards
     Path(out, f"rank{rank}.json").write_text(json.dumps(report))
     dist.destroy_process_group()
 

@@ -195,6 +195,11 @@ def test_sharded_sorted_encoding_equals_one_process_and_a_rank_failure_reaches_e
     assert r0["equal_to_one_process"] and r1["equal_to_one_process"]
     assert r1["raised"].startswith("NonFiniteEmbeddingError: non-finite embedding (NaN/Inf) for dataset 'Probe'")
     assert r0["raised"].startswith("RuntimeError: rank 1 failed: NonFiniteEmbeddingError")
+    # Token budget 18, 4 rows (one token per character) over the ranks' strided shards of the length-sorted texts,
+    # by hand: rank 0 holds 32, 10, 8, 6, 4, 2 characters -> [32] [10] [8, 6] [4, 2] = 4 batches; rank 1 holds 14, 9,
+    # 7, 5, 3 -> [14] [9, 7] [5, 3] = 3. Both run 4 forwards (rank 1 repeats one batch), the matrix is the same.
+    assert r0["budget_equal_to_one_process"] and r1["budget_equal_to_one_process"]
+    assert r0["budget_forwards"] == r1["budget_forwards"] == 4
 
 
 def test_workers_are_used_only_where_they_can_pay_for_themselves(items):
