@@ -362,7 +362,8 @@ def stock_differences(spec: Mapping) -> list[StockDifference]:
 def _describe_resize(policy: Mapping) -> str:
     if policy["mode"] == "fixed":
         w, h = policy["size"]
-        return f"to {w}×{h}, {policy.get('resample', 'bicubic')}"
+        when = f" when a side is under {policy['below']} px" if policy.get("below") is not None else ""
+        return f"to {w}×{h}{when}, {policy.get('resample', 'bicubic')}"
     return (f"aspect ratio clamped to {policy['max_aspect']}, long side down to {policy['max_side']} px or short side "
             f"up to {policy['min_side']} px, {policy.get('resample', 'bicubic')}")
 

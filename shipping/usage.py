@@ -179,9 +179,11 @@ def _resize_snippet(policy: Mapping) -> str:
     resample = f"Image.Resampling.{PIL_RESAMPLE[policy.get('resample', 'bicubic')]}"
     if policy["mode"] == "fixed":
         w, h = policy["size"]
+        keep = (f"    if min(image.size) >= {policy['below']}:   # only images with a side under {policy['below']} px\n"
+                "        return image\n") if policy.get("below") is not None else ""
         return f"""
 def resize(image):   # what embedlab does to every image before the processor (model.image.resize)
-    return image.resize(({w}, {h}), {resample})
+{keep}    return image.resize(({w}, {h}), {resample})
 
 """
     return f"""

@@ -272,13 +272,14 @@ RESAMPLE = {"nearest": 0, "lanczos": 1, "bilinear": 2, "bicubic": 3}
 
 def check_resize(policy) -> dict | None:
     """Validate a `model.image.resize` setting: null, `{mode: fixed, size: [w, h], resample: bicubic}` (VLM2Vec
-    v1's "high" = 1344 x 1344) or `{mode: clamp, max_aspect: 2, min_side: 336, max_side: 992, resample: lanczos}`
+    v1's "high" = 1344 x 1344; with `below: n`, only images with a side shorter than n px, VLM2Vec-V2's 56 x 56 for
+    sides under 28) or `{mode: clamp, max_aspect: 2, min_side: 336, max_side: 992, resample: lanczos}`
     (Gen2Embed's "random" policy). Returns it as a plain dict."""
     if policy is None:
         return None
     policy = dict(policy)
     mode = policy.get("mode")
-    known = {"fixed": {"mode", "size", "resample"}, "clamp": {"mode", "max_aspect", "min_side", "max_side", "resample"}}
+    known = {"fixed": {"mode", "size", "resample", "below"}, "clamp": {"mode", "max_aspect", "min_side", "max_side", "resample"}}
     if mode not in known:
         raise ValueError(f"model.image.resize.mode must be one of {sorted(known)}, got {mode!r}")
     unknown = set(policy) - known[mode]
@@ -292,6 +293,9 @@ def check_resize(policy) -> dict | None:
         if not (isinstance(size, (list, tuple)) and len(size) == 2 and all(isinstance(v, int) and v > 0 for v in size)):
             raise ValueError(f"model.image.resize.size must be [width, height] in pixels, got {size!r}")
         policy["size"] = [int(v) for v in size]
+        below = policy.get("below")
+        if below is not None and not (isinstance(below, int) and below > 0):
+            raise ValueError(f"model.image.resize.below must be a positive number of pixels (or null), got {below!r}")
     else:
         for key in ("max_aspect", "min_side", "max_side"):
             if not isinstance(policy.get(key), (int, float)) or policy[key] <= 0:
@@ -305,6 +309,8 @@ def resize_image(image, policy: dict | None):
         return image
     resample = RESAMPLE[policy["resample"]]
     if policy["mode"] == "fixed":
+        if policy.get("below") is not None and min(image.size) >= policy["below"]:
+            return image   # VLM2Vec-V2 src/model/processor.py:329-332: only images with a side under `below`
         return image.resize(tuple(policy["size"]), resample)
     # Gen2Embed src/dataset.py:59-79: stretch beyond the aspect cap, then scale the long side down to max_side,
     # and (taking precedence) the short side up to min_side; sizes truncated to integers.
