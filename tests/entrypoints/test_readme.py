@@ -92,6 +92,9 @@ COMMANDS: dict[str, Run | Compose | Make] = {
     "python benchmarks/bench_eval.py --repeats 2 --workers 4": Compose("a benchmark (make bench runs its code path)"),
     "python benchmarks/bench_eval.py --repeats 2": Compose("a benchmark (make bench runs its code path)"),
     "python benchmarks/bench_eval.py --repeats 2 --varied-images": Compose("a benchmark (make bench runs its code path)"),
+    "python benchmarks/bench_eval.py --repeats 3": Compose("a benchmark (make bench runs its code path)"),
+    "python benchmarks/bench_eval.py --repeats 3 --lm-layers 4 --lm-width 512": Compose(
+        "a benchmark (make bench runs its code path)"),
     "python train.py -m loss=infonce,hardness_weighted seed=1,2,3": Run((*TRAIN, "evaluate_after=false")),
     "python train.py debug=fast": Run(("trainer.enable_progress_bar=false", "evaluate_before=false", *SMALL_EVAL)),
     # Evaluate
