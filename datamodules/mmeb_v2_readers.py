@@ -34,11 +34,11 @@ from pathlib import Path
 from .errors import DataError
 from .mmeb import load_split, local_cache_dir, read_eval_dataset
 from .mmeb_v2 import V2Dataset
-from .mmeb_v2_qwen3 import NUM_CLIP_FRAMES as QWEN3_NUM_CLIP_FRAMES
-from .mmeb_v2_qwen3 import NUM_FRAMES as QWEN3_NUM_FRAMES
 from .mmeb_v2_gme import GME
 from .mmeb_v2_gme import image_row as gme_image_row
 from .mmeb_v2_gme import recompose as gme_recompose
+from .mmeb_v2_qwen3 import NUM_CLIP_FRAMES as QWEN3_NUM_CLIP_FRAMES
+from .mmeb_v2_qwen3 import NUM_FRAMES as QWEN3_NUM_FRAMES
 from .mmeb_v2_qwen3 import QWEN3, check_composition, image_row, recompose
 from .schema import PLACEHOLDER, CorpusTask, EvalRow, Item, check_columns
 from .video import FRAME_EXTENSIONS
