@@ -130,7 +130,9 @@ def test_profile_composes_with_its_reference_settings(compose_cfg, name):
     elif prompt_name == "gme":
         # VLM2Vec gme_inference.py:25 (max_length 1800), src/model/processor.py:121-134 (3136..1003520 pixels);
         # the rest is checked per MMEB-V2 task family in tests/evaluation/test_gme_parity.py.
-        assert model["image"] == {"min_pixels": 3136, "max_pixels": 1003520, "resize": None}
+        assert model["image"] == {"min_pixels": 3136, "max_pixels": 1003520,   # after fetch_image (:225-228)
+                                  "resize": {"mode": "smart", "factor": 28, "min_pixels": 3136,
+                                             "max_pixels": 12845056, "resample": "bicubic"}}
         assert model["max_length"] == 1800
         assert prompt["mmeb_v2_composition"] == "gme" and prompt["video_as_image"] == "middle"
     else:

@@ -12,13 +12,13 @@ the parsers' own string edits, `Gme_process_fn` (V:src/model/processor.py:376-38
 system turn "You are a helpful assistant." always (`instruction` is never passed, :120-121), the wrapped image
 token before the text (:126), the layout of :131 ending in "<|endoftext|>", `max_length` 1800 truncated
 (:25,134-140)); the image then sized by the Qwen2-VL processor within 3,136..1,003,520 pixels
-(V:src/model/processor.py:121-134) after fetch_image (:225-228,307-317: a no-op for the bundled sizes, which are
-multiples of 28 or round to the same grid). The processor replaces `<|image_pad|>` by grid.prod() / 4 copies.
+(V:src/model/processor.py:121-134) after fetch_image (:225-228,307-317; the two roundings checked on a large image
+where they give another grid than one would). The processor replaces `<|image_pad|>` by grid.prod() / 4 copies.
 
 Token ids: the tiny Qwen2-VL's word-level tokenizer (the real one is not reachable offline; it carries the same
 special tokens, so special-token positions and image-token counts are exact, word pieces are not), applied to the
-expected string with the image token expanded by hand. Not covered: pixel values (the reference resizes twice, with
-PIL in fetch_image and then its processor copy).
+expected string with the image token expanded by hand. Not covered: pixel values (the reference's processor copy
+resizes the fetch_image output; embedlab's transformers processor: same sizes and grids).
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from omegaconf import OmegaConf
+from PIL import Image
 
 from datamodules.media import MediaLoader, load_visual
 from embedders import Embedder
@@ -60,6 +61,9 @@ def embedder():
     # V:gme_inference.py:25 max_length 1800; V:src/model/processor.py:121-134 (arguments.py:45-46 defaults)
     assert model.max_length == 1800 and (model.image.min_pixels, model.image.max_pixels) == (3136, 1003520)
     assert model.pooling == "last" and model.normalize is True   # V:gme_inference.py:101-112
+    # V:gme_inference.py:225-228,307-317: fetch_image (qwen-vl-utils smart_resize, 4..16384 x 28^2) first
+    assert OmegaConf.to_container(model.image.resize) == {"mode": "smart", "factor": 28, "min_pixels": 3136,
+                                                          "max_pixels": 12845056, "resample": "bicubic"}
     prompt = OmegaConf.to_container(OmegaConf.load(ROOT / "conf/prompt/gme.yaml"))
     return Embedder.build("qwen2_vl", config={}, prompt=prompt, pooling="last",
                           image=OmegaConf.to_container(model.image), max_length=model.max_length)
@@ -243,3 +247,24 @@ def test_visual_document_retrieval(suite, embedder, name):
     # 60 / 4 = 15 tokens
     assert image.size == (96, 128) and batch["image_grid_thw"].tolist() == [[1, 10, 6]]
     check(embedder, batch, body, 15)
+
+
+def test_image_budget_is_fetch_image_then_the_processor(embedder):
+    """A 3656 x 3114 image. fetch_image (V:gme_inference.py:246-277, 307-317): round(3114 / 28) * 28 = 3108,
+    round(3656 / 28) * 28 = 3668, 11,400,144 pixels <= 12,845,056 -> 3668 x 3108. The processor (3136..1,003,520):
+    beta = sqrt(11,400,144 / 1,003,520) = 3.3705; floor(3108 / 3.3705 / 28) * 28 = 896, floor(3668 / 3.3705 / 28)
+    * 28 = 1064 -> grid (1, 64, 76), 64 * 76 / 4 = 1216 tokens. One step from 3114 x 3656 would give 924 x 1064."""
+    from embedders.backbones.base import check_resize, resize_image
+    from shipping.usage import _resize_snippet
+    image = Image.new("RGB", (3656, 3114), "red")
+    batch = embedder.input_builder(["x"], [image], "query")
+    assert batch["image_grid_thw"].tolist() == [[1, 64, 76]]
+    assert (batch["input_ids"][0] == embedder.processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")).sum() == 1216
+    policy = check_resize(embedder.image["resize"])
+    ns: dict = {}
+    exec("from PIL import Image\n" + _resize_snippet(policy), ns)   # what a shipped model card tells users
+    for size in ((3656, 3114), (20, 100), (84, 84), (5000, 20)):
+        im = Image.new("RGB", size, "red")
+        assert ns["resize"](im).size == resize_image(im, policy).size
+    assert resize_image(image, policy).size == (3668, 3108)
+    assert resize_image(Image.new("RGB", (20, 100), "red"), policy).size == (28, 112)   # round(20/28) = 1 -> 28
