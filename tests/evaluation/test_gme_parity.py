@@ -268,3 +268,18 @@ def test_image_budget_is_fetch_image_then_the_processor(embedder):
         assert ns["resize"](im).size == resize_image(im, policy).size
     assert resize_image(image, policy).size == (3668, 3108)
     assert resize_image(Image.new("RGB", (20, 100), "red"), policy).size == (28, 112)   # round(20/28) = 1 -> 28
+
+
+def test_left_padding_and_last_token_pooling(embedder):
+    """V:gme_inference.py:53,101-104: left padding, the last position pooled. embedlab's Qwen2-VL family pads left
+    too and pools each row's last non-padding token, so a row pooled in a padded batch is the row alone."""
+    from embedders.backbones.base import check_resize
+    texts = ["a short text", "a much longer text with many more words than the first one"]
+    batch = embedder.input_builder(texts, None, "query")
+    assert batch["attention_mask"][:, -1].tolist() == [1, 1] and batch["attention_mask"][0, 0] == 0   # left padded
+    with torch.no_grad():
+        together = embedder(batch)
+        alone = torch.cat([embedder(embedder.input_builder([t], None, "query")) for t in texts])
+    torch.testing.assert_close(together, alone, atol=1e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match="min_pixels"):
+        check_resize({"mode": "smart", "factor": 28, "min_pixels": 5000, "max_pixels": 3136})
