@@ -75,7 +75,8 @@ class PromptFormat:
     instruction_as_system: bool = False
     #: Whose evaluator the MMEB-V2 items are built as (`datamodules/mmeb_v2_qwen3.py`): `vlm2vec` (VLM2Vec's
     #: instructions, candidates with their target instruction, 8 frames) or `qwen3vl_embedding` (Qwen3-VL-Embedding's
-    #: own evaluation code: its instructions, candidates without one, 64 frames, image tasks' instruction apart).
+    #: own evaluation code: its instructions, candidates without one, 64 frames, image tasks' instruction apart) or
+    #: `gme` (VLM2Vec's parsers for GME: no visual token in the text; `datamodules/mmeb_v2_gme.py`).
     mmeb_v2_composition: str = "vlm2vec"
     #: Text after the whole chat layout (GME: "<|endoftext|>" after the generation prompt, pooled as the last token).
     suffix: str = ""
