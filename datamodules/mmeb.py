@@ -350,13 +350,15 @@ def read_train_pairs(source: str, subset: str, split: str = "original", max_rows
     return read_train_subset(source, subset, split, max_rows, use_negatives).rows
 
 
-def compose_instruction_row(row: dict, dataset: str, parser: str | None = None) -> dict:
+def compose_instruction_row(row: dict, dataset: str, parser: str | None = None, visual_token: bool = True) -> dict:
     """A row of the V2 image-task copy (separate instruction columns) as the MMEB-eval row that VLM2Vec-V2
     builds from it, with `<|image_1|>` where V2 puts the model's image token, so every prompt format then
     renders it (VLM2Vec main, src/data/eval_dataset/image_{cls,qa,i2t,t2i,i2i_vg}*.py and
     src/model/processor.py:process_input_text). V2 ignores `tgt_inst` for the cls/qa/i2t parsers and the query
     image of the t2i parser; so does this function (logged once per dataset by the reader). `parser` defaults to
-    the dataset's V2 parser (MMEB-V2 catalog datasets name theirs)."""
+    the dataset's V2 parser (MMEB-V2 catalog datasets name theirs). `visual_token=False`: `process_input_text` as
+    VLM2Vec runs it for GME (src/model/processor.py:655-659: no image token, `instruction + " "` without text;
+    `mmeb_v2_gme.py`)."""
     parser = parser or INSTRUCTION_PARSERS.get(dataset)
     if parser is None:
         raise DataError(f"dataset has instruction columns {list(INSTRUCTION_COLUMNS)} but no known V2 parser; known "
@@ -364,6 +366,8 @@ def compose_instruction_row(row: dict, dataset: str, parser: str | None = None) 
 
     def with_image(instruction: str, text: str = "") -> str:
         # process_input_text(instruction, text=…, add_image_token=True): "<image token> " + instruction [+ " " + text]
+        if not visual_token:
+            return (instruction + " " + text).replace(" \n", "\n")
         prompt = instruction + (" " + text if text else "")
         return (PLACEHOLDER + " " + prompt).replace(" \n", "\n")
 

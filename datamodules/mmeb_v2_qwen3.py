@@ -34,7 +34,7 @@ import dataclasses
 from .errors import DataError
 from .schema import PLACEHOLDER, CorpusTask, EvalRow, Item
 
-COMPOSITIONS = ("vlm2vec", "qwen3vl_embedding")
+COMPOSITIONS = ("vlm2vec", "qwen3vl_embedding", "gme")   # gme: mmeb_v2_gme.py
 QWEN3 = "qwen3vl_embedding"
 VIDEO_PLACEHOLDER = "<|video_1|>"
 

@@ -34,6 +34,9 @@ from pathlib import Path
 from .errors import DataError
 from .mmeb import load_split, local_cache_dir, read_eval_dataset
 from .mmeb_v2 import V2Dataset
+from .mmeb_v2_gme import GME
+from .mmeb_v2_gme import image_row as gme_image_row
+from .mmeb_v2_gme import recompose as gme_recompose
 from .mmeb_v2_qwen3 import NUM_CLIP_FRAMES as QWEN3_NUM_CLIP_FRAMES
 from .mmeb_v2_qwen3 import NUM_FRAMES as QWEN3_NUM_FRAMES
 from .mmeb_v2_qwen3 import QWEN3, check_composition, image_row, recompose
@@ -98,7 +101,7 @@ class SuitePaths:
     """Suite-level settings: the unpacked MMEB-V2 directory, local hub snapshots (`<owner>/<name>/` under it, or
     None for the hub), a `num_frames` override for every video dataset, video label sets by dataset, and whose
     evaluator the items are composed as (`composition`: `vlm2vec`, or `qwen3vl_embedding`,
-    `datamodules/mmeb_v2_qwen3.py`)."""
+    `datamodules/mmeb_v2_qwen3.py`, or `gme`, `datamodules/mmeb_v2_gme.py`)."""
 
     data_basedir: str
     hub_snapshots: str | None = None
@@ -176,7 +179,7 @@ def _video_read(d: V2Dataset, paths: SuitePaths, **kw) -> EvalRead:
 # ------------------------------------------------------------------------------------------------ image
 def read_image_task(d: V2Dataset, paths: SuitePaths, max_rows: int | None) -> EvalRead:
     read = read_eval_dataset(paths.source(d), d.subset or d.name, d.split, max_rows, parser=d.parser,
-                             row_builder=image_row if paths.composition == QWEN3 else None)
+                             row_builder={QWEN3: image_row, GME: gme_image_row}.get(paths.composition))
     return EvalRead(str(paths.media(d.media.get("image_root", "image-tasks/"))), rows=read.rows,
                     skipped=dict(read.skipped))
 
@@ -632,6 +635,8 @@ def read_v2_dataset(d: V2Dataset, paths: SuitePaths, max_rows: int | None = None
         read.rows, read.task = recompose(d.parser, d.reference_name or d.name, read.rows, read.task)
         if d.parser == "moment_retrieval" and paths.num_frames in (None, QWEN3_NUM_FRAMES):   # video.yaml: clips 8
             read.candidate_num_frames = QWEN3_NUM_CLIP_FRAMES
+    elif paths.composition == GME and d.modality != "image":   # image rows are built in its form already
+        read.rows, read.task = gme_recompose(d.parser, read.rows, read.task)
     return read
 
 

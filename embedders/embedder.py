@@ -36,7 +36,7 @@ from .multi_vector import MultiVectorHead, cat_padded, head_config, resolve_skip
 from .multi_vector_saving import load_head_weights
 from .packing import check_attention, dense_mask_warning, language_model, packed_sequences
 from .pooling import MULTI_VECTOR, POOLING_MODES
-from .prompts import PromptFormat, format_text
+from .prompts import PromptFormat, as_model_visual, format_text
 from .saving import EMBEDDER_FILE, save_embedder
 from .source_checks import (
     check_backbone_matches,
@@ -79,7 +79,7 @@ class InputBuilder:
         tokens, each image's token expanded to the image's tokens for Qwen-style image processors (exact there;
         video frames are counted as images, an upper bound), the text's tokens alone for other processors; at most
         `max_length`. For ordering rows by length and filling token budgets (GradCache chunks)."""
-        images = list(images) if images is not None else [None] * len(texts)
+        images = [as_model_visual(v, self.prompt) for v in images] if images is not None else [None] * len(texts)
         formatted = self.format(texts, images, side, instructions)
         tokenizer = getattr(self.processor, "tokenizer", self.processor)
         ids = tokenizer(formatted, add_special_tokens=False)["input_ids"]
@@ -97,7 +97,7 @@ class InputBuilder:
 
     def __call__(self, texts: Sequence[str], images: Sequence[Any] | None, side: str,
                  instructions: Sequence[str | None] | None = None) -> dict[str, torch.Tensor]:
-        images = list(images) if images is not None else [None] * len(texts)
+        images = [as_model_visual(v, self.prompt) for v in images] if images is not None else [None] * len(texts)
         if len(images) != len(texts):
             raise ValueError(f"{len(texts)} texts but {len(images)} images")
         return self.family.prepare(self.processor, self.format(texts, images, side, instructions), images,

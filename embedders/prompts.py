@@ -42,6 +42,8 @@ HIERARCHICAL_SYSTEM = (
 HIERARCHICAL_QUERY_SUFFIX_IMAGE = "\nRepresent the given text/image in one word."
 HIERARCHICAL_QUERY_SUFFIX_TEXT = "\nRepresent the given text in one word."
 LLAVE_SYSTEM = "You are a helpful assistant."
+GME_SYSTEM = "You are a helpful assistant."
+GME_SUFFIX = "<|endoftext|>"
 QWEN3VL_EMBEDDING_SYSTEM = "Represent the user's input."
 
 SIDES = ("query", "target")
@@ -73,8 +75,14 @@ class PromptFormat:
     instruction_as_system: bool = False
     #: Whose evaluator the MMEB-V2 items are built as (`datamodules/mmeb_v2_qwen3.py`): `vlm2vec` (VLM2Vec's
     #: instructions, candidates with their target instruction, 8 frames) or `qwen3vl_embedding` (Qwen3-VL-Embedding's
-    #: own evaluation code: its instructions, candidates without one, 64 frames, image tasks' instruction apart).
+    #: own evaluation code: its instructions, candidates without one, 64 frames, image tasks' instruction apart) or
+    #: `gme` (VLM2Vec's parsers for GME: no visual token in the text; `datamodules/mmeb_v2_gme.py`).
     mmeb_v2_composition: str = "vlm2vec"
+    #: Text after the whole chat layout (GME: "<|endoftext|>" after the generation prompt, pooled as the last token).
+    suffix: str = ""
+    #: `middle`: a video is given to the model as one image, the middle one of its sampled frames (VLM2Vec's GME
+    #: wrapper, src/model/model.py:79-84); None: as a video.
+    video_as_image: str | None = None
 
     def __post_init__(self):
         if self.image_layout is None:
@@ -92,6 +100,10 @@ class PromptFormat:
         if self.mmeb_v2_composition not in COMPOSITIONS:
             raise ValueError(f"prompt.mmeb_v2_composition must be one of {list(COMPOSITIONS)}, "
                              f"got {self.mmeb_v2_composition!r}")
+        if self.video_as_image not in (None, "middle"):
+            raise ValueError(f"prompt.video_as_image must be middle or null, got {self.video_as_image!r}")
+        if self.suffix and not self.chat:
+            raise ValueError("prompt.suffix follows the chat layout; it needs a chat prompt (chat: true)")
         if self.instruction_as_system and not self.chat:
             raise ValueError("prompt.instruction_as_system needs a chat prompt (chat: true): the instruction becomes "
                              "the system message")
@@ -137,6 +149,9 @@ class PromptFormat:
             del out["instruction_as_system"]
         if self.mmeb_v2_composition == "vlm2vec":  # likewise
             del out["mmeb_v2_composition"]
+        for key in ("suffix", "video_as_image"):  # likewise
+            if not out[key]:
+                del out[key]
         return out
 
 
@@ -162,7 +177,28 @@ PRESETS: dict[str, PromptFormat] = {
     # text, the generation prompt pooled; MMEB-V2 items as its own evaluator builds them.
     "qwen3vl_embedding": PromptFormat(name="qwen3vl_embedding", chat=True, system=QWEN3VL_EMBEDDING_SYSTEM,
                                       instruction_as_system=True, mmeb_v2_composition="qwen3vl_embedding"),
+    # GME as VLM2Vec's evaluator runs it (src/model/baseline_backbone/gme/gme_inference.py:115-132): Qwen's ChatML
+    # with the system turn "You are a helpful assistant." on both sides, the image (wrapped) before the text,
+    # "<|endoftext|>" after the generation prompt; a video as its middle frame (src/model/model.py:79-84);
+    # MMEB-V2 items without visual tokens in the text (datamodules/mmeb_v2_gme.py).
+    "gme": PromptFormat(name="gme", chat=True, system=GME_SYSTEM, suffix=GME_SUFFIX, video_as_image="middle",
+                        mmeb_v2_composition="gme"),
 }
+
+
+def as_model_visual(visual, prompt: PromptFormat):
+    """The visual input the model is given: with `video_as_image: middle`, a video clip becomes its middle frame
+    (`frames[len // 2]`, VLM2Vec src/model/model.py:82) and a `Visual` describing a video one image."""
+    if prompt.video_as_image != "middle":
+        return visual
+    if isinstance(visual, Visual):
+        return Visual(images=visual.images + visual.videos) if visual.videos else visual
+    if hasattr(visual, "frames"):
+        frames = list(visual.frames)
+        if not frames:
+            raise ValueError("a video clip without frames cannot be given as its middle frame")
+        return frames[len(frames) // 2]
+    return visual
 
 
 def image_token_for(prompt: PromptFormat, family) -> str | None:
@@ -313,7 +349,7 @@ def format_text(text: str, visual, side: str, prompt: PromptFormat, family, inst
     if prompt.chat and not family.has_chat:
         raise ValueError(f"prompt {prompt.name!r} uses a chat layout, but family {family.name!r} has none; "
                          "use prompt=plain")
-    v = describe_visual(visual)
+    v = describe_visual(as_model_visual(visual, prompt))
     has_image = bool(v.images or v.videos)
     if prompt.instruction_as_system and instruction is not None:
         # Qwen3VLEmbedder.format_model_input: system = the instruction; user = videos, images, then the text.
@@ -322,8 +358,8 @@ def format_text(text: str, visual, side: str, prompt: PromptFormat, family, inst
             body += prompt.query_suffix_image if has_image else prompt.query_suffix_text
         system = system_instruction(instruction) or prompt.system
         if prompt.assistant is None:
-            return family.chat(system, body)
-        return family.chat(system, body, assistant=prompt.assistant)
+            return family.chat(system, body) + prompt.suffix
+        return family.chat(system, body, assistant=prompt.assistant) + prompt.suffix
     if v.videos:
         if v.images:
             raise ValueError("an item with a video and images is not supported; give it one visual input")
@@ -341,5 +377,5 @@ def format_text(text: str, visual, side: str, prompt: PromptFormat, family, inst
     if side == "query":
         body += prompt.query_suffix_image if has_image else prompt.query_suffix_text
     if prompt.assistant is None:
-        return family.chat(prompt.system, body)
-    return family.chat(prompt.system, body, assistant=prompt.assistant)
+        return family.chat(prompt.system, body) + prompt.suffix
+    return family.chat(prompt.system, body, assistant=prompt.assistant) + prompt.suffix

@@ -364,6 +364,9 @@ def _describe_resize(policy: Mapping) -> str:
         w, h = policy["size"]
         when = f" when a side is under {policy['below']} px" if policy.get("below") is not None else ""
         return f"to {w}×{h}{when}, {policy.get('resample', 'bicubic')}"
+    if policy["mode"] == "smart":
+        return (f"sides rounded to multiples of {policy['factor']} px within {policy['min_pixels']}.."
+                f"{policy['max_pixels']} pixels (qwen-vl-utils fetch_image), {policy.get('resample', 'bicubic')}")
     return (f"aspect ratio clamped to {policy['max_aspect']}, long side down to {policy['max_side']} px or short side "
             f"up to {policy['min_side']} px, {policy.get('resample', 'bicubic')}")
 

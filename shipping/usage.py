@@ -186,6 +186,25 @@ def resize(image):   # what embedlab does to every image before the processor (m
 {keep}    return image.resize(({w}, {h}), {resample})
 
 """
+    if policy["mode"] == "smart":
+        f, lo, hi = policy["factor"], policy["min_pixels"], policy["max_pixels"]
+        return f"""
+import math
+
+def resize(image):   # what embedlab does to every image before the processor (model.image.resize: qwen-vl-utils)
+    w, h = image.size
+    hb, wb = max({f}, round(h / {f}) * {f}), max({f}, round(w / {f}) * {f})
+    if hb * wb > {hi}:
+        beta = math.sqrt(h * w / {hi})
+        hb, wb = math.floor(h / beta / {f}) * {f}, math.floor(w / beta / {f}) * {f}
+    elif hb * wb < {lo}:
+        beta = math.sqrt({lo} / (h * w))
+        hb, wb = math.ceil(h * beta / {f}) * {f}, math.ceil(w * beta / {f}) * {f}
+    if max(hb, wb) / min(hb, wb) > 200:
+        hb, wb = (wb * 200, wb) if hb > wb else (hb, hb * 200)
+    return image.resize((wb, hb), {resample})
+
+"""
     return f"""
 def resize(image):   # what embedlab does to every image before the processor (model.image.resize)
     w, h = image.size

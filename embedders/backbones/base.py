@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -274,12 +275,15 @@ def check_resize(policy) -> dict | None:
     """Validate a `model.image.resize` setting: null, `{mode: fixed, size: [w, h], resample: bicubic}` (VLM2Vec
     v1's "high" = 1344 x 1344; with `below: n`, only images with a side shorter than n px, VLM2Vec-V2's 56 x 56 for
     sides under 28) or `{mode: clamp, max_aspect: 2, min_side: 336, max_side: 992, resample: lanczos}`
-    (Gen2Embed's "random" policy). Returns it as a plain dict."""
+    (Gen2Embed's "random" policy) or `{mode: smart, factor: 28, min_pixels: 3136, max_pixels: 12845056}`
+    (qwen-vl-utils' `fetch_image`: sides rounded to the factor within the pixel budget, as GME's wrapper resizes
+    before its processor). Returns it as a plain dict."""
     if policy is None:
         return None
     policy = dict(policy)
     mode = policy.get("mode")
-    known = {"fixed": {"mode", "size", "resample", "below"}, "clamp": {"mode", "max_aspect", "min_side", "max_side", "resample"}}
+    known = {"fixed": {"mode", "size", "resample", "below"}, "clamp": {"mode", "max_aspect", "min_side", "max_side", "resample"},
+             "smart": {"mode", "factor", "min_pixels", "max_pixels", "resample"}}
     if mode not in known:
         raise ValueError(f"model.image.resize.mode must be one of {sorted(known)}, got {mode!r}")
     unknown = set(policy) - known[mode]
@@ -296,11 +300,35 @@ def check_resize(policy) -> dict | None:
         below = policy.get("below")
         if below is not None and not (isinstance(below, int) and below > 0):
             raise ValueError(f"model.image.resize.below must be a positive number of pixels (or null), got {below!r}")
+    elif mode == "smart":
+        for key in ("factor", "min_pixels", "max_pixels"):
+            if not isinstance(policy.get(key), int) or policy[key] <= 0:
+                raise ValueError(f"model.image.resize.{key} must be a positive integer, got {policy.get(key)!r}")
+        if policy["min_pixels"] > policy["max_pixels"]:
+            raise ValueError(f"model.image.resize.min_pixels ({policy['min_pixels']}) exceeds max_pixels "
+                             f"({policy['max_pixels']})")
     else:
         for key in ("max_aspect", "min_side", "max_side"):
             if not isinstance(policy.get(key), (int, float)) or policy[key] <= 0:
                 raise ValueError(f"model.image.resize.{key} must be a positive number, got {policy.get(key)!r}")
     return policy
+
+
+def smart_size(height: int, width: int, factor: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:
+    """qwen-vl-utils' `smart_resize` as GME's copy has it (VLM2Vec src/model/baseline_backbone/gme/
+    gme_inference.py:246-277): sides rounded to `factor`, scaled into [min_pixels, max_pixels], an aspect ratio over
+    200 clamped. Returns (height, width)."""
+    h = max(factor, round(height / factor) * factor)
+    w = max(factor, round(width / factor) * factor)
+    if h * w > max_pixels:
+        beta = math.sqrt(height * width / max_pixels)
+        h, w = math.floor(height / beta / factor) * factor, math.floor(width / beta / factor) * factor
+    elif h * w < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
+        h, w = math.ceil(height * beta / factor) * factor, math.ceil(width * beta / factor) * factor
+    if max(h, w) / min(h, w) > 200:
+        h, w = (w * 200, w) if h > w else (h, h * 200)
+    return h, w
 
 
 def resize_image(image, policy: dict | None):
@@ -312,6 +340,10 @@ def resize_image(image, policy: dict | None):
         if policy.get("below") is not None and min(image.size) >= policy["below"]:
             return image   # VLM2Vec-V2 src/model/processor.py:329-332: only images with a side under `below`
         return image.resize(tuple(policy["size"]), resample)
+    if policy["mode"] == "smart":
+        w, h = image.size
+        h, w = smart_size(h, w, policy["factor"], policy["min_pixels"], policy["max_pixels"])
+        return image.resize((w, h), resample)
     # Gen2Embed src/dataset.py:59-79: stretch beyond the aspect cap, then scale the long side down to max_side,
     # and (taking precedence) the short side up to min_side; sizes truncated to integers.
     w, h = image.size

@@ -39,6 +39,7 @@ PROFILES = {  # profile -> (family, prompt)
     "llave_0.5b": ("llava_onevision", "llave"),
     "llave_2b": ("llava_onevision", "llave"),
     "llave_7b": ("llava_onevision", "llave"),
+    "gme_qwen2vl_2b": ("qwen2_vl", "gme"),
 }
 
 #: One row per meta-task (MMEB-eval texts), plus WebQA's placeholder without an image:
@@ -126,6 +127,14 @@ def test_profile_composes_with_its_reference_settings(compose_cfg, name):
         assert model["image"]["resize"] == {"mode": "clamp", "max_aspect": 2, "min_side": 336, "max_side": 992,
                                             "resample": "lanczos"}
         assert model["max_length"] == 2048 and prompt["target_as_query"] == ["RefCOCO-Matching"]
+    elif prompt_name == "gme":
+        # VLM2Vec gme_inference.py:25 (max_length 1800), src/model/processor.py:121-134 (3136..1003520 pixels);
+        # the rest is checked per MMEB-V2 task family in tests/evaluation/test_gme_parity.py.
+        assert model["image"] == {"min_pixels": 3136, "max_pixels": 1003520,   # after fetch_image (:225-228)
+                                  "resize": {"mode": "smart", "factor": 28, "min_pixels": 3136,
+                                             "max_pixels": 12845056, "resample": "bicubic"}}
+        assert model["max_length"] == 1800
+        assert prompt["mmeb_v2_composition"] == "gme" and prompt["video_as_image"] == "middle"
     else:
         assert model["image"] is None   # the checkpoint's anyres tiling
 
