@@ -188,6 +188,8 @@ def chat_template(family, prompt) -> str:
                      "{%- endif -%}")
         lines.append(f"{{%- set system = ns.system if ns.system is not none else {lit(prompt.system)} -%}}")
         (head, middle, tail), (plain_head, plain_tail) = _chat_layout(family, prompt.assistant)
+        # `suffix` follows the whole chat layout (GME: "<|endoftext|>" after the generation prompt).
+        tail, plain_tail = tail + prompt.suffix, plain_tail + prompt.suffix
         lines.append(f"{{%- if system -%}}{{{{ {lit(head)} + system + {lit(middle)} + body + {lit(tail)} }}}}"
                      f"{{%- else -%}}{{{{ {lit(plain_head)} + body + {lit(plain_tail)} }}}}{{%- endif -%}}")
     else:

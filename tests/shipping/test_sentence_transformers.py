@@ -269,7 +269,7 @@ def test_chat_template_renders_format_text(family, fmt):
         system = [{"role": "system", "content": [{"type": "text", "text": "Custom instruction."}]}]
         rendered, _ = render_jinja_template([system + [{"role": "user", "content": "hi"}]], chat_template=template)
         kwargs = {} if prompt.assistant is None else {"assistant": prompt.assistant}
-        assert rendered[0] == fam.chat("Custom instruction.", "hi", **kwargs)
+        assert rendered[0] == fam.chat("Custom instruction.", "hi", **kwargs) + prompt.suffix
 
 
 def test_config_files_name_the_prompts_and_pooling(tmp_path, tiny_embedder):
