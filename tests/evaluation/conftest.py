@@ -65,3 +65,9 @@ class FakeEmbedder(torch.nn.Module):
 @pytest.fixture
 def fake_embedder():
     return FakeEmbedder
+
+
+@pytest.fixture(scope="session")
+def bundled_v2_root(tmp_path_factory):
+    """One bundled MMEB-V2 tree for the profile parity tests (tests/helpers/v2_parity.py), generated once."""
+    return tmp_path_factory.mktemp("v2") / "bundled_v2"

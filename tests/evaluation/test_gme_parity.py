@@ -23,6 +23,7 @@ resizes the fetch_image output; embedlab's transformers processor: same sizes an
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -31,9 +32,11 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
-from datamodules.media import MediaLoader, load_visual
 from embedders import Embedder
-from evaluation.runner import build_suite
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "helpers"))
+
+from v2_parity import bundled_v2_suite, encode_inputs  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 # V:gme_inference.py:131 (system turn :54,120-121), image token :126
@@ -43,12 +46,8 @@ IMAGE = "<|vision_start|><|image_pad|><|vision_end|>"
 
 
 @pytest.fixture(scope="module")
-def suite(tmp_path_factory):
-    cfg = OmegaConf.create({"eval_data": OmegaConf.load(ROOT / "conf/eval_data/mmeb_v2_bundled.yaml")})
-    cfg.eval_data.bundled_v2.root = str(tmp_path_factory.mktemp("v2") / "bundled_v2")
-    cfg.eval_data.bundled_v2.queries_per_dataset = 2
-    eval_data = OmegaConf.to_container(cfg, resolve=True)["eval_data"]
-    return {ds.name: ds for ds in build_suite(eval_data, prompt="gme")}
+def suite(bundled_v2_root):
+    return bundled_v2_suite(bundled_v2_root, "gme")
 
 
 @pytest.fixture(scope="module")
@@ -67,16 +66,6 @@ def embedder():
     prompt = OmegaConf.to_container(OmegaConf.load(ROOT / "conf/prompt/gme.yaml"))
     return Embedder.build("qwen2_vl", config={}, prompt=prompt, pooling="last",
                           image=OmegaConf.to_container(model.image), max_length=model.max_length)
-
-
-def encode_inputs(embedder, ds, item, side: str, candidate: bool = False):
-    """What the evaluation collator gives the model for one item (evaluation/encoding.py `_ItemCollator`)."""
-    frames = ds.candidate_num_frames if candidate and ds.candidate_num_frames else ds.num_frames
-    loader = MediaLoader(ds.image_root, frames, ds.max_frames_saved, ds.frame_saving)
-    visual = load_visual(loader, item, ds.name, 0, "parity") if item.image or item.video else None
-    text = embedder.input_builder.format([item.text], [visual], side, [item.instruction])[0]
-    batch = embedder.input_builder([item.text], [visual], side, instructions=[item.instruction])
-    return text, visual, batch
 
 
 def check(embedder, batch, body: str, tokens: int = 0):

@@ -27,6 +27,7 @@ V2 image-task columns (qry_inst, qry_text, qry_img_path, tgt_inst, tgt_text, tgt
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -35,7 +36,10 @@ from omegaconf import OmegaConf
 from datamodules.media import MediaLoader, load_visual
 from datamodules.mmeb_v2_qwen3 import image_row
 from embedders import Embedder
-from evaluation.runner import build_suite
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "helpers"))
+
+from v2_parity import bundled_v2_suite, encode_inputs  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT = "Represent the user's input."   # Q3:src/models/qwen3_vl_embedding.py:170, models.py:48
@@ -62,12 +66,8 @@ def video_tokens(pairs: int, tokens_per_pair: int) -> str:
 
 
 @pytest.fixture(scope="module")
-def suite(tmp_path_factory):
-    cfg = OmegaConf.create({"eval_data": OmegaConf.load(ROOT / "conf/eval_data/mmeb_v2_bundled.yaml")})
-    cfg.eval_data.bundled_v2.root = str(tmp_path_factory.mktemp("v2") / "bundled_v2")
-    cfg.eval_data.bundled_v2.queries_per_dataset = 2
-    eval_data = OmegaConf.to_container(cfg, resolve=True)["eval_data"]
-    return {ds.name: ds for ds in build_suite(eval_data, prompt="qwen3vl_embedding")}
+def suite(bundled_v2_root):
+    return bundled_v2_suite(bundled_v2_root, "qwen3vl_embedding")
 
 
 @pytest.fixture(scope="module")
@@ -83,16 +83,6 @@ def embedder():
     images = {"min_pixels": image.min_pixels, "max_pixels": image.max_pixels,
               "video": OmegaConf.to_container(video)}
     return Embedder.build("qwen3_vl", config={}, prompt="qwen3vl_embedding", image=images, max_length=8192)
-
-
-def encode_inputs(embedder, ds, item, side: str, candidate: bool = False):
-    """What the evaluation collator gives the model for one item (evaluation/encoding.py `_ItemCollator`)."""
-    frames = ds.candidate_num_frames if candidate and ds.candidate_num_frames else ds.num_frames
-    loader = MediaLoader(ds.image_root, frames, ds.max_frames_saved, ds.frame_saving)
-    visual = load_visual(loader, item, ds.name, 0, "parity") if item.image or item.video else None
-    text = embedder.input_builder.format([item.text], [visual], side, [item.instruction])[0]
-    batch = embedder.input_builder([item.text], [visual], side, instructions=[item.instruction])
-    return text, visual, batch
 
 
 def check(embedder, got_batch, want_expanded: str):

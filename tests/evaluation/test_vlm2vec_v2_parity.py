@@ -30,6 +30,7 @@ qry_img_path, tgt_inst, tgt_text, tgt_img_path) on a bundled image.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -37,22 +38,20 @@ import pytest
 from omegaconf import OmegaConf
 from PIL import Image
 
-from datamodules.media import MediaLoader, load_visual
 from datamodules.mmeb import compose_instruction_row, parse_eval_row
 from embedders import Embedder
-from evaluation.runner import build_suite
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "helpers"))
+
+from v2_parity import bundled_v2_suite, encode_inputs  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 IMAGE, VIDEO = "<|image_pad|>", "<|video_pad|>"   # V:src/model/processor.py:62,76 (bare, no vision_start/end)
 
 
 @pytest.fixture(scope="module")
-def suite(tmp_path_factory):
-    cfg = OmegaConf.create({"eval_data": OmegaConf.load(ROOT / "conf/eval_data/mmeb_v2_bundled.yaml")})
-    cfg.eval_data.bundled_v2.root = str(tmp_path_factory.mktemp("v2") / "bundled_v2")
-    cfg.eval_data.bundled_v2.queries_per_dataset = 2
-    eval_data = OmegaConf.to_container(cfg, resolve=True)["eval_data"]
-    return {ds.name: ds for ds in build_suite(eval_data, prompt="vlm2vec")}
+def suite(bundled_v2_root):
+    return bundled_v2_suite(bundled_v2_root, "vlm2vec")
 
 
 @pytest.fixture(scope="module")
@@ -66,16 +65,6 @@ def embedder():
     assert image["video"] == {"min_pixels": 3136, "max_pixels": 1003520, "cap_pixels_per_frame": False}
     return Embedder.build("qwen2_vl", config={}, prompt="vlm2vec", image=image,
                           max_length=experiment.model.max_length)
-
-
-def encode_inputs(embedder, ds, item, side: str, candidate: bool = False):
-    """What the evaluation collator gives the model for one item (evaluation/encoding.py `_ItemCollator`)."""
-    frames = ds.candidate_num_frames if candidate and ds.candidate_num_frames else ds.num_frames
-    loader = MediaLoader(ds.image_root, frames, ds.max_frames_saved, ds.frame_saving)
-    visual = load_visual(loader, item, ds.name, 0, "parity") if item.image or item.video else None
-    text = embedder.input_builder.format([item.text], [visual], side, [item.instruction])[0]
-    batch = embedder.input_builder([item.text], [visual], side, instructions=[item.instruction])
-    return text, visual, batch
 
 
 def check(embedder, batch, want: str, tokens: int = 0, visual_rows: bool = False):
