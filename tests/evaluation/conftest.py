@@ -4,10 +4,14 @@ deterministic function of text, side and image), counting what each side encodes
 from __future__ import annotations
 
 import hashlib
+import random
 
 import pytest
 import torch
+from PIL import Image
 
+from datamodules.images import ImageLoader
+from datamodules.schema import Item
 from embedders.prompts import PromptFormat
 
 
@@ -71,3 +75,33 @@ def fake_embedder():
 def bundled_v2_root(tmp_path_factory):
     """One bundled MMEB-V2 tree for the profile parity tests (tests/helpers/v2_parity.py), generated once."""
     return tmp_path_factory.mktemp("v2") / "bundled_v2"
+
+
+#: Image sizes and words of the `items` fixture: varying image sizes give varying numbers of image tokens.
+SIZES = [(40, 40), (120, 60), (200, 200), (56, 112), (300, 90)]
+WORDS = "red square blue circle green triangle on the left right middle of a picture".split()
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """The tiny Qwen2-VL with a small image budget (min 4, max 64 merged tokens per image)."""
+    from embedders import Embedder
+
+    torch.manual_seed(0)
+    return Embedder.build("qwen2_vl", config={}, image={"min_pixels": 56 * 56, "max_pixels": 224 * 224})
+
+
+@pytest.fixture(scope="module")
+def items(tmp_path_factory):
+    """23 encode items of varied length: texts of 1-30 words, two in three with an image of one of SIZES."""
+    root = tmp_path_factory.mktemp("images")
+    for i, size in enumerate(SIZES):
+        Image.new("RGB", size, (40 * i, 100, 200)).save(root / f"im{i}.png")
+    loader = ImageLoader(root)
+    g = random.Random(0)
+    out = []
+    for i in range(23):
+        text = " ".join(g.choice(WORDS) for _ in range(g.randint(1, 30)))
+        image = f"im{g.randrange(len(SIZES))}.png" if i % 3 else None
+        out.append((Item(("<|image_1|>\n" if image else "") + text, image), "Set", i, "qry_img_path", loader))
+    return out

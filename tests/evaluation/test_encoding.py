@@ -16,33 +16,6 @@ from datamodules.images import ImageLoader
 from datamodules.schema import Item
 from evaluation.encoding import NonFiniteEmbeddingError, encode_unique, length_keys, padding_share
 
-SIZES = [(40, 40), (120, 60), (200, 200), (56, 112), (300, 90)]
-WORDS = "red square blue circle green triangle on the left right middle of a picture".split()
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    from embedders import Embedder
-
-    torch.manual_seed(0)
-    # Varying image sizes give varying numbers of image tokens (min 4, max 64 merged tokens).
-    return Embedder.build("qwen2_vl", config={}, image={"min_pixels": 56 * 56, "max_pixels": 224 * 224})
-
-
-@pytest.fixture(scope="module")
-def items(tmp_path_factory):
-    root = tmp_path_factory.mktemp("images")
-    for i, size in enumerate(SIZES):
-        Image.new("RGB", size, (40 * i, 100, 200)).save(root / f"im{i}.png")
-    loader = ImageLoader(root)
-    g = random.Random(0)
-    out = []
-    for i in range(23):
-        text = " ".join(g.choice(WORDS) for _ in range(g.randint(1, 30)))
-        image = f"im{g.randrange(len(SIZES))}.png" if i % 3 else None
-        out.append((Item(("<|image_1|>\n" if image else "") + text, image), "Set", i, "qry_img_path", loader))
-    return out
-
 
 def _tokens(embedder, entry, side):
     item, ds, row, field, loader = entry

@@ -10,14 +10,8 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from PIL import Image
 
-from datamodules.images import ImageLoader
-from datamodules.schema import Item
 from evaluation.encoding import encode_unique, measure_lengths, token_budget_batches
-
-SIZES = [(40, 40), (120, 60), (200, 200), (56, 112), (300, 90)]
-WORDS = "red square blue circle green triangle on the left right middle of a picture".split()
 
 
 def naive_batches(tokens, budget, rows):
@@ -50,29 +44,6 @@ def test_token_budget_batches_equal_the_naive_definition():
     assert token_budget_batches([10, 8, 8, 3, 3, 3], 24, 8) == [[0, 1], [2, 3, 4], [5]]  # hand-worked
     with pytest.raises(ValueError, match="positive"):
         token_budget_batches([1], 0, 4)
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    from embedders import Embedder
-
-    torch.manual_seed(0)
-    return Embedder.build("qwen2_vl", config={}, image={"min_pixels": 56 * 56, "max_pixels": 224 * 224})
-
-
-@pytest.fixture(scope="module")
-def items(tmp_path_factory):
-    root = tmp_path_factory.mktemp("images")
-    for i, size in enumerate(SIZES):
-        Image.new("RGB", size, (40 * i, 100, 200)).save(root / f"im{i}.png")
-    loader = ImageLoader(root)
-    g = random.Random(1)
-    out = []
-    for i in range(21):
-        text = " ".join(g.choice(WORDS) for _ in range(g.randint(1, 30)))
-        image = f"im{g.randrange(len(SIZES))}.png" if i % 3 else None
-        out.append((Item(("<|image_1|>\n" if image else "") + text, image), "Set", i, "qry_img_path", loader))
-    return out
 
 
 def test_exact_token_counts_equal_the_processors(tiny, items):
