@@ -39,13 +39,12 @@ from .mmeb_v2_gme import image_row as gme_image_row
 from .mmeb_v2_gme import recompose as gme_recompose
 from .mmeb_v2_qwen3 import NUM_CLIP_FRAMES as QWEN3_NUM_CLIP_FRAMES
 from .mmeb_v2_qwen3 import NUM_FRAMES as QWEN3_NUM_FRAMES
-from .mmeb_v2_qwen3 import QWEN3, check_composition, image_row, recompose
-from .schema import PLACEHOLDER, CorpusTask, EvalRow, Item, check_columns
+from .mmeb_v2_qwen3 import QWEN3, check_composition, compose, image_row, recompose
+from .schema import CorpusTask, EvalRow, Item, check_columns
 from .video import FRAME_EXTENSIONS
 
 log = logging.getLogger(__name__)
 
-VIDEO_PLACEHOLDER = "<|video_1|>"
 
 #: VLM2Vec `video_classification_utils.DATASET_INSTRUCTION`, by the reference's dataset name.
 VIDEO_CLS_INSTRUCTION = {
@@ -69,16 +68,6 @@ VISDOC_QUERY = "Find a document image that matches the given query:"
 VISDOC_TARGET = "Understand the content of the provided document image."
 
 NO_RELEVANT = "no_relevant_document"
-
-
-def compose(instruction: str, text: str | None = None, video: bool = False, image: bool = False) -> str:
-    """VLM2Vec `process_input_text`: instruction [+ " " + text], the visual placeholder + " " in front."""
-    prompt = instruction + (" " + text if text else "")
-    if video:
-        prompt = f"{VIDEO_PLACEHOLDER} {prompt}"
-    if image:
-        prompt = f"{PLACEHOLDER} {prompt}"
-    return prompt
 
 
 @dataclass
