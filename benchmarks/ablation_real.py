@@ -497,9 +497,11 @@ def main(argv=None) -> int:
         if BATCH_ARMS[batch] is not None:
             data = data if data is not None else experiment_data_overrides(common, sweep / "composed")
             mined = sweep / "mined" / batch
-            timing["mining_s"][batch] = run([py, "mine.py", *mine_overrides(batch, common, mined, args.smoke, data),
-                                             f"hydra.run.dir={sweep / 'mining' / batch}"])
-        timing["multirun_s"][batch] = run([
+            mining_s = run([py, "mine.py", *mine_overrides(batch, common, mined, args.smoke, data),
+                            f"hydra.run.dir={sweep / 'mining' / batch}"])
+            timing["mining_s"].setdefault(batch, mining_s)   # a later command of the arm (other losses) re-mines
+        # a batch arm may be run as several commands (--losses subsets): its training wall time is their sum
+        timing["multirun_s"][batch] = timing["multirun_s"].get(batch, 0.0) + run([
             py, "train.py", "-m", f"experiment={','.join(LOSS_ARMS[x] for x in losses)}", f"seed={seeds}",
             *batch_overrides(batch, mined), *train_common, *train_steps,
             # job directories: this command's start time and the job number (the overrides would make long names,
