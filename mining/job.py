@@ -24,6 +24,7 @@ from .negatives import (
     mine_negatives,
     negatives_manifest,
     negatives_settings,
+    rescore_setting,
 )
 from .report import format_table
 from .saha_mining import mine_saha
@@ -51,7 +52,8 @@ def beside_if_different(out_dir: Path, subsets, datamodule, embedder, m, embedde
     """The default negatives directory, or — when it holds negatives mined with other settings, another
     embedder or other rows — a directory beside it named after these settings (never replaced silently)."""
     settings = negatives_settings(m.pool, m.num_negatives, m.relative, m.margin, m.min_score, m.max_score, m.select,
-                                  m.simans_a, m.simans_b, m.seed, m.index, m.nprobe)
+                                  m.simans_a, m.simans_b, m.seed, m.index, m.nprobe,
+                                  rescore_setting(embedder, m.rescore))
     manifest = negatives_manifest(subsets, datamodule.subset_info, datamodule.split, settings=settings,
                                   embedder_description=embedder_description, prompt=embedder.prompt.to_dict())
     differences = manifest_differences(out_dir, manifest)
@@ -114,7 +116,7 @@ def run(cfg: DictConfig) -> dict:
                                  num_negatives=m.num_negatives, relative=m.relative, margin=m.margin,
                                  min_score=m.min_score, max_score=m.max_score, select=m.select,
                                  simans_a=m.simans_a, simans_b=m.simans_b, seed=m.seed, index=m.index,
-                                 nprobe=m.nprobe, **common)
+                                 nprobe=m.nprobe, rescore=bool(m.rescore), **common)
         hint = (f"python train.py {shell_argument('data.source', out_dir)} "
                 f"{shell_argument('data.image_root', datamodule.image_loader.root)}")
         if m.num_negatives > 1:

@@ -5,6 +5,11 @@ query the top `pool` positives of *other* rows (inner-product search with faiss,
 approximate IVF index with `index="ivf"` for millions of positives; the query's own
 positive, and therefore anything identical to it, is never a candidate), filter them relative to the
 query's own positive score and pick `num_negatives` with the chosen selector (`mining.selection`).
+A multi-vector model (late interaction) is searched through its pooled proxies (`mining/embed.py`); with
+`rescore=True` (`mining.rescore`, the default) the retrieved pool and the own positive are then re-scored by exact
+MaxSim (the head's maxsim / meanmaxsim), so the filters, the selectors and the written statistics use the score the
+model trains with and only the pool's membership comes from the proxy. Retrieve a larger `pool` to let MaxSim
+reach further down the proxy's ranking.
 
 The result is a local dataset in the exact MMEB-train layout (`<out>/<subset>/<split>-00000-of-00001.parquet`,
 README.md with a `configs:` header) holding the original rows with `neg_text`/`neg_image_path` replaced by
@@ -30,10 +35,12 @@ import faiss
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import torch
 
 from datamodules.images import ImageLoader
 from datamodules.mmeb import TRAIN_COLUMNS, load_split
 from datamodules.schema import TRAIN_NEGATIVE_COLUMNS, Item, TrainPair
+from evaluation.late_interaction import score_rows_maxsim
 from mining.saha import build_ivf_index
 from mining.selection import positive_aware_mask, select_negatives
 from operations.atomic import swap_in_directory
@@ -75,13 +82,16 @@ def choose_negatives(embedder, pairs: Sequence[TrainPair], image_loader: ImageLo
                      min_score: float | None = None, max_score: float | None = None, select: str = "top",
                      simans_a: float = 0.5, simans_b: float = 0.0, rng: np.random.Generator,
                      index: str = "flat", nprobe: int = 32, batch_size: int = 64, num_workers: int = 0,
-                     progress: bool = False) -> tuple[list[list[Item]], dict[str, Any]]:
-    """Mined negatives of each pair (one subset), in pairs order, and statistics of the run."""
+                     progress: bool = False, rescore: bool = True) -> tuple[list[list[Item]], dict[str, Any]]:
+    """Mined negatives of each pair (one subset), in pairs order, and statistics of the run. `rescore`: a
+    multi-vector model's pool is re-scored by exact MaxSim (module docstring)."""
     if isinstance(pool, bool) or not isinstance(pool, int) or pool < 1:
         raise ValueError(f"mining.pool must be a positive integer, got {pool!r}")
-    emb = embed_subset(embedder, pairs, image_loader, batch_size, num_workers, progress)
+    emb = embed_subset(embedder, pairs, image_loader, batch_size, num_workers, progress, keep_tokens=rescore)
     ids, scores, valid = retrieve(emb.query, emb.candidates, emb.positive_of_query, pool, index, nprobe)
     positive_scores = np.einsum("nd,nd->n", emb.query, emb.candidates[emb.positive_of_query], dtype=np.float64)
+    if emb.query_tokens is not None:   # exact MaxSim of the proxy's pool and of the own positive
+        scores, positive_scores = maxsim_rescore(emb, ids, valid, mean=maxsim_mean(embedder))
     keep = positive_aware_mask(scores, positive_scores, valid=valid, relative=relative, margin=margin,
                                min_score=min_score, max_score=max_score)
     chosen = select_negatives(scores, positive_scores, keep, num_negatives, select, rng, simans_a, simans_b)
@@ -94,8 +104,26 @@ def choose_negatives(embedder, pairs: Sequence[TrainPair], image_loader: ImageLo
     stats = {"candidates": len(emb.candidate_items), "mean_kept": float(keep.sum(axis=1).mean()),
              "no_negative": int(sum(not n for n in negatives)),
              "mean_positive_score": float(positive_scores.mean()),
-             "mean_negative_score": float(np.mean(chosen_scores)) if chosen_scores else float("nan")}
+             "mean_negative_score": float(np.mean(chosen_scores)) if chosen_scores else float("nan"),
+             **({"scores": "maxsim"} if emb.query_tokens is not None else {})}
     return negatives, stats
+
+
+def maxsim_mean(embedder) -> bool:
+    """Whether the embedder's multi-vector head scores by MeanMaxSim (else MaxSim)."""
+    head = getattr(embedder, "head", None)
+    return getattr(head, "similarity", "maxsim") == "meanmaxsim"
+
+
+def maxsim_rescore(emb, ids: np.ndarray, valid: np.ndarray, mean: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Exact (Mean)MaxSim of each query's retrieved candidates ([N, P], -inf where not valid) and of its own positive
+    ([N]), float64, from `emb`'s token vectors (blocked: `evaluation.late_interaction.score_rows_maxsim`)."""
+    rows = torch.arange(len(ids))
+    pool = torch.from_numpy(np.where(valid, ids, -1))
+    scores = score_rows_maxsim(emb.query_tokens, emb.candidate_tokens, rows, pool, mean)
+    positive = score_rows_maxsim(emb.query_tokens, emb.candidate_tokens, rows,
+                                 torch.from_numpy(emb.positive_of_query).long()[:, None], mean)[:, 0]
+    return scores.double().numpy(), positive.double().numpy()
 
 
 def _negative_columns(negatives: Sequence[Sequence[Item]], num_negatives: int) -> tuple[pa.Array, pa.Array]:
@@ -128,10 +156,18 @@ def dataset_readme(subsets: Sequence[str], split: str, description: str) -> str:
 
 
 def negatives_settings(pool, num_negatives, relative, margin, min_score, max_score, select, simans_a, simans_b, seed,
-              index, nprobe) -> dict:
+              index, nprobe, rescore: bool | None = None) -> dict:
+    """The settings a mined dataset records; `rescore` (MaxSim re-scoring) only for a multi-vector embedder (None
+    otherwise), so single-vector datasets keep the settings they were mined with."""
     return {"pool": pool, "num_negatives": num_negatives, "relative": relative, "margin": margin,
             "min_score": min_score, "max_score": max_score, "select": select, "simans_a": simans_a,
-            "simans_b": simans_b, "seed": seed, "index": index, "nprobe": nprobe if index == "ivf" else None}
+            "simans_b": simans_b, "seed": seed, "index": index, "nprobe": nprobe if index == "ivf" else None,
+            **({} if rescore is None else {"rescore": bool(rescore)})}
+
+
+def rescore_setting(embedder, rescore: bool) -> bool | None:
+    """`mining.rescore` as it applies to `embedder`: None for a single-vector model (nothing to re-score)."""
+    return bool(rescore) if getattr(embedder, "head", None) is not None else None
 
 
 _IDENTITY = ("format", "source", "split", "settings", "embedder", "prompt")
@@ -194,7 +230,8 @@ def mine_negatives(embedder, subsets: Mapping[str, Sequence[TrainPair]], subset_
                    min_score: float | None = None, max_score: float | None = None, select: str = "top",
                    simans_a: float = 0.5, simans_b: float = 0.0, seed: int = 0, index: str = "flat",
                    nprobe: int = 32, embedder_description: Mapping[str, Any], force: bool = False,
-                   batch_size: int = 64, num_workers: int = 0, progress: bool = True) -> list[dict]:
+                   batch_size: int = 64, num_workers: int = 0, progress: bool = True, rescore: bool = True
+                   ) -> list[dict]:
     """Write the mined-negatives dataset for `subsets` (rows as read from `source`/`split`) to `out_dir`.
 
     Returns one summary row per subset. Skips everything when `out_dir` already holds a dataset mined
@@ -202,7 +239,7 @@ def mine_negatives(embedder, subsets: Mapping[str, Sequence[TrainPair]], subset_
     """
     out_dir = Path(out_dir)
     settings = negatives_settings(pool, num_negatives, relative, margin, min_score, max_score, select, simans_a, simans_b,
-                         seed, index, nprobe)
+                         seed, index, nprobe, rescore_setting(embedder, rescore))
     manifest = negatives_manifest(subsets, subset_info, split, settings=settings,
                                   embedder_description=embedder_description, prompt=embedder.prompt.to_dict())
     differences = manifest_differences(out_dir, manifest)
@@ -228,7 +265,7 @@ def mine_negatives(embedder, subsets: Mapping[str, Sequence[TrainPair]], subset_
                 embedder, pairs, image_loader, pool=pool, num_negatives=num_negatives, relative=relative,
                 margin=margin, min_score=min_score, max_score=max_score, select=select, simans_a=simans_a,
                 simans_b=simans_b, rng=rng, index=index, nprobe=nprobe, batch_size=batch_size,
-                num_workers=num_workers, progress=progress)
+                num_workers=num_workers, progress=progress, rescore=rescore)
             per_row: list[list[Item]] = [[] for _ in range(num_rows)]
             for pair, negs in zip(pairs, negatives):
                 per_row[pair.row] = negs

@@ -150,6 +150,7 @@ COMMANDS: dict[str, Run | Compose | Make] = {
     "python evaluate.py eval_data=mmeb_v2_bundled": Run(SMALL_EVAL),
     # docs/late_interaction.md
     "python train.py debug=fast model.pooling=multi_vector": Run(TRAIN),
+    "python mine.py mining.method=negatives model.pooling=multi_vector": Run(MINE),
     # docs/training.md
     "python train.py debug=fast model.packed=true": Run(TRAIN),
     "python train.py model=qwen2vl_2b trainer=gpu model.packed=true model.attn_implementation=flash_attention_2":
