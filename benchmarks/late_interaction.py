@@ -8,6 +8,9 @@ bundled MMEB-V2 suite (hit@1 / NDCG@5), plain and with each index option: Matryo
 the token dimension for multi-vector), token pooling (`eval.token_pooling`, multi-vector only), int8 and binary
 quantisation (`eval.quantize`). Storage is the mean over datasets of each dataset's bytes per scored document.
 Every run is an ordinary `train.py` / `evaluate.py` command (printed), so any row can be re-run by hand.
+Then the two heads' float32 evaluations are compared per suite with `compare.py`'s paired bootstrap (multi − single,
+95 % CI over queries; METHODS §13), and each index option with its head's float32 evaluation: a difference is read
+only where its interval excludes 0.
 """
 
 from __future__ import annotations
@@ -19,6 +22,12 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from evaluation.comparison import compare, verdict  # noqa: E402
+from evaluation.outcomes import NotComparable, load_model  # noqa: E402
+
 HEADS = {"single-vector (last token)": ["model.pooling=last"],
          "multi-vector (128/token, MaxSim)": ["model.pooling=multi_vector"]}
 VARIANTS = [("float32", []), ("dim 64", ["eval.dim=64"]), ("token pooling ×2", ["eval.token_pooling=2"]),
@@ -50,6 +59,7 @@ def main() -> None:
     args = ap.parse_args()
     out = args.out.resolve()
     rows = []
+    eval_dirs: dict[tuple[str, str, str], Path] = {}
     for head, overrides in HEADS.items():
         run_dir = out / ("multi" if "multi" in head else "single")
         if not (run_dir / "embedder" / "embedder.json").is_file():
@@ -67,11 +77,30 @@ def main() -> None:
                     run([sys.executable, "evaluate.py", f"embedder_dir={run_dir / 'embedder'}", "debug=fast",
                          *suite_overrides, *extra, f"hydra.run.dir={eval_dir}", f"paths.output_dir={eval_dir}"])
                 cells.append(summary(eval_dir / "results.json"))
+                eval_dirs[(run_dir.name, variant, suite)] = eval_dir
             rows.append((head, variant, cells))
     print("\n| Head | Index | V1 bundled P@1 | V2 bundled score | vectors/doc | bytes/doc (V1) | bytes/doc (V2) |")
     print("|---|---|---|---|---|---|---|")
     for head, variant, ((v1, vec1, b1), (v2, _vec2, b2)) in rows:
         print(f"| {head} | {variant} | {v1:.1f} | {v2:.1f} | {vec1:.1f} | {b1:,.0f} | {b2:,.0f} |")
+    print("\nPaired differences (B − A, percentage points, 95 % paired bootstrap CI over queries, compare.py):\n")
+    print("| B | A | suite | Δ [95 % CI] | reading |")
+    print("|---|---|---|---|---|")
+    pairs = [(("multi", "float32"), ("single", "float32"))]
+    pairs += [((name, variant), (name, "float32")) for name in ("single", "multi") for variant, _ in VARIANTS
+              if variant != "float32" and (name, variant, next(iter(SUITES))) in eval_dirs]
+    for (b_name, b_variant), (a_name, a_variant) in pairs:
+        for suite in SUITES:
+            try:
+                result = compare(load_model(eval_dirs[(a_name, a_variant, suite)]),
+                                 load_model(eval_dirs[(b_name, b_variant, suite)]))
+            except NotComparable as err:   # e.g. evaluations written before index options became comparable
+                print(f"| {b_name} {b_variant} | {a_name} {a_variant} | {suite} | – | not comparable: {err} |")
+                continue
+            entry = result["overall"]
+            lo, hi = entry["ci95"]
+            print(f"| {b_name} {b_variant} | {a_name} {a_variant} | {suite} | {entry['delta']:+.1f} "
+                  f"[{lo:+.1f}, {hi:+.1f}] | {verdict(entry)} |")
 
 
 if __name__ == "__main__":

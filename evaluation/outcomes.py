@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +45,8 @@ class DatasetOutcomes:
     ids: tuple
     values: np.ndarray
     sources: list[Path] = field(default_factory=list)
+    #: The scoring rules without the index options (EvalSettings.rules_fingerprint); None in files written before it.
+    rules_fingerprint: str | None = None
 
     @property
     def binary(self) -> bool:
@@ -127,7 +129,8 @@ def read_dataset(score_path: Path) -> DatasetOutcomes:
         name=name, meta_task=str(result.get("meta_task", "-")), split=str(result.get("split", "-")),
         modality=result.get("modality"), metric=metric, data_fingerprint=str(fingerprint.get("data")),
         settings_fingerprint=str(fingerprint.get("settings")), ids=tuple(ids[i] for i in order),
-        values=np.asarray([values[i] for i in order], dtype=float)[None, :], sources=[score_path])
+        values=np.asarray([values[i] for i in order], dtype=float)[None, :], sources=[score_path],
+        rules_fingerprint=None if fingerprint.get("rules") is None else str(fingerprint["rules"]))
 
 
 def read_eval_dir(directory: str | Path) -> dict[str, DatasetOutcomes]:
@@ -212,7 +215,8 @@ def stack_runs(runs: Sequence[tuple[Path, Path]], label: str) -> ModelOutcomes:
     for name, d in first.items():
         stacked[name] = DatasetOutcomes(
             d.name, d.meta_task, d.split, d.modality, d.metric, d.data_fingerprint, d.settings_fingerprint, d.ids,
-            np.concatenate([r[name].values for r in per_run]), [p for r in per_run for p in r[name].sources])
+            np.concatenate([r[name].values for r in per_run]), [p for r in per_run for p in r[name].sources],
+            d.rules_fingerprint)
     return ModelOutcomes(label, names, seeds, stacked)
 
 
@@ -221,7 +225,10 @@ def _check_same_rows(a: DatasetOutcomes, b: DatasetOutcomes, where_a: str, where
         raise NotComparable(f"{a.name}: the evaluations in {where_a} and {where_b} were made on different data "
                             f"(data fingerprints {a.data_fingerprint} and {b.data_fingerprint}: other rows, candidates, "
                             "max_rows or data version); score both models on the same eval data")
-    if a.settings_fingerprint != b.settings_fingerprint:
+    # Index options (quantisation, token pooling) may differ: comparing them is the storage/score question. Files
+    # written before the rules fingerprint existed are held to the whole settings fingerprint.
+    rules = a.rules_fingerprint is not None and b.rules_fingerprint is not None
+    if (a.rules_fingerprint != b.rules_fingerprint) if rules else (a.settings_fingerprint != b.settings_fingerprint):
         raise NotComparable(f"{a.name}: the evaluations in {where_a} and {where_b} were scored with different settings "
                             f"(settings fingerprints {a.settings_fingerprint} and {b.settings_fingerprint}: tie rule, "
                             "tolerances or scoring version); score both with the same eval.* settings")
@@ -259,7 +266,5 @@ def paired_by_seed(a: ModelOutcomes, b: ModelOutcomes) -> bool:
 def in_seed_order(model: ModelOutcomes, seeds: Sequence[str]) -> ModelOutcomes:
     """The model with its runs reordered to `seeds` (so run i of both models has the same seed)."""
     order = [model.seeds.index(s) for s in seeds]
-    datasets = {n: DatasetOutcomes(d.name, d.meta_task, d.split, d.modality, d.metric, d.data_fingerprint,
-                                   d.settings_fingerprint, d.ids, d.values[order], d.sources)
-                for n, d in model.datasets.items()}
+    datasets = {n: replace(d, values=d.values[order]) for n, d in model.datasets.items()}
     return ModelOutcomes(model.label, [model.runs[i] for i in order], list(seeds), datasets)

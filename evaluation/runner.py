@@ -127,7 +127,8 @@ def score(embedder, suite: list[EvalDataset], eval_cfg: Mapping, label: str, out
     main_rank = not distributed or torch.distributed.get_rank() == 0
     store = ScoreStore(output_dir) if output_dir is not None else None
     model_fp = _broadcast(model_fingerprint(embedder) if store is not None and main_rank else None, distributed)
-    fingerprints = {ds.name: {"model": model_fp, "data": dataset_fingerprint(ds), "settings": settings.fingerprint()}
+    fingerprints = {ds.name: {"model": model_fp, "data": dataset_fingerprint(ds), "settings": settings.fingerprint(),
+                          "rules": settings.rules_fingerprint()}
                     for ds in suite if not ds.error and store is not None and main_rank}
     reused: dict[str, dict] = {}
     if store is not None and bool(eval_cfg.get("resume", True)) and main_rank:

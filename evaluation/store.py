@@ -79,6 +79,13 @@ class EvalSettings:
                   if k != "tie_flag_share" and not (k in ("quantize", "rescore_multiplier", "token_pooling") and v is None)}
         return _digest(json.dumps({**fields, "scoring_version": SCORING_VERSION}, sort_keys=True).encode())
 
+    def rules_fingerprint(self) -> str:
+        """The scoring rules alone (tie rule, tolerances, scoring version), without the index options (quantize,
+        rescore_multiplier, token_pooling): two evaluations with equal rules are comparable row by row even when their
+        indexes differ (compare.py pairs a quantised index with the float32 one)."""
+        fields = {k: getattr(self, k) for k in ("tie_rule", "tie_tolerance", "collapse_tolerance")}
+        return _digest(json.dumps({**fields, "scoring_version": SCORING_VERSION}, sort_keys=True).encode())
+
 
 def _digest(*chunks: bytes) -> str:
     h = hashlib.sha256()

@@ -242,7 +242,10 @@ def test_compare_py_end_to_end_on_two_real_tiny_evaluations(bundled_root, tmp_pa
              "CaptionParaphrase:{meta_task:Retrieval,split:OOD}}")
     one = "+eval_data.datasets={ShapeCls:{meta_task:Classification,split:IND}}"
     for name, extra in (("a", ["seed=1", "eval_data.max_rows=8", three]), ("b", ["seed=2", "eval_data.max_rows=8", three]),
-                        ("c", ["seed=2", "eval_data.max_rows=6", one])):
+                        ("c", ["seed=2", "eval_data.max_rows=6", one]),
+                        # the same model with another index (int8 documents), then with another tie rule
+                        ("q", ["seed=2", "eval_data.max_rows=8", three, "eval.quantize=int8"]),
+                        ("t", ["seed=2", "eval_data.max_rows=8", three, "eval.tie_rule=strict"])):
         evaluate_run(compose_config("evaluate", [*base, *extra], tmp_path / name))
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     out = subprocess.run([sys.executable, "compare.py", str(tmp_path / "a"), str(tmp_path / "b"), "--out",
@@ -263,3 +266,11 @@ def test_compare_py_end_to_end_on_two_real_tiny_evaluations(bundled_root, tmp_pa
     assert compare_cli.main([str(tmp_path / "a"), str(tmp_path / "c"), "--common"]) == 2
     err = capsys.readouterr().err
     assert "ShapeCls" in err and "different data" in err
+    # Index options may differ (the storage/score question: int8 against float32 documents of one model) ...
+    assert compare_cli.main([str(tmp_path / "b"), str(tmp_path / "q"), "--out", str(tmp_path / "q.json")]) == 0
+    rq = json.loads((tmp_path / "q" / "results.json").read_text())
+    assert json.loads((tmp_path / "q.json").read_text())["overall"]["delta"] == pytest.approx(
+        rq["overall"] - rb["overall"], abs=1e-3)
+    # ... the scoring rules may not
+    assert compare_cli.main([str(tmp_path / "b"), str(tmp_path / "t")]) == 2
+    assert "different settings" in capsys.readouterr().err
