@@ -26,8 +26,8 @@ from __future__ import annotations
 import dataclasses
 
 from .mmeb import compose_instruction_row
-from .mmeb_v2_qwen3 import VIDEO_PLACEHOLDER, VIDEO_QA_PARSERS, rest_of
-from .schema import PLACEHOLDER, CorpusTask, EvalRow, Item, parse_eval_row
+from .mmeb_v2_qwen3 import VIDEO_QA_PARSERS, rest_of
+from .schema import PLACEHOLDER, VIDEO_PLACEHOLDER, CorpusTask, EvalRow, Item, parse_eval_row
 
 GME = "gme"
 #: VLM2Vec `VLM_IMAGE_TOKENS[GME]` (src/model/processor.py:66).

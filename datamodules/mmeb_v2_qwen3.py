@@ -32,11 +32,10 @@ from __future__ import annotations
 import dataclasses
 
 from .errors import DataError
-from .schema import PLACEHOLDER, CorpusTask, EvalRow, Item
+from .schema import PLACEHOLDER, VIDEO_PLACEHOLDER, CorpusTask, EvalRow, Item
 
 COMPOSITIONS = ("vlm2vec", "qwen3vl_embedding", "gme")   # gme: mmeb_v2_gme.py
 QWEN3 = "qwen3vl_embedding"
-VIDEO_PLACEHOLDER = "<|video_1|>"
 
 #: video.yaml: `num_frames: 64` / `num_video_frames: 64` for every video dataset, `num_clip_frames: 8` for the
 #: moment-retrieval candidate clips.

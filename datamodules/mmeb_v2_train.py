@@ -60,12 +60,20 @@ from pathlib import Path
 
 from .errors import DataError
 from .mmeb import ReadResult, _report, _rows, describe_source, load_split, local_cache_dir, read_train_subset
-from .schema import PLACEHOLDER, Item, SkipRow, TrainPair, check_columns, check_reserved, parse_train_row
+from .schema import (
+    PLACEHOLDER,
+    VIDEO_PLACEHOLDER,
+    Item,
+    SkipRow,
+    TrainPair,
+    check_columns,
+    check_reserved,
+    parse_train_row,
+)
 from .video import FRAME_EXTENSIONS
 
 log = logging.getLogger(__name__)
 
-VIDEO_PLACEHOLDER = "<|video_1|>"
 #: `llavahound_dataset_caption.py` VRET_QRY_PROMPT / VRET_TGT_PROMPT.
 VRET_QUERY_PROMPT = "Find a video that contains the following visual content: "
 VRET_TARGET_PROMPT = "Understand the content of the provided video: "

@@ -31,6 +31,8 @@ from dataclasses import dataclass
 from .errors import DataError
 
 PLACEHOLDER = "<|image_1|>"
+#: Where a video goes in MMEB-V2 text (VLM2Vec's VLM_VIDEO_TOKENS for Qwen2-VL: the video counterpart of PLACEHOLDER).
+VIDEO_PLACEHOLDER = "<|video_1|>"
 TRAIN_COLUMNS = ("qry", "qry_image_path", "pos_text", "pos_image_path")
 TRAIN_NEGATIVE_COLUMNS = ("neg_text", "neg_image_path")
 EVAL_COLUMNS = ("qry_text", "qry_img_path", "tgt_text", "tgt_img_path")

@@ -32,9 +32,7 @@ import unicodedata
 from dataclasses import asdict, dataclass, field, replace
 
 from datamodules.mmeb_v2_qwen3 import COMPOSITIONS
-
-PLACEHOLDER = "<|image_1|>"
-VIDEO_PLACEHOLDER = "<|video_1|>"
+from datamodules.schema import PLACEHOLDER, VIDEO_PLACEHOLDER
 
 HIERARCHICAL_SYSTEM = (
     "Given an image, summarize the provided image in one word. Given only text, describe the text in one word."

@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 
+from datamodules.schema import PLACEHOLDER
 from operations.atomic import respect_umask
 
 from .backbones import get_family
@@ -52,7 +53,6 @@ ST_POOLING_MODES = {"last": ("lasttoken", "pooling_mode_lasttoken"), "mean": ("m
                     "cls": ("cls", "pooling_mode_cls_token")}
 LEGACY_POOLING_FLAGS = ("pooling_mode_cls_token", "pooling_mode_mean_tokens", "pooling_mode_max_tokens",
                         "pooling_mode_mean_sqrt_len_tokens", "pooling_mode_weightedmean_tokens", "pooling_mode_lasttoken")
-PLACEHOLDER = "<|image_1|>"
 
 
 

@@ -10,9 +10,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from datamodules.schema import PLACEHOLDER
 from embedders.backbones import get_family
 from embedders.prompts import PromptFormat, image_token_for, placeholder_mode
-from embedders.saving import CARD_FILE, EMBEDDER_FILE, PLACEHOLDER
+from embedders.saving import CARD_FILE, EMBEDDER_FILE
 from evaluation.mmeb import render_table
 from evaluation.mmeb_v2 import render_table_v2
 

@@ -8,8 +8,9 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 
+from datamodules.schema import PLACEHOLDER
 from embedders.backbones import get_family
-from embedders.saving import PLACEHOLDER, stock_differences
+from embedders.saving import stock_differences
 
 #: Example inputs of the usage snippets (the card's transformers snippet is executed by the tests on them).
 EXAMPLE_QUERY_TEXT = f"{PLACEHOLDER}\nRepresent the given image with the following question: What is the shape?"
