@@ -1,16 +1,20 @@
 """Single- vs multi-vector heads on the same tiny backbone and data, one storage/score table (docs/late_interaction.md).
 
-    python benchmarks/late_interaction.py --out logs/late_interaction --steps 40
+    python benchmarks/late_interaction.py --steps 150
 
 Trains the tiny Qwen2-VL twice with the same seed, data, loss and steps — last-token pooling, then
-`model.pooling=multi_vector` — and scores both saved Embedders on the bundled MMEB v1-style eval (P@1) and the
-bundled MMEB-V2 suite (hit@1 / NDCG@5), plain and with each index option: Matryoshka (`eval.dim`, single-vector;
-the token dimension for multi-vector), token pooling (`eval.token_pooling`, multi-vector only), int8 and binary
-quantisation (`eval.quantize`). Storage is the mean over datasets of each dataset's bytes per scored document.
-Every run is an ordinary `train.py` / `evaluate.py` command (printed), so any row can be re-run by hand.
-Then the two heads' float32 evaluations are compared per suite with `compare.py`'s paired bootstrap (multi − single,
-95 % CI over queries; METHODS §13), and each index option with its head's float32 evaluation: a difference is read
-only where its interval excludes 0.
+`model.pooling=multi_vector` — on the default bundled training data (batch 32), and scores both saved Embedders on
+the full bundled MMEB v1-style eval (P@1, 9 × 200 queries) and the bundled MMEB-V2 suite (hit@1 / NDCG@5), plain and
+with each index option: Matryoshka (`eval.dim`, single-vector; the token dimension for multi-vector), token pooling
+(`eval.token_pooling`, multi-vector only), int8 and binary quantisation (`eval.quantize`). Every evaluation uses
+`eval.tie_rule=strict` (a row whose ground truth only ties the best score is a miss): a barely trained multi-vector
+model scores many candidates exactly alike — a causal backbone gives every document the same prompt-prefix token
+vectors, and a query token whose best match is one of them adds the same amount to every document — and MMEB's
+`first` rule would count those ties as hits (its ground truth is candidate 0). Storage is the mean over datasets of
+each dataset's bytes per scored document. Every run is an ordinary `train.py` / `evaluate.py` command (printed), so
+any row can be re-run by hand. Then the two heads' float32 evaluations are compared per suite with `compare.py`'s
+paired bootstrap (multi − single, 95 % CI over queries; METHODS §13), and each index option with its head's float32
+evaluation: a difference is read only where its interval excludes 0.
 """
 
 from __future__ import annotations
@@ -55,7 +59,8 @@ def summary(results_file: Path) -> tuple[float, float, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=ROOT / "logs" / "late_interaction")
-    ap.add_argument("--steps", type=int, default=40)
+    ap.add_argument("--steps", type=int, default=150, help="optimizer steps per head (batch 32)")
+    ap.add_argument("--max-rows", default="null", help="queries scored per eval dataset (default null: all of them)")
     args = ap.parse_args()
     out = args.out.resolve()
     rows = []
@@ -63,9 +68,10 @@ def main() -> None:
     for head, overrides in HEADS.items():
         run_dir = out / ("multi" if "multi" in head else "single")
         if not (run_dir / "embedder" / "embedder.json").is_file():
-            run([sys.executable, "train.py", "debug=fast", f"trainer.max_steps={args.steps}",
-                 f"trainer.val_check_interval={args.steps}", f"callbacks.model_checkpoint.every_n_train_steps={args.steps}",
-                 "logger=csv", *overrides, f"hydra.run.dir={run_dir}", f"paths.output_dir={run_dir}"])
+            run([sys.executable, "train.py", f"trainer.max_steps={args.steps}", f"trainer.val_check_interval={args.steps}",
+                 f"callbacks.model_checkpoint.every_n_train_steps={args.steps}", "evaluate_before=false",
+                 "evaluate_after=false", "logger=csv", *overrides, f"hydra.run.dir={run_dir}",
+                 f"paths.output_dir={run_dir}"])
         for variant, extra in VARIANTS:
             multi = "multi" in head
             if "token pooling" in variant and not multi:
@@ -74,8 +80,8 @@ def main() -> None:
             for suite, suite_overrides in SUITES.items():
                 eval_dir = out / "eval" / f"{run_dir.name}_{variant.replace(' ', '_').replace('×', 'x')}_{suite[:2]}"
                 if not (eval_dir / "results.json").is_file():
-                    run([sys.executable, "evaluate.py", f"embedder_dir={run_dir / 'embedder'}", "debug=fast",
-                         *suite_overrides, *extra, f"hydra.run.dir={eval_dir}", f"paths.output_dir={eval_dir}"])
+                    run([sys.executable, "evaluate.py", f"embedder_dir={run_dir / 'embedder'}", "eval.tie_rule=strict",
+                         "eval.progress=false", *suite_overrides, f"eval_data.max_rows={args.max_rows}", *extra, f"hydra.run.dir={eval_dir}", f"paths.output_dir={eval_dir}"])
                 cells.append(summary(eval_dir / "results.json"))
                 eval_dirs[(run_dir.name, variant, suite)] = eval_dir
             rows.append((head, variant, cells))
