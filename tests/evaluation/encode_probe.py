@@ -110,6 +110,13 @@ def _run(rank: int, world: int, out: str, port: int) -> None:
     budgeted = encode_unique(lockstep, _items(texts), "query", 4, distributed=True, sort=True, max_tokens=18)
     report["budget_equal_to_one_process"] = bool(torch.equal(budgeted, encode_unique(_Embedder(), _items(texts), "query", 2)))
     report["budget_forwards"] = lockstep.forwards
+    # More ranks than items: one item over 2 ranks leaves rank 1 an empty shard; it still runs rank 0's one forward
+    # (a filler whose output is dropped) and gets the one row back.
+    lonely = _LockstepEmbedder()
+    single = encode_unique(lonely, _items(["x" * 25]), "query", 4, distributed=True, sort=True, max_tokens=18)
+    report["empty_shard_equal_to_one_process"] = bool(
+        torch.equal(single, encode_unique(_Embedder(), _items(["x" * 25]), "query", 2)))
+    report["empty_shard_forwards"] = lonely.forwards
     Path(out, f"rank{rank}.json").write_text(json.dumps(report))
     dist.destroy_process_group()
 

@@ -173,6 +173,9 @@ def test_sharded_sorted_encoding_equals_one_process_and_a_rank_failure_reaches_e
     # 7, 5, 3 -> [14] [9, 7] [5, 3] = 3. Both run 4 forwards (rank 1 repeats one batch), the matrix is the same.
     assert r0["budget_equal_to_one_process"] and r1["budget_equal_to_one_process"]
     assert r0["budget_forwards"] == r1["budget_forwards"] == 4
+    # One item (over the budget: encoded alone) over 2 ranks: rank 1's shard is empty, both run one forward.
+    assert r0["empty_shard_equal_to_one_process"] and r1["empty_shard_equal_to_one_process"]
+    assert r0["empty_shard_forwards"] == r1["empty_shard_forwards"] == 1
 
 
 def test_workers_are_used_only_where_they_can_pay_for_themselves(items):
