@@ -1,6 +1,6 @@
 """Single- vs multi-vector heads on the same tiny backbone and data, one storage/score table (docs/late_interaction.md).
 
-    python benchmarks/late_interaction.py --steps 150
+    python benchmarks/late_interaction.py --steps 600
 
 Trains the tiny Qwen2-VL twice with the same seed, data, loss and steps — last-token pooling, then
 `model.pooling=multi_vector` — on the default bundled training data (batch 32), and scores both saved Embedders on
@@ -59,7 +59,7 @@ def summary(results_file: Path) -> tuple[float, float, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=ROOT / "logs" / "late_interaction")
-    ap.add_argument("--steps", type=int, default=150, help="optimizer steps per head (batch 32)")
+    ap.add_argument("--steps", type=int, default=600, help="optimizer steps per head (batch 32; the default run's 600)")
     ap.add_argument("--max-rows", default="null", help="queries scored per eval dataset (default null: all of them)")
     args = ap.parse_args()
     out = args.out.resolve()

@@ -161,8 +161,8 @@ COMMANDS: dict[str, Run | Compose | Make] = {
     "model.gradcache.chunk_size=32 data.batch_size=256": Compose(f"{HUB}, a GPU"),
     "python evaluate.py model.pooling=multi_vector eval.token_pooling=2 eval.quantize=int8": Run(SMALL_EVAL),
     "python evaluate.py eval_data=mmeb_v2_bundled model.pooling=multi_vector eval.quantize=binary": Run(SMALL_EVAL),
-    "python benchmarks/late_interaction.py --steps 150": Compose(
-        "two training runs and 22 evaluations (~30 min on CPU); the tests of docs/late_interaction.md cover each part"),
+    "python benchmarks/late_interaction.py --steps 600": Compose(
+        "two training runs and 22 evaluations (~15 min on CPU); the tests of docs/late_interaction.md cover each part"),
     "python evaluate.py eval_data=mmeb_v2_bundled model=tiny_qwen3vl": Run(SMALL_EVAL),
     "python evaluate.py eval_data=mmeb_v2_bundled model=tiny_qwen3vl prompt=qwen3vl_embedding": Run(SMALL_EVAL),
     "python train.py data=bundled_v2 eval_data=mmeb_v2_bundled sampler=homogeneous trainer.max_steps=300": Run(TRAIN),
