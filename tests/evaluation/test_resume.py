@@ -44,7 +44,7 @@ def test_score_and_pred_files_hold_what_the_reference_users_expect(fake_embedder
         assert record["result"] == d and record["model"] == "my-model" and record["dataset"] == ds.name
         assert record["num_pred"] == len(ds.rows) and record["acc"] == pytest.approx(d["precision@1"] / 100)
         assert record["hit@1"] == record["acc"] and record["num_correct"] == round(record["acc"] * len(ds.rows))
-        assert set(record["fingerprint"]) == {"model", "data", "settings"}
+        assert set(record["fingerprint"]) == {"model", "data", "settings", "rules"}
         preds = [json.loads(line) for line in store.pred_path(ds.name).read_text().splitlines()]
         assert [p["row"] for p in preds] == [row.row for row in ds.rows]
         for p, row in zip(preds, ds.rows):  # against a naive recomputation from the fake's vectors
