@@ -22,6 +22,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -108,7 +109,7 @@ def worker(kind: str, batch: int, chunk: int, steps: int, max_length: int, threa
 
 def token_counts(inputs) -> tuple[int, int]:
     """(tokens of the rows, positions the model computes) over every attention mask in `inputs` (any nesting)."""
-    if isinstance(inputs, dict):
+    if isinstance(inputs, Mapping):   # a dict, or transformers' BatchEncoding (a UserDict, not a dict)
         if "attention_mask" in inputs:
             mask = inputs["attention_mask"]
             return int(mask.sum()), mask.numel()
@@ -154,7 +155,9 @@ def main(argv=None) -> int:
           "|---|---|---|---|---|")
     for r in results:
         step = statistics.median(r["step_s"])
-        share = 1 - r["real_tokens"] / max(r["padded_tokens"], 1)
+        if not r["padded_tokens"]:
+            raise RuntimeError(f"{r['kind']}: no attention mask found in its inputs, so no token count")
+        share = 1 - r["real_tokens"] / r["padded_tokens"]
         print(f"| {r['kind']} | {step:.2f} | {share:.1%} | {r['real_tokens'] / step:,.0f} | "
               f"{r['peak_growth'] / mb:.0f} |")
     st, row, grouped = (statistics.median(r["step_s"]) for r in results)
