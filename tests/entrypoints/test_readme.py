@@ -93,6 +93,8 @@ COMMANDS: dict[str, Run | Compose | Make] = {
     "python benchmarks/bench_eval.py --repeats 2": Compose("a benchmark (make bench runs its code path)"),
     "python benchmarks/bench_eval.py --repeats 2 --varied-images": Compose("a benchmark (make bench runs its code path)"),
     "python benchmarks/bench_eval.py --repeats 3": Compose("a benchmark (make bench runs its code path)"),
+    "python benchmarks/bench_cached_mnrl.py": Compose("a benchmark (make bench runs its code path)"),
+    "python benchmarks/bench_throughput.py --batch 8 --chunk 4": Compose(f"{GPU} (make gpu-check runs it)"),
     "python benchmarks/bench_eval.py --repeats 3 --lm-layers 4 --lm-width 512": Compose(
         "a benchmark (make bench runs its code path)"),
     "python train.py -m loss=infonce,hardness_weighted seed=1,2,3": Run((*TRAIN, "evaluate_after=false")),
