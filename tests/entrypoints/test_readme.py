@@ -249,9 +249,15 @@ COMMANDS: dict[str, Run | Compose | Make] = {
     "python compare.py logs/train/runs/<run>/eval_untrained logs/train/runs/<run>/eval": Run(needs=("run",)),
     "make compare ARGS='logs/train/runs/<run>/eval_untrained logs/train/runs/<run>/eval'": Make("compare.py"),
     "make ablation-real ARGS='--batches random --sweep logs/ablation_real/grid'": Make(
-        "15 fine-tuning runs of all-MiniLM-L6-v2 (~1 h on 2 CPU cores); --smoke runs in make test"),
-    "make ablation-real ARGS='--batches saha --sweep logs/ablation_real/grid'": Make("15 runs and SaHa mining (~1 h)"),
-    "make ablation-real ARGS='--batches same_library --sweep logs/ablation_real/grid'": Make("15 runs (~1 h)"),
+        "15 fine-tuning runs of all-MiniLM-L6-v2 (~1 h 45 min on 2 CPU cores); --smoke runs in make test"),
+    "make ablation-real ARGS='--batches saha --losses infonce_sym,hw9 --sweep logs/ablation_real/grid'": Make(
+        "10 runs and SaHa mining (~70 min)"),
+    "make ablation-real ARGS='--batches saha --losses infonce_tau --sweep logs/ablation_real/grid'": Make(
+        "5 runs and SaHa mining (~35 min)"),
+    "make ablation-real ARGS='--batches same_library --losses infonce_sym,hw9 --sweep logs/ablation_real/grid'": Make(
+        "10 runs (~70 min)"),
+    "make ablation-real ARGS='--batches same_library --losses infonce_tau --sweep logs/ablation_real/grid'": Make(
+        "5 runs (~35 min)"),
     "python benchmarks/ablation_real.py --report logs/ablation_real/grid": Compose("a finished sweep"),
     "python benchmarks/ablation_real.py --sweep logs/ablation_real/gpu trainer=gpu": Compose(f"{GPU}: the whole grid"),
     "python train.py -m seed=1,2,3,4,5 hydra.sweep.dir=logs/default_spread hydra.sweep.subdir='${hydra.job.num}'": Compose(
