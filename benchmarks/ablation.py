@@ -155,14 +155,24 @@ def contrast_table(contrasts: Sequence[dict]) -> str:
         lo, hi = entry["ci95"]
         return f"{entry['delta']:+.2f}{' *' if lo > 0 or hi < 0 else ''} [{lo:+.2f}, {hi:+.2f}]"
 
-    lines = ["| B − A | seeds | Overall Δ [95 % CI] | detectable (80 %) | IND Δ [CI] | OOD Δ [CI] | claim |",
-             "|---|---|---|---|---|---|---|"]
+    # A label "B − A | arm" (a contrast within one arm of the other factor) gets its own "within" column.
+    within = any(" | " in c["contrast"] for c in contrasts)
+
+    def label(c: Mapping) -> str:
+        if not within:
+            return c["contrast"]
+        name, _, arm = c["contrast"].partition(" | ")
+        return f"{name} | {arm or '–'}"
+
+    head = "| B − A |" + (" within |" if within else "")
+    lines = [f"{head} seeds | Overall Δ [95 % CI] | detectable (80 %) | IND Δ [CI] | OOD Δ [CI] | claim |",
+             "|---|" + ("---|" if within else "") + "---|---|---|---|---|---|"]
     for c in contrasts:
         if "error" in c:
-            lines.append(f"| {c['contrast']} | – | not comparable: {c['error'].splitlines()[0]} | | | | |")
+            lines.append(f"| {label(c)} | – | not comparable: {c['error'].splitlines()[0]} | | | | |")
             continue
         seeds = f"{c['seeds'][0]}/{c['seeds'][1]}{' paired' if c['paired_seeds'] else ''}"
-        lines.append(f"| {c['contrast']} | {seeds} | {cell(c['overall'])} | {c['overall']['detectable']:.2f} | "
+        lines.append(f"| {label(c)} | {seeds} | {cell(c['overall'])} | {c['overall']['detectable']:.2f} | "
                      f"{cell(c['splits'].get('IND'))} | {cell(c['splits'].get('OOD'))} | {c['claim']} |")
     return "\n".join(lines) + "\n"
 

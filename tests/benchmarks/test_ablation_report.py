@@ -52,3 +52,15 @@ def test_report_has_the_paired_contrasts(tmp_path):
     assert "2/2 paired" in line
     saved = json.loads((sweep / "ablation.json").read_text())
     assert len(saved["runs"]) == 4 and saved["contrasts"][0]["overall"]["delta"] == pytest.approx(expected["delta"])
+    # Every line of the contrast table has as many cells as its header (the "within" arm has its own column).
+    table = [x for x in text.splitlines() if x.startswith("| ") and "seeds | Overall Δ" in x or "2/2 paired" in x]
+    assert table[0].startswith("| B − A | within | seeds |")
+    assert len({x.count(" | ") for x in table}) == 1
+
+
+def test_contrast_table_without_arms_keeps_its_columns():
+    entry = {"delta": 1.0, "ci95": [0.5, 1.5], "detectable": 0.8}
+    text = ablation.contrast_table([{"contrast": "B − A", "seeds": [3, 3], "paired_seeds": True, "overall": entry,
+                                     "splits": {}, "claim": "c"}])
+    header, rule, row = text.splitlines()
+    assert header.count("|") == rule.count("|") == row.count("|") == 8
