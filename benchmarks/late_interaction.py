@@ -81,7 +81,8 @@ def main() -> None:
                 eval_dir = out / "eval" / f"{run_dir.name}_{variant.replace(' ', '_').replace('×', 'x')}_{suite[:2]}"
                 if not (eval_dir / "results.json").is_file():
                     run([sys.executable, "evaluate.py", f"embedder_dir={run_dir / 'embedder'}", "eval.tie_rule=strict",
-                         "eval.progress=false", *suite_overrides, f"eval_data.max_rows={args.max_rows}", *extra, f"hydra.run.dir={eval_dir}", f"paths.output_dir={eval_dir}"])
+                         "eval.progress=false", *suite_overrides, f"eval_data.max_rows={args.max_rows}", *extra,
+                         f"hydra.run.dir={eval_dir}", f"paths.output_dir={eval_dir}"])
                 cells.append(summary(eval_dir / "results.json"))
                 eval_dirs[(run_dir.name, variant, suite)] = eval_dir
             rows.append((head, variant, cells))

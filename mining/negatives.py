@@ -40,7 +40,7 @@ import torch
 from datamodules.images import ImageLoader
 from datamodules.mmeb import TRAIN_COLUMNS, load_split
 from datamodules.schema import TRAIN_NEGATIVE_COLUMNS, Item, TrainPair
-from evaluation.late_interaction import score_rows_maxsim
+from evaluation.scorers import EmbeddingScorer
 from mining.saha import build_ivf_index
 from mining.selection import positive_aware_mask, select_negatives
 from operations.atomic import swap_in_directory
@@ -91,7 +91,7 @@ def choose_negatives(embedder, pairs: Sequence[TrainPair], image_loader: ImageLo
     ids, scores, valid = retrieve(emb.query, emb.candidates, emb.positive_of_query, pool, index, nprobe)
     positive_scores = np.einsum("nd,nd->n", emb.query, emb.candidates[emb.positive_of_query], dtype=np.float64)
     if emb.query_tokens is not None:   # exact MaxSim of the proxy's pool and of the own positive
-        scores, positive_scores = maxsim_rescore(emb, ids, valid, mean=maxsim_mean(embedder))
+        scores, positive_scores = maxsim_rescore(emb, ids, valid, EmbeddingScorer.for_model(embedder, None))
     keep = positive_aware_mask(scores, positive_scores, valid=valid, relative=relative, margin=margin,
                                min_score=min_score, max_score=max_score)
     chosen = select_negatives(scores, positive_scores, keep, num_negatives, select, rng, simans_a, simans_b)
@@ -109,21 +109,14 @@ def choose_negatives(embedder, pairs: Sequence[TrainPair], image_loader: ImageLo
     return negatives, stats
 
 
-def maxsim_mean(embedder) -> bool:
-    """Whether the embedder's multi-vector head scores by MeanMaxSim (else MaxSim)."""
-    head = getattr(embedder, "head", None)
-    return getattr(head, "similarity", "maxsim") == "meanmaxsim"
-
-
-def maxsim_rescore(emb, ids: np.ndarray, valid: np.ndarray, mean: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def maxsim_rescore(emb, ids: np.ndarray, valid: np.ndarray, scorer: EmbeddingScorer) -> tuple[np.ndarray, np.ndarray]:
     """Exact (Mean)MaxSim of each query's retrieved candidates ([N, P], -inf where not valid) and of its own positive
-    ([N]), float64, from `emb`'s token vectors (blocked: `evaluation.late_interaction.score_rows_maxsim`)."""
-    rows = torch.arange(len(ids))
-    pool = torch.from_numpy(np.where(valid, ids, -1))
-    scores = score_rows_maxsim(emb.query_tokens, emb.candidate_tokens, rows, pool, mean)
-    positive = score_rows_maxsim(emb.query_tokens, emb.candidate_tokens, rows,
-                                 torch.from_numpy(emb.positive_of_query).long()[:, None], mean)[:, 0]
-    return scores.double().numpy(), positive.double().numpy()
+    ([N]), float64, from `emb`'s token vectors: one blocked pass of the evaluation's row scoring (`scorer`, the
+    embedder's head similarity) over the pool with the own positive as its last column."""
+    columns = np.concatenate([np.where(valid, ids, -1), emb.positive_of_query[:, None]], axis=1)
+    scores = scorer.score_rows(emb.query_tokens, emb.candidate_tokens, torch.arange(len(ids)),
+                               torch.from_numpy(columns)).double().numpy()
+    return scores[:, :-1], scores[:, -1]
 
 
 def _negative_columns(negatives: Sequence[Sequence[Item]], num_negatives: int) -> tuple[pa.Array, pa.Array]:

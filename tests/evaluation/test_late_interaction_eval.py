@@ -5,6 +5,7 @@ sentence-transformers' `quantize_embeddings`, rescoring against an independent c
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -23,21 +24,9 @@ from evaluation.scorers import EmbeddingScorer
 from evaluation.store import EvalSettings
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tests" / "helpers"))
 
-
-def tokens(n, length, d, seed, min_len=1):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.nn.functional.normalize(torch.randn(n, length, d, generator=g), dim=-1)
-    lens = torch.randint(min_len, length + 1, (n,), generator=g)
-    return x * (torch.arange(length)[None, :] < lens[:, None])[..., None].float()
-
-
-def naive_maxsim(q, d, mean=False):
-    """One pair at a time over its non-zero token rows (no padding, no blocks), float64."""
-    qt = q[q.ne(0).any(-1)].double()
-    dt = d[d.ne(0).any(-1)].double()
-    s = float((qt @ dt.T).max(dim=1).values.sum())
-    return s / max(len(qt), 1) if mean else s
+from maxsim import naive_maxsim, tokens  # noqa: E402
 
 
 @pytest.mark.parametrize("mean", [False, True])

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,9 @@ from datamodules.mmeb import read_train_pairs  # noqa: E402
 from datamodules.samplers import cluster_file_path, read_cluster_file  # noqa: E402
 from datamodules.schema import Item, TrainPair, rows_fingerprint  # noqa: E402
 from mining.embed import SubsetEmbeddings, unique_positives  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "tests" / "helpers"))
+from maxsim import naive_maxsim, tokens  # noqa: E402
 
 SUBSETS = "[ShapeCls,ShapeT2I]"
 ROWS = 16  # rows per subset: 12 training rows + 4 held out (data.val_per_subset=4 in the tiny overrides)
@@ -214,28 +218,11 @@ def synthetic_multi_vector_subset(num_rows=24, num_labels=10, dim=6, seed=1):
     labels = torch.randint(0, num_labels, (num_rows,), generator=gen).tolist()
     pairs = [TrainPair("S", r, Item(f"query {r}"), Item(f"label {labels[r]}")) for r in range(num_rows)]
     items, _, positive_of = unique_positives(pairs)
-
-    def tokens(n, length):
-        x = torch.nn.functional.normalize(torch.randn(n, length, dim, generator=gen), dim=-1)
-        lengths = torch.randint(1, length + 1, (n,), generator=gen)
-        return x * (torch.arange(length)[None, :] < lengths[:, None]).unsqueeze(-1)
-
-    cand = tokens(len(items), 5)
-    query = tokens(num_rows, 4) + 0.7 * cand[torch.from_numpy(positive_of), :4]
+    cand = tokens(len(items), 5, dim, seed + 1)
+    query = tokens(num_rows, 4, dim, seed + 2) + 0.7 * cand[torch.from_numpy(positive_of), :4]
     query = torch.nn.functional.normalize(query, dim=-1) * (query.norm(dim=-1, keepdim=True) > 0)
     emb = SubsetEmbeddings(pooled_proxy(query).numpy(), pooled_proxy(cand).numpy(), items, positive_of, query, cand)
     return pairs, emb
-
-
-def naive_maxsim(q, d, mean=False):
-    """Sum (or mean) over the query's non-zero tokens of the best dot product with any non-zero document token."""
-    total, count = 0.0, 0
-    for qt in q:
-        if not qt.abs().sum():
-            continue
-        best = max(float(qt @ dt) for dt in d if dt.abs().sum()) if any(dt.abs().sum() for dt in d) else 0.0
-        total, count = total + best, count + 1
-    return total / max(count, 1) if mean else total
 
 
 @pytest.mark.parametrize("pool,mean", [(100, False), (100, True), (4, False)])
