@@ -108,6 +108,13 @@ def main() -> None:
                                        "+callbacks.parity._target_=parity_run.ParityProbe",
                                        f"+callbacks.parity.out={out}"], out)
         train.run(cfg)
+    # Leave the process group before the interpreter exits: a gloo group torn down by the exit's destructors can
+    # abort a rank ('terminate called without an active exception', exit -6) after every run has passed.
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def free_port() -> int:
