@@ -207,3 +207,56 @@ def test_progress_is_on_for_users_and_off_under_pytest(monkeypatch):
     assert _progress({"progress": True}) is True and _progress({"progress": False}) is False
     monkeypatch.delenv("PYTEST_CURRENT_TEST")
     assert _progress({}) is True
+
+
+@pytest.mark.parametrize("slow", [False, True])
+def test_image_sizes_are_read_in_this_thread_unless_the_file_system_is_slow(tmp_path, monkeypatch, slow):
+    """A local disk: every header read in the calling thread (a pool only adds GIL contention); reads slower than
+    `SLOW_READ_S` (network storage): the items after the probe go to a thread pool. Same sizes either way, and a
+    missing file past the probe is still named."""
+    import threading
+    import time
+
+    from evaluation import encoding
+
+    loader = ImageLoader(tmp_path)
+    entries = []
+    for i in range(40):
+        Image.new("RGB", (20 + i, 30)).save(tmp_path / f"{i}.png")
+        entries.append((Item(f"<|image_1|> {i}", f"{i}.png"), "ShapeCls", i, "qry_img_path", loader))
+    entries.insert(5, (Item("text only"), "ShapeCls", 99, "qry_img_path", loader))
+    threads, original = [], encoding._visual_sizes
+
+    def recording(entry):
+        threads.append(threading.get_ident())
+        if slow:
+            time.sleep(2 * encoding.SLOW_READ_S)
+        return original(entry)
+
+    monkeypatch.setattr(encoding, "_visual_sizes", recording)
+    sizes = encoding._read_sizes(entries, [e[0].has_visual for e in entries])
+    assert sizes[5] is None and len(threads) == 40
+    assert [s for s in sizes if s is not None] == [[(20 + i, 30)] for i in range(40)]
+    here = threads.count(threading.get_ident())
+    assert here == (encoding.PROBE_READS if slow else 40), here
+    entries.append((Item("<|image_1|> x", "gone.png"), "ShapeCls", 41, "qry_img_path", loader))
+    with pytest.raises(DataError, match=r"row 41, field 'qry_img_path': image file .*gone.png"):
+        encoding._read_sizes(entries, [e[0].has_visual for e in entries])
+
+
+@pytest.mark.parametrize("fmt,mode,kw", [("PNG", "RGB", {}), ("PNG", "L", {}), ("JPEG", "RGB", {}),
+                                         ("JPEG", "RGB", {"progressive": True}), ("JPEG", "L", {}),
+                                         ("GIF", "P", {}), ("WEBP", "RGB", {}), ("BMP", "RGB", {}),
+                                         ("TIFF", "RGB", {}), ("PPM", "RGB", {})])
+def test_header_sizes_equal_the_decoded_image(tmp_path, fmt, mode, kw):
+    """The length keys' image sizes (read from the header bytes, PIL where that reader does not know the format)
+    equal the size of the decoded image the collator feeds the processor."""
+    from evaluation.encoding import _header_size
+
+    path = tmp_path / f"x.{fmt.lower()}"
+    Image.new(mode, (123, 45)).save(path, fmt, **kw)
+    loader = ImageLoader(tmp_path)
+    assert _header_size(loader, path.name, "ShapeCls", 0, "qry_img_path") == loader.load(path.name).size == (123, 45)
+    path.write_bytes(path.read_bytes()[:5])  # a header cut before its size fields: the loader's named error
+    with pytest.raises(DataError, match=r"row 0, field 'qry_img_path'"):
+        _header_size(loader, path.name, "ShapeCls", 0, "qry_img_path")
