@@ -28,6 +28,7 @@ from operations.hydra_app import (  # also registers the Hydra resolvers the con
     quote_path_arguments,
     refuse_bad_command,
 )
+from operations.process_group import leave_process_group_at_exit
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="mine")
@@ -40,6 +41,7 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    leave_process_group_at_exit()  # a gloo group left to the exit can abort a finished rank
     print_help_and_exit(sys.argv, "mine.py", __doc__)
     sys.argv = adapt_cfg_with_multirun(quote_path_arguments(sys.argv))
     main()

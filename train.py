@@ -23,6 +23,7 @@ from operations.hydra_app import (
     refuse_bad_command,
     refuse_missing_resume,
 )
+from operations.process_group import leave_process_group_at_exit
 from operations.record import pin_recorded_choices
 from training.checks import TRAIN_KEYS, validate_config
 
@@ -37,6 +38,7 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    leave_process_group_at_exit()  # a gloo group left to the exit can abort a finished rank
     print_help_and_exit(sys.argv, "train.py", __doc__)
     sys.argv = quote_path_arguments(sys.argv)  # a printed run directory pastes bare, whatever its name holds
     refuse_missing_resume(sys.argv)

@@ -329,6 +329,41 @@ def effective_workers(num_workers: int, shard: Sequence[EncodeItem], batches: in
     return workers
 
 
+#: Seconds the encoding waits for a batch from its DataLoader workers before it encodes the rest in this process.
+WORKER_TIMEOUT_S = 300.0
+
+
+def _batches_or_fallback(loader: DataLoader, collate, shard: Sequence[EncodeItem], batches: list[list[int]],
+                         what: str):
+    """The loader's batches, in order; if its workers give none for `WORKER_TIMEOUT_S`, they are killed and the
+    remaining batches are collated in this process (a warning says so). Evaluation starts workers for every
+    dataset side, and forking a process that has threads (gloo, queue feeders of the previous side's loader) can
+    leave a child deadlocked in CPython's after-fork clean-up before it runs any code (seen under `trainer=ddp_cpu`
+    on Python 3.11): alive, so the DataLoader would wait for it forever. A batch that is only slow costs nothing
+    but the switch; errors raised while collating (a named DataError) pass through unchanged."""
+    iterator = iter(loader)
+    for done in range(len(batches)):
+        try:
+            inputs = next(iterator)
+        except RuntimeError as err:
+            if "timed out" not in str(err):
+                raise
+            left = len(batches) - done
+            log.warning("%s: the DataLoader workers gave no batch in %.0f s (a worker stuck at start-up?); they are "
+                        "stopped and the remaining %d batch(es) are encoded in this process", what,
+                        WORKER_TIMEOUT_S, left)
+            for worker in getattr(iterator, "_workers", ()):  # torch keeps them there; terminate() is not enough
+                if worker.is_alive():                           # for a child stuck before Python's signal handling
+                    worker.kill()
+            shutdown = getattr(iterator, "_shutdown_workers", None)
+            if shutdown is not None:
+                shutdown()
+            for rows in batches[done:]:
+                yield collate([shard[j] for j in rows])
+            return
+        yield inputs
+
+
 def _progress_bar(total: int, desc: str, enabled: bool):
     if not enabled or total == 0:
         return None
@@ -450,8 +485,10 @@ def encode_unique(embedder, items: list[EncodeItem], side: str, batch_size: int,
         collate = _ItemCollator(builder, side)
         workers = effective_workers(num_workers, shard, len(batches), device=device)
         if workers:
-            loader = DataLoader(_ItemDataset(shard), batch_sampler=batches, num_workers=workers, collate_fn=collate,
-                                generator=torch.Generator(), pin_memory=device.type == "cuda")
+            loader = _batches_or_fallback(
+                DataLoader(_ItemDataset(shard), batch_sampler=batches, num_workers=workers, collate_fn=collate,
+                           generator=torch.Generator(), pin_memory=device.type == "cuda", timeout=WORKER_TIMEOUT_S),
+                collate, shard, batches, desc or side)
         else:  # in this process: no DataLoader machinery per batch
             loader = (collate([shard[j] for j in rows]) for rows in batches)
         label = (desc or f"encode {PLURALS.get(side, side + 's')}") + (f" (rank 0 of {world})" if world > 1 else "")

@@ -260,3 +260,48 @@ def test_header_sizes_equal_the_decoded_image(tmp_path, fmt, mode, kw):
     path.write_bytes(path.read_bytes()[:5])  # a header cut before its size fields: the loader's named error
     with pytest.raises(DataError, match=r"row 0, field 'qry_img_path'"):
         _header_size(loader, path.name, "ShapeCls", 0, "qry_img_path")
+
+
+def test_a_worker_stuck_at_start_up_is_stopped_and_the_rest_encoded_here(tiny, items, monkeypatch, caplog):
+    """A DataLoader worker that never delivers (as a child deadlocked in CPython's after-fork clean-up would):
+    after `WORKER_TIMEOUT_S` the workers are killed and the remaining batches encoded in this process — the same
+    embeddings as without workers, a warning, no worker left alive, no hang."""
+    import logging
+    import multiprocessing
+    import time
+
+    from evaluation import encoding
+
+    baseline = encode_unique(tiny, items, "query", 4, num_workers=0)
+    real_call = encoding._ItemCollator.__call__
+
+    def stuck_in_workers(self, batch):
+        if torch.utils.data.get_worker_info() is not None:
+            time.sleep(3600)
+        return real_call(self, batch)
+
+    monkeypatch.setattr(encoding._ItemCollator, "__call__", stuck_in_workers)
+    monkeypatch.setattr(encoding, "effective_workers", lambda *a, **k: 1)
+    monkeypatch.setattr(encoding, "WORKER_TIMEOUT_S", 2.0)
+    before = {p.pid for p in multiprocessing.active_children()}
+    start = time.perf_counter()
+    with caplog.at_level(logging.WARNING, logger="evaluation.encoding"):
+        got = encode_unique(tiny, items, "query", 4, num_workers=1, desc="Set queries")
+    assert time.perf_counter() - start < 60
+    assert torch.allclose(got, baseline, atol=1e-6)
+    assert "Set queries: the DataLoader workers gave no batch in 2 s" in caplog.text
+    assert "remaining 6 batch(es) are encoded in this process" in caplog.text
+    assert not [p for p in multiprocessing.active_children() if p.pid not in before]
+
+
+def test_a_collate_error_in_a_worker_still_names_the_item(tiny, items, monkeypatch):
+    """The fallback only catches the DataLoader's time-out: a refusal raised in a worker reaches the caller."""
+    from evaluation import encoding
+
+    def refusing(self, batch):
+        raise DataError("cannot build model inputs from its text: boom", "Set", batch[0][2], "qry_img_path")
+
+    monkeypatch.setattr(encoding._ItemCollator, "__call__", refusing)
+    monkeypatch.setattr(encoding, "effective_workers", lambda *a, **k: 1)
+    with pytest.raises(DataError, match="dataset 'Set', row .*boom"):
+        encode_unique(tiny, items, "query", 4, num_workers=1)
