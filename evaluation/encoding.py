@@ -352,12 +352,16 @@ def _batches_or_fallback(loader: DataLoader, collate, shard: Sequence[EncodeItem
             log.warning("%s: the DataLoader workers gave no batch in %.0f s (a worker stuck at start-up?); they are "
                         "stopped and the remaining %d batch(es) are encoded in this process", what,
                         WORKER_TIMEOUT_S, left)
-            for worker in getattr(iterator, "_workers", ()):  # torch keeps them there; terminate() is not enough
-                if worker.is_alive():                           # for a child stuck before Python's signal handling
-                    worker.kill()
+            # torch's own shutdown first: it stops watching the workers' exits (a kill while it watches raises
+            # "worker killed by signal" here) and sends SIGTERM; a child stuck before running Python code may have
+            # inherited a handler for SIGTERM that never runs, so what is still alive is then killed.
             shutdown = getattr(iterator, "_shutdown_workers", None)
             if shutdown is not None:
                 shutdown()
+            for worker in getattr(iterator, "_workers", ()):
+                if worker.is_alive():
+                    worker.kill()
+                    worker.join(timeout=10)
             for rows in batches[done:]:
                 yield collate([shard[j] for j in rows])
             return
