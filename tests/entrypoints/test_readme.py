@@ -258,6 +258,12 @@ COMMANDS: dict[str, Run | Compose | Make] = {
         "10 runs (~70 min)"),
     "make ablation-real ARGS='--batches same_library --losses infonce_tau --sweep logs/ablation_real/grid'": Make(
         "5 runs (~35 min)"),
+    "python benchmarks/ablation_real.py --batches saha --losses infonce_sym,hw9 --sweep logs/ablation_real/grid": Compose(
+        "10 runs and SaHa mining (~70 min)"),
+    "python benchmarks/ablation_real.py --batches saha --losses hw9 --seeds 4,5 --sweep logs/ablation_real/grid": Compose(
+        "2 runs (~15 min) into a sweep that has the others"),
+    "python benchmarks/ablation_real.py --batches saha --losses infonce_tau --sweep logs/ablation_real/grid": Compose(
+        "5 runs and SaHa mining (~35 min)"),
     "python benchmarks/ablation_real.py --report logs/ablation_real/grid": Compose("a finished sweep"),
     "python benchmarks/ablation_real.py --sweep logs/ablation_real/gpu trainer=gpu": Compose(f"{GPU}: the whole grid"),
     "python train.py -m seed=1,2,3,4,5 hydra.sweep.dir=logs/default_spread hydra.sweep.subdir='${hydra.job.num}'": Compose(
