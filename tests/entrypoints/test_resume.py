@@ -102,6 +102,30 @@ def test_killed_run_resumes_exactly(tmp_path, tiny_cfg, straight):
     assert [v for _, v in history] == pytest.approx([v for _, v in reference], rel=1e-6)
 
 
+def test_token_budget_chunks_with_homogeneous_batches_resume_exactly(tmp_path, tiny_cfg):
+    """`data.max_tokens_per_batch` cuts each batch's GradCache chunks from length-grouped rows within the budget; the
+    sampler's batches (here task-homogeneous) are untouched, so a run killed mid-epoch resumes to the uninterrupted
+    run's losses."""
+    budget = ["sampler=homogeneous", "model.gradcache.chunk_size=4", "data.group_by_length=true",
+              "data.max_tokens_per_batch=64", "+callbacks.chunks._target_=resume_probe.ChunkRecorder",
+              "evaluate_before=false", "evaluate_after=false"]
+    straight = tmp_path / "straight"
+    train(straight, tiny_cfg, [*budget, f"+callbacks.chunks.path={tmp_path}/chunks.txt"])
+    rows = [tuple(map(int, line.split())) for line in (tmp_path / "chunks.txt").read_text().splitlines()]
+    assert len(rows) == 12
+    assert all(tokens <= 64 or n == 1 for _, _, tokens, n in rows)  # every chunk within the budget (or one row)
+    assert max(chunks for _, chunks, _, _ in rows) > 2  # the budget cut chunks of fewer than 4 rows
+    killed = tmp_path / "killed"
+    kill = ["+callbacks.kill._target_=fault_probes.SignalAt", "+callbacks.kill.step=7",
+            "+callbacks.kill.signal=SIGKILL", f"+callbacks.kill.marker={tmp_path}/killed_once",
+            f"+callbacks.chunks.path={tmp_path}/chunks_killed.txt"]
+    proc = train(killed, tiny_cfg, [*budget, *kill], check=False)
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    train(killed, tiny_cfg, [*budget, *kill])
+    a, b = losses(straight), losses(killed)
+    assert [b[s] for s in range(7, 13)] == pytest.approx([a[s] for s in range(7, 13)], rel=1e-6, abs=1e-7)
+
+
 def test_sigterm_saves_the_current_step_and_the_readme_command_resumes_it(tmp_path, tiny_cfg, straight):
     run = tmp_path / "run"
     # SIGTERM while step 2 runs: before the first periodic checkpoint (step 3)

@@ -46,3 +46,18 @@ class KillAt(L.Callback):
                 open(marker, "w").close()
             os.kill(os.getpid(), signal.SIGKILL)
 
+
+
+class ChunkRecorder(L.Callback):
+    """Appends "<step> <query chunks> <largest padded tokens of a query chunk> <rows in it>" per training step: what
+    a token budget did to the GradCache chunks of each batch."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        chunks = batch["query"]
+        largest = max(chunks, key=lambda c: c["attention_mask"].numel())
+        with open(self.path, "a") as f:
+            f.write(f"{trainer.global_step + 1} {len(chunks)} {largest['attention_mask'].numel()} "
+                    f"{largest['attention_mask'].shape[0]}\n")
