@@ -24,6 +24,7 @@ from operations.process_group import leave_process_group_at_exit
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
 def main(cfg: DictConfig) -> float:
+    leave_process_group_at_exit()  # also for jobs another launcher starts (submitit): registered once
     source_given = bool(cfg.get("embedder_dir") or cfg.get("ckpt_path"))  # it brings its own model config
     refuse_bad_command(cfg, ("logger",) if source_given else ("model", "logger"), check_embedder_source)
     from evaluation.job import (

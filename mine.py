@@ -33,6 +33,7 @@ from operations.process_group import leave_process_group_at_exit
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="mine")
 def main(cfg: DictConfig) -> None:
+    leave_process_group_at_exit()  # also for jobs another launcher starts (submitit): registered once
     source_given = bool(cfg.get("embedder_dir") or cfg.get("ckpt_path"))  # it brings its own model config
     refuse_bad_command(cfg, ("data",) if source_given else ("model", "data"), check_embedder_source)
     from mining.job import run  # torch, Lightning, transformers: only for a command that runs

@@ -30,6 +30,7 @@ from training.checks import TRAIN_KEYS, validate_config
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
+    leave_process_group_at_exit()  # also for jobs another launcher starts (submitit): registered once
     if not cfg.get("resume"):  # a resume is checked against its recorded config, in the job
         refuse_bad_command(cfg, TRAIN_KEYS, lambda c: validate_config(c, static=True))
     from training.job import train_in_run_dir  # torch, Lightning, transformers: only for a command that runs

@@ -52,7 +52,8 @@ def describe_item(entry: EncodeItem, side: str) -> str:
 def _header_size(loader: ImageLoader, path: str, dataset: str, row: int, field: str) -> tuple[int, int]:
     resolved = loader.resolve(path)
     try:  # `imagesize` reads the size from the header bytes: ~15 µs against PIL's ~50 µs for opening the file
-        width, height = imagesize.get(resolved)
+        # The stored size, as PIL gives it (the loader does not apply EXIF orientation: neither may the keys).
+        width, height = imagesize.get(resolved, exif_rotation=False)
         if width > 0 and height > 0:
             return int(width), int(height)
     except Exception:  # a format it does not know, or a damaged header: PIL decides below
@@ -110,24 +111,28 @@ def visual_descriptor(item: Item):
 
 #: Visual items whose sizes are read in this thread before deciding whether a thread pool pays for the rest.
 PROBE_READS = 16
-#: Mean seconds per visual item (its headers, or a video's probe) above which the rest are read by a thread pool.
+#: Mean seconds per file read (an image header, each page's, or a video's probe) above which the rest are read by a
+#: thread pool.
 SLOW_READ_S = 1e-3
 
 
 def _read_sizes(entries: Sequence[EncodeItem], has_visual: Sequence[bool]) -> list:
-    """`_visual_sizes` of every visual item (None for the others). The first `PROBE_READS` are read in this thread;
-    only if they took over `SLOW_READ_S` each (a network file system: the time is latency, not CPU) are the rest read
-    by a thread pool. On a local disk a header read is ~50 µs of Python under the GIL, and a pool of threads made the
+    """`_visual_sizes` of every visual item (None for the others). The first `PROBE_READS` items are read in this
+    thread (the first one untimed: it pays one-time costs such as loading a PIL plugin); only if the others took over
+    `SLOW_READ_S` per file read on average (a network file system: the time is latency, not CPU) are the rest read by
+    a thread pool. On a local disk a header read is ~15–50 µs of Python under the GIL, and a pool of threads made the
     reads slower, not faster (0.8 s instead of 0.2 s for the bundled eval's 3,532 images on 2 CPUs)."""
     sizes: list = [None] * len(entries)
     todo = [i for i, v in enumerate(has_visual) if v]
     probe, rest = todo[:PROBE_READS], todo[PROBE_READS:]
+    sizes[probe[0]] = _visual_sizes(entries[probe[0]]) if probe else None
     start = time.perf_counter()
-    for i in probe:
+    for i in probe[1:]:
         sizes[i] = _visual_sizes(entries[i])
     if not rest:
         return sizes
-    if (time.perf_counter() - start) / len(probe) > SLOW_READ_S:
+    reads = sum(max(1, len(entries[i][0].pages)) for i in probe[1:])
+    if reads and (time.perf_counter() - start) / reads > SLOW_READ_S:
         with ThreadPoolExecutor(max_workers=min(16, 4 * (os.cpu_count() or 1))) as pool:
             for i, value in zip(rest, pool.map(lambda j: _visual_sizes(entries[j]), rest)):
                 sizes[i] = value
@@ -320,7 +325,9 @@ def effective_workers(num_workers: int, shard: Sequence[EncodeItem], batches: in
     """Workers decode images while the model runs; starting them costs a process each, and every batch crosses a
     process boundary. They pay only on cores the model leaves idle: on a GPU all CPUs but the main process's one;
     on the CPU only those beyond torch's compute threads (on a 2-core machine with 2 torch threads: none — one
-    worker there halved the throughput). None below two batches per worker or without any image to decode."""
+    worker there halved the throughput). None below two batches per worker, without any image to decode, or once workers timed out in this process."""
+    if _workers_failed:
+        return 0
     cpus = available_cpus() if cpus is None else cpus
     busy = torch.get_num_threads() if device is None or device.type == "cpu" else 1
     workers = min(num_workers, cpus - busy)
@@ -331,6 +338,8 @@ def effective_workers(num_workers: int, shard: Sequence[EncodeItem], batches: in
 
 #: Seconds the encoding waits for a batch from its DataLoader workers before it encodes the rest in this process.
 WORKER_TIMEOUT_S = 300.0
+#: Set once workers timed out in this process: later encodings use none (each new fork could stall again).
+_workers_failed = False
 
 
 def _batches_or_fallback(loader: DataLoader, collate, shard: Sequence[EncodeItem], batches: list[list[int]],
@@ -346,12 +355,14 @@ def _batches_or_fallback(loader: DataLoader, collate, shard: Sequence[EncodeItem
         try:
             inputs = next(iterator)
         except RuntimeError as err:
-            if "timed out" not in str(err):
+            if not str(err).startswith("DataLoader timed out after"):
                 raise
+            global _workers_failed
+            _workers_failed = True
             left = len(batches) - done
             log.warning("%s: the DataLoader workers gave no batch in %.0f s (a worker stuck at start-up?); they are "
-                        "stopped and the remaining %d batch(es) are encoded in this process", what,
-                        WORKER_TIMEOUT_S, left)
+                        "stopped and the remaining %d batch(es) are encoded in this process, as is everything this "
+                        "process encodes from now on", what, WORKER_TIMEOUT_S, left)
             # torch's own shutdown first: it stops watching the workers' exits (a kill while it watches raises
             # "worker killed by signal" here) and sends SIGTERM; a child stuck before running Python code may have
             # inherited a handler for SIGTERM that never runs, so what is still alive is then killed.

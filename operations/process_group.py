@@ -5,7 +5,9 @@ torch at exit. A gloo group (`trainer=ddp_cpu`, `trainer=fsdp_cpu`, a CPU evalua
 ranks) left to the interpreter's finalisation can abort a rank that has finished all its work: its worker threads
 still hold tensors whose release needs the interpreter being torn down ("terminate called without an active
 exception", exit status 134 / -6 after a run that succeeded; pytorch/pytorch#190489). The entry points register
-`leave_process_group_at_exit` first thing, so the group is destroyed while the interpreter is still whole.
+`leave_process_group_at_exit` first thing, and again in their Hydra task functions (a job started by another
+launcher, e.g. submitit, never runs their `__main__` block), so the group is destroyed while the interpreter is
+still whole.
 """
 
 from __future__ import annotations
@@ -37,5 +39,10 @@ def _leave() -> None:
         if dist.get_backend() != "gloo":
             return
         dist.destroy_process_group()
+        # destroy_process_group drops the registry's references; a DDP reducer or a trainer in a reference cycle may
+        # still hold the group: collect them now, so its backend is freed while the interpreter is whole.
+        import gc
+
+        gc.collect()
     except Exception as err:  # leaving must never turn a finished run into a failed one
         print(f"warning: could not leave the process group at exit: {type(err).__name__}: {err}", file=sys.stderr)

@@ -44,3 +44,6 @@ def test_every_entry_point_registers_it_first(entry):
     main_block = source[source.index('if __name__ == "__main__":'):]
     first = main_block.splitlines()[1].strip()
     assert first.startswith("leave_process_group_at_exit()"), first
+    # … and in the Hydra task function, for jobs another launcher (submitit) starts without that block
+    task = source[source.index("def main(cfg"):].split("\n\n\n")[0]
+    assert task.splitlines()[1].strip().startswith("leave_process_group_at_exit()"), task

@@ -121,7 +121,15 @@ def test_token_budget_chunks_with_homogeneous_batches_resume_exactly(tmp_path, t
             f"+callbacks.chunks.path={tmp_path}/chunks_killed.txt"]
     proc = train(killed, tiny_cfg, [*budget, *kill], check=False)
     assert proc.returncode == -9, proc.stderr[-2000:]
+    assert sorted(losses(killed)) == list(range(1, 8))
     train(killed, tiny_cfg, [*budget, *kill])
+    # The resume started from the step-6 checkpoint (steps 7-12 again), not from scratch …
+    assert len((killed / "losses.txt").read_text().splitlines()) == 7 + 6
+    resumed = [tuple(map(int, line.split())) for line in (tmp_path / "chunks_killed.txt").read_text().splitlines()]
+    # (the recorder, listed before the kill callback, saw step 8 start before the kill)
+    assert [r[0] for r in resumed] == [*range(1, 9), *range(7, 13)]
+    # … with the uninterrupted run's batches cut into the same chunks, and its losses.
+    assert resumed[:8] == rows[:8] and resumed[8:] == rows[6:]
     a, b = losses(straight), losses(killed)
     assert [b[s] for s in range(7, 13)] == pytest.approx([a[s] for s in range(7, 13)], rel=1e-6, abs=1e-7)
 

@@ -244,6 +244,18 @@ def test_image_sizes_are_read_in_this_thread_unless_the_file_system_is_slow(tmp_
         encoding._read_sizes(entries, [e[0].has_visual for e in entries])
 
 
+def test_header_sizes_of_an_exif_rotated_photo_are_its_stored_size(tmp_path):
+    """A JPEG with EXIF orientation 6 (rotated 90°): the keys use the stored size, as the loader (no EXIF
+    transpose) feeds the processor — not the displayed one."""
+    from evaluation.encoding import _header_size
+
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.new("RGB", (123, 45)).save(tmp_path / "r.jpg", exif=exif)
+    loader = ImageLoader(tmp_path)
+    assert _header_size(loader, "r.jpg", "ShapeCls", 0, "qry_img_path") == loader.load("r.jpg").size == (123, 45)
+
+
 @pytest.mark.parametrize("fmt,mode,kw", [("PNG", "RGB", {}), ("PNG", "L", {}), ("JPEG", "RGB", {}),
                                          ("JPEG", "RGB", {"progressive": True}), ("JPEG", "L", {}),
                                          ("GIF", "P", {}), ("WEBP", "RGB", {}), ("BMP", "RGB", {}),
@@ -268,18 +280,22 @@ def test_a_worker_stuck_at_start_up_is_stopped_and_the_rest_encoded_here(tiny, i
     embeddings as without workers, a warning, no worker left alive, no hang."""
     import logging
     import multiprocessing
+    import signal
     import time
 
     from evaluation import encoding
 
     baseline = encode_unique(tiny, items, "query", 4, num_workers=0)
-    real_call = encoding._ItemCollator.__call__
+    real_call, real_workers = encoding._ItemCollator.__call__, encoding.effective_workers
 
     def stuck_in_workers(self, batch):
         if torch.utils.data.get_worker_info() is not None:
+            # Like a child deadlocked before Python runs: SIGTERM (torch's terminate) does not end it.
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
             time.sleep(3600)
         return real_call(self, batch)
 
+    monkeypatch.setattr(encoding, "_workers_failed", False)
     monkeypatch.setattr(encoding._ItemCollator, "__call__", stuck_in_workers)
     monkeypatch.setattr(encoding, "effective_workers", lambda *a, **k: 1)
     monkeypatch.setattr(encoding, "WORKER_TIMEOUT_S", 2.0)
@@ -291,17 +307,28 @@ def test_a_worker_stuck_at_start_up_is_stopped_and_the_rest_encoded_here(tiny, i
     assert torch.allclose(got, baseline, atol=1e-6)
     assert "Set queries: the DataLoader workers gave no batch in 2 s" in caplog.text
     assert "remaining 6 batch(es) are encoded in this process" in caplog.text
-    assert not [p for p in multiprocessing.active_children() if p.pid not in before]
+    assert not [p for p in multiprocessing.active_children() if p.pid not in before]  # killed: SIGTERM was ignored
+    # Every later encoding of this process uses no workers: each new fork could stall again.
+    assert encoding._workers_failed and real_workers(4, items, 50, cpus=16, device=torch.device("cuda")) == 0
 
 
 def test_a_collate_error_in_a_worker_still_names_the_item(tiny, items, monkeypatch):
-    """The fallback only catches the DataLoader's time-out: a refusal raised in a worker reaches the caller."""
+    """The fallback only catches the DataLoader's time-out: a refusal raised in a worker reaches the caller, and so
+    does a worker's own RuntimeError whose text mentions a time-out."""
     from evaluation import encoding
 
     def refusing(self, batch):
         raise DataError("cannot build model inputs from its text: boom", "Set", batch[0][2], "qry_img_path")
 
+    def timing_out(self, batch):
+        raise RuntimeError("reading the image: connection timed out")
+
+    monkeypatch.setattr(encoding, "_workers_failed", False)
     monkeypatch.setattr(encoding._ItemCollator, "__call__", refusing)
     monkeypatch.setattr(encoding, "effective_workers", lambda *a, **k: 1)
     with pytest.raises(DataError, match="dataset 'Set', row .*boom"):
         encode_unique(tiny, items, "query", 4, num_workers=1)
+    monkeypatch.setattr(encoding._ItemCollator, "__call__", timing_out)
+    with pytest.raises(RuntimeError, match="connection timed out"):
+        encode_unique(tiny, items, "query", 4, num_workers=1)
+    assert not encoding._workers_failed
