@@ -125,7 +125,9 @@ def _read_sizes(entries: Sequence[EncodeItem], has_visual: Sequence[bool]) -> li
     sizes: list = [None] * len(entries)
     todo = [i for i, v in enumerate(has_visual) if v]
     probe, rest = todo[:PROBE_READS], todo[PROBE_READS:]
-    sizes[probe[0]] = _visual_sizes(entries[probe[0]]) if probe else None
+    if not probe:
+        return sizes
+    sizes[probe[0]] = _visual_sizes(entries[probe[0]])
     start = time.perf_counter()
     for i in probe[1:]:
         sizes[i] = _visual_sizes(entries[i])

@@ -234,6 +234,8 @@ def test_image_sizes_are_read_in_this_thread_unless_the_file_system_is_slow(tmp_
         return original(entry)
 
     monkeypatch.setattr(encoding, "_visual_sizes", recording)
+    text_only = [entries[5], entries[5]]
+    assert encoding._read_sizes(text_only, [False, False]) == [None, None] and not threads  # nothing to read
     sizes = encoding._read_sizes(entries, [e[0].has_visual for e in entries])
     assert sizes[5] is None and len(threads) == 40
     assert [s for s in sizes if s is not None] == [[(20 + i, 30)] for i in range(40)]
