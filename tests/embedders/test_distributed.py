@@ -52,6 +52,7 @@ def test_two_ranks_equal_one_process_on_the_concatenated_batch(tmp_path, chunk):
     check(ranks, [5, 3], [1, 2], chunk or None, 0.0)
 
 
+@pytest.mark.slow  # 15 s; make test keeps the uneven 2-rank GradCache step and GradCache with dropout in one process
 def test_two_ranks_gradcache_with_dropout(tmp_path):
     ranks = run_step(tmp_path, 2, "4,3", "2,0", chunk=2, dropout=0.3)
     check(ranks, [4, 3], [2, 0], 2, 0.3)
