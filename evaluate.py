@@ -24,7 +24,7 @@ from operations.process_group import leave_process_group_at_exit
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
 def main(cfg: DictConfig) -> float:
-    leave_process_group_at_exit()  # also for jobs another launcher starts (submitit): registered once
+    leave_process_group_at_exit()  # a gloo group left to the exit can abort a finished rank (any launcher)
     source_given = bool(cfg.get("embedder_dir") or cfg.get("ckpt_path"))  # it brings its own model config
     refuse_bad_command(cfg, ("logger",) if source_given else ("model", "logger"), check_embedder_source)
     from evaluation.job import (
@@ -35,7 +35,6 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
-    leave_process_group_at_exit()  # a gloo group left to the exit can abort a finished rank
     print_help_and_exit(sys.argv, "evaluate.py", __doc__)
     sys.argv = adapt_cfg_with_multirun(quote_path_arguments(sys.argv))
     main()

@@ -33,7 +33,7 @@ from operations.process_group import leave_process_group_at_exit
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="mine")
 def main(cfg: DictConfig) -> None:
-    leave_process_group_at_exit()  # also for jobs another launcher starts (submitit): registered once
+    leave_process_group_at_exit()  # a gloo group left to the exit can abort a finished rank (any launcher)
     source_given = bool(cfg.get("embedder_dir") or cfg.get("ckpt_path"))  # it brings its own model config
     refuse_bad_command(cfg, ("data",) if source_given else ("model", "data"), check_embedder_source)
     from mining.job import run  # torch, Lightning, transformers: only for a command that runs
@@ -42,7 +42,6 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    leave_process_group_at_exit()  # a gloo group left to the exit can abort a finished rank
     print_help_and_exit(sys.argv, "mine.py", __doc__)
     sys.argv = adapt_cfg_with_multirun(quote_path_arguments(sys.argv))
     main()

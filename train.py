@@ -30,7 +30,7 @@ from training.checks import TRAIN_KEYS, validate_config
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    leave_process_group_at_exit()  # also for jobs another launcher starts (submitit): registered once
+    leave_process_group_at_exit()  # a gloo group left to the exit can abort a finished rank (any launcher)
     if not cfg.get("resume"):  # a resume is checked against its recorded config, in the job
         refuse_bad_command(cfg, TRAIN_KEYS, lambda c: validate_config(c, static=True))
     from training.job import train_in_run_dir  # torch, Lightning, transformers: only for a command that runs
@@ -39,7 +39,6 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    leave_process_group_at_exit()  # a gloo group left to the exit can abort a finished rank
     print_help_and_exit(sys.argv, "train.py", __doc__)
     sys.argv = quote_path_arguments(sys.argv)  # a printed run directory pastes bare, whatever its name holds
     refuse_missing_resume(sys.argv)

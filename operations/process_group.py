@@ -4,10 +4,10 @@ Lightning initialises the default process group of a multi-process run and never
 torch at exit. A gloo group (`trainer=ddp_cpu`, `trainer=fsdp_cpu`, a CPU evaluation or mining run on several
 ranks) left to the interpreter's finalisation can abort a rank that has finished all its work: its worker threads
 still hold tensors whose release needs the interpreter being torn down ("terminate called without an active
-exception", exit status 134 / -6 after a run that succeeded; pytorch/pytorch#190489). The entry points register
-`leave_process_group_at_exit` first thing, and again in their Hydra task functions (a job started by another
-launcher, e.g. submitit, never runs their `__main__` block), so the group is destroyed while the interpreter is
-still whole.
+exception", exit status 134 / -6 after a run that succeeded; pytorch/pytorch#190489). The entry points' Hydra task
+functions register `leave_process_group_at_exit` first thing (there, not in their `__main__` block, which a job
+started by another launcher such as submitit never runs), so the group is destroyed while the interpreter is still
+whole.
 """
 
 from __future__ import annotations

@@ -97,6 +97,7 @@ def main() -> None:
     import json
 
     from operations.hydra_app import compose_config
+    from operations.process_group import leave_process_group_at_exit
     from training import job as train
 
     out_dir, runs = Path(sys.argv[1]), json.loads(Path(sys.argv[2]).read_text())
@@ -108,13 +109,9 @@ def main() -> None:
                                        "+callbacks.parity._target_=parity_run.ParityProbe",
                                        f"+callbacks.parity.out={out}"], out)
         train.run(cfg)
-    # Leave the process group before the interpreter exits: a gloo group torn down by the exit's destructors can
-    # abort a rank ('terminate called without an active exception', exit -6) after every run has passed.
-    import torch.distributed as dist
-
-    if dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
+    # As the entry points do: a gloo group torn down by the exit's destructors can abort a rank ('terminate called
+    # without an active exception', exit -6) after every run has passed.
+    leave_process_group_at_exit()
 
 
 def free_port() -> int:
