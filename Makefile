@@ -59,10 +59,12 @@ sweep: $(STAMP) ## SLURM sweep of the two losses: make sweep ARGS='hydra.launche
 ablation: $(STAMP) ## loss × sampler × 3 seeds on the bundled data; table, paired CIs + plot (CPU, ~45 min)
 	$(PY) benchmarks/ablation.py $(ARGS)
 
-# One batch arm per command on a 2-core CPU (docs/evidence.md): the default is the random-batch arm; add the others to
-# the same sweep with ARGS='--batches saha --sweep <dir>' and ARGS='--batches same_library --sweep <dir>'.
-ablation-real: $(STAMP) ## MiniLM on docstrings: 3 losses × 5 seeds per batch arm; table, paired CIs + plots (docs/evidence.md)
-	$(PY) benchmarks/ablation_real.py $(or $(ARGS),--batches random)
+# At most ~75 min per command on a 2-core CPU (docs/evidence.md): the default runs the zero-shot model and two loss arms
+# of the random-batch arm into logs/ablation_real/grid; five more commands (ARGS='--batches … --losses … --sweep
+# logs/ablation_real/grid') add the rest of the grid to the same sweep, then --report aggregates it.
+ABLATION_REAL_FIRST ?= --batches random --losses infonce_sym,hw9 --sweep logs/ablation_real/grid
+ablation-real: $(STAMP) ## MiniLM on docstrings: losses × batch arms × 5 seeds, one part per command; paired CIs + plots (docs/evidence.md)
+	$(PY) benchmarks/ablation_real.py $(or $(ARGS),$(ABLATION_REAL_FIRST))
 
 RECIPE_DIR ?= logs/recipe_cpu
 recipe-cpu: $(STAMP) ## the leaders' recipe on CPU, tiny models: contrastive → teacher scores → distil → merge → score (docs/recipes.md)

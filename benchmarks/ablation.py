@@ -120,16 +120,19 @@ def plot_groups(groups: Mapping[tuple, list[dict]], path: Path, panels: Sequence
 
 
 def paired_contrasts(cells: Mapping[tuple, Sequence[Path]], pairs: Sequence[tuple[str, tuple, tuple]],
-                     draws: int = DEFAULT_DRAWS, seed: int = 0) -> list[dict]:
+                     draws: int = DEFAULT_DRAWS, seed: int = 0, eval_dirs: Mapping[tuple, str] | None = None
+                     ) -> list[dict]:
     """B − A for every (label, cell A, cell B) of `pairs` whose cells both hold runs (`cells`: {cell: job
-    directories}, each job's final evaluation in <job>/eval): Overall (and IND / OOD) differences in percentage
-    points with their paired bootstrap intervals (evaluation/comparison.py), seeds paired when both cells ran the
-    same ones. A pair that cannot be compared (other eval data) is reported with its reason, not skipped."""
+    directories}, each job's final evaluation in <job>/eval, or in <job>/<eval_dirs[cell]>): Overall (and IND / OOD)
+    differences in percentage points with their paired bootstrap intervals (evaluation/comparison.py), seeds paired
+    when both cells ran the same ones (otherwise each side's runs are resampled on their own). A pair that cannot be
+    compared (other eval data) is reported with its reason, not skipped."""
     models: dict[tuple, object] = {}
 
     def model(cell: tuple):
         if cell not in models:
-            models[cell] = stack_runs([(job, job / "eval") for job in sorted(cells[cell])], "/".join(map(str, cell)))
+            sub = (eval_dirs or {}).get(cell, "eval")
+            models[cell] = stack_runs([(job, job / sub) for job in sorted(cells[cell])], "/".join(map(str, cell)))
         return models[cell]
 
     out = []

@@ -23,11 +23,12 @@ resampled, then queries within each dataset: evaluation/paired.py, as `python co
 difference (80 % power, from the measured paired variance) and the claim the interval allows.
 
 One command runs the batch arms named by --batches (every loss arm of --losses × seeds each); a sweep directory grows
-over several commands (`--sweep DIR`; a cell already run there is refused), so the grid fits a 2-core machine one
-batch arm (15 runs) at a time:
+over several commands (`--sweep DIR`; a cell already run there is refused). On a 2-core machine a whole batch arm
+(15 runs, ~7 min each) is ~105 min, so each arm is split by loss into two commands of ~70 and ~35 min (`make
+ablation-real` runs the first; docs/evidence.md lists all six); on a GPU the whole grid is one command:
 
-    python benchmarks/ablation_real.py --batches random [--sweep DIR] [--seeds 1,2,3,4,5] [Hydra overrides…]
-    python benchmarks/ablation_real.py --batches saha --sweep DIR        # then same_library, into the same sweep
+    python benchmarks/ablation_real.py --batches random --losses infonce_sym,hw9 --sweep DIR [--seeds 1,2,3,4,5] [Hydra overrides…]
+    python benchmarks/ablation_real.py --batches random --losses infonce_tau --sweep DIR   # then saha, same_library
     python benchmarks/ablation_real.py --report DIR                      # re-aggregate (table, contrasts, plots)
     python benchmarks/ablation_real.py --smoke --out /tmp/smoke          # 2 losses × random × 2 seeds, one step, tiny data
     python benchmarks/ablation_real.py --smoke --losses all --batches all --seeds 1   # every arm, one step
@@ -290,7 +291,7 @@ def collect(sweep: Path) -> tuple[list[dict], dict | None]:
     for results in (job / "eval_untrained" / "results.json", job / "eval" / "results.json"):
         if results.is_file() and (job / ".hydra" / "overrides.yaml").is_file():
             zero_shot = _row(job, job_overrides(job), json.loads(results.read_text()), "zero-shot", "–")
-            zero_shot.update(train_s=None, steps=0, run_s=None)
+            zero_shot.update(train_s=None, steps=0, run_s=None, eval_dir=results.parent.name)
             break
     return rows, zero_shot
 
@@ -308,6 +309,19 @@ def loss_and_batch_contrasts(rows: list[dict], draws: int = DEFAULT_DRAWS) -> li
     pairs += [(f"{b_} − {a_} batches | {LOSS_LABELS[loss]}", (loss, a_), (loss, b_))
               for loss in losses for b_, a_ in BATCH_CONTRASTS]
     return paired_contrasts(cells, pairs, draws=draws)
+
+
+def fine_tuning_contrasts(rows: list[dict], zero_shot: dict | None, draws: int = DEFAULT_DRAWS) -> list[dict]:
+    """Every cell against the zero-shot model: what fine-tuning itself does, with its interval. The zero-shot side
+    is one run, so nothing is paired by seed: the cell's seeds are resampled on their own, the queries paired."""
+    if zero_shot is None:
+        return []
+    cells: dict[tuple, list[Path]] = {("zero-shot", "–"): [Path(zero_shot["dir"])]}
+    for r in rows:
+        cells.setdefault((r["loss"], r["batches"]), []).append(Path(r["dir"]))
+    pairs = [(f"{LOSS_LABELS.get(loss, loss)} − zero-shot | {batch}", ("zero-shot", "–"), (loss, batch))
+             for loss in LOSS_ARMS for batch in BATCH_ARMS if (loss, batch) in cells]
+    return paired_contrasts(cells, pairs, draws=draws, eval_dirs={("zero-shot", "–"): zero_shot["eval_dir"]})
 
 
 def report(sweep: Path, draws: int = DEFAULT_DRAWS) -> str:
@@ -372,12 +386,16 @@ def report(sweep: Path, draws: int = DEFAULT_DRAWS) -> str:
                      "detected with 80 % power at α = 0.05 (2.8 × paired SE); smaller effects can hide in \"no effect\" "
                      f"rows. {len(contrasts)} contrasts at 95 % each: about {0.05 * len(contrasts):.1f} would exclude 0 "
                      "by chance alone if no arm differed")
+    tuned = fine_tuning_contrasts(rows, zero_shot, draws)
+    tuned_text = ("\n\nWhat fine-tuning does: each cell − the zero-shot model (one run, so its seeds are resampled "
+                  "on their own and only the queries are paired; not counted among the contrasts above):\n\n"
+                  + contrast_table(tuned)) if tuned else ""
     text = (table + "\n" + "\n".join(notes) + "\n\nPaired differences B − A (percentage points, Overall / IND / OOD; "
             f"95 % paired bootstrap CI, {draws:,} draws: seeds resampled, then queries within each dataset; "
-            "`*` = the interval excludes 0):\n\n" + contrast_text)
+            "`*` = the interval excludes 0):\n\n" + contrast_text + tuned_text)
     (sweep / "ablation_real.md").write_text(text)
     (sweep / "ablation_real.json").write_text(json.dumps({"zero_shot": zero_shot, "runs": rows, "timing": timing,
-                                                          "contrasts": contrasts}, indent=1))
+                                                          "contrasts": contrasts, "fine_tuning": tuned}, indent=1))
     if contrasts:
         plot_contrasts(contrasts, sweep / "ablation_real_contrasts.png")
     reference = {k: zero_shot[k] for k in ("IND", "OOD", "overlap")} if zero_shot else None
@@ -409,7 +427,7 @@ def incomplete(rows: list[dict], zero_shot: dict | None, timing: dict) -> list[s
         lacking = [r["dir"] for r in rows if r[key] is None]
         if lacking:
             lines.append(f"INCOMPLETE: {len(lacking)} run(s) without {what}, e.g. {lacking[0]}")
-    unmined = [b for b in batches if b != "random" and b not in timing.get("mining_s", {})]
+    unmined = [b for b in batches if BATCH_ARMS[b] is not None and b not in timing.get("mining_s", {})]
     if unmined:
         lines.append(f"INCOMPLETE: no mining time recorded (timing.json) for {', '.join(unmined)}")
     if zero_shot is None:

@@ -24,6 +24,7 @@ from .offline import ensure_offline
 from .samplers import EpochBatchSampler, RandomBatchSampler, ValidationBatchSampler
 from .schema import TrainPair, rows_fingerprint
 from .teacher_scores import load_teacher_scores
+from .workers import is_worker_timeout, stop_workers
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,54 @@ class ValidationCollator:
         return batch
 
 
+#: Seconds a training or validation step waits for a batch from the DataLoader workers before the run stops with an
+#: error instead of hanging (datamodules/workers.py). The wait counts only while the loop waits for its next batch,
+#: so a slow batch never comes near it; only a worker that will never deliver does.
+WORKER_TIMEOUT_S = 600.0
+
+
+class WorkerTimeoutError(RuntimeError):
+    """No batch from a loader's workers within `WORKER_TIMEOUT_S`; the workers have been stopped."""
+
+
+class _BatchesWithDeadline:
+    """A worker loader's iterator whose time-out stops the workers (killed if need be, so the run's exit does not
+    wait for them) and says what to do. Everything else is the wrapped iterator's."""
+
+    def __init__(self, iterator, what: str):
+        self._iterator, self._what = iterator, what
+
+    def __iter__(self):
+        return self
+
+    def __len__(self) -> int:
+        return len(self._iterator)
+
+    def __next__(self):
+        try:
+            return next(self._iterator)
+        except RuntimeError as err:
+            if not is_worker_timeout(err):
+                raise
+            workers = len(getattr(self._iterator, "_workers", ()))
+            stop_workers(self._iterator)
+            raise WorkerTimeoutError(
+                f"{self._what}: the DataLoader's {workers} worker(s) gave no batch in {WORKER_TIMEOUT_S:.0f} s (a "
+                "worker stuck at start-up, or a read that never returns); they were stopped. Continue with `python "
+                "train.py resume=<this run directory>` (from the last checkpoint), or with data.num_workers=0 to "
+                "read in the training process") from err
+
+    def __getattr__(self, name: str):
+        if name == "_iterator":   # not set yet (a copy being built): no delegation to recurse through
+            raise AttributeError(name)
+        return getattr(self._iterator, name)
+
+
+def _worker_timeout(num_workers: int) -> float:
+    """torch allows a time-out only with workers (the single-process iterator asserts 0)."""
+    return WORKER_TIMEOUT_S if num_workers > 0 else 0
+
+
 class ResumableDataLoader(DataLoader):
     """A DataLoader whose batch sampler resumes mid-epoch from a checkpoint (Lightning's _Stateful).
 
@@ -81,7 +130,8 @@ class ResumableDataLoader(DataLoader):
     def __iter__(self):
         if self.generator is not None and (getattr(self, "_iterator", None) is None or not self.persistent_workers):
             self._generator_state = self.generator.get_state()
-        return super().__iter__()
+        iterator = super().__iter__()
+        return _BatchesWithDeadline(iterator, "training") if self.num_workers > 0 else iterator
 
     def state_dict(self) -> dict:
         epoch, consumed = self.progress_fn() if self.progress_fn else (self.batch_sampler.epoch, 0)
@@ -94,6 +144,14 @@ class ResumableDataLoader(DataLoader):
         if state.get("generator") is not None and self.generator is not None:
             # The resumed iterator then draws the base seed the interrupted one drew: same worker seeds.
             self.generator.set_state(state["generator"])
+
+
+class ValidationDataLoader(DataLoader):
+    """The validation loader: with workers, a time-out stops them and the run (as in training)."""
+
+    def __iter__(self):
+        iterator = super().__iter__()
+        return _BatchesWithDeadline(iterator, "validation") if self.num_workers > 0 else iterator
 
 
 def _check_int(name: str, value, minimum: int, optional: bool = False) -> None:
@@ -309,7 +367,7 @@ class MMEBDataModule(L.LightningDataModule):
         loader = ResumableDataLoader(
             PairDataset(self.train_pairs), batch_sampler=self.build_train_sampler(), collate_fn=self._collator(),
             num_workers=self.num_workers, pin_memory=self.pin_memory, persistent_workers=self.num_workers > 0,
-            generator=self._generator(),
+            generator=self._generator(), timeout=_worker_timeout(self.num_workers),
         )
         if self.trainer is not None:
             loader.progress_fn = self._progress
@@ -322,6 +380,7 @@ class MMEBDataModule(L.LightningDataModule):
         rank, world = self._rank_world()
         # Any number of rows on any number of ranks: every rank runs the same number of steps (padding batches).
         sampler = ValidationBatchSampler(len(self.val_pairs), self.val_batch_size, rank=rank, world_size=world)
-        return DataLoader(ValidationDataset(self.val_pairs), batch_sampler=sampler,
-                          collate_fn=ValidationCollator(self._collator()), num_workers=self.num_workers,
-                          pin_memory=self.pin_memory, generator=self._generator())
+        return ValidationDataLoader(ValidationDataset(self.val_pairs), batch_sampler=sampler,
+                                    collate_fn=ValidationCollator(self._collator()), num_workers=self.num_workers,
+                                    pin_memory=self.pin_memory, generator=self._generator(),
+                                    timeout=_worker_timeout(self.num_workers))

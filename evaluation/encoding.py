@@ -27,6 +27,7 @@ from datamodules.errors import DataError
 from datamodules.images import ImageLoader
 from datamodules.media import MediaLoader, load_visual
 from datamodules.schema import Item
+from datamodules.workers import is_worker_timeout, stop_workers
 from embedders.multi_vector import pad_tokens
 from embedders.prompts import Visual
 
@@ -357,7 +358,7 @@ def _batches_or_fallback(loader: DataLoader, collate, shard: Sequence[EncodeItem
         try:
             inputs = next(iterator)
         except RuntimeError as err:
-            if not str(err).startswith("DataLoader timed out after"):
+            if not is_worker_timeout(err):
                 raise
             global _workers_failed
             _workers_failed = True
@@ -365,16 +366,7 @@ def _batches_or_fallback(loader: DataLoader, collate, shard: Sequence[EncodeItem
             log.warning("%s: the DataLoader workers gave no batch in %.0f s (a worker stuck at start-up?); they are "
                         "stopped and the remaining %d batch(es) are encoded in this process, as is everything this "
                         "process encodes from now on", what, WORKER_TIMEOUT_S, left)
-            # torch's own shutdown first: it stops watching the workers' exits (a kill while it watches raises
-            # "worker killed by signal" here) and sends SIGTERM; a child stuck before running Python code may have
-            # inherited a handler for SIGTERM that never runs, so what is still alive is then killed.
-            shutdown = getattr(iterator, "_shutdown_workers", None)
-            if shutdown is not None:
-                shutdown()
-            for worker in getattr(iterator, "_workers", ()):
-                if worker.is_alive():
-                    worker.kill()
-                    worker.join(timeout=10)
+            stop_workers(iterator)
             for rows in batches[done:]:
                 yield collate([shard[j] for j in rows])
             return

@@ -1,6 +1,7 @@
 """The real-text ablation (benchmarks/ablation_real.py): every arm (loss × batches, and the zero-shot run)
 trains one step on a tiny docstrings dataset with the real all-MiniLM-L6-v2, with the exact overrides the
-script uses; the report aggregates finished runs; `--smoke` runs the whole script end to end (slow)."""
+script uses; the report aggregates finished runs; `--smoke` runs the whole script end to end (in make test; every
+default arm at once is a slow test)."""
 
 from __future__ import annotations
 
@@ -304,6 +305,19 @@ def test_script_smoke_end_to_end(tmp_path):
     contrast = [x for x in lines if x.startswith("| hardness-weighted α=9 − InfoNCE symmetric | random | 2/2 paired |")]
     assert len(contrast) == 1 and "[" in contrast[0]
     assert (sweep / "ablation_real.png").is_file() and (sweep / "ablation_real_contrasts.png").is_file()
+    # what fine-tuning does, each cell against the zero-shot run: its point difference is the cell's mean Overall
+    # minus the zero-shot Overall, each read from the runs' own results.json
+    report = json.loads((sweep / "ablation_real.json").read_text())
+    assert [c["b"] for c in report["fine_tuning"]] == [["infonce_sym", "random"], ["hw9", "random"]]
+    zero_shot = json.loads((sweep / "zero_shot" / "eval_untrained" / "results.json").read_text())["overall"]
+    for c in report["fine_tuning"]:
+        runs = [json.loads((Path(r["dir"]) / "eval" / "results.json").read_text())["overall"]
+                for r in report["runs"] if [r["loss"], r["batches"]] == c["b"]]
+        assert len(runs) == 2 and c["paired_seeds"] is False
+        assert c["overall"]["delta"] == pytest.approx(sum(runs) / 2 - zero_shot, abs=1e-3)
+        lo, hi = c["overall"]["ci95"]
+        assert lo <= c["overall"]["delta"] <= hi
+    assert sum(x.startswith("| hardness-weighted α=9 − zero-shot | random | 1/2 |") for x in lines) == 1
     with pytest.raises(SystemExit, match="already holds finished runs of 4 of these cells"):   # before anything runs
         ar.main(["--smoke", "--sweep", str(sweep), f"docstrings.root={tmp_path / 'docstrings'}"])
 

@@ -30,6 +30,14 @@ def test_the_default_build_from_the_snapshot_has_the_stated_fingerprint(tmp_path
     assert ds.ensure_docstrings(root, fingerprint=ds.SNAPSHOT_FINGERPRINT) == root   # reused, no rebuild
 
 
+def test_the_readme_and_the_evidence_page_state_the_built_fingerprints():
+    """The fingerprints a reader compares their build with are the ones the tests build (the default's just above,
+    the ablation's in the slow test below)."""
+    for doc in ("README.md", "docs/evidence.md"):
+        text = (ROOT / doc).read_text()
+        assert f"`{ds.SNAPSHOT_FINGERPRINT}`" in text and f"`{ds.ABLATION_FINGERPRINT}`" in text, doc
+
+
 @pytest.mark.slow
 def test_the_ablation_eval_has_the_stated_fingerprint(tmp_path):
     """The real-text ablation's data (~15 s to build: BM25 candidates for 2,100 rows); its experiment config pins

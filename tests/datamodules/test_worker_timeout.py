@@ -1,0 +1,93 @@
+"""A training or validation DataLoader worker that never delivers stops the run with an error that says what to do,
+its workers stopped (killed where SIGTERM does not end them), instead of hanging it; a worker's own error and the
+single-process loaders are unchanged."""
+
+from __future__ import annotations
+
+import multiprocessing
+import signal
+import time
+
+import pyarrow as pa
+import pytest
+import torch
+from torch.utils.data import Dataset
+
+from datamodules import MMEBDataModule
+from datamodules import datamodule as dm
+
+
+class StuckInWorkers(Dataset):
+    """Like a child deadlocked in CPython's after-fork clean-up: in a worker it never returns, and SIGTERM (torch's
+    terminate at shutdown) does not end it; in the main process it is a plain dataset."""
+
+    def __len__(self) -> int:
+        return 8
+
+    def __getitem__(self, i):
+        if torch.utils.data.get_worker_info() is not None:
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            time.sleep(3600)
+        return torch.tensor([i])
+
+
+class RaisesInWorkers(StuckInWorkers):
+    def __getitem__(self, i):
+        raise RuntimeError("reading row 3: connection timed out")
+
+
+def _new_children(before: set[int]) -> list:
+    return [p for p in multiprocessing.active_children() if p.pid not in before]
+
+
+@pytest.mark.parametrize("loader", ["training", "validation"])
+def test_a_stuck_worker_stops_the_run_with_what_to_do_and_no_live_worker(loader, monkeypatch):
+    monkeypatch.setattr(dm, "WORKER_TIMEOUT_S", 2.0)
+    before = {p.pid for p in multiprocessing.active_children()}
+    if loader == "training":
+        data = dm.ResumableDataLoader(StuckInWorkers(), batch_size=2, num_workers=1, persistent_workers=True,
+                                      timeout=dm._worker_timeout(1), generator=torch.Generator().manual_seed(0))
+    else:
+        data = dm.ValidationDataLoader(StuckInWorkers(), batch_size=2, num_workers=1, timeout=dm._worker_timeout(1))
+    start = time.perf_counter()
+    with pytest.raises(dm.WorkerTimeoutError, match=rf"^{loader}: the DataLoader's 1 worker\(s\) gave no batch in 2 s"
+                                                     r".*train\.py resume=.*data\.num_workers=0"):
+        next(iter(data))
+    assert time.perf_counter() - start < 60
+    assert not _new_children(before), "the worker ignored SIGTERM: it must have been killed"
+
+
+def test_a_workers_own_error_passes_through_unchanged(monkeypatch):
+    """Only torch's own time-out is turned into the stop: a worker's RuntimeError that mentions one is the user's."""
+    monkeypatch.setattr(dm, "WORKER_TIMEOUT_S", 30.0)
+    data = dm.ResumableDataLoader(RaisesInWorkers(), batch_size=2, num_workers=1, persistent_workers=True,
+                                  timeout=dm._worker_timeout(1))
+    with pytest.raises(RuntimeError, match="reading row 3: connection timed out") as err:
+        next(iter(data))
+    assert not isinstance(err.value, dm.WorkerTimeoutError)
+
+
+def test_the_wrapped_iterator_is_the_loaders_own_in_everything_else():
+    data = dm.ResumableDataLoader(torch.arange(8), batch_size=2, num_workers=1, persistent_workers=True,
+                                  timeout=dm._worker_timeout(1))
+    it = iter(data)
+    assert len(it) == 4 and [b.tolist() for b in it] == [[0, 1], [2, 3], [4, 5], [6, 7]]
+    assert it._workers == data._iterator._workers   # torch's own iterator underneath (Lightning resets and shuts it)
+    assert [b.tolist() for b in data] == [[0, 1], [2, 3], [4, 5], [6, 7]]   # a second epoch, the same workers
+    data._iterator._shutdown_workers()
+
+
+def test_the_datamodules_loaders_wait_with_workers_only(tmp_path, write_repo):
+    """With workers both loaders have the time-out; without, none (torch's single-process iterator allows none)."""
+    rows = 12
+    table = pa.table({"qry": [f"query {i}" for i in range(rows)], "qry_image_path": [""] * rows,
+                      "pos_text": [f"target {i}" for i in range(rows)], "pos_image_path": [""] * rows,
+                      "neg_text": [""] * rows, "neg_image_path": [""] * rows})
+    repo = write_repo(tmp_path / "repo", {"A": {"original": table}})
+    for workers, timeout in ((1, dm.WORKER_TIMEOUT_S), (0, 0)):
+        data = MMEBDataModule(str(repo), ["A"], image_root=str(tmp_path), num_workers=workers, batch_size=2,
+                              val_per_subset=4, val_batch_size=2, use_hard_negatives=False)
+        data.set_input_builder(lambda *a, **k: {})
+        data.setup("fit")
+        assert data.train_dataloader().timeout == timeout and data.val_dataloader().timeout == timeout
+
