@@ -35,3 +35,32 @@ class SignalAt(L.Callback):
 
 
 signal_module = signal
+
+
+class StuckWorkers(L.Callback):
+    """Make this rank's training DataLoader workers never deliver, as a child deadlocked in CPython's after-fork
+    clean-up would (SIGTERM does not end them either), and shorten the time-out the loaders wait, so a test sees
+    the stop in seconds. Patched in `setup`, before the loaders exist and their workers are forked."""
+
+    def __init__(self, rank: int = 0, timeout_s: float = 5.0):
+        self.rank, self.timeout_s = rank, timeout_s
+
+    def setup(self, trainer, pl_module, stage):
+        import time
+
+        import torch
+
+        from datamodules import datamodule
+
+        datamodule.WORKER_TIMEOUT_S = self.timeout_s
+        if trainer.global_rank != self.rank:
+            return
+        real = datamodule.PairDataset.__getitem__
+
+        def stuck(dataset, i):
+            if torch.utils.data.get_worker_info() is not None:
+                signal.signal(signal.SIGTERM, signal.SIG_IGN)
+                time.sleep(3600)
+            return real(dataset, i)
+
+        datamodule.PairDataset.__getitem__ = stuck

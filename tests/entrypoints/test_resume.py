@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -226,6 +227,24 @@ def test_sigterm_to_rank_zero_of_a_ddp_run_stops_every_rank_at_the_same_step(tmp
     resumed = python_train([f"resume={run}"])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True, mmap=True)["global_step"] == 8
+
+
+@pytest.mark.slow
+def test_a_ranks_stuck_dataloader_worker_stops_a_ddp_run_instead_of_hanging_it(tmp_path, tiny_cfg):
+    """Rank 1's DataLoader worker never delivers (as a child deadlocked after fork would; SIGTERM ignored): after
+    the loaders' time-out that rank stops its workers and raises, naming what happened and how to resume, and the
+    whole 2-rank run exits non-zero: no rank is left waiting for the other."""
+    run = tmp_path / "run"
+    args = tiny_cfg([f"hydra.run.dir={run}", "trainer=ddp_cpu", "trainer.devices=2", "trainer.max_steps=8",
+                     "data.num_workers=1", "evaluate_before=false", "evaluate_after=false",
+                     "+callbacks.stuck._target_=fault_probes.StuckWorkers", "+callbacks.stuck.rank=1",
+                     "+callbacks.stuck.timeout_s=5"])
+    start = time.perf_counter()
+    stopped = python_train(args)
+    assert stopped.returncode != 0, stopped.stderr[-3000:]
+    assert "training: the DataLoader's 1 worker(s) gave no batch in 5 s" in stopped.stderr, stopped.stderr[-3000:]
+    assert "train.py resume=" in stopped.stderr
+    assert time.perf_counter() - start < 300
 
 
 @pytest.mark.slow
