@@ -75,15 +75,26 @@ WORKER_TIMEOUT_S = 600.0
 
 
 class WorkerTimeoutError(RuntimeError):
-    """No batch from a loader's workers within `WORKER_TIMEOUT_S`; the workers have been stopped."""
+    """No batch from a loader's workers within its time-out; the workers have been stopped."""
+
+
+def _stopped(iterator, timeout: float, what: str) -> WorkerTimeoutError:
+    """Stop the workers of `iterator` (torch's, or None if it never got made) and the error that says so."""
+    workers = len(getattr(iterator, "_workers", None) or ())
+    stop_workers(iterator)
+    return WorkerTimeoutError(
+        f"{what}: the DataLoader's {workers} worker(s) gave no batch in {timeout:.0f} s (a worker stuck at start-up, "
+        "or a read that never returns); they were stopped. Continue with `python train.py resume=<this run "
+        "directory>` (from the last checkpoint), or with data.num_workers=0 to read in the training process")
 
 
 class _BatchesWithDeadline:
     """A worker loader's iterator whose time-out stops the workers (killed if need be, so the run's exit does not
-    wait for them) and says what to do. Everything else is the wrapped iterator's."""
+    wait for them) and says what to do. Everything else is the wrapped iterator's. Not picklable, like torch's
+    (Lightning drops torch's iterators when it pickles a loader mid-epoch; nothing here pickles one)."""
 
-    def __init__(self, iterator, what: str):
-        self._iterator, self._what = iterator, what
+    def __init__(self, iterator, what: str, timeout: float):
+        self._iterator, self._what, self._timeout = iterator, what, timeout
 
     def __iter__(self):
         return self
@@ -97,18 +108,27 @@ class _BatchesWithDeadline:
         except RuntimeError as err:
             if not is_worker_timeout(err):
                 raise
-            workers = len(getattr(self._iterator, "_workers", ()))
-            stop_workers(self._iterator)
-            raise WorkerTimeoutError(
-                f"{self._what}: the DataLoader's {workers} worker(s) gave no batch in {WORKER_TIMEOUT_S:.0f} s (a "
-                "worker stuck at start-up, or a read that never returns); they were stopped. Continue with `python "
-                "train.py resume=<this run directory>` (from the last checkpoint), or with data.num_workers=0 to "
-                "read in the training process") from err
+            raise _stopped(self._iterator, self._timeout, self._what) from err
 
     def __getattr__(self, name: str):
         if name == "_iterator":   # not set yet (a copy being built): no delegation to recurse through
             raise AttributeError(name)
         return getattr(self._iterator, name)
+
+
+def _iterate_with_deadline(loader: DataLoader, start: Callable, what: str):
+    """`start()` (the DataLoader's own __iter__) with its batches behind the deadline. With persistent workers a
+    new epoch waits inside `start()` too (torch's `_reset` waits for every worker to acknowledge the epoch, under
+    the same time-out): that wait stops the workers the same way."""
+    if loader.num_workers == 0:
+        return start()
+    try:
+        iterator = start()
+    except RuntimeError as err:
+        if not is_worker_timeout(err):
+            raise
+        raise _stopped(getattr(loader, "_iterator", None), loader.timeout, what) from err
+    return _BatchesWithDeadline(iterator, what, loader.timeout)
 
 
 def _worker_timeout(num_workers: int) -> float:
@@ -130,8 +150,7 @@ class ResumableDataLoader(DataLoader):
     def __iter__(self):
         if self.generator is not None and (getattr(self, "_iterator", None) is None or not self.persistent_workers):
             self._generator_state = self.generator.get_state()
-        iterator = super().__iter__()
-        return _BatchesWithDeadline(iterator, "training") if self.num_workers > 0 else iterator
+        return _iterate_with_deadline(self, super().__iter__, "training")
 
     def state_dict(self) -> dict:
         epoch, consumed = self.progress_fn() if self.progress_fn else (self.batch_sampler.epoch, 0)
@@ -150,8 +169,7 @@ class ValidationDataLoader(DataLoader):
     """The validation loader: with workers, a time-out stops them and the run (as in training)."""
 
     def __iter__(self):
-        iterator = super().__iter__()
-        return _BatchesWithDeadline(iterator, "validation") if self.num_workers > 0 else iterator
+        return _iterate_with_deadline(self, super().__iter__, "validation")
 
 
 def _check_int(name: str, value, minimum: int, optional: bool = False) -> None:

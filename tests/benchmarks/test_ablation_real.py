@@ -333,3 +333,13 @@ def test_script_smoke_every_default_arm(tmp_path):
     assert "INCOMPLETE" not in text
     assert len([x for x in text.splitlines() if x.startswith("| ") and " | 1 | " in x]) == 1 + 9
     assert "saha − same_library batches | InfoNCE symmetric |" in text
+
+
+def test_the_report_asks_a_mining_time_only_of_batch_arms_that_mine():
+    """Random and same-library batches mine nothing; SaHa's clusters are mined, so its time must be recorded."""
+    rows = [{"loss": "infonce_sym", "batches": b, "seed": s, "overlap": 5.0, "train_s": 1.0, "run_s": 1.0, "dir": "x"}
+            for b in ("random", "same_library", "saha") for s in (1, 2)]
+    assert ar.incomplete(rows, {"overall": 53.1}, {"mining_s": {}}) == [
+        "INCOMPLETE: no mining time recorded (timing.json) for saha"]
+    assert ar.incomplete(rows, {"overall": 53.1}, {"mining_s": {"saha": 9.0}}) == []
+    assert ar.incomplete(rows[:2], None, {}) == ["INCOMPLETE: no zero-shot run"]

@@ -67,14 +67,37 @@ def test_a_workers_own_error_passes_through_unchanged(monkeypatch):
     assert not isinstance(err.value, dm.WorkerTimeoutError)
 
 
+class StuckFromItem4(StuckInWorkers):
+    """Delivers items 0–3, then never returns (in a worker)."""
+
+    def __getitem__(self, i):
+        if i >= 4:
+            return super().__getitem__(i)
+        return torch.tensor([i])
+
+
 def test_the_wrapped_iterator_is_the_loaders_own_in_everything_else():
     data = dm.ResumableDataLoader(torch.arange(8), batch_size=2, num_workers=1, persistent_workers=True,
                                   timeout=dm._worker_timeout(1))
     it = iter(data)
+    pids = [w.pid for w in data._iterator._workers]
     assert len(it) == 4 and [b.tolist() for b in it] == [[0, 1], [2, 3], [4, 5], [6, 7]]
-    assert it._workers == data._iterator._workers   # torch's own iterator underneath (Lightning resets and shuts it)
-    assert [b.tolist() for b in data] == [[0, 1], [2, 3], [4, 5], [6, 7]]   # a second epoch, the same workers
+    assert [b.tolist() for b in data] == [[0, 1], [2, 3], [4, 5], [6, 7]]   # a second epoch ...
+    assert [w.pid for w in data._iterator._workers] == pids                 # ... from the same persistent workers
     data._iterator._shutdown_workers()
+
+
+def test_a_worker_stuck_when_a_new_epoch_starts_is_stopped_too(monkeypatch):
+    """With persistent workers a new epoch waits inside the DataLoader's own __iter__ for every worker to take up
+    the epoch (after what it was still fetching for the last one); a worker stuck there is stopped the same way."""
+    monkeypatch.setattr(dm, "WORKER_TIMEOUT_S", 2.0)
+    before = {p.pid for p in multiprocessing.active_children()}
+    data = dm.ResumableDataLoader(StuckFromItem4(), batch_size=2, num_workers=1, persistent_workers=True,
+                                  timeout=dm._worker_timeout(1))
+    assert next(iter(data)).tolist() == [[0], [1]]   # the worker goes on to fetch ahead: items 2, 3, then 4 (stuck)
+    with pytest.raises(dm.WorkerTimeoutError, match=r"^training: the DataLoader's 1 worker\(s\) gave no batch in 2 s"):
+        iter(data)   # the next epoch, cut short as max_steps or a resume would
+    assert not _new_children(before)
 
 
 def test_the_datamodules_loaders_wait_with_workers_only(tmp_path, write_repo):

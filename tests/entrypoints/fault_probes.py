@@ -39,8 +39,8 @@ signal_module = signal
 
 class StuckWorkers(L.Callback):
     """Make this rank's training DataLoader workers never deliver, as a child deadlocked in CPython's after-fork
-    clean-up would (SIGTERM does not end them either), and shorten the time-out the loaders wait, so a test sees
-    the stop in seconds. Patched in `setup`, before the loaders exist and their workers are forked."""
+    clean-up would (SIGTERM does not end them either), and shorten this rank's time-out, so a test sees the stop in
+    seconds. Patched in `setup`, before the loaders exist and their workers are forked."""
 
     def __init__(self, rank: int = 0, timeout_s: float = 5.0):
         self.rank, self.timeout_s = rank, timeout_s
@@ -52,9 +52,9 @@ class StuckWorkers(L.Callback):
 
         from datamodules import datamodule
 
+        if trainer.global_rank != self.rank:   # the other ranks keep the real time-out: they must be stopped
+            return                              # by the stuck rank's failure, not by their own
         datamodule.WORKER_TIMEOUT_S = self.timeout_s
-        if trainer.global_rank != self.rank:
-            return
         real = datamodule.PairDataset.__getitem__
 
         def stuck(dataset, i):

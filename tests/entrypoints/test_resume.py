@@ -232,8 +232,8 @@ def test_sigterm_to_rank_zero_of_a_ddp_run_stops_every_rank_at_the_same_step(tmp
 @pytest.mark.slow
 def test_a_ranks_stuck_dataloader_worker_stops_a_ddp_run_instead_of_hanging_it(tmp_path, tiny_cfg):
     """Rank 1's DataLoader worker never delivers (as a child deadlocked after fork would; SIGTERM ignored): after
-    the loaders' time-out that rank stops its workers and raises, naming what happened and how to resume, and the
-    whole 2-rank run exits non-zero: no rank is left waiting for the other."""
+    its loaders' time-out (5 s here) that rank stops its workers and raises, naming what happened and how to resume,
+    and the whole 2-rank run exits non-zero well before rank 0's own time-out (600 s): no rank is left waiting."""
     run = tmp_path / "run"
     args = tiny_cfg([f"hydra.run.dir={run}", "trainer=ddp_cpu", "trainer.devices=2", "trainer.max_steps=8",
                      "data.num_workers=1", "evaluate_before=false", "evaluate_after=false",
