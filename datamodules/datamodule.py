@@ -68,9 +68,10 @@ class ValidationCollator:
         return batch
 
 
-#: Seconds a training or validation step waits for a batch from the DataLoader workers before the run stops with an
-#: error instead of hanging (datamodules/workers.py). The wait counts only while the loop waits for its next batch,
-#: so a slow batch never comes near it; only a worker that will never deliver does.
+#: The default of `data.worker_timeout_s`: seconds a training or validation step waits for a batch from the
+#: DataLoader workers before the run stops with an error instead of hanging (datamodules/workers.py). The wait counts
+#: only while the loop waits for its next batch, so a slow batch never comes near it; only a worker that will never
+#: deliver does.
 WORKER_TIMEOUT_S = 600.0
 
 
@@ -131,9 +132,9 @@ def _iterate_with_deadline(loader: DataLoader, start: Callable, what: str):
     return _BatchesWithDeadline(iterator, what, loader.timeout)
 
 
-def _worker_timeout(num_workers: int) -> float:
+def _worker_timeout(num_workers: int, seconds: float) -> float:
     """torch allows a time-out only with workers (the single-process iterator asserts 0)."""
-    return WORKER_TIMEOUT_S if num_workers > 0 else 0
+    return float(seconds) if num_workers > 0 else 0
 
 
 class ResumableDataLoader(DataLoader):
@@ -215,6 +216,7 @@ class MMEBDataModule(L.LightningDataModule):
         teacher_scores: str | None = None,
         group_by_length: bool = True,
         max_tokens_per_batch: int | None = None,
+        worker_timeout_s: float = WORKER_TIMEOUT_S,
     ):
         super().__init__()
         if on_missing_image not in ("error", "skip"):
@@ -238,6 +240,11 @@ class MMEBDataModule(L.LightningDataModule):
         self.val_per_subset = int(val_per_subset)
         self.batch_size, self.val_batch_size = int(batch_size), int(val_batch_size or batch_size)
         self.num_workers, self.pin_memory, self.drop_last = int(num_workers), pin_memory, drop_last
+        if isinstance(worker_timeout_s, bool) or not isinstance(worker_timeout_s, (int, float)) or not (
+                0 < worker_timeout_s < float("inf")):
+            raise ValueError(f"data.worker_timeout_s must be a positive number of seconds (how long a step waits for "
+                             f"a batch from the DataLoader workers before the run stops), got {worker_timeout_s!r}")
+        self.worker_timeout_s = float(worker_timeout_s)
         self.sampler_factory = sampler or RandomBatchSampler
         self.seed = int(seed)
         self.bundled = dict(bundled) if bundled else None
@@ -385,7 +392,7 @@ class MMEBDataModule(L.LightningDataModule):
         loader = ResumableDataLoader(
             PairDataset(self.train_pairs), batch_sampler=self.build_train_sampler(), collate_fn=self._collator(),
             num_workers=self.num_workers, pin_memory=self.pin_memory, persistent_workers=self.num_workers > 0,
-            generator=self._generator(), timeout=_worker_timeout(self.num_workers),
+            generator=self._generator(), timeout=_worker_timeout(self.num_workers, self.worker_timeout_s),
         )
         if self.trainer is not None:
             loader.progress_fn = self._progress
@@ -401,4 +408,4 @@ class MMEBDataModule(L.LightningDataModule):
         return ValidationDataLoader(ValidationDataset(self.val_pairs), batch_sampler=sampler,
                                     collate_fn=ValidationCollator(self._collator()), num_workers=self.num_workers,
                                     pin_memory=self.pin_memory, generator=self._generator(),
-                                    timeout=_worker_timeout(self.num_workers))
+                                    timeout=_worker_timeout(self.num_workers, self.worker_timeout_s))

@@ -15,7 +15,7 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from .datamodule import MMEBDataModule
+from .datamodule import WORKER_TIMEOUT_S, MMEBDataModule
 from .mmeb import describe_source
 from .mmeb_v2_train import TrainSource, read_source, sources_from_config
 from .samplers import EpochBatchSampler
@@ -48,6 +48,7 @@ class MixtureDataModule(MMEBDataModule):
         max_frames_saved: int | None = 64,
         group_by_length: bool = True,
         max_tokens_per_batch: int | None = None,
+        worker_timeout_s: float = WORKER_TIMEOUT_S,
     ):
         self.sources: list[TrainSource] = sources_from_config(sources)
         if sum(s.weight for s in self.sources) <= 0:
@@ -58,7 +59,7 @@ class MixtureDataModule(MMEBDataModule):
                          num_workers=num_workers, pin_memory=pin_memory, drop_last=drop_last, sampler=sampler,
                          seed=seed, bundled=bundled, check_images=check_images, on_missing_image=on_missing_image,
                          num_frames=num_frames, max_frames_saved=max_frames_saved, group_by_length=group_by_length,
-                         max_tokens_per_batch=max_tokens_per_batch)
+                         max_tokens_per_batch=max_tokens_per_batch, worker_timeout_s=worker_timeout_s)
 
     @property
     def weights(self) -> dict[str, float]:

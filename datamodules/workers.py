@@ -16,14 +16,19 @@ def is_worker_timeout(err: BaseException) -> bool:
 
 
 def stop_workers(iterator) -> None:
-    """Stop the workers of a DataLoader iterator for good: torch's own shutdown first (it stops watching the workers'
-    exits, so a kill while it watches does not raise "worker killed by signal", and sends SIGTERM), then whatever is
-    still alive is killed: a child stuck before running Python code may have inherited a SIGTERM handler that never
-    runs."""
-    shutdown = getattr(iterator, "_shutdown_workers", None)
-    if shutdown is not None:
-        shutdown()
-    for worker in getattr(iterator, "_workers", ()):
+    """Stop the workers of a DataLoader iterator for good, without waiting for them: torch stops watching their
+    exits first (a worker killed while it watches raises "worker killed by signal" in this process), every live
+    worker is killed (a child stuck before running Python code may ignore SIGTERM, and torch's own shutdown would wait
+    seconds for it), then torch shuts the rest down (queues, pin-memory thread)."""
+    if getattr(iterator, "_worker_pids_set", False):
+        from torch.utils.data._utils import signal_handling
+
+        signal_handling._remove_worker_pids(id(iterator))
+        iterator._worker_pids_set = False
+    for worker in getattr(iterator, "_workers", None) or ():
         if worker.is_alive():
             worker.kill()
             worker.join(timeout=10)
+    shutdown = getattr(iterator, "_shutdown_workers", None)
+    if shutdown is not None:
+        shutdown()

@@ -41,14 +41,13 @@ def _new_children(before: set[int]) -> list:
 
 
 @pytest.mark.parametrize("loader", ["training", "validation"])
-def test_a_stuck_worker_stops_the_run_with_what_to_do_and_no_live_worker(loader, monkeypatch):
-    monkeypatch.setattr(dm, "WORKER_TIMEOUT_S", 2.0)
+def test_a_stuck_worker_stops_the_run_with_what_to_do_and_no_live_worker(loader):
     before = {p.pid for p in multiprocessing.active_children()}
     if loader == "training":
         data = dm.ResumableDataLoader(StuckInWorkers(), batch_size=2, num_workers=1, persistent_workers=True,
-                                      timeout=dm._worker_timeout(1), generator=torch.Generator().manual_seed(0))
+                                      timeout=dm._worker_timeout(1, 2.0), generator=torch.Generator().manual_seed(0))
     else:
-        data = dm.ValidationDataLoader(StuckInWorkers(), batch_size=2, num_workers=1, timeout=dm._worker_timeout(1))
+        data = dm.ValidationDataLoader(StuckInWorkers(), batch_size=2, num_workers=1, timeout=dm._worker_timeout(1, 2.0))
     start = time.perf_counter()
     with pytest.raises(dm.WorkerTimeoutError, match=rf"^{loader}: the DataLoader's 1 worker\(s\) gave no batch in 2 s"
                                                      r".*train\.py resume=.*data\.num_workers=0"):
@@ -57,11 +56,10 @@ def test_a_stuck_worker_stops_the_run_with_what_to_do_and_no_live_worker(loader,
     assert not _new_children(before), "the worker ignored SIGTERM: it must have been killed"
 
 
-def test_a_workers_own_error_passes_through_unchanged(monkeypatch):
+def test_a_workers_own_error_passes_through_unchanged():
     """Only torch's own time-out is turned into the stop: a worker's RuntimeError that mentions one is the user's."""
-    monkeypatch.setattr(dm, "WORKER_TIMEOUT_S", 30.0)
     data = dm.ResumableDataLoader(RaisesInWorkers(), batch_size=2, num_workers=1, persistent_workers=True,
-                                  timeout=dm._worker_timeout(1))
+                                  timeout=dm._worker_timeout(1, 2.0))
     with pytest.raises(RuntimeError, match="reading row 3: connection timed out") as err:
         next(iter(data))
     assert not isinstance(err.value, dm.WorkerTimeoutError)
@@ -78,7 +76,7 @@ class StuckFromItem4(StuckInWorkers):
 
 def test_the_wrapped_iterator_is_the_loaders_own_in_everything_else():
     data = dm.ResumableDataLoader(torch.arange(8), batch_size=2, num_workers=1, persistent_workers=True,
-                                  timeout=dm._worker_timeout(1))
+                                  timeout=dm._worker_timeout(1, 2.0))
     it = iter(data)
     pids = [w.pid for w in data._iterator._workers]
     assert len(it) == 4 and [b.tolist() for b in it] == [[0, 1], [2, 3], [4, 5], [6, 7]]
@@ -87,13 +85,12 @@ def test_the_wrapped_iterator_is_the_loaders_own_in_everything_else():
     data._iterator._shutdown_workers()
 
 
-def test_a_worker_stuck_when_a_new_epoch_starts_is_stopped_too(monkeypatch):
+def test_a_worker_stuck_when_a_new_epoch_starts_is_stopped_too():
     """With persistent workers a new epoch waits inside the DataLoader's own __iter__ for every worker to take up
     the epoch (after what it was still fetching for the last one); a worker stuck there is stopped the same way."""
-    monkeypatch.setattr(dm, "WORKER_TIMEOUT_S", 2.0)
     before = {p.pid for p in multiprocessing.active_children()}
     data = dm.ResumableDataLoader(StuckFromItem4(), batch_size=2, num_workers=1, persistent_workers=True,
-                                  timeout=dm._worker_timeout(1))
+                                  timeout=dm._worker_timeout(1, 2.0))
     assert next(iter(data)).tolist() == [[0], [1]]   # the worker goes on to fetch ahead: items 2, 3, then 4 (stuck)
     with pytest.raises(dm.WorkerTimeoutError, match=r"^training: the DataLoader's 1 worker\(s\) gave no batch in 2 s"):
         iter(data)   # the next epoch, cut short as max_steps or a resume would
@@ -101,16 +98,19 @@ def test_a_worker_stuck_when_a_new_epoch_starts_is_stopped_too(monkeypatch):
 
 
 def test_the_datamodules_loaders_wait_with_workers_only(tmp_path, write_repo):
-    """With workers both loaders have the time-out; without, none (torch's single-process iterator allows none)."""
+    """With workers both loaders wait `data.worker_timeout_s` (600 s by default); without, no time-out (torch's
+    single-process iterator allows none); a time-out that could not end the wait is refused by name."""
     rows = 12
     table = pa.table({"qry": [f"query {i}" for i in range(rows)], "qry_image_path": [""] * rows,
                       "pos_text": [f"target {i}" for i in range(rows)], "pos_image_path": [""] * rows,
                       "neg_text": [""] * rows, "neg_image_path": [""] * rows})
     repo = write_repo(tmp_path / "repo", {"A": {"original": table}})
-    for workers, timeout in ((1, dm.WORKER_TIMEOUT_S), (0, 0)):
-        data = MMEBDataModule(str(repo), ["A"], image_root=str(tmp_path), num_workers=workers, batch_size=2,
-                              val_per_subset=4, val_batch_size=2, use_hard_negatives=False)
+    kw = dict(image_root=str(tmp_path), batch_size=2, val_per_subset=4, val_batch_size=2, use_hard_negatives=False)
+    for workers, extra, timeout in ((1, {}, 600.0), (1, {"worker_timeout_s": 42}, 42.0), (0, {}, 0)):
+        data = MMEBDataModule(str(repo), ["A"], num_workers=workers, **kw, **extra)
         data.set_input_builder(lambda *a, **k: {})
         data.setup("fit")
         assert data.train_dataloader().timeout == timeout and data.val_dataloader().timeout == timeout
-
+    for bad in (0, -5, float("inf"), True, "600"):
+        with pytest.raises(ValueError, match="data.worker_timeout_s must be a positive number of seconds"):
+            MMEBDataModule(str(repo), ["A"], num_workers=1, worker_timeout_s=bad, **kw)

@@ -52,9 +52,9 @@ class StuckWorkers(L.Callback):
 
         from datamodules import datamodule
 
-        if trainer.global_rank != self.rank:   # the other ranks keep the real time-out: they must be stopped
-            return                              # by the stuck rank's failure, not by their own
-        datamodule.WORKER_TIMEOUT_S = self.timeout_s
+        if trainer.global_rank != self.rank:   # the other ranks keep data.worker_timeout_s (600 s): they must be
+            return                              # stopped by the stuck rank's failure, not by their own time-out
+        trainer.datamodule.worker_timeout_s = self.timeout_s
         real = datamodule.PairDataset.__getitem__
 
         def stuck(dataset, i):
