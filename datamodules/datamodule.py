@@ -73,6 +73,9 @@ class ValidationCollator:
 #: only while the loop waits for its next batch, so a slow batch never comes near it; only a worker that will never
 #: deliver does.
 WORKER_TIMEOUT_S = 600.0
+#: The longest `data.worker_timeout_s`: a week. Python's queue waits take milliseconds as a C int (a wait over
+#: ~24.8 days raises OverflowError on every batch), and a stuck worker should not hold a cluster job for longer.
+MAX_WORKER_TIMEOUT_S = 7 * 24 * 3600
 
 
 class WorkerTimeoutError(RuntimeError):
@@ -84,7 +87,7 @@ def _stopped(iterator, timeout: float, what: str) -> WorkerTimeoutError:
     workers = len(getattr(iterator, "_workers", None) or ())
     stop_workers(iterator)
     return WorkerTimeoutError(
-        f"{what}: the DataLoader's {workers} worker(s) gave no batch in {timeout:.0f} s (a worker stuck at start-up, "
+        f"{what}: the DataLoader's {workers} worker(s) gave no batch in {timeout:g} s (a worker stuck at start-up, "
         "or a read that never returns); they were stopped. Continue with `python train.py resume=<this run "
         "directory>` (from the last checkpoint), or with data.num_workers=0 to read in the training process")
 
@@ -241,9 +244,10 @@ class MMEBDataModule(L.LightningDataModule):
         self.batch_size, self.val_batch_size = int(batch_size), int(val_batch_size or batch_size)
         self.num_workers, self.pin_memory, self.drop_last = int(num_workers), pin_memory, drop_last
         if isinstance(worker_timeout_s, bool) or not isinstance(worker_timeout_s, (int, float)) or not (
-                0 < worker_timeout_s < float("inf")):
-            raise ValueError(f"data.worker_timeout_s must be a positive number of seconds (how long a step waits for "
-                             f"a batch from the DataLoader workers before the run stops), got {worker_timeout_s!r}")
+                0 < worker_timeout_s <= MAX_WORKER_TIMEOUT_S):
+            raise ValueError(f"data.worker_timeout_s must be a positive number of seconds up to "
+                             f"{MAX_WORKER_TIMEOUT_S:,} (7 days; how long a step waits for a batch from the DataLoader "
+                             f"workers before the run stops), got {worker_timeout_s!r}")
         self.worker_timeout_s = float(worker_timeout_s)
         self.sampler_factory = sampler or RandomBatchSampler
         self.seed = int(seed)

@@ -6,6 +6,9 @@ time-out waits for it forever, and a shutdown that only asks it to stop waits fo
 
 from __future__ import annotations
 
+from torch.utils.data._utils import signal_handling
+from torch.utils.data.dataloader import _MultiProcessingDataLoaderIter
+
 #: How torch's DataLoader words the error it raises when no batch came within its `timeout`.
 TIMED_OUT = "DataLoader timed out after"
 
@@ -20,9 +23,11 @@ def stop_workers(iterator) -> None:
     exits first (a worker killed while it watches raises "worker killed by signal" in this process), every live
     worker is killed (a child stuck before running Python code may ignore SIGTERM, and torch's own shutdown would wait
     seconds for it), then torch shuts the rest down (queues, pin-memory thread)."""
+    if iterator is not None and not isinstance(iterator, _MultiProcessingDataLoaderIter):
+        iterator = getattr(iterator, "_iterator", None)   # a wrapper around torch's iterator: stop torch's
+    if iterator is None:
+        return
     if getattr(iterator, "_worker_pids_set", False):
-        from torch.utils.data._utils import signal_handling
-
         signal_handling._remove_worker_pids(id(iterator))
         iterator._worker_pids_set = False
     for worker in getattr(iterator, "_workers", None) or ():

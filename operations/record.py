@@ -37,6 +37,9 @@ log = logging.getLogger(__name__)
 ATTEMPTS = "attempts"
 #: Config roots whose change makes a resumed run another experiment (refused without resume_allow_changes).
 PROTECTED = ("data", "bundled", "loss", "sampler", "model", "prompt", "seed")
+#: Keys under those roots that say how batches are read, not what they hold (the batch sampler runs in the training
+#: process, so workers change nothing in a batch): a resume may change them, e.g. after a DataLoader time-out.
+READING_KEYS = ("data.num_workers", "data.pin_memory", "data.worker_timeout_s")
 #: Keys that say how to start this attempt, not what the run is: taken from the command line, never compared.
 ATTEMPT_KEYS = ("resume", "resume_allow_changes", "ckpt_path")
 #: Resolved once, at the first attempt: the run's identity (a resumed run keeps its name and W&B group).
@@ -56,7 +59,7 @@ class Change:
 
     @property
     def protected(self) -> bool:
-        return self.key.split(".")[0] in PROTECTED
+        return self.key.split(".")[0] in PROTECTED and self.key not in READING_KEYS
 
     def __str__(self) -> str:
         return f"{self.key}: {self.saved!r} → {self.now!r}"

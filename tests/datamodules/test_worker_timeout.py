@@ -111,6 +111,32 @@ def test_the_datamodules_loaders_wait_with_workers_only(tmp_path, write_repo):
         data.set_input_builder(lambda *a, **k: {})
         data.setup("fit")
         assert data.train_dataloader().timeout == timeout and data.val_dataloader().timeout == timeout
-    for bad in (0, -5, float("inf"), True, "600"):
+    for bad in (0, -5, float("inf"), float("nan"), 1e8, True, "600"):
         with pytest.raises(ValueError, match="data.worker_timeout_s must be a positive number of seconds"):
             MMEBDataModule(str(repo), ["A"], num_workers=1, worker_timeout_s=bad, **kw)
+
+
+def test_stopping_through_the_wrapper_stops_torchs_iterator():
+    """`stop_workers` given the deadline wrapper acts on torch's iterator inside it (once: a second stop is a no-op)."""
+    from datamodules.workers import stop_workers
+
+    before = {p.pid for p in multiprocessing.active_children()}
+    data = dm.ResumableDataLoader(torch.arange(8), batch_size=2, num_workers=1, persistent_workers=True,
+                                  timeout=dm._worker_timeout(1, 30.0))
+    it = iter(data)
+    assert next(it).tolist() == [0, 1] and _new_children(before)
+    stop_workers(it)
+    stop_workers(it)
+    stop_workers(None)
+    assert not _new_children(before) and data._iterator._shutdown
+
+
+def test_a_resume_may_change_how_batches_are_read_but_not_what_they_hold():
+    """The stop message's advice (`data.num_workers=0`, a longer `data.worker_timeout_s`) is a resume the run
+    accepts; the batches themselves (size, subsets, …) stay protected."""
+    from operations.record import Change
+
+    for key in ("data.num_workers", "data.pin_memory", "data.worker_timeout_s"):
+        assert not Change(key, 2, 0).protected
+    for key in ("data.batch_size", "data.subsets", "data.max_tokens_per_batch", "loss.alpha", "seed"):
+        assert Change(key, 1, 2).protected

@@ -103,6 +103,7 @@ def test_killed_run_resumes_exactly(tmp_path, tiny_cfg, straight):
     assert [v for _, v in history] == pytest.approx([v for _, v in reference], rel=1e-6)
 
 
+@pytest.mark.slow   # 35–40 s; the fast suite keeps exact resume (test_killed_run_resumes_exactly) and the budget's chunks
 def test_token_budget_chunks_with_homogeneous_batches_resume_exactly(tmp_path, tiny_cfg):
     """`data.max_tokens_per_batch` cuts each batch's GradCache chunks from length-grouped rows within the budget; the
     sampler's batches (here task-homogeneous) are untouched, so a run killed mid-epoch resumes to the uninterrupted
