@@ -296,9 +296,15 @@ def collect(sweep: Path) -> tuple[list[dict], dict | None]:
     return rows, zero_shot
 
 
-def loss_and_batch_contrasts(rows: list[dict], draws: int = DEFAULT_DRAWS) -> list[dict]:
-    """The paired differences of LOSS_CONTRASTS within every batch arm and of BATCH_CONTRASTS within every loss,
-    for the cells the sweep has (runs paired by seed)."""
+#: The zero-shot model's cell in the contrasts (one run, scored before its single step).
+ZERO_SHOT_CELL = ("zero-shot", "–")
+
+
+def contrasts_of(rows: list[dict], zero_shot: dict | None, draws: int = DEFAULT_DRAWS) -> tuple[list[dict], list[dict]]:
+    """(the paired differences of LOSS_CONTRASTS within every batch arm and of BATCH_CONTRASTS within every loss, for
+    the cells the sweep has, runs paired by seed; every cell against the zero-shot model: what fine-tuning itself
+    does, with its interval). The zero-shot side is one run, so nothing is paired by seed there: the cell's seeds are
+    resampled on their own, the queries paired. One call, so each cell's evaluations are read once."""
     cells: dict[tuple, list[Path]] = {}
     for r in rows:
         cells.setdefault((r["loss"], r["batches"]), []).append(Path(r["dir"]))
@@ -308,20 +314,15 @@ def loss_and_batch_contrasts(rows: list[dict], draws: int = DEFAULT_DRAWS) -> li
              for batch in batches for b_, a_ in LOSS_CONTRASTS]
     pairs += [(f"{b_} − {a_} batches | {LOSS_LABELS[loss]}", (loss, a_), (loss, b_))
               for loss in losses for b_, a_ in BATCH_CONTRASTS]
-    return paired_contrasts(cells, pairs, draws=draws)
-
-
-def fine_tuning_contrasts(rows: list[dict], zero_shot: dict | None, draws: int = DEFAULT_DRAWS) -> list[dict]:
-    """Every cell against the zero-shot model: what fine-tuning itself does, with its interval. The zero-shot side
-    is one run, so nothing is paired by seed: the cell's seeds are resampled on their own, the queries paired."""
-    if zero_shot is None:
-        return []
-    cells: dict[tuple, list[Path]] = {("zero-shot", "–"): [Path(zero_shot["dir"])]}
-    for r in rows:
-        cells.setdefault((r["loss"], r["batches"]), []).append(Path(r["dir"]))
-    pairs = [(f"{LOSS_LABELS.get(loss, loss)} − zero-shot | {batch}", ("zero-shot", "–"), (loss, batch))
-             for loss in LOSS_ARMS for batch in BATCH_ARMS if (loss, batch) in cells]
-    return paired_contrasts(cells, pairs, draws=draws, eval_dirs={("zero-shot", "–"): zero_shot["eval_dir"]})
+    eval_dirs = {}
+    if zero_shot is not None:
+        pairs += [(f"{LOSS_LABELS.get(loss, loss)} − zero-shot | {batch}", ZERO_SHOT_CELL, (loss, batch))
+                  for loss in LOSS_ARMS for batch in BATCH_ARMS if (loss, batch) in cells]
+        cells[ZERO_SHOT_CELL] = [Path(zero_shot["dir"])]
+        eval_dirs[ZERO_SHOT_CELL] = zero_shot["eval_dir"]
+    results = paired_contrasts(cells, pairs, draws=draws, eval_dirs=eval_dirs)
+    tuned = [c for c in results if tuple(c["a"]) == ZERO_SHOT_CELL]
+    return [c for c in results if tuple(c["a"]) != ZERO_SHOT_CELL], tuned
 
 
 def report(sweep: Path, draws: int = DEFAULT_DRAWS) -> str:
@@ -377,7 +378,7 @@ def report(sweep: Path, draws: int = DEFAULT_DRAWS) -> str:
         notes.append(f"docstrings data fingerprint {manifest['fingerprint']} ({versions})")
     if timing.get("total_s"):
         notes.append(f"whole sweep {timing['total_s'] / 60:.1f} min wall")
-    contrasts = loss_and_batch_contrasts(rows, draws)
+    contrasts, tuned = contrasts_of(rows, zero_shot, draws)
     contrast_text = contrast_table(contrasts) if contrasts else "(no paired contrast: each needs both arms)\n"
     detectable = sorted(c["overall"]["detectable"] for c in contrasts)
     if detectable:
@@ -386,7 +387,6 @@ def report(sweep: Path, draws: int = DEFAULT_DRAWS) -> str:
                      "detected with 80 % power at α = 0.05 (2.8 × paired SE); smaller effects can hide in \"no effect\" "
                      f"rows. {len(contrasts)} contrasts at 95 % each: about {0.05 * len(contrasts):.1f} would exclude 0 "
                      "by chance alone if no arm differed")
-    tuned = fine_tuning_contrasts(rows, zero_shot, draws)
     tuned_text = ("\n\nWhat fine-tuning does: each cell − the zero-shot model (one run, so its seeds are resampled "
                   "on their own and only the queries are paired; not counted among the contrasts above):\n\n"
                   + contrast_table(tuned)) if tuned else ""
